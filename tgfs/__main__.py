@@ -1,0 +1,3 @@
+from tgfs.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The catalog (SQLite through peewee): the tree, videos, blobs and the ingest queue."""
+
+from tgfs.catalog.schema import (
+    CONTROL_DIR_ID,
+    ROOT_ID,
+    STATUS_FILE_ID,
+    Blob,
+    Garbage,
+    Job,
+    Meta,
+    Node,
+    NodeKind,
+    Part,
+    Rendition,
+    SchemaMismatch,
+    Segment,
+    Video,
+    close_catalog,
+    db,
+    now_ns,
+    open_catalog,
+)
+
+__all__ = [
+    "CONTROL_DIR_ID",
+    "ROOT_ID",
+    "STATUS_FILE_ID",
+    "Blob",
+    "Garbage",
+    "Job",
+    "Meta",
+    "Node",
+    "NodeKind",
+    "Part",
+    "Rendition",
+    "SchemaMismatch",
+    "Segment",
+    "Video",
+    "close_catalog",
+    "db",
+    "now_ns",
+    "open_catalog",
+]

@@ -1,0 +1,250 @@
+"""The catalog: everything tgfs knows, in one SQLite file (peewee, WAL).
+
+The store holds bytes and nothing else; bots cannot even list a channel's history. So this
+file is the only index of the library: lose it and the blobs are anonymous. Keep it on
+local disk and back it up.
+
+Shape:
+
+    Node ── the tree the mount shows; Node.id is the inode number.
+      │     ordinary dirs and files, video folders, and the derived entries inside them
+      ├── blob ──► Blob ──► Part (where each piece lives in the store)
+      └── video ─► Video ──► Rendition ──► Segment ──► Blob
+    Job ── one dropped file on its way from the spool to the store (crash-safe queue)
+    Garbage ── store locations still to delete (kept until the store confirms)
+
+All access happens on the trio thread (pyfuse3 handlers and the ingest runner); queries are
+short and indexed, so they do not stall the filesystem.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from pathlib import Path
+
+import peewee as pw
+from playhouse.sqlite_ext import AutoIncrementField
+
+SCHEMA_VERSION = 1
+
+db = pw.SqliteDatabase(None)
+
+ROOT_ID = 1  # pyfuse3.ROOT_INODE
+CONTROL_DIR_ID = 2  # /.tgfs
+STATUS_FILE_ID = 3  # /.tgfs/status.json
+CONTROL_DIR_NAME = ".tgfs"
+STATUS_FILE_NAME = "status.json"
+
+
+class SchemaMismatch(RuntimeError):
+    """The catalog was written by another version of tgfs."""
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class NodeKind(enum.StrEnum):
+    DIR = "dir"  # an ordinary directory the user made
+    FILE = "file"  # an ordinary file: content in the store (blob) or still in the spool
+    VIDEO = "video"  # a video folder (read-only)
+    RENDITION = "rendition"  # one rendition's folder inside a video folder
+    MASTER = "master"  # master.m3u8, rendered from the catalog
+    PLAYLIST = "playlist"  # a rendition's playlist.m3u8, rendered from the catalog
+    MEDIA = "media"  # an init segment or a media segment: immutable blob content
+    CONTROL_DIR = "control_dir"  # /.tgfs
+    STATUS = "status"  # /.tgfs/status.json, rendered live
+
+    @property
+    def is_dir(self) -> bool:
+        return self in (NodeKind.DIR, NodeKind.VIDEO, NodeKind.RENDITION, NodeKind.CONTROL_DIR)
+
+    @property
+    def in_video(self) -> bool:
+        """Entries that make up a video folder: read-only, removed only with the folder."""
+        return self in (NodeKind.RENDITION, NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.MEDIA)
+
+
+class _Model(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Meta(_Model):
+    """Key/value facts about the catalog itself; `schema_version` is checked at start."""
+
+    key = pw.TextField(primary_key=True)
+    value = pw.TextField()
+
+
+class Blob(_Model):
+    """Immutable content kept in the store: an ordinary file's bytes, or one HLS file."""
+
+    id = AutoIncrementField()
+    size = pw.IntegerField()  # bytes; the sum of its parts' sizes
+
+
+class Part(_Model):
+    """A piece of a blob as the store holds it.
+
+    Blobs larger than TELEGRAM_MAX_FILE_SIZE are cut into several parts (a Telegram document
+    has a size limit); a part is also the unit the read cache fetches and keeps.
+    """
+
+    id = AutoIncrementField()  # also the part's name in the read cache; never reused
+    blob = pw.ForeignKeyField(Blob, backref="parts", on_delete="CASCADE")
+    index = pw.IntegerField()  # 0-based position within the blob
+    offset = pw.IntegerField()  # the part's first byte, counted from the blob's start
+    size = pw.IntegerField()  # bytes in this part
+    location = pw.TextField()  # where the store put it; only that store interprets it
+
+    class Meta:
+        indexes = ((("blob", "index"), True),)
+
+
+class Garbage(_Model):
+    """A store location whose blob is gone from the catalog but not yet from the store.
+
+    Deleting from a remote store can fail (a bot is down, a flood wait); the row stays until
+    a delete succeeds, so nothing is forgotten across failures and restarts.
+    """
+
+    location = pw.TextField()
+    attempts = pw.IntegerField(default=0)  # failed delete attempts so far
+    last_error = pw.TextField(null=True)  # why the last attempt failed, for status
+
+
+class Video(_Model):
+    """A dropped video after ingest: what its folder shows."""
+
+    source_name = pw.TextField()  # the file name the user dropped, e.g. "Big Buck Bunny.mp4"
+    duration = pw.FloatField()  # seconds of media, from the segments
+    mode = pw.TextField()  # "copy" (remuxed, no re-encode) or "transcode"
+    target_duration = pw.IntegerField()  # EXT-X-TARGETDURATION, one for every rendition
+    created_ns = pw.IntegerField(default=now_ns)
+
+
+class Rendition(_Model):
+    """One variant stream of a video: a folder with playlist.m3u8, init segment, segments."""
+
+    video = pw.ForeignKeyField(Video, backref="renditions", on_delete="CASCADE")
+    name = pw.TextField()  # its folder name, e.g. "720p"
+    width = pw.IntegerField()
+    height = pw.IntegerField()
+    frame_rate = pw.FloatField(null=True)  # FRAME-RATE in the master playlist; None if unknown
+    codecs = pw.TextField()  # RFC 6381 CODECS value, computed from the init segment
+    bandwidth = pw.IntegerField()  # BANDWIDTH: peak segment bit rate, bits/s
+    average_bandwidth = pw.IntegerField()  # AVERAGE-BANDWIDTH: whole-stream bit rate, bits/s
+    init_name = pw.TextField()  # file name of the init segment (EXT-X-MAP), e.g. "init.mp4"
+    init_blob = pw.ForeignKeyField(Blob)
+
+
+class Segment(_Model):
+    """One media segment of a rendition, in playback order."""
+
+    rendition = pw.ForeignKeyField(Rendition, backref="segments", on_delete="CASCADE")
+    seq = pw.IntegerField()  # 0-based position; EXT-X-MEDIA-SEQUENCE starts at 0
+    duration = pw.FloatField()  # seconds, the EXTINF value
+    name = pw.TextField()  # file name in the rendition folder, e.g. "seg_00003.m4s"
+    blob = pw.ForeignKeyField(Blob)
+
+    class Meta:
+        indexes = ((("rendition", "seq"), True),)
+
+
+class Node(_Model):
+    """One entry of the mounted tree. `id` is its inode number."""
+
+    # AUTOINCREMENT: a deleted entry's inode number is never handed out again, so the
+    # kernel can never confuse a new file with one it still remembers.
+    id = AutoIncrementField()
+    parent = pw.ForeignKeyField("self", null=True, backref="children")  # None only for root
+    name = pw.TextField()  # the entry's name in its parent (decoded with surrogateescape)
+    kind = pw.TextField()  # a NodeKind value
+    mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
+    uid = pw.IntegerField(default=0)
+    gid = pw.IntegerField(default=0)
+    size = pw.IntegerField(default=0)  # ordinary files: content length; others derive it
+    mtime_ns = pw.IntegerField(default=now_ns)
+    ctime_ns = pw.IntegerField(default=now_ns)
+    blob = pw.ForeignKeyField(Blob, null=True)  # stored content (ordinary file, HLS file)
+    # A local file with the content while it is not (only) in the store: being written, or
+    # waiting for ingest. Reads use it in preference to the blob.
+    spool = pw.TextField(null=True)
+    video = pw.ForeignKeyField(Video, null=True, on_delete="CASCADE")  # folder + its insides
+    rendition = pw.ForeignKeyField(Rendition, null=True, on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("parent", "name"), True),)
+
+    @property
+    def node_kind(self) -> NodeKind:
+        return NodeKind(self.kind)
+
+
+class Job(_Model):
+    """One dropped file between the spool and the store. The queue survives restarts."""
+
+    node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")  # None once deleted
+    path = pw.TextField()  # mount-relative path when dropped, for status output
+    spool = pw.TextField()  # the spooled copy the job works from
+    size = pw.IntegerField()  # bytes of the dropped file
+    state = pw.TextField(default="queued")  # queued | running | done | failed
+    outcome = pw.TextField(null=True)  # "video" or "file" once known
+    error = pw.TextField(null=True)  # why the media step failed (the file is kept as-is)
+    attempts = pw.IntegerField(default=0)  # store failures so far (retried with backoff)
+    not_before = pw.FloatField(default=0.0)  # epoch seconds; retry no earlier than this
+    created_ns = pw.IntegerField(default=now_ns)
+    finished_ns = pw.IntegerField(null=True)
+
+
+TABLES = [Meta, Blob, Part, Garbage, Video, Rendition, Segment, Node, Job]
+
+
+def open_catalog(path: Path) -> None:
+    """Open (creating if new) the catalog and check its schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db.init(
+        str(path),
+        pragmas={
+            "journal_mode": "wal",
+            # NORMAL in WAL mode loses at most the last transactions on power loss, never
+            # consistency; FULL would fsync on every create/release on the FUSE thread.
+            "synchronous": "normal",
+            "foreign_keys": 1,
+            "busy_timeout": 5000,
+        },
+    )
+    db.connect(reuse_if_open=True)
+    with db.atomic():
+        fresh = not Meta.table_exists()
+        db.create_tables(TABLES)
+        if fresh:
+            Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+            _create_fixed_nodes()
+    row = Meta.get_or_none(Meta.key == "schema_version")
+    found = int(row.value) if row else None
+    if found != SCHEMA_VERSION:
+        db.close()
+        raise SchemaMismatch(
+            f"catalog {path} has schema version {found}, this tgfs needs {SCHEMA_VERSION}"
+        )
+
+
+def close_catalog() -> None:
+    if not db.is_closed():
+        db.close()
+
+
+def _create_fixed_nodes() -> None:
+    Node.create(id=ROOT_ID, parent=None, name="", kind=NodeKind.DIR, mode=0o755)
+    Node.create(
+        id=CONTROL_DIR_ID, parent=ROOT_ID, name=CONTROL_DIR_NAME,
+        kind=NodeKind.CONTROL_DIR, mode=0o555,
+    )
+    Node.create(
+        id=STATUS_FILE_ID, parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME,
+        kind=NodeKind.STATUS, mode=0o444,
+    )

@@ -1,0 +1,84 @@
+"""Queries on the mounted tree (Node rows)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from tgfs.catalog.schema import ROOT_ID, Node, NodeKind, now_ns
+
+
+def get(inode: int) -> Node | None:
+    return Node.get_or_none(Node.id == inode)
+
+
+def child(parent_id: int, name: str) -> Node | None:
+    return Node.get_or_none((Node.parent == parent_id) & (Node.name == name))
+
+
+def children(parent_id: int, after_id: int = 0, limit: int = 1000) -> list[Node]:
+    """Entries of a directory in inode order, so `after_id` is a stable readdir offset."""
+    query = (
+        Node.select()
+        .where((Node.parent == parent_id) & (Node.id > after_id))
+        .order_by(Node.id)
+        .limit(limit)
+    )
+    return list(query)
+
+
+def has_children(parent_id: int) -> bool:
+    return Node.select().where(Node.parent == parent_id).exists()
+
+
+def path_of(node: Node) -> str:
+    """Mount-relative path, e.g. "Movies/Big Buck Bunny.mp4"."""
+    parts: list[str] = []
+    current: Node | None = node
+    while current is not None and current.id != ROOT_ID:
+        parts.append(current.name)
+        current = get(current.parent_id) if current.parent_id else None
+    return str(PurePosixPath(*reversed(parts))) if parts else "/"
+
+
+def free_name(parent_id: int, wanted: str, ignore_id: int | None = None) -> str:
+    """`wanted`, or the first of "wanted (2)", "wanted (3)" … not taken in the folder.
+
+    Used when a video folder is published: dropping "A.mp4" next to an existing "A" gives
+    "A (2)"; nothing the user has is ever replaced.
+    """
+    candidate, n = wanted, 1
+    while (found := child(parent_id, candidate)) is not None and found.id != ignore_id:
+        n += 1
+        candidate = f"{wanted} ({n})"
+    return candidate
+
+
+def create(
+    parent_id: int, name: str, kind: NodeKind, mode: int, uid: int = 0, gid: int = 0, **fields
+) -> Node:
+    return Node.create(
+        parent=parent_id, name=name, kind=kind, mode=mode, uid=uid, gid=gid, **fields
+    )
+
+
+def move(node: Node, new_parent_id: int, new_name: str) -> None:
+    node.parent = new_parent_id
+    node.name = new_name
+    node.ctime_ns = now_ns()
+    node.save()
+
+
+def touch_dir(parent_id: int) -> None:
+    """A directory's mtime changes when an entry is added, removed or renamed."""
+    stamp = now_ns()
+    Node.update(mtime_ns=stamp, ctime_ns=stamp).where(Node.id == parent_id).execute()
+
+
+def is_inside(node_id: int, ancestor_id: int) -> bool:
+    """True if `node_id` is `ancestor_id` or below it (a rename must not make a loop)."""
+    current = get(node_id)
+    while current is not None:
+        if current.id == ancestor_id:
+            return True
+        current = get(current.parent_id) if current.parent_id else None
+    return False

@@ -1,0 +1,101 @@
+"""The `tgfs` command: mount, umount, status, config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from tgfs import config as config_module
+from tgfs import logs
+from tgfs.catalog import SchemaMismatch
+from tgfs.config import ConfigError, Settings
+from tgfs.status import render
+
+STATUS_PATH = Path(".tgfs") / "status.json"
+
+
+def _settings() -> Settings:
+    try:
+        return config_module.load()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tgfs: a video library in Telegram (or a local store), mounted with FUSE."""
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--debug", is_flag=True, help="Log every request (TGFS_LOG_LEVEL=DEBUG).")
+@click.option("--debug-fuse", is_flag=True, help="Also turn on libfuse's own debug output.")
+def mount(mountpoint: Path, debug: bool, debug_fuse: bool) -> None:
+    """Mount tgfs on MOUNTPOINT and serve in the foreground until unmounted (Ctrl-C)."""
+    from tgfs import daemon  # pyfuse3 is only needed here
+
+    settings = _settings()
+    logs.setup("DEBUG" if debug else settings.log_level, settings.secrets())
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        daemon.run(settings, mountpoint.absolute(), debug_fuse)
+    except (ConfigError, SchemaMismatch) as exc:
+        raise click.ClickException(str(exc)) from None
+    except RuntimeError as exc:
+        if "fuse" in str(exc).lower() or "mount" in str(exc).lower():
+            raise click.ClickException(f"cannot mount {mountpoint}: {exc}") from None
+        raise
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Unmount a tgfs mount (the daemon then exits cleanly)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise click.ClickException(result.stderr.strip() or f"{command[0]} failed")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
+@click.option("--watch", is_flag=True, help="Refresh every second until interrupted.")
+def status(mountpoint: Path, as_json: bool, watch: bool) -> None:
+    """Show jobs (stage, progress, speed, ETA, errors), store and cache of a mount."""
+    path = mountpoint / STATUS_PATH
+    while True:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise click.ClickException(f"{mountpoint} is not a tgfs mount") from None
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read {path}: {exc}") from None
+        text = json.dumps(data, indent=2) + "\n" if as_json else render(data)
+        if not watch:
+            click.echo(text, nl=False)
+            return
+        click.clear()
+        click.echo(text, nl=False)
+        time.sleep(1)
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print the resolved settings (secrets masked) and exit non-zero if any is invalid."""
+    settings = _settings()
+    rows = settings.describe()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

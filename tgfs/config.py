@@ -1,0 +1,319 @@
+"""One settings object, read from the environment and a `.env` file.
+
+Names follow the seed project where one exists (`TELEGRAM_*`, `MAX_UPLOAD_SIZE`,
+`ENABLE_COPY_MODE` …); options new to tgfs start with `TGFS_`. Every option is listed, with
+a comment, in `.env.example`. Values in the process environment win over the `.env` file, so
+a systemd unit or a test can override one setting without editing the file.
+
+Invalid values raise `ConfigError` with one line that names the setting; the CLI prints it
+and exits, so a typo never starts a half-configured mount. Secrets are wrapped in `Secret`,
+whose `str`/`repr` is a mask: printing the settings, logging them or putting them in an
+exception message cannot leak a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+ENCODERS = ("software", "nvenc", "qsv", "vaapi")
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast",
+    "medium", "slow", "slower", "veryslow",
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Telegram documents: 2000 MiB is the MTProto per-file limit for bots. The default part
+# size is much smaller because a part is also the unit the read cache fetches: a player
+# seeking into a large ordinary file should not wait for gigabytes. 64 MiB still keeps the
+# message count (and so flood-control pressure) low.
+DEFAULT_PART_SIZE = 64 * 2**20
+TELEGRAM_PART_LIMIT = 2000 * 2**20
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_PLACEHOLDER_TOKENS = {"", "your_bot_token", "changeme", "xxx", "token"}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message is one line meant for the user."""
+
+
+class Secret:
+    """A string that never shows itself by accident (str, repr, f-strings, logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return mask(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask(value: str) -> str:
+    """What `tgfs config` shows for a secret: enough to tell two apart, not to use one."""
+    if not value:
+        return "(unset)"
+    return f"***{value[-3:]}" if len(value) >= 16 else "***"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bot:
+    """One Telegram bot and the private channel it stores into."""
+
+    number: int  # the N of TELEGRAM_BOT_TOKEN_N: how users and logs name the bot
+    token: Secret
+    channel_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    cache_dir: Path
+    spool_dir: Path
+    cache_size: int
+    max_upload_size: int  # 0 = no limit
+    part_size: int
+    enable_copy_mode: bool
+    copy_mode_min_size: int
+    segment_seconds: float
+    enable_hardware_acceleration: bool
+    preferred_encoder: str
+    x264_preset: str
+    x264_crf: int
+    ingest_jobs: int
+    allow_other: bool
+    log_level: str
+    bots: tuple[Bot, ...] = ()
+    api_id: int | None = None
+    api_hash: Secret | None = None
+    skipped_bots: tuple[str, ...] = ()  # why a configured bot was ignored, for start-up logs
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.db"
+
+    @property
+    def local_store_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def store_kind(self) -> str:
+        return "telegram" if self.bots else "local"
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so the log filter can scrub them wherever they appear."""
+        found = [b.token.reveal() for b in self.bots]
+        if self.api_hash:
+            found.append(self.api_hash.reveal())
+        return [s for s in found if s]
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, value) rows for `tgfs config`, secrets masked."""
+        rows = [
+            ("store", self.store_kind),
+            ("TGFS_DATA_DIR", str(self.data_dir)),
+            ("TGFS_CACHE_DIR", str(self.cache_dir)),
+            ("TGFS_SPOOL_DIR", str(self.spool_dir)),
+            ("TGFS_CACHE_SIZE", format_size(self.cache_size)),
+            ("MAX_UPLOAD_SIZE", format_size(self.max_upload_size) if self.max_upload_size
+             else "no limit"),
+            ("TELEGRAM_MAX_FILE_SIZE", format_size(self.part_size)),
+            ("ENABLE_COPY_MODE", str(self.enable_copy_mode).lower()),
+            ("COPY_MODE_MIN_SIZE", format_size(self.copy_mode_min_size)),
+            ("TGFS_SEGMENT_SECONDS", f"{self.segment_seconds:g}"),
+            ("ENABLE_HARDWARE_ACCELERATION", str(self.enable_hardware_acceleration).lower()),
+            ("PREFERRED_ENCODER", self.preferred_encoder),
+            ("TGFS_X264_PRESET", self.x264_preset),
+            ("TGFS_X264_CRF", str(self.x264_crf)),
+            ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
+            ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
+            ("TGFS_LOG_LEVEL", self.log_level),
+            ("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"),
+            ("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"),
+        ]
+        for bot in self.bots:
+            rows.append((f"TELEGRAM_BOT_TOKEN_{bot.number}", str(bot.token)))
+            rows.append((f"TELEGRAM_CHANNEL_ID_{bot.number}", str(bot.channel_id)))
+        rows.extend(("skipped", why) for why in self.skipped_bots)
+        return rows
+
+
+def parse_size(name: str, raw: str) -> int:
+    """`20M`, `2GiB`, `1.5g`, `1048576` → bytes (binary units: M means MiB)."""
+    match = _SIZE_RE.match(raw)
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a size (examples: 500M, 2G, 1048576)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} B"
+
+
+def load(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:
+    """Settings from `environ` (default: os.environ) over the `.env` file.
+
+    The file is `TGFS_ENV_FILE` if set, else `./.env` when it exists.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    if env_file is None:
+        env_file = Path(environ.get("TGFS_ENV_FILE", ".env"))
+        if "TGFS_ENV_FILE" in environ and not env_file.is_file():
+            raise ConfigError(f"TGFS_ENV_FILE={env_file} does not exist")
+    values: dict[str, str] = {}
+    if env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(environ)
+    return _build(_Reader(values))
+
+
+class _Reader:
+    """Typed access to the raw strings, each error naming its setting."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def text(self, name: str, default: str) -> str:
+        value = self.values.get(name, "").strip()
+        return value or default
+
+    def path(self, name: str, default: Path) -> Path:
+        return Path(self.text(name, str(default))).expanduser().absolute()
+
+    def size(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self.values.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.startswith("-"):
+            raise ConfigError(f"{name}={raw!r} must not be negative")
+        value = parse_size(name, raw)
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} is too small (minimum {format_size(minimum)})")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.values.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.values.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
+        value = self.text(name, default)
+        value = value.upper() if upper else value.lower()
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+
+def _build(r: _Reader) -> Settings:
+    home = Path.home()
+    xdg_data = Path(r.text("XDG_DATA_HOME", str(home / ".local" / "share")))
+    xdg_cache = Path(r.text("XDG_CACHE_HOME", str(home / ".cache")))
+    data_dir = r.path("TGFS_DATA_DIR", xdg_data / "tgfs")
+    bots, skipped = _bots(r)
+    api_id_raw = r.text("TELEGRAM_API_ID", "")
+    if api_id_raw and not api_id_raw.isdigit():
+        raise ConfigError(f"TELEGRAM_API_ID={api_id_raw!r} must be a number (from my.telegram.org)")
+    api_hash = r.text("TELEGRAM_API_HASH", "")
+    part_size = r.size("TELEGRAM_MAX_FILE_SIZE", DEFAULT_PART_SIZE, minimum=2**20)
+    if part_size > TELEGRAM_PART_LIMIT:
+        raise ConfigError(
+            f"TELEGRAM_MAX_FILE_SIZE={format_size(part_size)} is over Telegram's 2000 MiB limit"
+        )
+    return Settings(
+        data_dir=data_dir,
+        cache_dir=r.path("TGFS_CACHE_DIR", xdg_cache / "tgfs"),
+        spool_dir=r.path("TGFS_SPOOL_DIR", data_dir / "spool"),
+        cache_size=r.size("TGFS_CACHE_SIZE", 2 * 2**30, minimum=16 * 2**20),
+        max_upload_size=r.size("MAX_UPLOAD_SIZE", 0),
+        part_size=part_size,
+        enable_copy_mode=r.flag("ENABLE_COPY_MODE", True),
+        copy_mode_min_size=r.size("COPY_MODE_MIN_SIZE", 20 * 2**20),
+        segment_seconds=r.number("TGFS_SEGMENT_SECONDS", 6.0, 1.0, 30.0),
+        enable_hardware_acceleration=r.flag("ENABLE_HARDWARE_ACCELERATION", False),
+        preferred_encoder=r.choice("PREFERRED_ENCODER", "software", ENCODERS),
+        x264_preset=r.choice("TGFS_X264_PRESET", "veryfast", X264_PRESETS),
+        x264_crf=int(r.number("TGFS_X264_CRF", 21, 0, 51)),
+        ingest_jobs=int(r.number("TGFS_INGEST_JOBS", 1, 1, 16)),
+        allow_other=r.flag("TGFS_ALLOW_OTHER", False),
+        log_level=r.choice("TGFS_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        bots=bots,
+        api_id=int(api_id_raw) if api_id_raw else None,
+        api_hash=Secret(api_hash) if api_hash else None,
+        skipped_bots=skipped,
+    )
+
+
+def _bots(r: _Reader) -> tuple[tuple[Bot, ...], tuple[str, ...]]:
+    """TELEGRAM_BOT_TOKEN_N / TELEGRAM_CHANNEL_ID_N pairs, any N, sorted by N.
+
+    Placeholder and duplicate tokens are skipped (and reported by number, never by value);
+    a channel id that cannot be a channel is an error, because storing into the wrong chat
+    is worse than not starting.
+    """
+    bots: list[Bot] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    numbers = sorted(
+        int(m.group(1))
+        for key in r.values
+        if (m := re.fullmatch(r"TELEGRAM_BOT_TOKEN_(\d+)", key))
+    )
+    for n in numbers:
+        token = r.values[f"TELEGRAM_BOT_TOKEN_{n}"].strip()
+        if token.lower() in _PLACEHOLDER_TOKENS or ":" not in token:
+            skipped.append(f"bot {n}: TELEGRAM_BOT_TOKEN_{n} is empty or a placeholder")
+            continue
+        if token in seen:
+            skipped.append(f"bot {n}: same token as an earlier bot")
+            continue
+        raw_channel = r.values.get(f"TELEGRAM_CHANNEL_ID_{n}", "").strip()
+        if not raw_channel:
+            raise ConfigError(f"TELEGRAM_CHANNEL_ID_{n} is missing for bot {n}")
+        if not re.fullmatch(r"-100\d{5,}", raw_channel):
+            raise ConfigError(
+                f"TELEGRAM_CHANNEL_ID_{n}={raw_channel!r} is not a channel id "
+                "(private channel ids look like -1001234567890)"
+            )
+        seen.add(token)
+        bots.append(Bot(number=n, token=Secret(token), channel_id=int(raw_channel)))
+    return tuple(bots), tuple(skipped)

@@ -1,0 +1,1 @@
+"""The FUSE side: pyfuse3 handlers and the helpers they share."""

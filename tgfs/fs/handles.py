@@ -1,0 +1,46 @@
+"""Open file handles: what a file handle number stands for between open and release."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from tgfs.store.base import PartRef
+
+
+@dataclasses.dataclass
+class SpoolHandle:
+    """A file whose content is a local spool file (being written, or awaiting ingest)."""
+
+    inode: int
+    fd: int
+    writable: bool
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclasses.dataclass
+class BlobHandle:
+    """Stored, immutable content read through the cache (segments, stored files)."""
+
+    inode: int
+    parts: list[PartRef]
+    size: int
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class BytesHandle:
+    """Content rendered at open (playlists, status.json): one consistent snapshot per open."""
+
+    inode: int
+    data: bytes
+
+    def close(self) -> None:
+        pass
+
+
+Handle = SpoolHandle | BlobHandle | BytesHandle

@@ -1,0 +1,1 @@
+"""Ingest: dropped file (spool) → media child process → store → catalog."""

@@ -1,0 +1,104 @@
+"""Run the media child process (`tgfs.media.worker`) for one job and read its reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.media.worker import WorkerOptions
+
+log = logging.getLogger(__name__)
+
+# The worker reports at least every 0.5 s while it works; this long without a word means a
+# decoder is stuck on a hostile file. Kill it and fail the job rather than wedge the queue.
+STALL_TIMEOUT = 300.0
+_STDERR_KEEP = 4000  # bytes of the child's stderr kept to explain a crash
+
+
+class MediaFailed(Exception):
+    """The media step failed; the message is meant for the user (status output)."""
+
+
+async def run_worker(
+    src: Path, workdir: Path, options: WorkerOptions,
+    on_progress: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Run the worker to completion; returns its result event or raises MediaFailed."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "tgfs.media.worker", str(src), str(workdir),
+               options.to_json()]
+    proc = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Lower priority: the mount's own requests should win the CPU over a transcode.
+        preexec_fn=lambda: os.nice(10),
+    )
+    events: list[dict[str, Any]] = []
+    stderr = bytearray()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, proc.stderr, stderr)
+            with trio.CancelScope() as watchdog:
+                watchdog.deadline = trio.current_time() + STALL_TIMEOUT
+                async for line in _lines(proc.stdout):
+                    watchdog.deadline = trio.current_time() + STALL_TIMEOUT
+                    event = json.loads(line)
+                    if event.get("event") == "progress":
+                        on_progress(event)
+                    else:
+                        events.append(event)
+            if watchdog.cancelled_caught:
+                proc.kill()
+                raise MediaFailed(f"media process made no progress for {STALL_TIMEOUT:.0f} s")
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+    for event in events:
+        if event.get("event") == "result":
+            return event
+        if event.get("event") == "error":
+            raise MediaFailed(event.get("message", "media process failed"))
+    raise MediaFailed(_crash_reason(code, bytes(stderr)))
+
+
+def _crash_reason(code: int, stderr: bytes) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = f"media process crashed ({name})"
+    else:
+        why = f"media process exited with status {code} and no result"
+    tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+    log.warning("%s; last stderr line: %s", why, tail[0])
+    return why
+
+
+async def _lines(stream: trio.abc.ReceiveStream):
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
+
+
+async def _drain(stream: trio.abc.ReceiveStream, keep: bytearray) -> None:
+    async for chunk in stream:
+        keep.extend(chunk)
+        del keep[:-_STDERR_KEEP]

@@ -1,0 +1,230 @@
+"""The ingest runner: takes queued jobs from the catalog and sees each one through.
+
+For each dropped file:
+
+    probe + copy/transcode (child process)  ──►  upload HLS files  ──►  publish folder
+                 │ not a video / media failed
+                 └────────────────────────────►  store as ordinary file
+
+What can go wrong, and what happens:
+- the media step fails (hostile file, decoder error, crash): the file is stored as an
+  ordinary file, byte for byte, and the job is marked failed with the reason;
+- the store fails (disk full, a bot down): the job goes back to the queue with a growing
+  delay; the file stays readable from the spool meanwhile;
+- the file is deleted or rewritten while its job runs: the results are thrown away (their
+  store parts are queued for deletion) and the rewritten file gets a job of its own;
+- the daemon stops: running jobs restart from scratch on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.catalog import Job, Node, blobs, jobs, library, tree
+from tgfs.config import Settings
+from tgfs.ingest.media_process import MediaFailed, run_worker
+from tgfs.ingest.progress import Progress
+from tgfs.media.hls import EncodeOptions
+from tgfs.media.playlists import bandwidths
+from tgfs.media.worker import WorkerOptions
+from tgfs.spool import Spool
+from tgfs.store.base import BlobStore, PartRef, StoreError
+from tgfs.store.parts import put_file
+
+log = logging.getLogger(__name__)
+
+# Store failures are retried after 30 s, doubling up to an hour: long enough to ride out a
+# Telegram flood wait or an admin freeing disk space, short enough to notice the fix soon.
+RETRY_FIRST = 30.0
+RETRY_MAX = 3600.0
+
+# Called after the tree changed under `parent_id`: the names to drop from the kernel's cache.
+InvalidateFn = Callable[[int, list[str]], None]
+
+
+class _Discarded(Exception):
+    """The job's file was deleted or rewritten while the job ran."""
+
+
+class IngestRunner:
+    def __init__(self, settings: Settings, store: BlobStore, spool: Spool,
+                 invalidate: InvalidateFn) -> None:
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+        self.invalidate = invalidate
+        self.progress: dict[int, Progress] = {}  # running jobs only
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Something was queued: look at the queue now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        requeued = jobs.requeue_interrupted()
+        if requeued:
+            log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
+        limiter = trio.CapacityLimiter(self.settings.ingest_jobs)
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._wake = trio.Event()
+                while limiter.available_tokens and (
+                    job := jobs.next_ready(exclude=set(self.progress))
+                ):
+                    self.progress[job.id] = Progress(size=job.size)
+                    await limiter.acquire_on_behalf_of(job.id)
+                    nursery.start_soon(self._run_one, job, limiter)
+                timeout = 60.0
+                if (when := jobs.next_wakeup()) is not None:
+                    timeout = max(0.5, min(timeout, when - time.time()))
+                with trio.move_on_after(timeout):
+                    await self._wake.wait()
+
+    async def _run_one(self, job: Job, limiter: trio.CapacityLimiter) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:
+            # A bug, not bad input. The file stays in the spool (nothing is lost); the job
+            # is left failed so the queue moves on. Nothing here may raise: an exception
+            # escaping this task would end the mount.
+            log.exception("job %d (%s): internal error", job.id, job.path)
+            with contextlib.suppress(Exception):
+                jobs.mark(job, jobs.FAILED, error="internal error (see the daemon log)")
+        finally:
+            shutil.rmtree(self.spool.work_dir(job.id), ignore_errors=True)
+            self.progress.pop(job.id, None)
+            limiter.release_on_behalf_of(job.id)
+            self.wake()
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            await self._process(job)
+        except StoreError as exc:
+            delay = min(RETRY_FIRST * 2**job.attempts, RETRY_MAX)
+            log.warning("job %d (%s): store failed, retrying in %.0f s: %s",
+                        job.id, job.path, delay, exc)
+            jobs.retry_later(job, f"store: {exc} (retrying in {delay:.0f} s)", delay)
+        except _Discarded:
+            log.info("job %d (%s): file deleted or rewritten meanwhile; result dropped",
+                     job.id, job.path)
+            jobs.mark(job, jobs.DONE, outcome="discarded")
+
+    async def _process(self, job: Job) -> None:
+        jobs.mark(job, jobs.RUNNING)
+        progress = self.progress[job.id]
+        node = self._current_node(job)
+        if job.size == 0:
+            self._finish_as_file(job, node, [], None)
+            return
+        progress.enter("probe")
+        workdir = self.spool.work_dir(job.id)
+        try:
+            result = await run_worker(Path(job.spool), workdir, self._worker_options(job),
+                                      lambda event: self._on_media_progress(progress, event))
+        except MediaFailed as exc:
+            result = {"kind": "file", "reason": str(exc), "failed": True}
+        if result["kind"] == "video":
+            await self._publish_video(job, progress, workdir, result)
+            return
+        failed = result.get("failed", False)
+        error = f"{result['reason']}; kept as an ordinary file" if failed else None
+        if failed:
+            log.warning("job %d (%s): %s", job.id, job.path, error)
+        progress.enter("store", job.size)
+        parts = await self._put(Path(job.spool), job.size, f"file-{job.id}", progress)
+        self._finish_as_file(job, self._current_node(job, parts), parts, error)
+
+    def _worker_options(self, job: Job) -> WorkerOptions:
+        s = self.settings
+        return WorkerOptions(
+            name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
+            copy_mode_min_size=s.copy_mode_min_size,
+            encode=EncodeOptions(segment_seconds=s.segment_seconds,
+                                 x264_preset=s.x264_preset, x264_crf=s.x264_crf),
+        )
+
+    @staticmethod
+    def _on_media_progress(progress: Progress, event: dict[str, Any]) -> None:
+        if progress.stage != event["stage"]:
+            progress.enter(event["stage"], event.get("duration") or 0.0)
+        progress.done = event["seconds"]
+
+    def _current_node(self, job: Job, uploaded: list[PartRef] | None = None) -> Node:
+        """The job's file as it is now; _Discarded if it is gone or has new content."""
+        node = tree.get(job.node_id) if job.node_id else None
+        if node is None or node.spool != job.spool:
+            if uploaded:
+                blobs.queue_locations(p.location for p in uploaded)
+            raise _Discarded
+        return node
+
+    async def _put(self, src: Path, size: int, key: str, progress: Progress) -> list[PartRef]:
+        def advance(n: int) -> None:
+            progress.done += n
+
+        return await put_file(self.store, src, size, self.settings.part_size, key, advance)
+
+    def _finish_as_file(self, job: Job, node: Node, parts: list[PartRef],
+                        error: str | None) -> None:
+        if parts:
+            node.blob = blobs.add(job.size, parts)
+        node.spool = None
+        node.save()
+        Spool.discard(job.spool)
+        jobs.mark(job, jobs.FAILED if error else jobs.DONE, outcome="file", error=error)
+        log.info("job %d (%s): stored as an ordinary file", job.id, job.path)
+
+    async def _publish_video(self, job: Job, progress: Progress, workdir: Path,
+                             result: dict[str, Any]) -> None:
+        files = [(r, workdir / r["dir"] / name)
+                 for r in result["renditions"]
+                 for name in [r["init_name"], *(s["name"] for s in r["segments"])]]
+        progress.enter("upload", sum(path.stat().st_size for _, path in files))
+        uploaded: dict[Path, tuple[int, list[PartRef]]] = {}
+        try:
+            for index, (_, path) in enumerate(files):
+                size = path.stat().st_size
+                parts = await self._put(path, size, f"job{job.id}-{index}", progress)
+                uploaded[path] = (size, parts)
+        except BaseException:
+            blobs.queue_locations(p.location for _, parts in uploaded.values() for p in parts)
+            raise
+        all_parts = [p for _, parts in uploaded.values() for p in parts]
+        source = self._current_node(job, all_parts)
+        old_parent, old_name = source.parent_id, source.name
+        renditions = [self._stored_rendition(workdir, r, uploaded)
+                      for r in result["renditions"]]
+        folder = library.publish(source, result["mode"], renditions)
+        Spool.discard(job.spool)
+        note = result.get("note") or None
+        jobs.mark(job, jobs.DONE, outcome="video", error=note)
+        self.invalidate(old_parent, [old_name])
+        log.info("job %d (%s): published %s (%s, %d segment(s))%s", job.id, job.path,
+                 tree.path_of(folder), result["mode"],
+                 sum(len(r.segments) for r in renditions), f" — {note}" if note else "")
+
+    @staticmethod
+    def _stored_rendition(workdir: Path, r: dict[str, Any],
+                          uploaded: dict[Path, tuple[int, list[PartRef]]]
+                          ) -> library.StoredRendition:
+        folder = workdir / r["dir"]
+
+        def stored(name: str, duration: float = 0.0) -> library.StoredFile:
+            size, parts = uploaded[folder / name]
+            return library.StoredFile(name=name, size=size, parts=parts, duration=duration)
+
+        segments = [stored(s["name"], s["duration"]) for s in r["segments"]]
+        peak, average = bandwidths((s.size, s.duration) for s in segments)
+        return library.StoredRendition(
+            name=r["name"], width=r["width"], height=r["height"],
+            frame_rate=r["frame_rate"], codecs=r["codecs"], bandwidth=peak,
+            average_bandwidth=average, init=stored(r["init_name"]), segments=segments,
+        )

@@ -1,0 +1,306 @@
+"""Turn one media file into an fMP4 HLS rendition with FFmpeg's `hls` muxer (via PyAV).
+
+Two ways, decided by the caller:
+- copy: the video packets are remuxed as they are (no re-encode, seconds for a film);
+  segments can then only be cut at the source's keyframes. MP3 audio is re-encoded to AAC
+  on the way, because MP3 in fMP4 does not play in browsers (hls.js); AAC is copied, with
+  `aac_adtstoasc` when it comes as ADTS (MPEG-TS sources).
+- transcode: decode once, encode H.264 (libx264) + AAC, and force an IDR frame exactly on
+  every segment boundary, so every segment starts with a keyframe and all segments are the
+  same length.
+
+Packets are streamed from demuxer to muxer: memory stays flat whatever the file size.
+The playlists FFmpeg writes are only read back for segment durations; the playlists users
+see are rendered by tgfs from the catalog (`tgfs.media.playlists`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import m3u8
+from av.video.frame import PictureType
+
+from tgfs.media import codecs
+
+INIT_NAME = "init.mp4"
+SEGMENT_PATTERN = "seg_%05d.m4s"
+_FFMPEG_PLAYLIST = "ffmpeg.m3u8"  # FFmpeg's own playlist: read for durations, then dropped
+# AAC-LC at 128 kbit/s stereo is transparent enough for film sound and what Apple's HLS
+# authoring spec suggests for stereo.
+AUDIO_BITRATE = 128_000
+AUDIO_RATES = (44100, 48000)  # keep these source rates; resample anything else to 48 kHz
+_REPORT_EVERY = 0.5  # seconds between progress reports
+
+ProgressFn = Callable[[float], None]  # media seconds done so far
+
+
+@dataclasses.dataclass
+class EncodeOptions:
+    segment_seconds: float = 6.0
+    x264_preset: str = "veryfast"
+    x264_crf: int = 21
+
+
+@dataclasses.dataclass
+class SegmentFile:
+    name: str
+    duration: float
+    size: int
+
+
+@dataclasses.dataclass
+class RenditionOutput:
+    name: str  # folder name, e.g. "720p"
+    width: int
+    height: int
+    frame_rate: float | None
+    codecs: str
+    init_name: str
+    segments: list[SegmentFile]
+
+
+def make_rendition(
+    src: Path, out_dir: Path, copy: bool, opts: EncodeOptions, report: ProgressFn
+) -> RenditionOutput:
+    """Write init.mp4 + seg_NNNNN.m4s for `src` into `out_dir`; describe what was written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with av.open(str(src), metadata_errors="ignore") as source:
+        vin = next(
+            s for s in source.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        )
+        ain = source.streams.audio[0] if source.streams.audio else None
+        options = {
+            "hls_time": f"{opts.segment_seconds:g}",
+            "hls_segment_type": "fmp4",
+            "hls_playlist_type": "vod",
+            "hls_list_size": "0",
+            "hls_fmp4_init_filename": INIT_NAME,
+            "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
+        }
+        with av.open(str(out_dir / _FFMPEG_PLAYLIST), "w", format="hls",
+                     options=options) as out:
+            video = _CopyVideo(vin, out) if copy else _EncodeVideo(vin, out, opts)
+            audio = _audio_path(ain, out, copy) if ain is not None else None
+            _pump(source, vin, ain, video, audio, report)
+            width, height = video.size
+    return RenditionOutput(
+        name=f"{height}p",
+        width=width,
+        height=height,
+        frame_rate=float(video.rate) if video.rate else None,
+        codecs=_codecs_of(out_dir / INIT_NAME),
+        init_name=INIT_NAME,
+        segments=_segments_of(out_dir),
+    )
+
+
+def _pump(source, vin, ain, video, audio, report: ProgressFn) -> None:
+    """Demux once, hand each packet to its stream's path, then flush both."""
+    streams = [vin] + ([ain] if ain is not None and audio is not None else [])
+    last_report = 0.0
+    start = vin.start_time or 0
+    for packet in source.demux(*streams):
+        if packet.stream is vin:
+            video.feed(packet)
+            if packet.pts is not None and (now := time.monotonic()) - last_report > _REPORT_EVERY:
+                last_report = now
+                report(max(0.0, float((packet.pts - start) * vin.time_base)))
+        else:
+            audio.feed(packet)
+    video.flush()
+    if audio is not None:
+        audio.flush()
+
+
+class _Monotonic:
+    """Muxers reject a DTS that does not increase; some files have them. Bump them forward."""
+
+    def __init__(self) -> None:
+        self.last_dts: int | None = None
+
+    def fix(self, packet: av.Packet) -> None:
+        if packet.dts is None:
+            return
+        if self.last_dts is not None and packet.dts <= self.last_dts:
+            packet.dts = self.last_dts + 1
+            if packet.pts is not None and packet.pts < packet.dts:
+                packet.pts = packet.dts
+        self.last_dts = packet.dts
+
+
+class _CopyVideo:
+    def __init__(self, vin, out) -> None:
+        self.out = out
+        self.stream = out.add_stream_from_template(vin)
+        if vin.codec_context.name == "hevc":
+            # Apple players require hvc1 (parameter sets in the sample entry); the template
+            # leaves the tag empty and the muxer would choose hev1.
+            self.stream.codec_tag = "hvc1"
+        self.order = _Monotonic()
+        self.size = (vin.codec_context.width, vin.codec_context.height)
+        self.rate = vin.average_rate or vin.guessed_rate
+
+    def feed(self, packet: av.Packet) -> None:
+        # Mux every packet with data; do not drop packets whose DTS is unset (some MKV
+        # keyframes have none) — the muxer derives it.
+        if packet.size == 0:
+            return
+        self.order.fix(packet)
+        packet.stream = self.stream
+        self.out.mux(packet)
+
+    def flush(self) -> None:
+        pass
+
+
+class _EncodeVideo:
+    """Decode → scale to even dimensions → libx264 with an IDR on every segment boundary."""
+
+    def __init__(self, vin, out, opts: EncodeOptions) -> None:
+        self.out = out
+        self.vin = vin
+        vin.codec_context.thread_type = "AUTO"
+        self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        width = vin.codec_context.width & ~1  # 4:2:0 needs even dimensions
+        height = vin.codec_context.height & ~1
+        self.size = (width, height)
+        gop = max(1, round(opts.segment_seconds * self.rate))
+        self.stream = out.add_stream("libx264", rate=self.rate, options={
+            "preset": opts.x264_preset,
+            "crf": str(opts.x264_crf),
+            # A GOP of exactly one segment and no scene-cut keyframes: keyframes fall only
+            # where we force them, on segment boundaries.
+            "g": str(gop),
+            "keyint_min": str(gop),
+            "sc_threshold": "0",
+            "forced-idr": "1",
+        })
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.time_base = vin.time_base
+        self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
+        self.start: int | None = None
+        self.next_cut = Fraction(0)
+        self.last_pts: int | None = None
+
+    def feed(self, packet: av.Packet) -> None:
+        for frame in packet.decode():
+            self._encode(frame)
+
+    def _encode(self, frame: av.VideoFrame) -> None:
+        pts = frame.pts
+        if pts is None or (self.last_pts is not None and pts <= self.last_pts):
+            pts = (self.last_pts or 0) + 1  # keep the encoder's input strictly increasing
+        self.last_pts = pts
+        if self.start is None:
+            self.start = pts
+        out = frame.reformat(self.size[0], self.size[1], "yuv420p")
+        out.pts = pts
+        out.time_base = self.vin.time_base
+        # The muxer cuts at the first keyframe at or after start + n·segment; force exactly
+        # those frames to be IDRs and clear the source's frame types everywhere else (x264
+        # would turn decoded I frames into extra keyframes).
+        elapsed = (pts - self.start) * self.vin.time_base
+        if elapsed >= self.next_cut:
+            out.pict_type = PictureType.I
+            while self.next_cut <= elapsed:
+                self.next_cut += self.segment
+        else:
+            out.pict_type = PictureType.NONE
+        for packet in self.stream.encode(out):
+            self.out.mux(packet)
+
+    def flush(self) -> None:
+        for packet in self.stream.encode(None):
+            self.out.mux(packet)
+
+
+class _CopyAudio:
+    def __init__(self, ain, out) -> None:
+        self.out = out
+        self.stream = out.add_stream_from_template(ain)
+        self.order = _Monotonic()
+        # ADTS AAC (from MPEG-TS or raw .aac) carries its config in every frame header and
+        # has no extradata; fMP4 needs an AudioSpecificConfig instead.
+        self.bsf = None
+        if not ain.codec_context.extradata:
+            self.bsf = av.bitstream.BitStreamFilterContext("aac_adtstoasc", ain, self.stream)
+
+    def feed(self, packet: av.Packet) -> None:
+        if packet.size == 0:
+            return
+        for p in self.bsf.filter(packet) if self.bsf else [packet]:
+            self._mux(p)
+
+    def _mux(self, packet: av.Packet) -> None:
+        self.order.fix(packet)
+        packet.stream = self.stream
+        self.out.mux(packet)
+
+    def flush(self) -> None:
+        if self.bsf:
+            for p in self.bsf.filter(None):
+                self._mux(p)
+
+
+class _EncodeAudio:
+    """Decode → resample to stereo float planar → AAC-LC."""
+
+    def __init__(self, ain, out) -> None:
+        self.out = out
+        rate = ain.codec_context.sample_rate
+        rate = rate if rate in AUDIO_RATES else 48000
+        self.stream = out.add_stream("aac", rate=rate)
+        self.stream.layout = "stereo"
+        self.stream.bit_rate = AUDIO_BITRATE
+        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate,
+                                           frame_size=1024)
+
+    def feed(self, packet: av.Packet) -> None:
+        for frame in packet.decode():
+            self._encode(frame)
+
+    def _encode(self, frame: av.AudioFrame | None) -> None:
+        for resampled in self.resampler.resample(frame):
+            for packet in self.stream.encode(resampled):
+                self.out.mux(packet)
+
+    def flush(self) -> None:
+        self._encode(None)
+        for packet in self.stream.encode(None):
+            self.out.mux(packet)
+
+
+def _audio_path(ain, out, copy: bool):
+    if copy and ain.codec_context.name == "aac":
+        return _CopyAudio(ain, out)
+    return _EncodeAudio(ain, out)
+
+
+def _codecs_of(init_path: Path) -> str:
+    """CODECS for the master playlist, from the configuration records in the init segment."""
+    with av.open(str(init_path)) as init:
+        entries = [
+            codecs.for_stream(s.codec_context.name, s.codec_context.extradata,
+                              s.codec_tag or "")
+            for s in init.streams
+            if s.type in ("video", "audio")
+        ]
+    return ",".join(entries)
+
+
+def _segments_of(out_dir: Path) -> list[SegmentFile]:
+    playlist = m3u8.load(str(out_dir / _FFMPEG_PLAYLIST))
+    (out_dir / _FFMPEG_PLAYLIST).unlink()
+    return [
+        SegmentFile(name=s.uri, duration=float(s.duration),
+                    size=(out_dir / s.uri).stat().st_size)
+        for s in playlist.segments
+    ]

@@ -1,0 +1,96 @@
+"""What is this file? A video to turn into HLS, or something to keep as it is.
+
+"Video" means a real moving picture: a video stream that is not cover art (attached_pic),
+not a still-image container (JPEG, PNG …) and not an animated GIF (users dropping GIFs
+expect them back as GIFs), with a measurable duration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import av
+
+# Demuxers that read single pictures or picture sequences; their "video" is a still.
+_IMAGE_FORMATS = {"image2", "gif", "apng", "webp", "ico", "tiff"}
+# Shortest media that still counts as a video: below this a "video" is a still frame.
+_MIN_DURATION = 0.2
+# Names users give video files. Used only to word the outcome: a file with such a name that
+# turns out unplayable is reported as a failed video; any other non-media file is just a file.
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg",
+    ".wmv", ".flv", ".3gp", ".ogv", ".vob", ".mxf", ".asf", ".divx", ".f4v",
+}
+COPY_VIDEO_CODECS = {"h264", "hevc"}
+COPY_AUDIO_CODECS = {"aac", "mp3"}
+
+
+@dataclasses.dataclass
+class Probe:
+    is_video: bool
+    reason: str  # why it is not a video (empty when it is)
+    format_name: str = ""
+    duration: float | None = None  # seconds
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    width: int = 0
+    height: int = 0
+
+
+def probe(path: Path) -> Probe:
+    """Open the file with FFmpeg (through PyAV) and classify it. Never raises for bad input."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return _classify(container)
+    except av.FFmpegError as exc:
+        return Probe(False, f"not a media file FFmpeg can read ({_ffmpeg_reason(exc)})")
+
+
+def _classify(container: av.container.InputContainer) -> Probe:
+    fmt = container.format.name
+    video = next(
+        (s for s in container.streams.video
+         if not s.disposition & av.stream.Disposition.attached_pic),
+        None,
+    )
+    audio = container.streams.audio[0] if container.streams.audio else None
+    duration = container.duration / 1_000_000 if container.duration else None
+    if video is not None and video.duration and video.time_base:
+        duration = max(duration or 0.0, float(video.duration * video.time_base))
+    found = Probe(
+        False, "", format_name=fmt, duration=duration,
+        video_codec=video.codec_context.name if video else None,
+        audio_codec=audio.codec_context.name if audio else None,
+        width=video.codec_context.width if video else 0,
+        height=video.codec_context.height if video else 0,
+    )
+    if video is None:
+        found.reason = "audio only" if audio else "no video stream"
+    elif fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
+        found.reason = f"a still image ({fmt})"
+    elif not duration or duration < _MIN_DURATION:
+        found.reason = "no measurable duration (a still image?)"
+    elif not found.width or not found.height:
+        found.reason = "video stream without a picture size"
+    else:
+        found.is_video = True
+    return found
+
+
+def copy_mode_allowed(found: Probe, size: int, enabled: bool, min_size: int) -> tuple[bool, str]:
+    """The seed's copy-mode rule. Returns (allowed, why not)."""
+    if not enabled:
+        return False, "copy mode disabled (ENABLE_COPY_MODE=false)"
+    if size < min_size:
+        return False, "smaller than COPY_MODE_MIN_SIZE"
+    if found.video_codec not in COPY_VIDEO_CODECS:
+        return False, f"video codec {found.video_codec} is not H.264/HEVC"
+    if found.audio_codec is not None and found.audio_codec not in COPY_AUDIO_CODECS:
+        return False, f"audio codec {found.audio_codec} is not AAC/MP3"
+    return True, ""
+
+
+def _ffmpeg_reason(exc: av.FFmpegError) -> str:
+    # str(exc) repeats the file name (a user path); the strerror part is the reason.
+    return getattr(exc, "strerror", None) or type(exc).__name__

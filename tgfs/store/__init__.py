@@ -1,0 +1,1 @@
+"""Where blob bytes live: the `BlobStore` interface and its implementations."""

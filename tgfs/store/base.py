@@ -1,0 +1,69 @@
+"""The `BlobStore` interface: put, ranged get, delete, health — of parts.
+
+A store keeps opaque pieces of bytes ("parts") and hands back a *location* string for each;
+only the store that made a location interprets it. Splitting a blob into parts no larger
+than TELEGRAM_MAX_FILE_SIZE, and joining them on read, happens above the store
+(`tgfs.store.parts`), so every store gets it for free and none can get it wrong.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PartRef:
+    """A part as the catalog records it."""
+
+    id: int | None  # catalog row id (None before it is recorded); names the part in the cache
+    index: int  # position within its blob
+    offset: int  # first byte within its blob
+    size: int
+    location: str
+
+
+class StoreError(Exception):
+    """A store operation failed. `retryable` says whether trying again later may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class PartMissing(StoreError):
+    """The store no longer has this part (deleted behind tgfs's back): retrying won't help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class BlobStore(abc.ABC):
+    """Async part storage. Implementations must be safe to call concurrently."""
+
+    kind: str = "abstract"
+
+    @abc.abstractmethod
+    async def put(self, src: Path, offset: int, size: int, key: str) -> str:
+        """Store `size` bytes of `src` from `offset`; return the new part's location.
+
+        `key` is a stable name for the content (e.g. "blob-17.part0"); stores that spread
+        parts over several backends use it to choose one deterministically.
+        """
+
+    @abc.abstractmethod
+    async def get(self, location: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a part; fewer only at the part's end."""
+
+    @abc.abstractmethod
+    async def delete(self, location: str) -> None:
+        """Remove a part. Deleting a part that is already gone is not an error."""
+
+    @abc.abstractmethod
+    async def health(self) -> dict[str, Any]:
+        """A JSON-able summary for status output. Must not contain secrets."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default store has none."""

@@ -1,0 +1,67 @@
+"""Deletes store parts whose blobs are gone from the catalog (the Garbage table).
+
+A failed delete is retried later, never forgotten: the row stays until the store confirms.
+Parts still being read through an open file handle (a player holding a file that was just
+deleted) are left alone until that handle is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from tgfs.catalog import Garbage
+from tgfs.store.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100  # rows per pass, so one pass never holds the trio thread for long
+_IDLE = 30.0  # seconds between passes when nothing wakes the collector
+_RETRY_BACKOFF_MAX = 3600.0
+
+
+class GarbageCollector:
+    def __init__(self, store: BlobStore, in_use: Callable[[str], bool]) -> None:
+        self.store = store
+        self.in_use = in_use
+        self._wake = trio.Event()
+        self.deleted = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def pending(self) -> int:
+        return Garbage.select().count()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            self._wake = trio.Event()
+            failed = await self.collect_once()
+            failures = failures + 1 if failed else 0
+            delay = min(_IDLE * 2**failures, _RETRY_BACKOFF_MAX) if failures else _IDLE
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def collect_once(self) -> int:
+        """One pass over the garbage list; returns how many deletes failed."""
+        failed = 0
+        rows = list(Garbage.select().order_by(Garbage.attempts, Garbage.id).limit(_BATCH))
+        for row in rows:
+            if self.in_use(row.location):
+                continue
+            try:
+                await self.store.delete(row.location)
+            except Exception as exc:
+                failed += 1
+                row.attempts += 1
+                row.last_error = str(exc)[:500]
+                row.save()
+                log.warning("store: delete of a part failed (attempt %d), will retry: %s",
+                            row.attempts, exc)
+                continue
+            row.delete_instance()
+            self.deleted += 1
+        return failed

@@ -1,0 +1,101 @@
+"""The embedded store: parts as files in a local directory. Needs no account.
+
+It is the default when no Telegram bot is configured, and a faithful stand-in for the
+remote store's contract in tests (same interface, same part splitting above it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.store.base import BlobStore, PartMissing, StoreError
+
+# Copy in 1 MiB steps: memory stays flat however large the part.
+_COPY_CHUNK = 2**20
+# Disk work runs in threads so the FUSE (trio) thread never waits on it; a few at once
+# are plenty for one disk.
+_DISK_THREADS = trio.CapacityLimiter(4)
+
+
+class LocalStore(BlobStore):
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, location: str) -> Path:
+        # Locations are "ab/<hex>" as made by put(); refuse anything else so a corrupt
+        # catalog row can never make us read or delete outside the store directory.
+        head, _, name = location.partition("/")
+        if len(head) != 2 or not name.isalnum():
+            raise StoreError(f"not a local-store location: {location!r}", retryable=False)
+        return self.root / head / name
+
+    async def put(self, src: Path, offset: int, size: int, key: str) -> str:
+        name = uuid.uuid4().hex
+        location = f"{name[:2]}/{name}"
+        dest = self._path(location)
+        try:
+            await trio.to_thread.run_sync(_copy_range, src, offset, size, dest,
+                                          limiter=_DISK_THREADS)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise StoreError(f"local store: cannot write {key}: {exc.strerror}",
+                             retryable=full or exc.errno == errno.EIO) from exc
+        return location
+
+    async def get(self, location: str, offset: int, length: int) -> bytes:
+        path = self._path(location)
+        try:
+            return await trio.to_thread.run_sync(_pread, path, offset, length,
+                                                 limiter=_DISK_THREADS)
+        except FileNotFoundError:
+            raise PartMissing(f"local store: part {location} is missing") from None
+        except OSError as exc:
+            raise StoreError(f"local store: cannot read {location}: {exc.strerror}") from exc
+
+    async def delete(self, location: str) -> None:
+        path = self._path(location)
+        try:
+            await trio.to_thread.run_sync(path.unlink, True, limiter=_DISK_THREADS)
+        except OSError as exc:
+            raise StoreError(f"local store: cannot delete {location}: {exc.strerror}") from exc
+
+    async def health(self) -> dict[str, Any]:
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, self.root)
+        return {"kind": self.kind, "path": str(self.root), "up": True,
+                "free_bytes": usage.free}
+
+
+def _copy_range(src: Path, offset: int, size: int, dest: Path) -> None:
+    dest.parent.mkdir(exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            fin.seek(offset)
+            left = size
+            while left:
+                chunk = fin.read(min(_COPY_CHUNK, left))
+                if not chunk:
+                    raise OSError(errno.EIO, f"{src} is shorter than expected")
+                fout.write(chunk)
+                left -= len(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), length, offset)
