@@ -181,10 +181,10 @@ def load(environ: Mapping[str, str] | None = None, env_file: Path | None = None)
     environ = dict(os.environ if environ is None else environ)
     if env_file is None:
         env_file = Path(environ.get("TGFS_ENV_FILE", ".env"))
-        if "TGFS_ENV_FILE" in environ and not env_file.is_file():
+        if "TGFS_ENV_FILE" in environ and not env_file.exists():
             raise ConfigError(f"TGFS_ENV_FILE={env_file} does not exist")
     values: dict[str, str] = {}
-    if env_file.is_file():
+    if env_file.exists() and not env_file.is_dir():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     values.update(environ)
     return _build(_Reader(values))

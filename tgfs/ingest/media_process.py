@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # decoder is stuck on a hostile file. Kill it and fail the job rather than wedge the queue.
 STALL_TIMEOUT = 300.0
 _STDERR_KEEP = 4000  # bytes of the child's stderr kept to explain a crash
+# How the child is started; a module constant so tests can substitute a crashing child.
+WORKER_COMMAND = [sys.executable, "-m", "tgfs.media.worker"]
 
 
 class MediaFailed(Exception):
@@ -34,8 +36,7 @@ async def run_worker(
 ) -> dict[str, Any]:
     """Run the worker to completion; returns its result event or raises MediaFailed."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tgfs.media.worker", str(src), str(workdir),
-               options.to_json()]
+    command = [*WORKER_COMMAND, str(src), str(workdir), options.to_json()]
     proc = await trio.lowlevel.open_process(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         # Lower priority: the mount's own requests should win the CPU over a transcode.

@@ -205,7 +205,7 @@ class IngestRunner:
         folder = library.publish(source, result["mode"], renditions)
         Spool.discard(job.spool)
         note = result.get("note") or None
-        jobs.mark(job, jobs.DONE, outcome="video", error=note)
+        jobs.mark(job, jobs.DONE, outcome=f"video ({result['mode']})", error=note)
         self.invalidate(old_parent, [old_name])
         log.info("job %d (%s): published %s (%s, %d segment(s))%s", job.id, job.path,
                  tree.path_of(folder), result["mode"],

@@ -63,6 +63,7 @@ class RenditionOutput:
     codecs: str
     init_name: str
     segments: list[SegmentFile]
+    damaged_packets: int = 0  # packets the decoders rejected and that were skipped
 
 
 def make_rendition(
@@ -88,7 +89,7 @@ def make_rendition(
                      options=options) as out:
             video = _CopyVideo(vin, out) if copy else _EncodeVideo(vin, out, opts)
             audio = _audio_path(ain, out, copy) if ain is not None else None
-            _pump(source, vin, ain, video, audio, report)
+            damaged = _pump(source, vin, ain, video, audio, report)
             width, height = video.size
     return RenditionOutput(
         name=f"{height}p",
@@ -98,52 +99,67 @@ def make_rendition(
         codecs=_codecs_of(out_dir / INIT_NAME),
         init_name=INIT_NAME,
         segments=_segments_of(out_dir),
+        damaged_packets=damaged,
     )
 
 
-def _pump(source, vin, ain, video, audio, report: ProgressFn) -> None:
-    """Demux once, hand each packet to its stream's path, then flush both."""
+def _pump(source, vin, ain, video, audio, report: ProgressFn) -> int:
+    """Demux once, hand each packet to its stream's path, then flush both.
+
+    A packet a decoder rejects as invalid is skipped and counted, so one damaged spot does
+    not sink a whole film; the caller judges the damage by how much duration survived.
+    Returns the number of skipped packets.
+    """
     streams = [vin] + ([ain] if ain is not None and audio is not None else [])
     last_report = 0.0
     start = vin.start_time or 0
+    damaged = 0
     for packet in source.demux(*streams):
-        if packet.stream is vin:
-            video.feed(packet)
-            if packet.pts is not None and (now := time.monotonic()) - last_report > _REPORT_EVERY:
-                last_report = now
-                report(max(0.0, float((packet.pts - start) * vin.time_base)))
-        else:
-            audio.feed(packet)
+        path = video if packet.stream is vin else audio
+        try:
+            path.feed(packet)
+        except av.InvalidDataError:
+            damaged += 1
+            continue
+        now = time.monotonic()
+        if packet.stream is vin and packet.pts is not None and now - last_report > _REPORT_EVERY:
+            last_report = now
+            report(max(0.0, float((packet.pts - start) * vin.time_base)))
     video.flush()
     if audio is not None:
         audio.flush()
+    return damaged
 
 
-class _Monotonic:
-    """Muxers reject a DTS that does not increase; some files have them. Bump them forward."""
+class _Output:
+    """One output stream and the muxer. Every packet goes through `mux`, which keeps DTS
+    strictly increasing: muxers reject anything else, and damaged files (or encoders fed
+    their damaged timestamps) produce it. Offending packets are bumped forward a tick."""
 
-    def __init__(self) -> None:
+    def __init__(self, out, stream) -> None:
+        self.out = out
+        self.stream = stream
         self.last_dts: int | None = None
 
-    def fix(self, packet: av.Packet) -> None:
-        if packet.dts is None:
-            return
-        if self.last_dts is not None and packet.dts <= self.last_dts:
-            packet.dts = self.last_dts + 1
-            if packet.pts is not None and packet.pts < packet.dts:
-                packet.pts = packet.dts
-        self.last_dts = packet.dts
+    def mux(self, packet: av.Packet) -> None:
+        packet.stream = self.stream
+        if packet.dts is not None:
+            if self.last_dts is not None and packet.dts <= self.last_dts:
+                packet.dts = self.last_dts + 1
+                if packet.pts is not None and packet.pts < packet.dts:
+                    packet.pts = packet.dts
+            self.last_dts = packet.dts
+        self.out.mux(packet)
 
 
 class _CopyVideo:
     def __init__(self, vin, out) -> None:
-        self.out = out
-        self.stream = out.add_stream_from_template(vin)
+        stream = out.add_stream_from_template(vin)
         if vin.codec_context.name == "hevc":
             # Apple players require hvc1 (parameter sets in the sample entry); the template
             # leaves the tag empty and the muxer would choose hev1.
-            self.stream.codec_tag = "hvc1"
-        self.order = _Monotonic()
+            stream.codec_tag = "hvc1"
+        self.output = _Output(out, stream)
         self.size = (vin.codec_context.width, vin.codec_context.height)
         self.rate = vin.average_rate or vin.guessed_rate
 
@@ -152,9 +168,7 @@ class _CopyVideo:
         # keyframes have none) — the muxer derives it.
         if packet.size == 0:
             return
-        self.order.fix(packet)
-        packet.stream = self.stream
-        self.out.mux(packet)
+        self.output.mux(packet)
 
     def flush(self) -> None:
         pass
@@ -164,7 +178,6 @@ class _EncodeVideo:
     """Decode → scale to even dimensions → libx264 with an IDR on every segment boundary."""
 
     def __init__(self, vin, out, opts: EncodeOptions) -> None:
-        self.out = out
         self.vin = vin
         vin.codec_context.thread_type = "AUTO"
         self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
@@ -185,6 +198,7 @@ class _EncodeVideo:
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
         self.stream.time_base = vin.time_base
+        self.output = _Output(out, self.stream)
         self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
         self.start: int | None = None
         self.next_cut = Fraction(0)
@@ -215,46 +229,39 @@ class _EncodeVideo:
         else:
             out.pict_type = PictureType.NONE
         for packet in self.stream.encode(out):
-            self.out.mux(packet)
+            self.output.mux(packet)
 
     def flush(self) -> None:
         for packet in self.stream.encode(None):
-            self.out.mux(packet)
+            self.output.mux(packet)
 
 
 class _CopyAudio:
     def __init__(self, ain, out) -> None:
-        self.out = out
-        self.stream = out.add_stream_from_template(ain)
-        self.order = _Monotonic()
+        stream = out.add_stream_from_template(ain)
+        self.output = _Output(out, stream)
         # ADTS AAC (from MPEG-TS or raw .aac) carries its config in every frame header and
         # has no extradata; fMP4 needs an AudioSpecificConfig instead.
         self.bsf = None
         if not ain.codec_context.extradata:
-            self.bsf = av.bitstream.BitStreamFilterContext("aac_adtstoasc", ain, self.stream)
+            self.bsf = av.bitstream.BitStreamFilterContext("aac_adtstoasc", ain, stream)
 
     def feed(self, packet: av.Packet) -> None:
         if packet.size == 0:
             return
         for p in self.bsf.filter(packet) if self.bsf else [packet]:
-            self._mux(p)
-
-    def _mux(self, packet: av.Packet) -> None:
-        self.order.fix(packet)
-        packet.stream = self.stream
-        self.out.mux(packet)
+            self.output.mux(p)
 
     def flush(self) -> None:
         if self.bsf:
             for p in self.bsf.filter(None):
-                self._mux(p)
+                self.output.mux(p)
 
 
 class _EncodeAudio:
     """Decode → resample to stereo float planar → AAC-LC."""
 
     def __init__(self, ain, out) -> None:
-        self.out = out
         rate = ain.codec_context.sample_rate
         rate = rate if rate in AUDIO_RATES else 48000
         self.stream = out.add_stream("aac", rate=rate)
@@ -262,6 +269,7 @@ class _EncodeAudio:
         self.stream.bit_rate = AUDIO_BITRATE
         self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate,
                                            frame_size=1024)
+        self.output = _Output(out, self.stream)
 
     def feed(self, packet: av.Packet) -> None:
         for frame in packet.decode():
@@ -270,12 +278,12 @@ class _EncodeAudio:
     def _encode(self, frame: av.AudioFrame | None) -> None:
         for resampled in self.resampler.resample(frame):
             for packet in self.stream.encode(resampled):
-                self.out.mux(packet)
+                self.output.mux(packet)
 
     def flush(self) -> None:
         self._encode(None)
         for packet in self.stream.encode(None):
-            self.out.mux(packet)
+            self.output.mux(packet)
 
 
 def _audio_path(ain, out, copy: bool):

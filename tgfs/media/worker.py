@@ -28,6 +28,10 @@ from tgfs.media.hls import EncodeOptions, make_rendition
 from tgfs.media.probe import VIDEO_EXTENSIONS, copy_mode_allowed, probe
 
 
+class DamagedMedia(Exception):
+    """The file is a video, but too much of it cannot be decoded to publish it."""
+
+
 @dataclasses.dataclass
 class WorkerOptions:
     name: str  # the dropped file's name (only its extension is used)
@@ -82,13 +86,22 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         copy = False
         rendition = make_rendition(src, workdir / "r0", False, opts.encode,
                                    report("transcode"))
+    got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
-        raise ValueError("no segments were produced (no decodable video frames)")
+        raise DamagedMedia("no decodable video frames")
+    # The user's original is discarded once its video folder is published, so a video that
+    # lost a real part of itself must not be published: keep the file as it is instead.
+    if duration and duration - got > max(opts.encode.segment_seconds / 2, 1.0):
+        raise DamagedMedia(f"only {got:.1f} s of {duration:.1f} s could be decoded "
+                           "(damaged or incomplete file)")
+    if rendition.damaged_packets:
+        note = "; ".join(filter(None, [note, f"{rendition.damaged_packets} damaged "
+                                       "packet(s) skipped"]))
     _emit(
         event="result",
         kind="video",
         mode="copy" if copy else "transcode",
-        duration=sum(s.duration for s in rendition.segments),
+        duration=got,
         note=note,
         renditions=[{"dir": "r0", **dataclasses.asdict(rendition)}],
     )

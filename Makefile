@@ -1,0 +1,48 @@
+# tgfs — set-up, run, test. Every target installs what it needs first (Debian, as root or
+# with sudo), so `make run` and `make test` work on a fresh machine.
+
+VENV      ?= .venv
+MNT       ?= mnt
+PYTHON    ?= python3
+APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test lint bench clean
+
+setup: $(VENV)/.installed
+
+# System packages: only the missing ones are installed (apt-get is slow even when idle).
+.apt-deps:
+	@missing=$$(for p in $(APT_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: .apt-deps pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+# Mount ./mnt (or MNT=path) on the embedded local store, in the foreground: Ctrl-C unmounts.
+run: setup
+	mkdir -p $(MNT)
+	$(VENV)/bin/tgfs mount $(MNT)
+
+test: setup
+	$(VENV)/bin/ruff check tgfs tests
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check tgfs tests
+
+# Benchmarks print figures and ratios against a peer measured in the same run.
+bench: setup
+	$(VENV)/bin/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .apt-deps .pytest_cache

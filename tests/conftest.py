@@ -1,0 +1,166 @@
+"""Fixtures: generated media, and a real tgfs mount run as a separate daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.media import Spec, make
+
+# Small parts (1 MiB) so that segments and ordinary files in the tests span several store
+# parts and the split/join path is always exercised. Copy mode from 256 KiB so the
+# generated H.264 files qualify while tiny ones transcode.
+TEST_ENV = {
+    "TELEGRAM_MAX_FILE_SIZE": "1M",
+    "COPY_MODE_MIN_SIZE": "256K",
+    "TGFS_SEGMENT_SECONDS": "2",
+    "TGFS_X264_PRESET": "ultrafast",
+    "TGFS_CACHE_SIZE": "64M",
+    "TGFS_LOG_LEVEL": "DEBUG",
+}
+
+
+def wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Mount:
+    """A running `tgfs mount` daemon on a temporary directory."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.path = root / "mnt"
+        self.data = root / "data"
+        self.log_path = root / "daemon.log"
+        self.env = {
+            **os.environ,
+            "TGFS_DATA_DIR": str(self.data),
+            "TGFS_CACHE_DIR": str(root / "cache"),
+            "TGFS_ENV_FILE": "/dev/null",
+            **TEST_ENV,
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Mount:
+        self.path.mkdir(exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tgfs", "mount", str(self.path)],
+            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for(lambda: os.path.ismount(self.path) or self.proc.poll() is not None,
+                 20, "the mount")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tgfs mount exited early:\n{self.log()}")
+        return self
+
+    def stop(self) -> int:
+        """Unmount from outside (like a user would) and wait for a clean exit."""
+        assert self.proc is not None
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", str(self.path)], check=True)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGKILL)
+            raise
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> dict:
+        return json.loads((self.path / ".tgfs" / "status.json").read_text())
+
+    def job(self, path: str) -> dict | None:
+        return next((j for j in self.status()["jobs"] if j["path"] == path), None)
+
+    def wait_idle(self, timeout: float = 120.0) -> dict:
+        """Wait until every job has finished; returns the final status."""
+        def idle():
+            status = self.status()
+            busy = [j for j in status["jobs"] if j["state"] in ("queued", "running")]
+            return status if not busy else None
+        time.sleep(0.3)  # release reaches the daemon just after close() returns
+        return wait_for(idle, timeout, "ingest jobs to finish")
+
+    def blob_files(self) -> list[Path]:
+        return [p for p in (self.data / "blobs").rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    mounts: list[Mount] = []
+
+    def start(**env: str) -> Mount:
+        m = Mount(tmp_path, env).start()
+        mounts.append(m)
+        return m
+
+    yield start
+    for m in mounts:
+        if m.proc is not None:
+            code = m.stop()
+            assert code == 0, f"daemon exited with {code}:\n{m.log()[-3000:]}"
+        log = m.log()
+        assert "Traceback" not in log, log[-5000:]
+
+
+@pytest.fixture
+def mount(mount_factory) -> Mount:
+    return mount_factory()
+
+
+# ---- generated media, made once per test session ----------------------------------------
+
+MEDIA_SPECS = {
+    "h264_aac.mp4": Spec(seconds=9),  # copy mode with audio
+    "h264_only.mp4": Spec(seconds=7, audio_codec=None),  # copy mode, no audio
+    "tiny_h264.mp4": Spec(seconds=3, width=160, height=120, bitrate=50_000),  # < copy size
+    "mpeg4_mp3.avi": Spec(seconds=7, video_codec="mpeg4", audio_codec="libmp3lame"),
+    "mpeg4_only.mkv": Spec(seconds=5, video_codec="mpeg4", audio_codec=None),
+    "hevc.mp4": Spec(seconds=6, video_codec="libx265", audio_codec="aac", bitrate=800_000,
+                     video_options=(("x265-params", "log-level=error"),)),
+}
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def media(media_dir: Path) -> Callable[[str], Path]:
+    """media("h264_aac.mp4") → path of that generated file (made on first use)."""
+
+    def get(name: str) -> Path:
+        path = media_dir / name
+        if not path.exists():
+            make(path, MEDIA_SPECS[name])
+        return path
+
+    return get
+
+
+def copy_in(src: Path, dest: Path) -> None:
+    """Copy like `cp` does (open, write in chunks, close), then let release settle."""
+    shutil.copyfile(src, dest)

@@ -1,0 +1,124 @@
+"""Independent checks of a published video folder: ffmpeg/ffprobe and the m3u8 parser.
+
+Nothing here imports tgfs: the point is to judge its output with other people's tools.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+
+import m3u8
+
+# ffprobe profile names → H.264 profile_idc, to check the avc1 CODECS string independently.
+H264_PROFILE_IDC = {"Baseline": 66, "Constrained Baseline": 66, "Main": 77, "High": 100,
+                    "High 10": 110, "High 4:2:2": 122, "High 4:4:4 Predictive": 244}
+
+
+def ffprobe(path: Path, *args: str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", *args, str(path)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def source_duration(path: Path) -> float:
+    return float(ffprobe(path, "-show_entries", "format=duration")["format"]["duration"])
+
+
+def decode_errors(playlist: Path) -> str:
+    """ffmpeg's complaints while decoding every stream of the playlist (empty = clean)."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(playlist),
+                          "-map", "0", "-f", "null", "-"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stderr.strip()
+
+
+def video_span(playlist: Path) -> float:
+    """Seconds from the first video packet to the end of the last, as ffprobe reads them."""
+    packets = ffprobe(playlist, "-select_streams", "v:0",
+                      "-show_entries", "packet=pts_time,duration_time")["packets"]
+    times = [(float(p["pts_time"]), float(p.get("duration_time") or 0)) for p in packets
+             if p.get("pts_time") not in (None, "N/A")]
+    start = min(t for t, _ in times)
+    end = max(t + d for t, d in times)
+    return end - start
+
+
+def probe_segment(init: Path, segment: Path, *args: str) -> dict:
+    """ffprobe a media segment (with its init segment in front, as a player sees it)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as joined:
+        joined.write(init.read_bytes() + segment.read_bytes())
+        joined.flush()
+        return ffprobe(Path(joined.name), *args)
+
+
+def first_video_packet_is_key(init: Path, segment: Path) -> bool:
+    packets = probe_segment(init, segment, "-select_streams", "v:0", "-read_intervals",
+                            "%+#1", "-show_entries", "packet=flags")["packets"]
+    return bool(packets) and packets[0]["flags"].startswith("K")
+
+
+def check_video_folder(folder: Path, source: Path, segment_seconds: float) -> dict:
+    """Assert every rule DESIGN.md lists; return facts for further assertions."""
+    master_path = folder / "master.m3u8"
+    master_text = master_path.read_text()
+    assert master_text.startswith("#EXTM3U\n")
+    master = m3u8.loads(master_text)
+    assert master.is_variant and master.playlists
+    assert "#EXT-X-INDEPENDENT-SEGMENTS" in master_text
+    targets, renditions = set(), []
+    for variant in master.playlists:
+        info = variant.stream_info
+        assert info.bandwidth and info.average_bandwidth and info.codecs
+        assert info.resolution and info.frame_rate
+        assert info.bandwidth >= info.average_bandwidth
+        media_path = folder / variant.uri
+        media_text = media_path.read_text()
+        assert media_text.startswith("#EXTM3U\n")
+        media = m3u8.loads(media_text)
+        assert media.version >= 6, "EXT-X-MAP needs EXT-X-VERSION 6+"
+        assert media.playlist_type == "vod" and media.is_endlist
+        assert media.segment_map and media.segment_map[0].uri
+        assert media.is_independent_segments
+        assert media.segments
+        for seg in media.segments:
+            assert math.floor(seg.duration + 0.5) <= media.target_duration
+        targets.add(media.target_duration)
+        init = media_path.parent / media.segment_map[0].uri
+        for seg in media.segments:
+            seg_path = media_path.parent / seg.uri
+            assert seg_path.suffix in (".m4s", ".mp4", ".ts")
+            assert first_video_packet_is_key(init, seg_path), f"{seg.uri} starts without IDR"
+        renditions.append({"variant": variant, "media": media, "init": init,
+                           "dir": media_path.parent})
+    assert len(targets) == 1, "one target duration across renditions"
+    assert decode_errors(master_path) == ""
+    span = video_span(master_path)
+    assert abs(span - source_duration(source)) <= segment_seconds / 2, span
+    return {"renditions": renditions, "span": span}
+
+
+def check_codecs_string(init: Path, segment: Path, codecs: str) -> None:
+    """CODECS in the master agrees with what ffprobe reads from the rendition's stream."""
+    streams = probe_segment(init, segment, "-show_entries",
+                            "stream=codec_name,codec_tag_string,profile,level")["streams"]
+    entries = codecs.split(",")
+    assert len(entries) == len(streams)
+    for stream, entry in zip(streams, entries, strict=True):
+        if stream["codec_name"] == "h264":
+            profile_idc = int(entry[5:7], 16)
+            level = int(entry[9:11], 16)
+            assert entry.startswith("avc1.")
+            assert profile_idc == H264_PROFILE_IDC[stream["profile"]], (entry, stream)
+            assert level == stream["level"], (entry, stream)
+        elif stream["codec_name"] == "hevc":
+            assert stream["codec_tag_string"] == "hvc1"
+            assert entry.startswith("hvc1.")
+            assert entry.split(".")[3] in (f"L{stream['level']}", f"H{stream['level']}")
+        elif stream["codec_name"] == "aac":
+            assert stream["profile"] == "LC" and entry == "mp4a.40.2"
+        else:
+            raise AssertionError(f"unexpected stream {stream}")

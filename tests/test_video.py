@@ -1,0 +1,122 @@
+"""Videos dropped into a real mount come out as HLS that independent tools accept."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from tests.conftest import copy_in
+from tests.hls_checks import check_codecs_string, check_video_folder
+
+SEGMENT = 2.0  # TGFS_SEGMENT_SECONDS in the test environment
+
+
+@pytest.mark.parametrize(
+    ("source", "mode", "audio"),
+    [
+        ("h264_aac.mp4", "copy", True),
+        ("h264_only.mp4", "copy", False),
+        ("hevc.mp4", "copy", True),
+        ("tiny_h264.mp4", "transcode", True),  # below COPY_MODE_MIN_SIZE
+        ("mpeg4_mp3.avi", "transcode", True),
+        ("mpeg4_only.mkv", "transcode", False),
+    ],
+)
+def test_video_becomes_hls(mount, media, source, mode, audio):
+    src = media(source)
+    if source == "tiny_h264.mp4":
+        assert src.stat().st_size < 256 * 1024
+    (mount.path / "Movies").mkdir()
+    copy_in(src, mount.path / "Movies" / source)
+    status = mount.wait_idle()
+    job = next(j for j in status["jobs"] if j["path"] == f"Movies/{source}")
+    assert job["state"] == "done" and job["outcome"] == f"video ({mode})", job
+
+    folder = mount.path / "Movies" / os.path.splitext(source)[0]
+    assert sorted(os.listdir(mount.path / "Movies")) == [folder.name]  # original replaced
+    facts = check_video_folder(folder, src, SEGMENT)
+    (rendition,) = facts["renditions"]
+    codecs = rendition["variant"].stream_info.codecs
+    first_segment = rendition["dir"] / rendition["media"].segments[0].uri
+    check_codecs_string(rendition["init"], first_segment, codecs)
+    assert ("mp4a.40.2" in codecs) == audio
+    if mode == "transcode":
+        # IDRs are forced on every boundary: all segments but the last are full length.
+        durations = [s.duration for s in rendition["media"].segments]
+        assert all(abs(d - SEGMENT) < 0.05 for d in durations[:-1]), durations
+
+
+def test_video_folder_is_read_only_and_removable(mount, media):
+    copy_in(media("h264_aac.mp4"), mount.path / "film.mp4")
+    mount.wait_idle()
+    folder = mount.path / "film"
+    rendition = next(p for p in folder.iterdir() if p.is_dir())
+    blobs_before = len(mount.blob_files())
+    assert blobs_before > 3
+
+    with pytest.raises(OSError) as err:
+        (folder / "extra.txt").write_text("no")
+    assert err.value.errno == errno.EROFS
+    with pytest.raises(OSError) as err:
+        open(folder / "master.m3u8", "a").close()
+    assert err.value.errno == errno.EROFS
+    with pytest.raises(OSError) as err:
+        os.rename(folder / "master.m3u8", folder / "other.m3u8")
+    assert err.value.errno == errno.EROFS
+    with pytest.raises(OSError) as err:
+        os.rmdir(folder)
+    assert err.value.errno == errno.ENOTEMPTY
+    # A stray delete inside the folder hides the entry but corrupts nothing...
+    os.unlink(rendition / "playlist.m3u8")
+    assert not (rendition / "playlist.m3u8").exists()
+    assert len(mount.blob_files()) == blobs_before
+
+    # ...library management is ordinary file management...
+    (mount.path / "Archive").mkdir()
+    os.rename(folder, mount.path / "Archive" / "film")
+    assert os.listdir(mount.path / "Archive") == ["film"]
+
+    # ...and `rm -r` removes the video and every blob it had.
+    import subprocess
+
+    subprocess.run(["rm", "-r", str(mount.path / "Archive" / "film")], check=True)
+    assert os.listdir(mount.path / "Archive") == []
+    from tests.conftest import wait_for
+
+    wait_for(lambda: not mount.blob_files(), 10, "blobs to be deleted")
+
+
+def test_library_survives_restart(mount_factory, media):
+    m = mount_factory()
+    copy_in(media("h264_only.mp4"), m.path / "clip.mp4")
+    (m.path / "notes.txt").write_text("remember me\n")
+    m.wait_idle()
+    folder = m.path / "clip"
+    (rendition,) = [p for p in folder.iterdir() if p.is_dir()]
+    os.unlink(folder / "master.m3u8")  # hidden for this session only
+    assert m.stop() == 0
+
+    m2 = mount_factory()
+    assert (folder / "master.m3u8").exists()
+    assert (m2.path / "notes.txt").read_text() == "remember me\n"
+    check_video_folder(folder, media("h264_only.mp4"), SEGMENT)
+
+
+def test_name_clash_gets_a_numbered_folder(mount, media):
+    (mount.path / "Show").mkdir()
+    copy_in(media("tiny_h264.mp4"), mount.path / "Show.mp4")
+    mount.wait_idle()
+    assert sorted(os.listdir(mount.path)) == [".tgfs", "Show", "Show (2)"]
+    assert (mount.path / "Show (2)" / "master.m3u8").is_file()
+
+
+def test_special_characters_in_names(mount, media):
+    # '#' is left out on purpose: FFmpeg's HLS reader cuts paths at '#' (README: Limits).
+    name = "Amélie 'le \"film\"' 日本 (1).mp4"
+    copy_in(media("tiny_h264.mp4"), mount.path / name)
+    mount.wait_idle()
+    folder = mount.path / name[:-4]
+    assert folder.is_dir()
+    check_video_folder(folder, media("tiny_h264.mp4"), SEGMENT)
