@@ -245,7 +245,7 @@ class _Reader:
 
 
 def _build(r: _Reader) -> Settings:
-    home = Path.home()
+    home = Path(r.text("HOME", str(Path.home())))
     xdg_data = Path(r.text("XDG_DATA_HOME", str(home / ".local" / "share")))
     xdg_cache = Path(r.text("XDG_CACHE_HOME", str(home / ".cache")))
     data_dir = r.path("TGFS_DATA_DIR", xdg_data / "tgfs")

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Telegram bot tokens have a fixed shape; scrub those even if they are not configured ones.
-_TOKEN_SHAPE = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b")
+# No \b at the start: in Bot API URLs the token follows "bot" directly (".../bot123:AA…").
+_TOKEN_SHAPE = re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}")
 
 
 class SecretFilter(logging.Filter):

@@ -58,7 +58,9 @@ async def run_worker(
                         events.append(event)
             if watchdog.cancelled_caught:
                 proc.kill()
-                raise MediaFailed(f"media process made no progress for {STALL_TIMEOUT:.0f} s")
+                nursery.cancel_scope.cancel()
+        if watchdog.cancelled_caught:
+            raise MediaFailed(f"media process made no progress for {STALL_TIMEOUT:g} s")
         code = await proc.wait()
     finally:
         if proc.returncode is None:

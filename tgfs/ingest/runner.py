@@ -34,6 +34,7 @@ from tgfs.ingest.media_process import MediaFailed, run_worker
 from tgfs.ingest.progress import Progress
 from tgfs.media.hls import EncodeOptions
 from tgfs.media.playlists import bandwidths
+from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
@@ -122,7 +123,9 @@ class IngestRunner:
         progress = self.progress[job.id]
         node = self._current_node(job)
         if job.size == 0:
-            self._finish_as_file(job, node, [], None)
+            empty_video = Path(job.path).suffix.lower() in VIDEO_EXTENSIONS
+            self._finish_as_file(job, node, [], "empty file; kept as an ordinary file"
+                                 if empty_video else None)
             return
         progress.enter("probe")
         workdir = self.spool.work_dir(job.id)

@@ -61,8 +61,7 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         # A file named like a video that isn't one is worth telling the user about; a PDF
         # is just a PDF.
         looks_like_video = Path(opts.name).suffix.lower() in VIDEO_EXTENSIONS
-        _emit(event="result", kind="file", reason=found.reason,
-              failed=looks_like_video or found.video_codec is not None)
+        _emit(event="result", kind="file", reason=found.reason, failed=looks_like_video)
         return 0
     duration = found.duration or 0.0
     copy, why_not = copy_mode_allowed(found, opts.size, opts.enable_copy_mode,

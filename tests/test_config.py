@@ -1,0 +1,102 @@
+"""Settings: clear one-line errors, masked secrets, and no secret in any log line."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from tgfs import config
+from tgfs.logs import SecretFilter
+
+TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+API_HASH = "0123456789abcdef0123456789abcdef"
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tgfs", *args], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp",
+                                          "TGFS_ENV_FILE": "/dev/null", **env})
+
+
+def test_defaults_use_local_store(tmp_path):
+    settings = config.load({"HOME": str(tmp_path)}, env_file=tmp_path / "none")
+    assert settings.store_kind == "local"
+    assert settings.data_dir == tmp_path / ".local" / "share" / "tgfs"
+    assert settings.copy_mode_min_size == 20 * 2**20
+    assert settings.segment_seconds == 6.0
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("TGFS_CACHE_SIZE", "-5G", "must not be negative"),
+    ("PREFERRED_ENCODER", "quantum", "is not one of"),
+    ("TGFS_SEGMENT_SECONDS", "0", "must be between"),
+    ("ENABLE_COPY_MODE", "perhaps", "must be true or false"),
+    ("TELEGRAM_MAX_FILE_SIZE", "3G", "2000 MiB"),
+    ("COPY_MODE_MIN_SIZE", "lots", "is not a size"),
+])
+def test_invalid_value_stops_with_one_line(name, value, message):
+    result = run_cli("config", **{name: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and message in lines[0], result.stderr
+
+
+def test_config_masks_secrets_and_reports_bad_bots():
+    env = {
+        "TELEGRAM_BOT_TOKEN_1": TOKEN, "TELEGRAM_CHANNEL_ID_1": "-1001234567890",
+        "TELEGRAM_BOT_TOKEN_2": "your_bot_token", "TELEGRAM_CHANNEL_ID_2": "-1001234567891",
+        "TELEGRAM_BOT_TOKEN_3": TOKEN, "TELEGRAM_CHANNEL_ID_3": "-1001234567892",
+        "TELEGRAM_API_ID": "12345", "TELEGRAM_API_HASH": API_HASH,
+    }
+    result = run_cli("config", **env)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout and API_HASH not in result.stdout
+    assert "bot 2: TELEGRAM_BOT_TOKEN_2 is empty or a placeholder" in result.stdout
+    assert "bot 3: same token as an earlier bot" in result.stdout
+    assert "***saw" in result.stdout  # enough to tell tokens apart
+
+
+def test_bad_channel_id_is_a_clear_error():
+    result = run_cli("config", TELEGRAM_BOT_TOKEN_1=TOKEN, TELEGRAM_CHANNEL_ID_1="@mychannel")
+    assert result.returncode != 0
+    assert "TELEGRAM_CHANNEL_ID_1" in result.stderr and TOKEN not in result.stderr
+
+
+def test_mount_with_bots_but_no_telegram_store_says_so(tmp_path):
+    result = run_cli("mount", str(tmp_path / "mnt"), TELEGRAM_BOT_TOKEN_1=TOKEN,
+                     TELEGRAM_CHANNEL_ID_1="-1001234567890", TGFS_DATA_DIR=str(tmp_path))
+    assert result.returncode != 0
+    assert "Telegram store is not built yet" in result.stderr
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_secret_objects_never_show_themselves():
+    secret = config.Secret(TOKEN)
+    assert TOKEN not in f"{secret} {secret!r} {[secret]}"
+    assert secret.reveal() == TOKEN
+
+
+def test_log_filter_scrubs_messages_args_and_tracebacks(caplog):
+    logger = logging.getLogger("tgfs.test.secrets")
+    scrubber = SecretFilter([API_HASH])
+    logger.addFilter(scrubber)
+    try:
+        logger.warning("hash %s and token %s", API_HASH, TOKEN)
+        try:
+            raise RuntimeError(f"https://api.telegram.org/bot{TOKEN}/getMe failed")
+        except RuntimeError:
+            logger.exception("request failed")
+    finally:
+        logger.removeFilter(scrubber)
+    text = caplog.text
+    assert API_HASH not in text and TOKEN not in text
+    assert text.count("***") >= 3
+
+
+def test_sizes():
+    assert config.parse_size("X", "20M") == 20 * 2**20
+    assert config.parse_size("X", "1.5GiB") == int(1.5 * 2**30)
+    assert config.parse_size("X", "4096") == 4096

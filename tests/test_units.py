@@ -1,0 +1,114 @@
+"""Pure pieces: codec strings, playlists, part planning, the cache, the media child guard."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import m3u8
+import pytest
+import trio
+
+from tgfs.cache import PartCache
+from tgfs.ingest import media_process
+from tgfs.media import codecs, playlists
+from tgfs.media.hls import EncodeOptions
+from tgfs.media.worker import WorkerOptions
+from tgfs.store.base import PartRef
+from tgfs.store.local import LocalStore
+from tgfs.store.parts import overlapping, plan, put_file
+
+
+def test_codec_strings():
+    assert codecs.avc1(bytes([1, 0x64, 0x00, 0x1F, 0xFF])) == "avc1.64001f"
+    # Apple's example: HEVC Main, level 3.1, constraint byte B0 → hvc1.1.6.L93.B0
+    hvcc = bytes([1, 0x01, 0x60, 0, 0, 0, 0xB0, 0, 0, 0, 0, 0, 93])
+    assert codecs.hvc1(hvcc) == "hvc1.1.6.L93.B0"
+    main10_high_tier = bytes([1, 0x22, 0x20, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 150])
+    assert codecs.hvc1(main10_high_tier) == "hvc1.2.4.H150.90"
+    assert codecs.mp4a(bytes([0x12, 0x10])) == "mp4a.40.2"  # AAC-LC
+    assert codecs.mp4a(bytes([0x2B, 0x92])) == "mp4a.40.5"  # HE-AAC
+    with pytest.raises(codecs.CodecStringError):
+        codecs.avc1(b"")
+
+
+def test_playlists_follow_the_rules():
+    segments = [("seg_00000.m4s", 6.006), ("seg_00001.m4s", 6.006), ("seg_00002.m4s", 2.5)]
+    target = playlists.target_duration(d for _, d in segments)
+    assert target == 6  # 6.006 rounds to 6
+    text = playlists.media(target, "init.mp4", segments)
+    parsed = m3u8.loads(text)
+    assert parsed.target_duration == 6 and parsed.is_endlist and parsed.playlist_type == "vod"
+    assert [s.duration for s in parsed.segments] == [6.006, 6.006, 2.5]
+    assert parsed.segment_map[0].uri == "init.mp4"
+    master = m3u8.loads(playlists.master([playlists.Variant(
+        "720p/playlist.m3u8", 3_000_000, 2_000_000, "avc1.64001f,mp4a.40.2", 1280, 720, 24.0)]))
+    info = master.playlists[0].stream_info
+    assert (info.bandwidth, info.average_bandwidth, info.frame_rate) == (3_000_000, 2_000_000,
+                                                                         24.0)
+    assert playlists.bandwidths([(750_000, 6.0), (1_500_000, 6.0)]) == (2_000_000, 1_500_000)
+
+
+def test_part_plan():
+    assert plan(0, 10) == [(0, 0)]
+    assert plan(25, 10) == [(0, 10), (10, 10), (20, 5)]
+    parts = [PartRef(i, i, o, s, f"l{i}") for i, (o, s) in enumerate(plan(25, 10))]
+    assert [p.index for p in overlapping(parts, 9, 2)] == [0, 1]
+    assert [p.index for p in overlapping(parts, 20, 100)] == [2]
+
+
+class CountingStore(LocalStore):
+    """The local store, counting and slowing down gets (like a remote one)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets = 0
+
+    async def get(self, location: str, offset: int, length: int) -> bytes:
+        self.gets += 1
+        await trio.sleep(0.05)
+        return await super().get(location, offset, length)
+
+
+async def test_cache_single_flight_and_bounds(tmp_path):
+    store = CountingStore(tmp_path / "store")
+    src = tmp_path / "blob"
+    data = bytes(range(256)) * 4096 * 3  # 3 MiB
+    src.write_bytes(data)
+    refs = await put_file(store, src, len(data), 2**20, "k")
+    parts = [PartRef(i + 1, p.index, p.offset, p.size, p.location) for i, p in enumerate(refs)]
+    cache = PartCache(tmp_path / "cache", 2 * 2**20, store)
+    results = []
+
+    async def reader():
+        results.append(await cache.read(parts, 10, 100))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(reader)
+    assert results == [data[10:110]] * 5
+    assert store.gets == 1  # five readers, one fetch
+    assert await cache.read(parts, 2**20 - 5, 10) == data[2**20 - 5: 2**20 + 5]
+    assert await cache.read(parts, 0, len(data)) == data
+    assert cache.stats()["used_bytes"] <= 2 * 2**20  # evicted down to capacity
+    again = PartCache(tmp_path / "cache", 2 * 2**20, store)  # rescanned after a restart
+    assert again.stats()["parts"] == cache.stats()["parts"]
+
+
+async def test_media_child_crash_fails_the_job_only(tmp_path, monkeypatch):
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(media_process, "WORKER_COMMAND", [sys.executable, "-c", crash])
+    options = WorkerOptions("x.mp4", 1, True, 0, EncodeOptions())
+    with pytest.raises(media_process.MediaFailed, match=r"crashed \(SIGSEGV\)"):
+        await media_process.run_worker(tmp_path / "x", tmp_path / "w", options, print)
+
+
+async def test_media_child_that_hangs_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(media_process, "WORKER_COMMAND",
+                        [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(media_process, "STALL_TIMEOUT", 0.5)
+    options = WorkerOptions("x.mp4", 1, True, 0, EncodeOptions())
+    with trio.fail_after(10), pytest.raises(media_process.MediaFailed, match="no progress"):
+        await media_process.run_worker(tmp_path / "x", tmp_path / "w", options, print)
+
+
