@@ -7,7 +7,7 @@ PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint clean
 
 setup: $(VENV)/.installed
 
@@ -39,10 +39,6 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests
-
-# Benchmarks print figures and ratios against a peer measured in the same run.
-bench: setup
-	$(VENV)/bin/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) .apt-deps .pytest_cache
