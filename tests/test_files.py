@@ -18,6 +18,7 @@ def cmp(a, b) -> None:
 
 def test_files_round_trip_byte_identical(mount_factory, tmp_path):
     m = mount_factory()
+    assert "store: local directory" in m.log() and "no Telegram bots configured" in m.log()
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 2**20 + 12345))  # spans four 1 MiB store parts
     small = tmp_path / "notes.pdf"

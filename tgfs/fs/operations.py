@@ -489,12 +489,7 @@ class Filesystem(pyfuse3.Operations):
         size = max(0, min(size, handle.size - off))
         if size == 0:
             return b""
-        try:
-            return await self.cache.read(handle.parts, off, size)
-        except StoreError as exc:
-            log.error("read of %s failed: %s", tree.path_of(self._node(handle.inode))
-                      if tree.get(handle.inode) else f"inode {handle.inode}", exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        return await self.cache.read(handle.parts, off, size)  # StoreError → EIO (_guarded)
 
     @_guarded
     async def write(self, fh, off, buf):

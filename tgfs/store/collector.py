@@ -17,7 +17,7 @@ from tgfs.store.base import BlobStore
 
 log = logging.getLogger(__name__)
 
-_BATCH = 100  # rows per pass, so one pass never holds the trio thread for long
+_BATCH = 100  # rows per query: the list can be long after deleting a film
 _IDLE = 30.0  # seconds between passes when nothing wakes the collector
 _RETRY_BACKOFF_MAX = 3600.0
 
@@ -48,7 +48,15 @@ class GarbageCollector:
     async def collect_once(self) -> int:
         """One pass over the garbage list; returns how many deletes failed."""
         failed = 0
-        rows = list(Garbage.select().order_by(Garbage.attempts, Garbage.id).limit(_BATCH))
+        after = 0
+        while rows := list(Garbage.select().where(Garbage.id > after)
+                           .order_by(Garbage.id).limit(_BATCH)):
+            after = rows[-1].id
+            failed += await self._delete(rows)
+        return failed
+
+    async def _delete(self, rows: list[Garbage]) -> int:
+        failed = 0
         for row in rows:
             if self.in_use(row.location):
                 continue
