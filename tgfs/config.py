@@ -33,7 +33,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # seeking into a large ordinary file should not wait for gigabytes. 64 MiB still keeps the
 # message count (and so flood-control pressure) low.
 DEFAULT_PART_SIZE = 64 * 2**20
-TELEGRAM_PART_LIMIT = 2000 * 2**20
+MTPROTO_FILE_LIMIT = 2000 * 2**20
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -255,7 +255,7 @@ def _build(r: _Reader) -> Settings:
         raise ConfigError(f"TELEGRAM_API_ID={api_id_raw!r} must be a number (from my.telegram.org)")
     api_hash = r.text("TELEGRAM_API_HASH", "")
     part_size = r.size("TELEGRAM_MAX_FILE_SIZE", DEFAULT_PART_SIZE, minimum=2**20)
-    if part_size > TELEGRAM_PART_LIMIT:
+    if part_size > MTPROTO_FILE_LIMIT:
         raise ConfigError(
             f"TELEGRAM_MAX_FILE_SIZE={format_size(part_size)} is over Telegram's 2000 MiB limit"
         )
