@@ -162,5 +162,5 @@ def media(media_dir: Path) -> Callable[[str], Path]:
 
 
 def copy_in(src: Path, dest: Path) -> None:
-    """Copy like `cp` does (open, write in chunks, close), then let release settle."""
+    """Copy like `cp` does: open, write in chunks, close (Mount.wait_idle waits for release)."""
     shutil.copyfile(src, dest)

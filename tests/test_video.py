@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 
 import pytest
 
-from tests.conftest import copy_in
+from tests.conftest import copy_in, wait_for
 from tests.hls_checks import check_codecs_string, check_video_folder
 
 SEGMENT = 2.0  # TGFS_SEGMENT_SECONDS in the test environment
@@ -79,12 +80,8 @@ def test_video_folder_is_read_only_and_removable(mount, media):
     assert os.listdir(mount.path / "Archive") == ["film"]
 
     # ...and `rm -r` removes the video and every blob it had.
-    import subprocess
-
     subprocess.run(["rm", "-r", str(mount.path / "Archive" / "film")], check=True)
     assert os.listdir(mount.path / "Archive") == []
-    from tests.conftest import wait_for
-
     wait_for(lambda: not mount.blob_files(), 10, "blobs to be deleted")
 
 

@@ -187,14 +187,14 @@ class IngestRunner:
 
     async def _publish_video(self, job: Job, progress: Progress, workdir: Path,
                              result: dict[str, Any]) -> None:
-        files = [(r, workdir / r["dir"] / name)
+        sizes = {path: path.stat().st_size
                  for r in result["renditions"]
-                 for name in [r["init_name"], *(s["name"] for s in r["segments"])]]
-        progress.enter("upload", sum(path.stat().st_size for _, path in files))
+                 for path in (workdir / r["dir"] / name
+                              for name in [r["init_name"], *(s["name"] for s in r["segments"])])}
+        progress.enter("upload", sum(sizes.values()))
         uploaded: dict[Path, tuple[int, list[PartRef]]] = {}
         try:
-            for index, (_, path) in enumerate(files):
-                size = path.stat().st_size
+            for index, (path, size) in enumerate(sizes.items()):
                 parts = await self._put(path, size, f"job{job.id}-{index}", progress)
                 uploaded[path] = (size, parts)
         except BaseException:

@@ -118,7 +118,10 @@ def main(argv: list[str]) -> int:
     src, workdir, options = Path(argv[0]), Path(argv[1]), WorkerOptions.from_json(argv[2])
     try:
         return run(src, workdir, options)
-    except Exception as exc:  # anything: report it as this job's failure, in one line
+    except DamagedMedia as exc:  # already worded for the user
+        _emit(event="error", message=str(exc))
+        return 1
+    except Exception as exc:  # anything else: report it as this job's failure, in one line
         _emit(event="error", message=f"{type(exc).__name__}: {_reason(exc)}")
         return 1
 
