@@ -16,7 +16,7 @@ from tgfs.media.hls import EncodeOptions
 from tgfs.media.worker import WorkerOptions
 from tgfs.store.base import PartRef
 from tgfs.store.local import LocalStore
-from tgfs.store.parts import overlapping, plan, put_file
+from tgfs.store.parts import Upload, overlapping, plan, put_files
 
 
 def test_codec_strings():
@@ -75,7 +75,8 @@ async def test_cache_single_flight_and_bounds(tmp_path):
     src = tmp_path / "blob"
     data = bytes(range(256)) * 4096 * 3  # 3 MiB
     src.write_bytes(data)
-    refs = await put_file(store, src, len(data), 2**20, "k")
+    refs = (await put_files(store, [Upload(src, len(data), "k")], 2**20,
+                            lambda *_: None))[src]
     parts = [PartRef(i + 1, p.index, p.offset, p.size, p.location) for i, p in enumerate(refs)]
     cache = PartCache(tmp_path / "cache", 2 * 2**20, store)
     results = []

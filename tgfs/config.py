@@ -83,6 +83,11 @@ class Bot:
     token: Secret
     channel_id: int
 
+    @property
+    def bot_id(self) -> int:
+        """The bot's Telegram user id: the token's public half, stable across renumbering."""
+        return int(self.token.reveal().split(":", 1)[0])
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -106,6 +111,11 @@ class Settings:
     api_id: int | None = None
     api_hash: Secret | None = None
     skipped_bots: tuple[str, ...] = ()  # why a configured bot was ignored, for start-up logs
+    replicas: int = 1
+    bot_messages_per_minute: float = 20.0  # 0 = no pacing (rely on FloodWait alone)
+    bot_transfers: int = 4  # per bot and direction: kurigram's max_concurrent_transmissions
+    transfers: int = 16  # all bots together, per direction
+    telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
 
     @property
     def catalog_path(self) -> Path:
@@ -114,6 +124,10 @@ class Settings:
     @property
     def local_store_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def session_dir(self) -> Path:
+        return self.data_dir / "sessions"
 
     @property
     def store_kind(self) -> str:
@@ -147,6 +161,10 @@ class Settings:
             ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
             ("TGFS_LOG_LEVEL", self.log_level),
+            ("TGFS_REPLICAS", str(self.replicas)),
+            ("TGFS_BOT_MESSAGES_PER_MINUTE", f"{self.bot_messages_per_minute:g}"),
+            ("TGFS_BOT_TRANSFERS", str(self.bot_transfers)),
+            ("TGFS_TRANSFERS", str(self.transfers)),
             ("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"),
             ("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"),
         ]
@@ -254,6 +272,18 @@ def _build(r: _Reader) -> Settings:
     if api_id_raw and not api_id_raw.isdigit():
         raise ConfigError(f"TELEGRAM_API_ID={api_id_raw!r} must be a number (from my.telegram.org)")
     api_hash = r.text("TELEGRAM_API_HASH", "")
+    if bots and not (api_id_raw and api_hash):
+        raise ConfigError(
+            "TELEGRAM_API_ID and TELEGRAM_API_HASH are required with bots "
+            "(create an application at https://my.telegram.org)"
+        )
+    replicas = int(r.number("TGFS_REPLICAS", 1, 1, 10))
+    if bots and replicas > len(bots):
+        raise ConfigError(f"TGFS_REPLICAS={replicas} needs at least {replicas} bots "
+                          f"({len(bots)} configured)")
+    client = r.text("TGFS_TELEGRAM_CLIENT", "pyrogram:Client")
+    if not re.fullmatch(r"[\w.]+:[\w.]+", client):
+        raise ConfigError(f"TGFS_TELEGRAM_CLIENT={client!r} must look like module:callable")
     part_size = r.size("TELEGRAM_MAX_FILE_SIZE", DEFAULT_PART_SIZE, minimum=2**20)
     if part_size > MTPROTO_FILE_LIMIT:
         raise ConfigError(
@@ -280,6 +310,11 @@ def _build(r: _Reader) -> Settings:
         api_id=int(api_id_raw) if api_id_raw else None,
         api_hash=Secret(api_hash) if api_hash else None,
         skipped_bots=skipped,
+        replicas=replicas,
+        bot_messages_per_minute=r.number("TGFS_BOT_MESSAGES_PER_MINUTE", 20, 0, 6000),
+        bot_transfers=int(r.number("TGFS_BOT_TRANSFERS", 4, 1, 32)),
+        transfers=int(r.number("TGFS_TRANSFERS", 16, 1, 256)),
+        telegram_client=client,
     )
 
 

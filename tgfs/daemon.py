@@ -25,19 +25,19 @@ from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
 from tgfs.spool import Spool
-from tgfs.store.base import BlobStore
+from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
 from tgfs.store.local import LocalStore
+from tgfs.store.telegram.store import TelegramStore
 
 log = logging.getLogger(__name__)
 
 
 def make_store(settings: Settings) -> BlobStore:
     if settings.store_kind == "telegram":
-        raise ConfigError(
-            "Telegram bots are configured, but this version of tgfs has only the local store "
-            "(the Telegram store is not built yet); unset TELEGRAM_BOT_TOKEN_N to mount"
-        )
+        log.info("store: Telegram, %d bot(s), %d replica(s) per part", len(settings.bots),
+                 settings.replicas)
+        return TelegramStore(settings)
     log.info("store: local directory %s (no Telegram bots configured)",
              settings.local_store_dir)
     return LocalStore(settings.local_store_dir)
@@ -71,6 +71,18 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
 
 async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: Spool,
                  cache: PartCache, debug_fuse: bool) -> None:
+    try:
+        await store.start()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        await _serve_mounted(settings, mountpoint, store, spool, cache, debug_fuse)
+    finally:
+        await store.aclose()
+
+
+async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
+                         spool: Spool, cache: PartCache, debug_fuse: bool) -> None:
     fs_ref: list[Filesystem] = []
     collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc))
     runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names))
@@ -97,8 +109,6 @@ async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: 
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
     finally:
         pyfuse3.close(unmount=True)
-        with trio.CancelScope(shield=True):
-            await store.aclose()
         log.info("unmounted %s", mountpoint)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tgfs.catalog import jobs
+from tgfs.catalog import blobs, jobs
 from tgfs.config import format_size
 from tgfs.ingest.progress import Progress
 
@@ -38,6 +38,8 @@ def snapshot(
             row.update({"stage": job.state, "percent": 100.0 if job.state == "done" else None,
                         "bytes_per_s": None, "speed": None, "eta_s": None})
         rows.append(row)
+    if "bots" in store:
+        store = {**store, "bots": bots_snapshot(store)}
     return {
         "version": STATUS_VERSION,
         "jobs": rows,
@@ -45,6 +47,15 @@ def snapshot(
         "cache": cache,
         "garbage_pending": garbage_pending,
     }
+
+
+def bots_snapshot(store: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-bot state from the store's health, plus what each bot holds per the catalog."""
+    bots = []
+    for bot in store.get("bots", []):
+        parts, size = blobs.held_by(f"tg:{bot['bot_id']}:")
+        bots.append({**bot, "parts_held": parts, "bytes_held": size})
+    return bots
 
 
 def render(status: dict[str, Any]) -> str:
@@ -57,6 +68,18 @@ def render(status: dict[str, Any]) -> str:
         f"cache: {format_size(cache['used_bytes'])} of {format_size(cache['capacity_bytes'])}"
         f"  hits {cache['hits']}  misses {cache['misses']}",
     ]
+    if store.get("bots"):
+        lines.append(f"{'BOT':>4}  {'STATE':<5} {'PARTS':>6} {'HELD':>10} {'SENT':>6} "
+                     f"{'FLOOD':>6}  ACCOUNT")
+        for bot in store["bots"]:
+            flood = f"{bot['flood_wait_s']:.0f}s" if bot.get("flood_wait_s") else "-"
+            account = f"@{bot['username']}" if bot.get("username") else f"id {bot['bot_id']}"
+            lines.append(f"{bot['number']:>4}  {'up' if bot['up'] else 'DOWN':<5} "
+                         f"{bot.get('parts_held', 0):>6} "
+                         f"{format_size(bot.get('bytes_held', 0)):>10} "
+                         f"{bot['messages_sent']:>6} {flood:>6}  {account}")
+            if bot.get("reason"):
+                lines.append(f"{'':>6}{bot['reason']}")
     if status.get("garbage_pending"):
         lines.append(f"store parts waiting to be deleted: {status['garbage_pending']}")
     if not status["jobs"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from peewee import fn
+
 from tgfs.catalog.schema import Blob, Garbage, Part
 from tgfs.store.base import PartRef
 
@@ -48,3 +50,17 @@ def queue_locations(locations: Iterable[str]) -> None:
     rows = [{"location": loc} for loc in locations]
     if rows:
         Garbage.insert_many(rows).execute()
+
+
+def held_by(location_prefix: str) -> tuple[int, int]:
+    """(parts, bytes) whose location has a replica starting with `location_prefix`.
+
+    Locations with several replicas are comma-separated (see the store that made them).
+    A scan of the part table: it serves status output only.
+    """
+    query = Part.select(fn.COUNT(Part.id), fn.COALESCE(fn.SUM(Part.size), 0)).where(
+        Part.location.startswith(location_prefix)
+        | Part.location.contains("," + location_prefix)
+    )
+    count, size = query.scalar(as_tuple=True)
+    return int(count), int(size)

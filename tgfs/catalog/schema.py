@@ -35,6 +35,7 @@ CONTROL_DIR_ID = 2  # /.tgfs
 STATUS_FILE_ID = 3  # /.tgfs/status.json
 CONTROL_DIR_NAME = ".tgfs"
 STATUS_FILE_NAME = "status.json"
+BOTS_FILE_NAME = "bots.json"  # /.tgfs/bots.json (added after the first release: no fixed id)
 
 
 class SchemaMismatch(RuntimeError):
@@ -55,10 +56,16 @@ class NodeKind(enum.StrEnum):
     MEDIA = "media"  # an init segment or a media segment: immutable blob content
     CONTROL_DIR = "control_dir"  # /.tgfs
     STATUS = "status"  # /.tgfs/status.json, rendered live
+    BOTS = "bots"  # /.tgfs/bots.json: per-bot state of the Telegram store, rendered live
 
     @property
     def is_dir(self) -> bool:
         return self in (NodeKind.DIR, NodeKind.VIDEO, NodeKind.RENDITION, NodeKind.CONTROL_DIR)
+
+    @property
+    def is_live(self) -> bool:
+        """Control files: rendered from the daemon's state on every open, read-only."""
+        return self in (NodeKind.STATUS, NodeKind.BOTS)
 
     @property
     def in_video(self) -> bool:
@@ -231,6 +238,9 @@ def open_catalog(path: Path) -> None:
         raise SchemaMismatch(
             f"catalog {path} has schema version {found}, this tgfs needs {SCHEMA_VERSION}"
         )
+    with db.atomic():
+        Node.get_or_create(parent=CONTROL_DIR_ID, name=BOTS_FILE_NAME,
+                           defaults={"kind": NodeKind.BOTS, "mode": 0o444})
 
 
 def close_catalog() -> None:

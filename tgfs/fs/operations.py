@@ -38,7 +38,7 @@ from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle
 from tgfs.ingest.runner import IngestRunner
 from tgfs.media import playlists
 from tgfs.spool import Spool
-from tgfs.status import snapshot, to_bytes
+from tgfs.status import bots_snapshot, snapshot, to_bytes
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
 
@@ -136,6 +136,8 @@ class Filesystem(pyfuse3.Operations):
         if kind is NodeKind.STATUS:
             return to_bytes(snapshot(self.runner.progress, self.cache.stats(),
                                      self.store_health, self.collector.pending()))
+        if kind is NodeKind.BOTS:
+            return to_bytes({"bots": bots_snapshot(self.store_health)})
         if node.id not in self._rendered:
             if kind is NodeKind.MASTER:
                 text = playlists.master(library.variants(node.video_id))
@@ -150,7 +152,7 @@ class Filesystem(pyfuse3.Operations):
         kind = node.node_kind
         if kind is NodeKind.FILE:
             return self._write_size.get(node.id, node.size)
-        if kind in (NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.STATUS):
+        if kind in (NodeKind.MASTER, NodeKind.PLAYLIST) or kind.is_live:
             return len(self._render(node))
         return node.size
 
@@ -261,8 +263,7 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         kind = node.node_kind
         if kind not in (NodeKind.FILE, NodeKind.DIR):
-            raise pyfuse3.FUSEError(errno.EPERM if kind in (NodeKind.STATUS,
-                                                            NodeKind.CONTROL_DIR)
+            raise pyfuse3.FUSEError(errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR
                                     else errno.EROFS)
         if fields.update_size:
             if kind is NodeKind.DIR:
@@ -376,7 +377,7 @@ class Filesystem(pyfuse3.Operations):
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.MEDIA):
             self._hidden.add(node.id)  # see module doc: removal is per video folder
             return
-        if kind is NodeKind.STATUS:
+        if kind.is_live:
             raise pyfuse3.FUSEError(errno.EPERM)
         self._remove_file(node)
         tree.touch_dir(parent_inode)
@@ -398,7 +399,7 @@ class Filesystem(pyfuse3.Operations):
         self._changeable_dir(parent_inode_old)
         target_dir = self._changeable_dir(parent_inode_new)
         node = self._child(parent_inode_old, name_old)
-        if node.node_kind in (NodeKind.CONTROL_DIR, NodeKind.STATUS):
+        if node.node_kind is NodeKind.CONTROL_DIR or node.node_kind.is_live:
             raise pyfuse3.FUSEError(errno.EPERM)
         moving_dir = node.node_kind.is_dir
         if moving_dir and tree.is_inside(target_dir.id, node.id):
@@ -451,11 +452,10 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY:
             if kind is not NodeKind.FILE:
-                raise pyfuse3.FUSEError(errno.EPERM if kind is NodeKind.STATUS
-                                        else errno.EROFS)
+                raise pyfuse3.FUSEError(errno.EPERM if kind.is_live else errno.EROFS)
             fd = await self._begin_write(node, truncate=bool(flags & os.O_TRUNC))
             return pyfuse3.FileInfo(fh=self._add_handle(SpoolHandle(node.id, fd, True)))
-        if kind is NodeKind.STATUS:
+        if kind.is_live:
             self.store_health = await self._store_health()
             handle = BytesHandle(node.id, self._render(node))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)

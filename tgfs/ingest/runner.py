@@ -38,7 +38,7 @@ from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.parts import put_file
+from tgfs.store.parts import Upload, put_files
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class IngestRunner:
         if failed:
             log.warning("job %d (%s): %s", job.id, job.path, error)
         progress.enter("store", job.size)
-        parts = await self._put(Path(job.spool), job.size, f"file-{job.id}", progress)
+        upload = Upload(Path(job.spool), job.size, f"file-{job.id}")
+        parts = (await self._put([upload], progress))[upload.path]
         self._finish_as_file(job, self._current_node(job, parts), parts, error)
 
     def _worker_options(self, job: Job) -> WorkerOptions:
@@ -169,11 +170,21 @@ class IngestRunner:
             raise _Discarded
         return node
 
-    async def _put(self, src: Path, size: int, key: str, progress: Progress) -> list[PartRef]:
-        def advance(n: int) -> None:
-            progress.done += n
+    async def _put(self, uploads: list[Upload], progress: Progress
+                   ) -> dict[Path, list[PartRef]]:
+        """Store files; if that fails or is cancelled, what got stored is queued for
+        deletion (synchronously, so even a cancelled upload leaves nothing behind)."""
+        stored: list[PartRef] = []
 
-        return await put_file(self.store, src, size, self.settings.part_size, key, advance)
+        def landed(_: Upload, part: PartRef) -> None:
+            stored.append(part)
+            progress.done += part.size
+
+        try:
+            return await put_files(self.store, uploads, self.settings.part_size, landed)
+        except BaseException:
+            blobs.queue_locations(p.location for p in stored)
+            raise
 
     def _finish_as_file(self, job: Job, node: Node, parts: list[PartRef],
                         error: str | None) -> None:
@@ -192,15 +203,11 @@ class IngestRunner:
                  for path in (workdir / r["dir"] / name
                               for name in [r["init_name"], *(s["name"] for s in r["segments"])])}
         progress.enter("upload", sum(sizes.values()))
-        uploaded: dict[Path, tuple[int, list[PartRef]]] = {}
-        try:
-            for index, (path, size) in enumerate(sizes.items()):
-                parts = await self._put(path, size, f"job{job.id}-{index}", progress)
-                uploaded[path] = (size, parts)
-        except BaseException:
-            blobs.queue_locations(p.location for _, parts in uploaded.values() for p in parts)
-            raise
-        all_parts = [p for _, parts in uploaded.values() for p in parts]
+        stored = await self._put([Upload(path, size, f"job{job.id}-{index}")
+                                  for index, (path, size) in enumerate(sizes.items())],
+                                 progress)
+        uploaded = {path: (sizes[path], parts) for path, parts in stored.items()}
+        all_parts = [p for parts in stored.values() for p in parts]
         source = self._current_node(job, all_parts)
         old_parent, old_name = source.parent_id, source.name
         renditions = [self._stored_rendition(workdir, r, uploaded)

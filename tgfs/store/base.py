@@ -44,6 +44,8 @@ class BlobStore(abc.ABC):
     """Async part storage. Implementations must be safe to call concurrently."""
 
     kind: str = "abstract"
+    # How many puts the ingest runner keeps in flight; stores with many backends raise it.
+    parallelism: int = 4
 
     @abc.abstractmethod
     async def put(self, src: Path, offset: int, size: int, key: str) -> str:
@@ -60,6 +62,22 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, location: str) -> None:
         """Remove a part. Deleting a part that is already gone is not an error."""
+
+    async def delete_many(self, locations: list[str]) -> dict[str, str]:
+        """Delete several parts; returns {location: why} for those that failed.
+
+        Stores that can delete in batches (Telegram: 100 messages per call) override it.
+        """
+        failures = {}
+        for location in locations:
+            try:
+                await self.delete(location)
+            except StoreError as exc:
+                failures[location] = str(exc)
+        return failures
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect before first use; the local store has nothing to connect."""
 
     @abc.abstractmethod
     async def health(self) -> dict[str, Any]:

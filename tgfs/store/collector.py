@@ -56,20 +56,23 @@ class GarbageCollector:
         return failed
 
     async def _delete(self, rows: list[Garbage]) -> int:
-        failed = 0
+        rows = [row for row in rows if not self.in_use(row.location)]
+        try:
+            failures = await self.store.delete_many([row.location for row in rows])
+        except Exception as exc:  # a store bug must not lose the list: every row stays
+            log.exception("store: deleting %d part(s) failed", len(rows))
+            failures = {row.location: str(exc) for row in rows}
         for row in rows:
-            if self.in_use(row.location):
+            error = failures.get(row.location)
+            if error is None:
+                row.delete_instance()
+                self.deleted += 1
                 continue
-            try:
-                await self.store.delete(row.location)
-            except Exception as exc:
-                failed += 1
-                row.attempts += 1
-                row.last_error = str(exc)[:500]
-                row.save()
-                log.warning("store: delete of a part failed (attempt %d), will retry: %s",
-                            row.attempts, exc)
-                continue
-            row.delete_instance()
-            self.deleted += 1
+            row.attempts += 1
+            row.last_error = error[:500]
+            row.save()
+        failed = sum(1 for row in rows if row.location in failures)
+        if failed:
+            log.warning("store: %d part delete(s) failed, will retry: %s", failed,
+                        next(iter(failures.values())))
         return failed

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tgfs.store.base import BlobStore, PartRef
+import trio
 
-log = logging.getLogger(__name__)
+from tgfs.store.base import BlobStore, PartRef, StoreError
 
 
 def plan(size: int, part_size: int) -> list[tuple[int, int]]:
@@ -18,36 +18,57 @@ def plan(size: int, part_size: int) -> list[tuple[int, int]]:
     return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
 
 
-async def put_file(
-    store: BlobStore,
-    src: Path,
-    size: int,
-    part_size: int,
-    key: str,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[PartRef]:
-    """Store `src` (of `size` bytes) as parts; returns them in order.
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One local file to store: its parts are named `<key>.part<N>` for the store."""
 
-    On failure the parts already stored are deleted again (best effort) before the error
-    propagates, so a failed put leaves nothing behind in the store.
+    path: Path
+    size: int
+    key: str
+
+
+async def put_files(
+    store: BlobStore,
+    files: Sequence[Upload],
+    part_size: int,
+    on_part: Callable[[Upload, PartRef], None],
+) -> dict[Path, list[PartRef]]:
+    """Store every file as parts; returns each file's parts in order.
+
+    Parts of all files go up concurrently, `store.parallelism` at a time, in file order (a
+    multi-bot store spreads them over its bots). Each part is reported to `on_part` the
+    moment it is stored, so if the upload fails or is cancelled the caller already knows
+    what to queue for deletion — without awaiting anything. The first store error stops
+    the rest and is raised.
     """
-    done: list[PartRef] = []
-    try:
-        for index, (offset, length) in enumerate(plan(size, part_size)):
-            location = await store.put(src, offset, length, f"{key}.part{index}")
-            done.append(PartRef(id=None, index=index, offset=offset, size=length,
-                                location=location))
-            if on_progress:
-                on_progress(length)
-    except BaseException:
-        for part in done:
-            try:
-                await store.delete(part.location)
-            except Exception as exc:  # the original error matters more
-                log.warning("could not remove part %s after a failed put: %s",
-                            part.location, exc)
-        raise
-    return done
+    limiter = trio.CapacityLimiter(store.parallelism)
+    results: dict[Path, list[PartRef | None]] = {}
+    failure: list[StoreError] = []
+
+    async def put_one(upload: Upload, index: int, offset: int, length: int,
+                      scope: trio.CancelScope) -> None:
+        try:
+            async with limiter:
+                location = await store.put(upload.path, offset, length,
+                                           f"{upload.key}.part{index}")
+        except StoreError as exc:
+            failure.append(exc)
+            scope.cancel()
+            return
+        ref = PartRef(id=None, index=index, offset=offset, size=length, location=location)
+        results[upload.path][index] = ref
+        on_part(upload, ref)
+
+    async with trio.open_nursery() as nursery:
+        for upload in files:
+            pieces = plan(upload.size, part_size)
+            results[upload.path] = [None] * len(pieces)
+            for index, (offset, length) in enumerate(pieces):
+                nursery.start_soon(put_one, upload, index, offset, length,
+                                   nursery.cancel_scope)
+    if failure:
+        raise failure[0]
+    return {path: [p for p in parts if p is not None] for path, parts in results.items()}
 
 
 def overlapping(parts: list[PartRef], offset: int, length: int) -> list[PartRef]:

@@ -1,0 +1,1 @@
+"""The Telegram store: kurigram clients bridged to trio, one link per bot."""

@@ -1,0 +1,350 @@
+"""One bot and its channel, seen from trio: pacing, flood waits, retries, up/down.
+
+A `BotLink` owns everything about one bot that the store needs to decide where a part
+goes and how to talk to it:
+
+- pacing: a per-bot message schedule (GCRA, see `Pacer`), so a 2-hour film trickles in at
+  TGFS_BOT_MESSAGES_PER_MINUTE instead of tripping Telegram's flood control;
+- flood waits: a FloodWait stops this bot until it is over; the other bots carry on, and a
+  wait longer than `DIVERT_AFTER` sends the request to the next bot instead (`BotFlooded`);
+- retries: network and server errors are retried with exponential backoff and jitter;
+- health: after `DOWN_AFTER` failed operations in a row (or one login/channel error) the bot
+  is marked down for a cool-down; new uploads skip it, and the first request after the
+  cool-down is the probe that brings it back (or not);
+- bot isolation: the client that stored a message is the one that reads and deletes it.
+
+All client calls go through the asyncio bridge; state here is touched only on the trio
+thread, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.config import Bot, Settings
+from tgfs.store.base import PartMissing
+from tgfs.store.telegram import client as tg
+from tgfs.store.telegram.bridge import AsyncioBridge
+
+log = logging.getLogger(__name__)
+
+# A flood wait or pacing delay up to this long is waited out on the same bot (keeping
+# placement deterministic); a longer one sends the request to the next bot in its ranking.
+DIVERT_AFTER = 5.0
+DOWN_AFTER = 3  # failed operations in a row that mark a bot down
+COOL_DOWN_FIRST = 60.0  # seconds a failing bot is skipped; doubles while it keeps failing
+COOL_DOWN_MAX = 900.0
+ATTEMPTS = 4  # tries per operation for network/server errors
+BACKOFF_FIRST = 0.5  # seconds before the first retry; doubles, ±50 % jitter
+BACKOFF_MAX = 8.0
+# Deadlines for one call: a connection that died silently must not hang a transfer. The
+# rate is a floor far below any working link, so only a dead one hits it.
+CALL_TIMEOUT = 60.0
+SLOWEST_RATE = 128 * 2**10  # bytes/s
+# Pacing lets a few messages go at once, so a short clip uploads without delay; a long
+# film settles to the configured rate. If Telegram disagrees, its FloodWait is honoured.
+BURST = 5
+MESSAGE_CACHE = 4096  # Message objects kept per bot (their file references save a fetch)
+
+
+class BotFlooded(Exception):
+    """The bot is in a long flood wait: try another bot, or this one later."""
+
+
+class BotFailed(Exception):
+    """The bot failed this request (and may now be down): try another bot."""
+
+
+class Pacer:
+    """When each message of one bot may go: GCRA (a token bucket as a schedule).
+
+    `reserve` hands out send times `interval` apart on average, allowing `burst` at once;
+    reservations are made on the trio thread, so concurrent uploads get distinct slots.
+    """
+
+    def __init__(self, per_minute: float, burst: int = BURST) -> None:
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.tolerance = (burst - 1) * self.interval
+        self._tat = 0.0  # theoretical arrival time of the next message
+
+    def next_slot(self, now: float) -> float:
+        return max(now, self._tat - self.tolerance)
+
+    def reserve(self, now: float) -> float:
+        slot = self.next_slot(now)
+        self._tat = max(self._tat, now) + self.interval
+        return slot
+
+
+@dataclasses.dataclass
+class Counters:
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    bytes_read: int = 0
+    messages_deleted: int = 0
+    flood_waits: int = 0
+    retries: int = 0
+
+
+class BotLink:
+    def __init__(self, bot: Bot, settings: Settings, bridge: AsyncioBridge,
+                 factory: Any, session: str) -> None:
+        self.number = bot.number
+        self.bot_id = bot.bot_id
+        self.channel_id = bot.channel_id
+        self._bot = bot
+        self._settings = settings
+        self._bridge = bridge
+        self._factory = factory
+        self._session = session
+        self._client: Any = None
+        self._connecting = trio.Lock()
+        self.username: str | None = None
+        self.up = False
+        self.reason: str | None = "not connected yet"
+        self._kind: str | None = None  # classify() kind of the last failure
+        self._failures = 0
+        self._cool_down = COOL_DOWN_FIRST
+        self.down_until = 0.0
+        self.flood_until = 0.0
+        self.pacer = Pacer(settings.bot_messages_per_minute)
+        self.uploads = trio.Semaphore(settings.bot_transfers)
+        self.downloads = trio.Semaphore(settings.bot_transfers)
+        self.counters = Counters()
+        self._messages: collections.OrderedDict[tuple[int, int], Any] = (
+            collections.OrderedDict())
+
+    def __repr__(self) -> str:  # never the token
+        return f"BotLink(bot {self.number}, id {self.bot_id})"
+
+    # ---- health -------------------------------------------------------------------------
+
+    @property
+    def session_file(self) -> Path:
+        return self._settings.session_dir / f"{self._session}.session"
+
+    def available(self, now: float) -> bool:
+        """May new work go to this bot? (A down bot becomes available again for a probe.)"""
+        return self.up or now >= self.down_until
+
+    def permanently_failed(self) -> bool:
+        return not self.up and self._kind in (tg.AUTH, tg.ACCESS)
+
+    def ready_at(self, now: float) -> float:
+        """Earliest time a new message could go: pacing and flood wait."""
+        return max(self.pacer.next_slot(now), self.flood_until)
+
+    def reserve(self, now: float) -> float:
+        return max(self.pacer.reserve(now), self.flood_until)
+
+    def _succeeded(self) -> None:
+        if not self.up and self.down_until:
+            log.info("bot %d: up again", self.number)
+        self.up = True
+        self.reason = None
+        self._kind = None
+        self._failures = 0
+        self._cool_down = COOL_DOWN_FIRST
+
+    def _failed(self, kind: str, reason: str) -> None:
+        self._failures += 1
+        self._kind = kind
+        permanent = kind in (tg.AUTH, tg.ACCESS)
+        if not (permanent or self._failures >= DOWN_AFTER):
+            return
+        self.reason = reason
+        self.down_until = trio.current_time() + (COOL_DOWN_MAX if permanent
+                                                  else self._cool_down)
+        if self.up or permanent:
+            log.error("bot %d: marked down (%s); new uploads go to other bots",
+                      self.number, reason)
+        self.up = False
+        self._cool_down = min(self._cool_down * 2, COOL_DOWN_MAX)
+
+    def _flooded(self, seconds: float) -> None:
+        self.counters.flood_waits += 1
+        self.flood_until = max(self.flood_until, trio.current_time() + seconds)
+        log.warning("bot %d: Telegram asks to wait %.0f s (flood control); "
+                    "the other bots carry on", self.number, seconds)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """For status output: numbers and reasons, never a secret."""
+        return {
+            "number": self.number,
+            "bot_id": self.bot_id,
+            "username": self.username,
+            "channel_id": self.channel_id,
+            "up": self.up,
+            "reason": self.reason,
+            "flood_wait_s": round(max(0.0, self.flood_until - now), 1),
+            **dataclasses.asdict(self.counters),
+        }
+
+    # ---- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Log in and check the channel; on failure the bot is down with the reason."""
+        async with self._connecting:
+            if self._client is not None and self.up:
+                return
+            try:
+                if self._client is None:
+                    self._client = await self._bridge.run(
+                        tg.make_client, self._factory, self._bot, self._settings,
+                        self._session)
+                me = await self._call(CALL_TIMEOUT, tg.start, self._client, self.session_file)
+                self.username = getattr(me, "username", None)
+                await self._call(CALL_TIMEOUT, tg.check_channel, self._client,
+                                 self.channel_id)
+            except Exception as exc:
+                kind, reason = tg.classify(exc)
+                await self._drop_client()
+                self._failures = DOWN_AFTER - 1  # one failed login is enough to be down
+                self._failed(kind, f"login: {reason}")
+                raise BotFailed(self.reason) from None
+            log.info("bot %d (@%s): connected, channel %d", self.number, self.username,
+                     self.channel_id)
+            self._succeeded()
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await self._bridge.run(tg.stop, client)
+            except Exception as exc:
+                log.debug("bot %d: stop failed: %s", self.number, exc)
+
+    async def close(self) -> None:
+        await self._drop_client()
+
+    async def _ready(self) -> None:
+        if not self.available(trio.current_time()):
+            raise BotFailed(self.reason or "down")
+        if self._client is None:
+            await self.connect()
+
+    async def _call(self, timeout: float, fn: Any, *args: Any) -> Any:
+        return await self._bridge.run(tg.with_timeout, timeout, fn, *args)
+
+    # ---- operations ---------------------------------------------------------------------
+
+    async def send(self, src: Path, offset: int, size: int, name: str, slot: float,
+                   cap: trio.CapacityLimiter) -> int:
+        """Upload one part at (or after) its reserved `slot`; returns the message id."""
+        await trio.sleep_until(slot)
+        await self._ready()
+        timeout = CALL_TIMEOUT + size / SLOWEST_RATE
+        attempt = 0
+        async with self.uploads:
+            while True:
+                await self._wait_flood()
+                async with cap:
+                    try:
+                        message = await self._call(timeout, tg.send_part, self._client,
+                                                   self.channel_id, src, offset, size, name)
+                    except Exception as exc:
+                        attempt = await self._handle(exc, attempt, "upload")
+                        continue
+                self._succeeded()
+                self.counters.messages_sent += 1
+                self.counters.bytes_sent += size
+                self._remember(self.channel_id, message)
+                return int(message.id)
+
+    async def read(self, channel_id: int, message_id: int, offset: int, length: int,
+                   cap: trio.CapacityLimiter) -> bytes:
+        await self._ready()
+        timeout = CALL_TIMEOUT + length / SLOWEST_RATE
+        attempt = 0
+        async with self.downloads:
+            while True:
+                await self._wait_flood()
+                async with cap:
+                    try:
+                        message = await self._message(channel_id, message_id)
+                        data = await self._call(timeout, tg.read_range, self._client,
+                                                message, offset, length)
+                    except PartMissing:
+                        raise
+                    except Exception as exc:
+                        self._messages.pop((channel_id, message_id), None)
+                        attempt = await self._handle(exc, attempt, "download")
+                        continue
+                self._succeeded()
+                self.counters.bytes_read += len(data)
+                return data
+
+    async def delete(self, channel_id: int, message_ids: list[int]) -> None:
+        """Delete messages, ≤ 100 per call; ids already gone are fine."""
+        await self._ready()
+        for start in range(0, len(message_ids), tg.DELETE_MESSAGES_MAX):
+            batch = message_ids[start:start + tg.DELETE_MESSAGES_MAX]
+            attempt = 0
+            while True:
+                await self._wait_flood()
+                try:
+                    await self._call(CALL_TIMEOUT, tg.delete, self._client, channel_id, batch)
+                except Exception as exc:
+                    attempt = await self._handle(exc, attempt, "delete")
+                    continue
+                break
+            for message_id in batch:
+                self._messages.pop((channel_id, message_id), None)
+            self.counters.messages_deleted += len(batch)
+        self._succeeded()
+
+    async def _message(self, channel_id: int, message_id: int) -> Any:
+        key = (channel_id, message_id)
+        message = self._messages.get(key)
+        if message is None:
+            message = await self._call(CALL_TIMEOUT, tg.get_message, self._client,
+                                       channel_id, message_id)
+            if message is None:
+                raise PartMissing(
+                    f"bot {self.number}: message {message_id} in channel {channel_id} is "
+                    "gone (deleted outside tgfs?)")
+            self._remember(channel_id, message)
+        else:
+            self._messages.move_to_end(key)
+        return message
+
+    def _remember(self, channel_id: int, message: Any) -> None:
+        self._messages[(channel_id, int(message.id))] = message
+        while len(self._messages) > MESSAGE_CACHE:
+            self._messages.popitem(last=False)
+
+    async def _wait_flood(self) -> None:
+        wait = self.flood_until - trio.current_time()
+        if wait > DIVERT_AFTER:
+            raise BotFlooded(f"bot {self.number}: flood wait, {wait:.0f} s left")
+        if wait > 0:
+            await trio.sleep(wait)
+
+    async def _handle(self, exc: Exception, attempt: int, what: str) -> int:
+        """Decide after a failed call: return the next attempt number to retry, or raise
+        BotFlooded/BotFailed."""
+        kind, reason = tg.classify(exc)
+        if kind == tg.FLOOD:
+            self._flooded(tg.flood_seconds(exc))
+            return attempt  # not a failure: _wait_flood decides between waiting and diverting
+        if kind == tg.EXPIRED and attempt + 1 < ATTEMPTS:
+            log.info("bot %d: file reference expired; fetching the message again",
+                     self.number)
+            return attempt + 1
+        if kind == tg.TRANSIENT and attempt + 1 < ATTEMPTS:
+            self.counters.retries += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.5)
+            log.info("bot %d: %s failed (%s); retry %d in %.1f s", self.number, what,
+                     reason, attempt + 1, delay)
+            await trio.sleep(delay)
+            return attempt + 1
+        self._failed(kind, reason)
+        log.warning("bot %d: %s failed: %s", self.number, what, reason)
+        raise BotFailed(f"bot {self.number}: {reason}")

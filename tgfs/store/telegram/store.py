@@ -1,0 +1,242 @@
+"""The Telegram store: parts as documents in private channels, one channel per bot.
+
+Placement: every part has a key ("job12-3.part0"); each bot gets a score from a hash of
+(bot id, key) and the bots are ranked by it — rendezvous hashing. The top-ranked bot that
+is up takes the part, so parts spread evenly, the choice is reproducible, and adding a bot
+moves only the share of parts that the new bot wins (about 1/n). A bot that is paced or
+in a flood wait for more than `DIVERT_AFTER` seconds passes the part to the next bot in
+the ranking; with TGFS_REPLICAS=R the part goes to the first R distinct bots.
+
+Locations record where each copy actually went, as comma-separated replicas:
+
+    tg:<bot user id>:<channel id>:<message id>[,tg:…]
+
+The bot's user id is the public half of its token, so renumbering TELEGRAM_BOT_TOKEN_N
+does not orphan anything; reads and deletes go through the bot that made the message
+(file ids and access hashes are only valid for the account that saw the message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.config import Settings
+from tgfs.store.base import BlobStore, PartMissing, StoreError
+from tgfs.store.telegram import client as tg
+from tgfs.store.telegram.bridge import AsyncioBridge
+from tgfs.store.telegram.link import DIVERT_AFTER, BotFailed, BotFlooded, BotLink
+
+log = logging.getLogger(__name__)
+
+EMPTY = "tg:empty"  # a zero-byte part: Telegram refuses empty documents, and needs none
+_PREFIX = "tg:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    bot_id: int
+    channel_id: int
+    message_id: int
+
+    def __str__(self) -> str:
+        return f"{_PREFIX}{self.bot_id}:{self.channel_id}:{self.message_id}"
+
+
+def parse_location(location: str) -> list[Replica]:
+    replicas = []
+    for item in location.split(","):
+        head, _, rest = item.partition(":")
+        fields = rest.split(":")
+        if head + ":" != _PREFIX or len(fields) != 3:
+            raise StoreError(f"not a Telegram-store location: {location!r}", retryable=False)
+        try:
+            replicas.append(Replica(*(int(f) for f in fields)))
+        except ValueError:
+            raise StoreError(f"not a Telegram-store location: {location!r}",
+                             retryable=False) from None
+    return replicas
+
+
+def rank(bot_ids: list[int], key: str) -> list[int]:
+    """Bots in rendezvous order for `key`: highest hash of (bot, key) first."""
+    def score(bot_id: int) -> bytes:
+        return hashlib.blake2b(f"{bot_id}/{key}".encode(), digest_size=8).digest()
+
+    return sorted(bot_ids, key=score, reverse=True)
+
+
+class TelegramStore(BlobStore):
+    kind = "telegram"
+
+    def __init__(self, settings: Settings, factory: Any = None,
+                 session_suffix: str = "") -> None:
+        self.settings = settings
+        self.replicas = settings.replicas
+        self._bridge = AsyncioBridge()
+        factory = factory or tg.load_factory(settings.telegram_client)
+        self.links = {
+            bot.bot_id: BotLink(bot, settings, self._bridge, factory,
+                                f"bot-{bot.bot_id}{session_suffix}")
+            for bot in settings.bots
+        }
+        self._upload_cap = trio.CapacityLimiter(settings.transfers)
+        self._download_cap = trio.CapacityLimiter(settings.transfers)
+
+    @property
+    def parallelism(self) -> int:
+        # Enough puts in flight to keep every bot's transfer slots busy.
+        return max(self.settings.transfers, len(self.links) * self.settings.bot_transfers)
+
+    async def start(self) -> None:
+        """Log every bot in. Fails only if no bot can work at all because of its settings
+        (tokens, channels); a bot that is merely unreachable is retried later."""
+        self._bridge.start()
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                nursery.start_soon(self._connect, link)
+        if all(link.permanently_failed() for link in self.links.values()):
+            reasons = "; ".join(f"bot {link.number}: {link.reason}"
+                                for link in self.links.values())
+            await self.aclose()
+            raise StoreError(f"no Telegram bot can be used: {reasons}", retryable=False)
+
+    @staticmethod
+    async def _connect(link: BotLink) -> None:
+        # Each call inside has its own deadline; a failure is logged and kept by the link.
+        with contextlib.suppress(BotFailed):
+            await link.connect()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for link in self.links.values():
+                await link.close()
+            await self._bridge.close()
+
+    # ---- put ----------------------------------------------------------------------------
+
+    async def put(self, src: Path, offset: int, size: int, key: str) -> str:
+        if size == 0:
+            return EMPTY
+        placed: list[Replica] = []
+        failed: set[int] = set()
+        reasons: list[str] = []
+        while len(placed) < self.replicas:
+            exclude = failed | {r.bot_id for r in placed}
+            link = self._choose(key, exclude)
+            if link is None:
+                if placed:
+                    log.warning("%s: stored on %d of %d bots (%s)", key, len(placed),
+                                self.replicas, "; ".join(reasons) or "no other bot is up")
+                    break
+                raise StoreError(f"no bot could take {key}: "
+                                 + ("; ".join(reasons) or self._down_summary()))
+            slot = link.reserve(trio.current_time())
+            try:
+                message_id = await link.send(src, offset, size, key, slot, self._upload_cap)
+            except BotFlooded:
+                continue  # its flood_until now steers _choose to another bot
+            except BotFailed as exc:
+                failed.add(link.bot_id)
+                reasons.append(str(exc))
+                log.info("%s: %s; trying the next bot", key, exc)
+                continue
+            placed.append(Replica(link.bot_id, link.channel_id, message_id))
+        return ",".join(str(r) for r in placed)
+
+    def _choose(self, key: str, exclude: set[int]) -> BotLink | None:
+        """The first bot in the key's ranking that is up and can send soon; if every one
+        is waiting, the one that is free first."""
+        now = trio.current_time()
+        candidates = [self.links[b] for b in rank(list(self.links), key)
+                      if b not in exclude and self.links[b].available(now)]
+        if not candidates:
+            return None
+        for link in candidates:
+            if link.ready_at(now) - now <= DIVERT_AFTER:
+                return link
+        return min(candidates, key=lambda link: link.ready_at(now))
+
+    def _down_summary(self) -> str:
+        return "; ".join(f"bot {link.number}: {link.reason}" for link in self.links.values()
+                         if not link.up) or "all bots are busy"
+
+    # ---- get ----------------------------------------------------------------------------
+
+    async def get(self, location: str, offset: int, length: int) -> bytes:
+        if location == EMPTY:
+            return b""
+        now = trio.current_time()
+        replicas = parse_location(location)
+        # Replicas on bots that are up first; the others are still tried as a last resort.
+        replicas.sort(key=lambda r: not (r.bot_id in self.links
+                                          and self.links[r.bot_id].available(now)))
+        missing: list[str] = []
+        problems: list[str] = []
+        for replica in replicas:
+            link = self.links.get(replica.bot_id)
+            if link is None:
+                problems.append(f"bot id {replica.bot_id} is no longer configured")
+                continue
+            try:
+                return await link.read(replica.channel_id, replica.message_id, offset,
+                                       length, self._download_cap)
+            except PartMissing as exc:
+                missing.append(str(exc))
+            except (BotFlooded, BotFailed) as exc:
+                problems.append(str(exc))
+        if missing and not problems:
+            raise PartMissing("; ".join(missing))
+        raise StoreError("; ".join(missing + problems))
+
+    # ---- delete -------------------------------------------------------------------------
+
+    async def delete(self, location: str) -> None:
+        failures = await self.delete_many([location])
+        if failures:
+            raise StoreError(failures[location])
+
+    async def delete_many(self, locations: list[str]) -> dict[str, str]:
+        """Delete in batches of ≤ 100 messages per bot and channel, all bots at once."""
+        groups: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        failures: dict[str, str] = {}
+        for location in locations:
+            if location == EMPTY:
+                continue
+            try:
+                replicas = parse_location(location)
+            except StoreError as exc:
+                failures[location] = str(exc)
+                continue
+            for r in replicas:
+                groups.setdefault((r.bot_id, r.channel_id), []).append((r.message_id, location))
+
+        async def delete_group(bot_id: int, channel_id: int,
+                               items: list[tuple[int, str]]) -> None:
+            link = self.links.get(bot_id)
+            try:
+                if link is None:
+                    raise BotFailed(f"bot id {bot_id} is no longer configured")
+                await link.delete(channel_id, [message_id for message_id, _ in items])
+            except (BotFailed, BotFlooded) as exc:
+                for _, location in items:
+                    failures[location] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for (bot_id, channel_id), items in groups.items():
+                nursery.start_soon(delete_group, bot_id, channel_id, items)
+        return failures
+
+    # ---- health -------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        now = trio.current_time()
+        bots = [link.snapshot(now) for link in self.links.values()]
+        return {"kind": self.kind, "up": any(b["up"] for b in bots),
+                "replicas": self.replicas, "bots": bots}
