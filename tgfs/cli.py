@@ -1,4 +1,4 @@
-"""The `tgfs` command: mount, umount, status, config."""
+"""The `tgfs` command: mount, umount, status, test-bots, config."""
 
 from __future__ import annotations
 
@@ -85,6 +85,31 @@ def status(mountpoint: Path, as_json: bool, watch: bool) -> None:
         click.clear()
         click.echo(text, nl=False)
         time.sleep(1)
+
+
+@main.command("test-bots")
+def test_bots() -> None:
+    """Check every configured bot: login, channel, upload, download, delete (one line each).
+
+    Exits non-zero if any bot failed.
+    """
+    import trio
+
+    from tgfs.store.telegram.check import check_bots
+
+    settings = _settings()
+    logs.setup("CRITICAL", settings.secrets())  # each bot's line says what went wrong
+    if not settings.bots:
+        raise click.ClickException(
+            "no Telegram bots configured (set TELEGRAM_BOT_TOKEN_1 and TELEGRAM_CHANNEL_ID_1)")
+    for skipped in settings.skipped_bots:
+        click.echo(f"skipped: {skipped}")
+    results = trio.run(check_bots, settings)
+    for result in results:
+        click.echo(result.line())
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(results)} bot(s) failed")
 
 
 @main.command("config")

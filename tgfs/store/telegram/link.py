@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # A flood wait or pacing delay up to this long is waited out on the same bot (keeping
 # placement deterministic); a longer one sends the request to the next bot in its ranking.
 DIVERT_AFTER = 5.0
-DOWN_AFTER = 3  # failed operations in a row that mark a bot down
+DOWN_AFTER = 2  # failed operations in a row (each after its retries) that mark a bot down
 COOL_DOWN_FIRST = 60.0  # seconds a failing bot is skipped; doubles while it keeps failing
 COOL_DOWN_MAX = 900.0
 ATTEMPTS = 4  # tries per operation for network/server errors
@@ -208,7 +208,7 @@ class BotLink:
                 await self._drop_client()
                 self._failures = DOWN_AFTER - 1  # one failed login is enough to be down
                 self._failed(kind, f"login: {reason}")
-                raise BotFailed(self.reason) from None
+                raise BotFailed(f"bot {self.number}: {self.reason}") from None
             log.info("bot %d (@%s): connected, channel %d", self.number, self.username,
                      self.channel_id)
             self._succeeded()
@@ -226,7 +226,7 @@ class BotLink:
 
     async def _ready(self) -> None:
         if not self.available(trio.current_time()):
-            raise BotFailed(self.reason or "down")
+            raise BotFailed(f"bot {self.number}: down ({self.reason})")
         if self._client is None:
             await self.connect()
 
@@ -346,5 +346,6 @@ class BotLink:
             await trio.sleep(delay)
             return attempt + 1
         self._failed(kind, reason)
-        log.warning("bot %d: %s failed: %s", self.number, what, reason)
+        if self.up:  # (marking it down has logged an error already)
+            log.warning("bot %d: %s failed: %s", self.number, what, reason)
         raise BotFailed(f"bot {self.number}: {reason}")

@@ -1,0 +1,248 @@
+"""The Telegram store's production code against the kurigram stand-in, in-process.
+
+Placement, pacing, flood waits, dying bots, replicas, missing messages, expired file
+references and batched deletes. Whole-film behaviour through a real mount is in
+test_telegram.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.standin import StandIn, token
+from tgfs import config
+from tgfs.store.base import PartMissing, StoreError
+from tgfs.store.telegram.bridge import AsyncioBridge
+from tgfs.store.telegram.link import Pacer
+from tgfs.store.telegram.store import EMPTY, TelegramStore, parse_location, rank
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch) -> StandIn:
+    monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
+    return StandIn(tmp_path / "telegram", bots=4, latency=0.002)
+
+
+def settings_for(standin: StandIn, tmp_path: Path, **extra: str) -> config.Settings:
+    # Unpaced unless a test says otherwise: pacing has its own test.
+    extra = {"TGFS_BOT_MESSAGES_PER_MINUTE": "0", **extra}
+    env = standin.env(TGFS_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path), **extra)
+    return config.load(env, env_file=Path("/dev/null"))
+
+
+@pytest.fixture
+def blob(tmp_path) -> tuple[Path, bytes]:
+    data = os.urandom(3 * 2**20 + 12345)  # several 1 MiB stream_media chunks, ragged end
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    return path, data
+
+
+def bot_of(location: str) -> int:
+    return parse_location(location)[0].bot_id
+
+
+# ---- pure parts -------------------------------------------------------------------------
+
+def test_rendezvous_is_deterministic_even_and_moves_little_when_a_bot_is_added():
+    bots = list(range(1, 9))
+    keys = [f"job{j}-{i}.part0" for j in range(50) for i in range(200)]
+    first = {k: rank(bots, k)[0] for k in keys}
+    assert first == {k: rank(list(reversed(bots)), k)[0] for k in keys}  # order-free
+    counts = collections.Counter(first.values())
+    expected = len(keys) / len(bots)
+    assert all(abs(n - expected) < 0.1 * expected for n in counts.values()), counts
+    after = {k: rank([*bots, 9], k)[0] for k in keys}
+    moved = [k for k in keys if after[k] != first[k]]
+    assert all(after[k] == 9 for k in moved)  # only to the new bot
+    assert abs(len(moved) - len(keys) / 9) < 0.1 * len(keys) / 9
+
+
+def test_pacer_allows_a_burst_then_spaces_messages():
+    pacer = Pacer(per_minute=60, burst=3)
+    slots = [pacer.reserve(100.0) for _ in range(6)]
+    assert slots[:3] == [100.0, 100.0, 100.0]
+    assert slots[3:] == [101.0, 102.0, 103.0]
+    assert Pacer(per_minute=0).reserve(5.0) == 5.0  # unpaced
+
+
+async def test_bridge_returns_raises_and_cancels():
+    bridge = AsyncioBridge()
+    bridge.start()
+    cancelled = asyncio.Event()
+
+    async def add(a, b):
+        await asyncio.sleep(0.01)
+        return a + b
+
+    async def fail():
+        raise KeyError("boom")
+
+    async def hang():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    try:
+        assert await bridge.run(add, 2, 3) == 5
+        with pytest.raises(KeyError):
+            await bridge.run(fail)
+        with trio.move_on_after(0.1):
+            await bridge.run(hang)
+        await trio.sleep(0.05)
+        assert cancelled.is_set()  # the asyncio task was cancelled with the trio caller
+    finally:
+        await bridge.close()
+
+
+# ---- the store ----------------------------------------------------------------------------
+
+async def test_round_trip_ranges_spread_and_batched_delete(standin, tmp_path, blob):
+    path, data = blob
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        locations = [await store.put(path, 0, len(data), f"job1-{i}.part0") for i in range(40)]
+        held = collections.Counter(bot_of(loc) for loc in locations)
+        assert len(held) == 4 and min(held.values()) >= 4, held  # spread over every bot
+        for offset, length in [(0, len(data)), (2**20 - 7, 20), (1000, 2 * 2**20 + 5),
+                               (len(data) - 10, 10)]:
+            assert await store.get(locations[0], offset, length) == data[offset:offset + length]
+        assert await store.put(path, 0, 0, "empty.part0") == EMPTY
+        assert await store.get(EMPTY, 0, 0) == b""
+        # 250 messages on one bot: deletes must go in batches of ≤ 100 (the stand-in refuses
+        # more), and deleting twice is fine.
+        many = [await store.put(path, 0, 10, "same-key.part0") for _ in range(250)]
+        assert len({bot_of(loc) for loc in many}) == 1
+        assert await store.delete_many(locations + many) == {}
+        assert await store.delete_many(locations) == {}
+        assert all(ids == [] for ids in standin.messages().values())
+    finally:
+        await store.aclose()
+
+
+async def test_flood_wait_on_one_bot_does_not_hold_up_the_others(standin, tmp_path, blob):
+    path, _ = blob
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        flooded = standin.bot_ids[0]
+        standin.bot(0)["flood_until"] = time.time() + 30
+        standin.write()
+        started = time.monotonic()
+        locations = [await store.put(path, 0, 1000, f"k{i}.part0") for i in range(24)]
+        elapsed = time.monotonic() - started
+        # Serving the flooded bot's share would take 30 s; the others took it meanwhile.
+        assert elapsed < 15, elapsed
+        assert flooded not in {bot_of(loc) for loc in locations}
+        bots = {b["bot_id"]: b for b in (await store.health())["bots"]}
+        assert bots[flooded]["flood_wait_s"] > 10 and bots[flooded]["up"]
+    finally:
+        await store.aclose()
+
+
+async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
+    path, data = blob
+    dead = standin.bot_ids[1]
+    standin.bot(1)["die_after_sends"] = 2
+    standin.write()
+    # Keys whose first choice is the bot that dies: two land, then it dies mid-upload.
+    keys = [k for k in (f"k{i}.part0" for i in range(200))
+            if rank(standin.bot_ids, k)[0] == dead][:5] + [f"other{i}.part0" for i in range(8)]
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        locations = [await store.put(path, 0, len(data), key) for key in keys]
+        assert [bot_of(loc) == dead for loc in locations[:5]] == [True, True, False, False,
+                                                                  False]
+        bots = {b["bot_id"]: b for b in (await store.health())["bots"]}
+        assert not bots[dead]["up"] and "network" in bots[dead]["reason"]
+        for loc in locations[2:]:
+            assert await store.get(loc, 0, len(data)) == data
+        with pytest.raises(StoreError):  # its own messages are unreachable while it is down
+            await store.get(locations[0], 0, 10)
+    finally:
+        await store.aclose()
+
+
+async def test_replicas_serve_reads_when_a_bot_is_down(standin, tmp_path, blob):
+    path, data = blob
+    store = TelegramStore(settings_for(standin, tmp_path, TGFS_REPLICAS="2"))
+    await store.start()
+    try:
+        locations = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(8)]
+        assert all(len({r.bot_id for r in parse_location(loc)}) == 2 for loc in locations)
+        for index in range(4):
+            standin.bot(index)["dead"] = index in (0, 1)
+        standin.write()
+        for loc in locations:
+            if {r.bot_id for r in parse_location(loc)} <= set(standin.bot_ids[:2]):
+                continue  # both copies on dead bots
+            assert await store.get(loc, 5, 2**20) == data[5:5 + 2**20]
+    finally:
+        await store.aclose()
+
+
+async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
+    path, data = blob
+    standin.config["file_reference_ttl"] = 0.2
+    standin.write()
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        keep, gone = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(2)]
+        await trio.sleep(0.3)  # the cached message's file reference is now stale
+        assert await store.get(keep, 0, 100) == data[:100]
+        replica = parse_location(gone)[0]
+        standin.message_path(replica.channel_id, replica.message_id).unlink()
+        with pytest.raises(PartMissing, match="gone"):
+            await store.get(gone, 0, 100)
+    finally:
+        await store.aclose()
+
+
+async def test_network_errors_are_retried(standin, tmp_path, blob):
+    path, data = blob
+    standin.config["failure_rate"] = 0.05
+    standin.write()
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        locations = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(30)]
+        for loc in locations:
+            assert await store.get(loc, 0, len(data)) == data
+        retries = sum(b["retries"] for b in (await store.health())["bots"])
+        assert retries > 0  # failures happened and were absorbed
+    finally:
+        await store.aclose()
+
+
+async def test_wrong_tokens_are_named_by_number_never_shown(standin, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    standin.bot(2)["token"] = "revoked"
+    standin.write()
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()  # three bots still work
+    bots = {b["number"]: b for b in (await store.health())["bots"]}
+    await store.aclose()
+    assert not bots[3]["up"] and "ACCESS_TOKEN_INVALID" in bots[3]["reason"]
+    assert "bot 3: marked down" in caplog.text
+    assert token(standin.bot_ids[2]) not in caplog.text + str(bots)
+
+    for index in range(4):
+        standin.bot(index)["token"] = "revoked"
+    standin.write()
+    store = TelegramStore(settings_for(standin, tmp_path / "fresh"))
+    with pytest.raises(StoreError, match="no Telegram bot can be used") as failure:
+        await store.start()
+    assert all(token(b) not in str(failure.value) for b in standin.bot_ids)
