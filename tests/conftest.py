@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.media import Spec, make
+from tests.standin import StandIn
+
+REPO = Path(__file__).resolve().parent.parent
 
 # Small parts (1 MiB) so that segments and ordinary files in the tests span several store
 # parts and the split/join path is always exercised. Copy mode from 256 KiB so the
@@ -130,6 +133,19 @@ def mount(mount_factory) -> Mount:
     return mount_factory()
 
 
+@pytest.fixture
+def telegram(tmp_path: Path, monkeypatch) -> StandIn:
+    """A stand-in Telegram with four bots; `telegram.env()` points a mount at it."""
+    monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
+    return StandIn(tmp_path / "telegram", bots=4, latency=0.005)
+
+
+def telegram_env(standin: StandIn, **extra: str) -> dict[str, str]:
+    """Settings for a mount on the stand-in: the daemon imports tests.standin, and paces
+    at 600 messages/minute (the pacing code runs; the tests do not wait minutes)."""
+    return standin.env(PYTHONPATH=str(REPO), TGFS_BOT_MESSAGES_PER_MINUTE="600", **extra)
+
+
 # ---- generated media, made once per test session ----------------------------------------
 
 MEDIA_SPECS = {
@@ -138,6 +154,9 @@ MEDIA_SPECS = {
     "tiny_h264.mp4": Spec(seconds=3, width=160, height=120, bitrate=50_000),  # < copy size
     "mpeg4_mp3.avi": Spec(seconds=7, video_codec="mpeg4", audio_codec="libmp3lame"),
     "mpeg4_only.mkv": Spec(seconds=5, video_codec="mpeg4", audio_codec=None),
+    # A "film" with ~1 MB segments, so segments span several 1 MiB parts (and messages).
+    "film.mp4": Spec(seconds=24, width=1280, height=720, bitrate=8_000_000,
+                     video_options=(("preset", "veryfast"),)),
     "hevc.mp4": Spec(seconds=6, video_codec="libx265", audio_codec="aac", bitrate=800_000,
                      video_options=(("x265-params", "log-level=error"),)),
 }

@@ -65,12 +65,15 @@ def test_bad_channel_id_is_a_clear_error():
     assert "TELEGRAM_CHANNEL_ID_1" in result.stderr and TOKEN not in result.stderr
 
 
-def test_mount_with_bots_but_no_telegram_store_says_so(tmp_path):
-    result = run_cli("mount", str(tmp_path / "mnt"), TELEGRAM_BOT_TOKEN_1=TOKEN,
-                     TELEGRAM_CHANNEL_ID_1="-1001234567890", TGFS_DATA_DIR=str(tmp_path))
+def test_bots_need_an_api_id_and_enough_bots_for_the_replicas():
+    bot = {"TELEGRAM_BOT_TOKEN_1": TOKEN, "TELEGRAM_CHANNEL_ID_1": "-1001234567890"}
+    result = run_cli("config", **bot)
     assert result.returncode != 0
-    assert "Telegram store is not built yet" in result.stderr
+    assert "TELEGRAM_API_ID and TELEGRAM_API_HASH are required" in result.stderr
     assert TOKEN not in result.stderr + result.stdout
+    result = run_cli("config", **bot, TELEGRAM_API_ID="12345", TELEGRAM_API_HASH=API_HASH,
+                     TGFS_REPLICAS="2")
+    assert result.returncode != 0 and "TGFS_REPLICAS=2 needs at least 2 bots" in result.stderr
 
 
 def test_secret_objects_never_show_themselves():

@@ -162,9 +162,10 @@ class BotLink:
         self.reason = reason
         self.down_until = trio.current_time() + (COOL_DOWN_MAX if permanent
                                                   else self._cool_down)
-        if self.up or permanent:
-            log.error("bot %d: marked down (%s); new uploads go to other bots",
-                      self.number, reason)
+        # Logged each time: a down bot is left alone until its cool-down ends, so this
+        # line comes at most once per cool-down.
+        log.error("bot %d: marked down (%s); new uploads go to other bots", self.number,
+                  reason)
         self.up = False
         self._cool_down = min(self._cool_down * 2, COOL_DOWN_MAX)
 
@@ -194,24 +195,35 @@ class BotLink:
         async with self._connecting:
             if self._client is not None and self.up:
                 return
-            try:
-                if self._client is None:
-                    self._client = await self._bridge.run(
-                        tg.make_client, self._factory, self._bot, self._settings,
-                        self._session)
-                me = await self._call(CALL_TIMEOUT, tg.start, self._client, self.session_file)
-                self.username = getattr(me, "username", None)
-                await self._call(CALL_TIMEOUT, tg.check_channel, self._client,
-                                 self.channel_id)
-            except Exception as exc:
-                kind, reason = tg.classify(exc)
-                await self._drop_client()
-                self._failures = DOWN_AFTER - 1  # one failed login is enough to be down
-                self._failed(kind, f"login: {reason}")
-                raise BotFailed(f"bot {self.number}: {self.reason}") from None
+            attempt = 0
+            while True:
+                try:
+                    await self._login()
+                    break
+                except Exception as exc:
+                    kind, reason = tg.classify(exc)
+                    await self._drop_client()
+                    if kind == tg.TRANSIENT and attempt + 1 < ATTEMPTS:
+                        attempt += 1
+                        await trio.sleep(_backoff(attempt))
+                        continue
+                    if kind == tg.FLOOD:  # logging in too often: wait it out, then retry
+                        self._flooded(tg.flood_seconds(exc))
+                    self._failures = DOWN_AFTER - 1  # one failed login is enough
+                    self._failed(kind, f"login: {reason}")
+                    self.down_until = max(self.down_until, self.flood_until)
+                    raise BotFailed(f"bot {self.number}: {self.reason}") from None
             log.info("bot %d (@%s): connected, channel %d", self.number, self.username,
                      self.channel_id)
             self._succeeded()
+
+    async def _login(self) -> None:
+        if self._client is None:
+            self._client = await self._bridge.run(
+                tg.make_client, self._factory, self._bot, self._settings, self._session)
+        me = await self._call(CALL_TIMEOUT, tg.start, self._client, self.session_file)
+        self.username = getattr(me, "username", None)
+        await self._call(CALL_TIMEOUT, tg.check_channel, self._client, self.channel_id)
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -340,7 +352,7 @@ class BotLink:
             return attempt + 1
         if kind == tg.TRANSIENT and attempt + 1 < ATTEMPTS:
             self.counters.retries += 1
-            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.5)
+            delay = _backoff(attempt)
             log.info("bot %d: %s failed (%s); retry %d in %.1f s", self.number, what,
                      reason, attempt + 1, delay)
             await trio.sleep(delay)
@@ -349,3 +361,9 @@ class BotLink:
         if self.up:  # (marking it down has logged an error already)
             log.warning("bot %d: %s failed: %s", self.number, what, reason)
         raise BotFailed(f"bot {self.number}: {reason}")
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt + 1`: exponential, with ±50 % jitter so bots
+    and transfers that failed together do not retry in lockstep."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.5)
