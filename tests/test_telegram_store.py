@@ -218,9 +218,16 @@ async def test_network_errors_are_retried(standin, tmp_path, blob):
     store = TelegramStore(settings_for(standin, tmp_path))
     await store.start()
     try:
-        locations = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(30)]
-        for loc in locations:
-            assert await store.get(loc, 0, len(data)) == data
+        locations: dict[int, str] = {}
+
+        async def put_and_check(i: int) -> None:
+            locations[i] = await store.put(path, 0, len(data), f"k{i}.part0")
+            assert await store.get(locations[i], 0, len(data)) == data
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(put_and_check, i)
+        assert len(locations) == 30
         retries = sum(b["retries"] for b in (await store.health())["bots"])
         assert retries > 0  # failures happened and were absorbed
     finally:

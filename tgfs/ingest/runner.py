@@ -109,14 +109,21 @@ class IngestRunner:
         try:
             await self._process(job)
         except StoreError as exc:
+            if self._live_node(job) is None:
+                self._discarded(job)  # its file went away mid-upload: that was the cause
+                return
             delay = min(RETRY_FIRST * 2**job.attempts, RETRY_MAX)
             log.warning("job %d (%s): store failed, retrying in %.0f s: %s",
                         job.id, job.path, delay, exc)
             jobs.retry_later(job, f"store: {exc} (retrying in {delay:.0f} s)", delay)
         except _Discarded:
-            log.info("job %d (%s): file deleted or rewritten meanwhile; result dropped",
-                     job.id, job.path)
-            jobs.mark(job, jobs.DONE, outcome="discarded")
+            self._discarded(job)
+
+    @staticmethod
+    def _discarded(job: Job) -> None:
+        log.info("job %d (%s): file deleted or rewritten meanwhile; result dropped",
+                 job.id, job.path)
+        jobs.mark(job, jobs.DONE, outcome="discarded")
 
     async def _process(self, job: Job) -> None:
         jobs.mark(job, jobs.RUNNING)
@@ -161,10 +168,16 @@ class IngestRunner:
             progress.enter(event["stage"], event.get("duration") or 0.0)
         progress.done = event["seconds"]
 
+    @staticmethod
+    def _live_node(job: Job) -> Node | None:
+        """The job's file as it is now; None if it is gone or has new content."""
+        node = tree.get(job.node_id) if job.node_id else None
+        return node if node is not None and node.spool == job.spool else None
+
     def _current_node(self, job: Job, uploaded: list[PartRef] | None = None) -> Node:
         """The job's file as it is now; _Discarded if it is gone or has new content."""
-        node = tree.get(job.node_id) if job.node_id else None
-        if node is None or node.spool != job.spool:
+        node = self._live_node(job)
+        if node is None:
             if uploaded:
                 blobs.queue_locations(p.location for p in uploaded)
             raise _Discarded

@@ -121,10 +121,18 @@ class RangeReader(io.RawIOBase):
         super().close()
 
 
+class SourceUnreadable(Exception):
+    """The local file to upload cannot be opened (deleted meanwhile): not the bot's fault."""
+
+
 async def send_part(client: Any, chat_id: int, src: Path, offset: int, size: int,
                     name: str) -> Any:
     """Upload one part as a document; returns the Message."""
-    with RangeReader(src, offset, size, name) as reader:
+    try:
+        reader = RangeReader(src, offset, size, name)
+    except OSError as exc:
+        raise SourceUnreadable(f"cannot read {src.name}: {exc.strerror}") from None
+    with reader:
         return await client.send_document(
             chat_id, reader, file_name=name, force_document=True,
             disable_notification=True,

@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from tgfs.config import Bot, Settings
-from tgfs.store.base import PartMissing
+from tgfs.store.base import PartMissing, StoreError
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
 
@@ -261,6 +261,8 @@ class BotLink:
                     try:
                         message = await self._call(timeout, tg.send_part, self._client,
                                                    self.channel_id, src, offset, size, name)
+                    except tg.SourceUnreadable as exc:
+                        raise StoreError(str(exc), retryable=False) from None
                     except Exception as exc:
                         attempt = await self._handle(exc, attempt, "upload")
                         continue
