@@ -7,7 +7,7 @@ PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint bench-telegram clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check tgfs tests
 	$(VENV)/bin/pytest -q
+
+# Telegram store benchmarks against the client stand-in (a few minutes; prints figures).
+bench-telegram: setup
+	$(VENV)/bin/python -m tests.bench_telegram
 
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests

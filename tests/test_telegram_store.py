@@ -66,12 +66,15 @@ def test_rendezvous_is_deterministic_even_and_moves_little_when_a_bot_is_added()
     assert abs(len(moved) - len(keys) / 9) < 0.1 * len(keys) / 9
 
 
-def test_pacer_allows_a_burst_then_spaces_messages():
-    pacer = Pacer(per_minute=60, burst=3)
-    slots = [pacer.reserve(100.0) for _ in range(6)]
-    assert slots[:3] == [100.0, 100.0, 100.0]
-    assert slots[3:] == [101.0, 102.0, 103.0]
-    assert Pacer(per_minute=0).reserve(5.0) == 5.0  # unpaced
+def test_pacer_never_exceeds_the_rate_in_any_window():
+    pacer = Pacer(per_minute=3)
+    tickets = [pacer.reserve(100.0) for _ in range(7)]
+    assert [pacer.turn(t) for t in tickets] == [100.0] * 3 + [160.0] * 3 + [220.0]
+    pacer.done(tickets[0], 105.0)  # its upload ended later than planned: the 4th waits
+    assert pacer.turn(tickets[3]) == 165.0
+    assert pacer.turn(pacer.reserve(500.0)) == 500.0  # idle long enough: at once again
+    unpaced = Pacer(per_minute=0)
+    assert [unpaced.turn(unpaced.reserve(5.0)) for _ in range(50)] == [5.0] * 50
 
 
 async def test_bridge_returns_raises_and_cancels():

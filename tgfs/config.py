@@ -112,9 +112,9 @@ class Settings:
     api_hash: Secret | None = None
     skipped_bots: tuple[str, ...] = ()  # why a configured bot was ignored, for start-up logs
     replicas: int = 1
-    bot_messages_per_minute: float = 20.0  # 0 = no pacing (rely on FloodWait alone)
+    bot_messages_per_minute: int = 20  # 0 = no pacing (rely on FloodWait alone)
     bot_transfers: int = 4  # per bot and direction: kurigram's max_concurrent_transmissions
-    transfers: int = 16  # all bots together, per direction
+    transfers: int = 32  # all bots together, per direction
     telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
 
     @property
@@ -162,7 +162,7 @@ class Settings:
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
             ("TGFS_LOG_LEVEL", self.log_level),
             ("TGFS_REPLICAS", str(self.replicas)),
-            ("TGFS_BOT_MESSAGES_PER_MINUTE", f"{self.bot_messages_per_minute:g}"),
+            ("TGFS_BOT_MESSAGES_PER_MINUTE", str(self.bot_messages_per_minute)),
             ("TGFS_BOT_TRANSFERS", str(self.bot_transfers)),
             ("TGFS_TRANSFERS", str(self.transfers)),
             ("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"),
@@ -311,9 +311,9 @@ def _build(r: _Reader) -> Settings:
         api_hash=Secret(api_hash) if api_hash else None,
         skipped_bots=skipped,
         replicas=replicas,
-        bot_messages_per_minute=r.number("TGFS_BOT_MESSAGES_PER_MINUTE", 20, 0, 6000),
+        bot_messages_per_minute=int(r.number("TGFS_BOT_MESSAGES_PER_MINUTE", 20, 0, 6000)),
         bot_transfers=int(r.number("TGFS_BOT_TRANSFERS", 4, 1, 32)),
-        transfers=int(r.number("TGFS_TRANSFERS", 16, 1, 256)),
+        transfers=int(r.number("TGFS_TRANSFERS", 32, 1, 256)),
         telegram_client=client,
     )
 

@@ -80,8 +80,9 @@ async def _check_one(link: BotLink, result: BotCheck, probe: Path, payload: byte
             result.timings[step] = time.monotonic() - started
 
             step, started = "upload", time.monotonic()
+            ticket = link.reserve(trio.current_time())
             message_id = await link.send(probe, 0, len(payload), "tgfs-test-bots.bin",
-                                         trio.current_time(), cap)
+                                         ticket, cap)
             result.timings[step] = time.monotonic() - started
 
             step, started = "download", time.monotonic()

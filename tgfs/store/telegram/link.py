@@ -48,9 +48,6 @@ BACKOFF_MAX = 8.0
 # rate is a floor far below any working link, so only a dead one hits it.
 CALL_TIMEOUT = 60.0
 SLOWEST_RATE = 128 * 2**10  # bytes/s
-# Pacing lets a few messages go at once, so a short clip uploads without delay; a long
-# film settles to the configured rate. If Telegram disagrees, its FloodWait is honoured.
-BURST = 5
 MESSAGE_CACHE = 4096  # Message objects kept per bot (their file references save a fetch)
 
 
@@ -62,25 +59,55 @@ class BotFailed(Exception):
     """The bot failed this request (and may now be down): try another bot."""
 
 
-class Pacer:
-    """When each message of one bot may go: GCRA (a token bucket as a schedule).
+class Ticket:
+    """One message's place in its bot's schedule."""
 
-    `reserve` hands out send times `interval` apart on average, allowing `burst` at once;
-    reservations are made on the trio thread, so concurrent uploads get distinct slots.
+    __slots__ = ("after", "time")
+
+    def __init__(self, time: float, after: Ticket | None) -> None:
+        self.time = time  # when it may go; once sent, when it was done
+        self.after = after  # the message `per_minute` places earlier, until this one is sent
+
+
+class Pacer:
+    """When each message of one bot may go: at most `per_minute` in any `window` seconds.
+
+    This is how Telegram's limits are reported (~20 messages a minute per group or
+    channel), so pacing to it does not trip them, while a short clip (up to `per_minute`
+    messages) still goes at once. Telegram counts a message when it arrives, which is
+    somewhere within its upload; tgfs only knows when the upload ends. So each message
+    waits until `window` after the *end* of the one `per_minute` places before it: never
+    early, at the cost of one upload's duration per window.
     """
 
-    def __init__(self, per_minute: float, burst: int = BURST) -> None:
-        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
-        self.tolerance = (burst - 1) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next message
+    def __init__(self, per_minute: int, window: float = 60.0) -> None:
+        self.window = window
+        self._paced = per_minute > 0
+        self._recent: collections.deque[Ticket] = collections.deque(maxlen=max(per_minute, 1))
 
     def next_slot(self, now: float) -> float:
-        return max(now, self._tat - self.tolerance)
+        """Estimate for placement decisions: when a message reserved now could go."""
+        if not self._paced or len(self._recent) < (self._recent.maxlen or 1):
+            return now
+        return max(now, self._recent[0].time + self.window)
 
-    def reserve(self, now: float) -> float:
-        slot = self.next_slot(now)
-        self._tat = max(self._tat, now) + self.interval
-        return slot
+    def reserve(self, now: float) -> Ticket:
+        full = self._paced and len(self._recent) == self._recent.maxlen
+        ticket = Ticket(self.next_slot(now), self._recent[0] if full else None)
+        if self._paced:
+            self._recent.append(ticket)
+        return ticket
+
+    def turn(self, ticket: Ticket) -> float:
+        """When the message may go, given what is known now (earlier uploads may have
+        ended later than planned)."""
+        after = ticket.after
+        return max(ticket.time, after.time + self.window if after else ticket.time)
+
+    @staticmethod
+    def done(ticket: Ticket, when: float) -> None:
+        ticket.time = max(ticket.time, when)
+        ticket.after = None
 
 
 @dataclasses.dataclass
@@ -116,6 +143,7 @@ class BotLink:
         self.flood_until = 0.0
         self.pacer = Pacer(settings.bot_messages_per_minute)
         self.uploads = trio.Semaphore(settings.bot_transfers)
+        self.inflight = 0  # uploads placed on this bot and not finished
         self.downloads = trio.Semaphore(settings.bot_transfers)
         self.counters = Counters()
         self._messages: collections.OrderedDict[tuple[int, int], Any] = (
@@ -141,8 +169,9 @@ class BotLink:
         """Earliest time a new message could go: pacing and flood wait."""
         return max(self.pacer.next_slot(now), self.flood_until)
 
-    def reserve(self, now: float) -> float:
-        return max(self.pacer.reserve(now), self.flood_until)
+    def reserve(self, now: float) -> Ticket:
+        self.inflight += 1  # until send() ends
+        return self.pacer.reserve(now)
 
     def _succeeded(self) -> None:
         if not self.up and self.down_until:
@@ -247,15 +276,24 @@ class BotLink:
 
     # ---- operations ---------------------------------------------------------------------
 
-    async def send(self, src: Path, offset: int, size: int, name: str, slot: float,
+    async def send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
                    cap: trio.CapacityLimiter) -> int:
-        """Upload one part at (or after) its reserved `slot`; returns the message id."""
-        await trio.sleep_until(slot)
+        """Upload one part in its turn (`ticket` from reserve()); returns the message id."""
+        try:
+            return await self._send(src, offset, size, name, ticket, cap)
+        finally:
+            self.inflight -= 1
+            self.pacer.done(ticket, trio.current_time())
+
+    async def _send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
+                    cap: trio.CapacityLimiter) -> int:
         await self._ready()
         timeout = CALL_TIMEOUT + size / SLOWEST_RATE
         attempt = 0
         async with self.uploads:
             while True:
+                while (turn := self.pacer.turn(ticket)) > trio.current_time():
+                    await trio.sleep_until(turn)
                 await self._wait_flood()
                 async with cap:
                     try:

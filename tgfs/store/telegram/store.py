@@ -137,9 +137,9 @@ class TelegramStore(BlobStore):
                     break
                 raise StoreError(f"no bot could take {key}: "
                                  + ("; ".join(reasons) or self._down_summary()))
-            slot = link.reserve(trio.current_time())
+            ticket = link.reserve(trio.current_time())
             try:
-                message_id = await link.send(src, offset, size, key, slot, self._upload_cap)
+                message_id = await link.send(src, offset, size, key, ticket, self._upload_cap)
             except BotFlooded:
                 continue  # its flood_until now steers _choose to another bot
             except BotFailed as exc:
@@ -151,17 +151,20 @@ class TelegramStore(BlobStore):
         return ",".join(str(r) for r in placed)
 
     def _choose(self, key: str, exclude: set[int]) -> BotLink | None:
-        """The first bot in the key's ranking that is up and can send soon; if every one
-        is waiting, the one that is free first."""
+        """The first bot in the key's ranking that is up, can send soon and has a free
+        transfer slot. Under load that is not the first-ranked bot for every key, which
+        keeps all bots busy; the location records the bot actually used."""
         now = trio.current_time()
         candidates = [self.links[b] for b in rank(list(self.links), key)
                       if b not in exclude and self.links[b].available(now)]
         if not candidates:
             return None
-        for link in candidates:
-            if link.ready_at(now) - now <= DIVERT_AFTER:
-                return link
-        return min(candidates, key=lambda link: link.ready_at(now))
+        soon = [link for link in candidates if link.ready_at(now) - now <= DIVERT_AFTER]
+        if not soon:  # every bot is paced or flooded: the one that is free first
+            return min(candidates, key=lambda link: link.ready_at(now))
+        slots = self.settings.bot_transfers
+        return next((link for link in soon if link.inflight < slots),
+                    min(soon, key=lambda link: link.inflight))
 
     def _down_summary(self) -> str:
         return "; ".join(f"bot {link.number}: {link.reason}" for link in self.links.values()
