@@ -148,20 +148,27 @@ async def get_message(client: Any, chat_id: int, message_id: int) -> Any | None:
     return message
 
 
-async def read_range(client: Any, message: Any, offset: int, length: int) -> bytes:
-    """Bytes [offset, offset+length) of a message's document, fetching only the chunks
-    that hold them (fewer bytes only at the document's end)."""
+async def read_range(client: Any, message: Any, offset: int, length: int,
+                     into: bytearray) -> None:
+    """Append bytes [offset, offset+length) of a message's document to `into` (fewer only
+    at the document's end), fetching only the 1 MiB chunks that hold them.
+
+    Bytes are appended chunk by chunk, so after a failure `into` holds what did arrive and
+    the caller resumes from there instead of starting over.
+    """
     first = offset // CHUNK
     skip = offset - first * CHUNK
     count = -(-(skip + length) // CHUNK)
+    end = len(into) + length
     stream = client.stream_media(message, offset=first, limit=count)
-    chunks = []
     try:
         async for chunk in stream:
-            chunks.append(chunk)
+            into += chunk[skip:skip + end - len(into)]
+            skip = 0
+            if len(into) >= end:
+                break
     finally:
         await stream.aclose()  # releases the client's download slot at once
-    return b"".join(chunks)[skip:skip + length]
 
 
 async def delete(client: Any, chat_id: int, message_ids: list[int]) -> int:

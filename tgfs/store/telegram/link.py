@@ -265,8 +265,12 @@ class BotLink:
     async def close(self) -> None:
         await self._drop_client()
 
-    async def _ready(self) -> None:
-        if not self.available(trio.current_time()):
+    async def _ready(self, new_work: bool = True) -> None:
+        """Connect if needed. A down bot takes no new work, and is not logged in again,
+        until its cool-down ends; but a read through a connected bot is still tried: its
+        part may have no other copy (the store asks the bots that are up first)."""
+        available = self.available(trio.current_time())
+        if not available and (new_work or self._client is None):
             raise BotFailed(f"bot {self.number}: down ({self.reason})")
         if self._client is None:
             await self.connect()
@@ -312,26 +316,31 @@ class BotLink:
 
     async def read(self, channel_id: int, message_id: int, offset: int, length: int,
                    cap: trio.CapacityLimiter) -> bytes:
-        await self._ready()
+        await self._ready(new_work=False)
         timeout = CALL_TIMEOUT + length / SLOWEST_RATE
+        data = bytearray()
         attempt = 0
         async with self.downloads:
             while True:
                 await self._wait_flood()
+                progress = len(data)
                 async with cap:
                     try:
                         message = await self._message(channel_id, message_id)
-                        data = await self._call(timeout, tg.read_range, self._client,
-                                                message, offset, length)
+                        await self._call(timeout, tg.read_range, self._client, message,
+                                         offset + len(data), length - len(data), data)
                     except PartMissing:
                         raise
                     except Exception as exc:
                         self._messages.pop((channel_id, message_id), None)
+                        # A retry resumes after the bytes that arrived; only failures
+                        # without progress count towards giving up.
+                        attempt = 0 if len(data) > progress else attempt
                         attempt = await self._handle(exc, attempt, "download")
                         continue
                 self._succeeded()
                 self.counters.bytes_read += len(data)
-                return data
+                return bytes(data)
 
     async def delete(self, channel_id: int, message_ids: list[int]) -> None:
         """Delete messages, ≤ 100 per call; ids already gone are fine."""
