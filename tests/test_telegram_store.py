@@ -154,6 +154,26 @@ async def test_flood_wait_on_one_bot_does_not_hold_up_the_others(standin, tmp_pa
         await store.aclose()
 
 
+async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blob,
+                                                          monkeypatch):
+    path, _ = blob
+    # Divert after 0.2 s instead of 5 s, so a 2 s flood wait counts as long.
+    monkeypatch.setattr("tgfs.store.telegram.link.DIVERT_AFTER", 0.2)
+    monkeypatch.setattr("tgfs.store.telegram.store.DIVERT_AFTER", 0.2)
+    store = TelegramStore(settings_for(standin, tmp_path))
+    await store.start()
+    try:
+        for index in range(4):
+            standin.bot(index)["flood_until"] = time.time() + 2
+        standin.write()
+        started = time.monotonic()
+        location = await store.put(path, 0, 1000, "k.part0")  # no spinning, no failure
+        assert 1.0 < time.monotonic() - started < 10
+        assert await store.get(location, 0, 1000) == path.read_bytes()[:1000]
+    finally:
+        await store.aclose()
+
+
 async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
     path, data = blob
     dead = standin.bot_ids[1]

@@ -281,16 +281,20 @@ class BotLink:
     # ---- operations ---------------------------------------------------------------------
 
     async def send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
-                   cap: trio.CapacityLimiter) -> int:
-        """Upload one part in its turn (`ticket` from reserve()); returns the message id."""
+                   cap: trio.CapacityLimiter, patient: bool = False) -> int:
+        """Upload one part in its turn (`ticket` from reserve()); returns the message id.
+
+        A flood wait longer than DIVERT_AFTER raises BotFlooded so the part can go to
+        another bot, unless `patient` (there is no better bot): then it is waited out.
+        """
         try:
-            return await self._send(src, offset, size, name, ticket, cap)
+            return await self._send(src, offset, size, name, ticket, cap, patient)
         finally:
             self.inflight -= 1
             self.pacer.done(ticket, trio.current_time())
 
     async def _send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
-                    cap: trio.CapacityLimiter) -> int:
+                    cap: trio.CapacityLimiter, patient: bool) -> int:
         await self._ready()
         timeout = CALL_TIMEOUT + size / SLOWEST_RATE
         attempt = 0
@@ -298,7 +302,7 @@ class BotLink:
             while True:
                 while (turn := self.pacer.turn(ticket)) > trio.current_time():
                     await trio.sleep_until(turn)
-                await self._wait_flood()
+                await self._wait_flood(patient)
                 async with cap:
                     try:
                         message = await self._call(timeout, tg.send_part, self._client,
@@ -381,9 +385,9 @@ class BotLink:
         while len(self._messages) > MESSAGE_CACHE:
             self._messages.popitem(last=False)
 
-    async def _wait_flood(self) -> None:
+    async def _wait_flood(self, patient: bool = False) -> None:
         wait = self.flood_until - trio.current_time()
-        if wait > DIVERT_AFTER:
+        if wait > DIVERT_AFTER and not patient:
             raise BotFlooded(f"bot {self.number}: flood wait, {wait:.0f} s left")
         if wait > 0:
             await trio.sleep(wait)

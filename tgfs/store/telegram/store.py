@@ -129,7 +129,7 @@ class TelegramStore(BlobStore):
         reasons: list[str] = []
         while len(placed) < self.replicas:
             exclude = failed | {r.bot_id for r in placed}
-            link = self._choose(key, exclude)
+            link, patient = self._choose(key, exclude)
             if link is None:
                 if placed:
                     log.warning("%s: stored on %d of %d bots (%s)", key, len(placed),
@@ -139,7 +139,8 @@ class TelegramStore(BlobStore):
                                  + ("; ".join(reasons) or self._down_summary()))
             ticket = link.reserve(trio.current_time())
             try:
-                message_id = await link.send(src, offset, size, key, ticket, self._upload_cap)
+                message_id = await link.send(src, offset, size, key, ticket, self._upload_cap,
+                                             patient)
             except BotFlooded:
                 continue  # its flood_until now steers _choose to another bot
             except BotFailed as exc:
@@ -150,21 +151,23 @@ class TelegramStore(BlobStore):
             placed.append(Replica(link.bot_id, link.channel_id, message_id))
         return ",".join(str(r) for r in placed)
 
-    def _choose(self, key: str, exclude: set[int]) -> BotLink | None:
-        """The first bot in the key's ranking that is up, can send soon and has a free
-        transfer slot. Under load that is not the first-ranked bot for every key, which
-        keeps all bots busy; the location records the bot actually used."""
+    def _choose(self, key: str, exclude: set[int]) -> tuple[BotLink | None, bool]:
+        """(bot, patient): the first bot in the key's ranking that is up, can send soon
+        and has a free transfer slot. Under load that is not the first-ranked bot for every
+        key, which keeps all bots busy; the location records the bot actually used. If
+        every bot is paced or flood-waiting, the one free first, and it is waited for
+        (`patient`)."""
         now = trio.current_time()
         candidates = [self.links[b] for b in rank(list(self.links), key)
                       if b not in exclude and self.links[b].available(now)]
         if not candidates:
-            return None
+            return None, False
         soon = [link for link in candidates if link.ready_at(now) - now <= DIVERT_AFTER]
-        if not soon:  # every bot is paced or flooded: the one that is free first
-            return min(candidates, key=lambda link: link.ready_at(now))
+        if not soon:
+            return min(candidates, key=lambda link: link.ready_at(now)), True
         slots = self.settings.bot_transfers
         return next((link for link in soon if link.inflight < slots),
-                    min(soon, key=lambda link: link.inflight))
+                    min(soon, key=lambda link: link.inflight)), False
 
     def _down_summary(self) -> str:
         return "; ".join(f"bot {link.number}: {link.reason}" for link in self.links.values()
