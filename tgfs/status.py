@@ -95,9 +95,16 @@ def render(status: dict[str, Any]) -> str:
         eta = _clock(job["eta_s"]) if job.get("eta_s") is not None else "-"
         lines.append(f"{job['id']:>4}  {job['state']:<8} {job['stage']:<9} {percent:>6} "
                      f"{speed:>7} {rate:>10} {eta:>6}  {job['path']}")
+        if job["state"] == "running" and job.get("percent") is not None:
+            lines.append(f"{'':>6}{_bar(job['percent'])}")
         if job.get("error"):
             lines.append(f"{'':>6}{job['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _bar(percent: float, width: int = 40) -> str:
+    done = round(width * min(max(percent, 0.0), 100.0) / 100)
+    return "[" + "#" * done + "." * (width - done) + "]"
 
 
 def _clock(seconds: float) -> str:
