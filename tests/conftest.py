@@ -154,8 +154,9 @@ MEDIA_SPECS = {
     "tiny_h264.mp4": Spec(seconds=3, width=160, height=120, bitrate=50_000),  # < copy size
     "mpeg4_mp3.avi": Spec(seconds=7, video_codec="mpeg4", audio_codec="libmp3lame"),
     "mpeg4_only.mkv": Spec(seconds=5, video_codec="mpeg4", audio_codec=None),
-    # A "film" with ~1 MB segments, so segments span several 1 MiB parts (and messages).
-    "film.mp4": Spec(seconds=24, width=1280, height=720, bitrate=8_000_000,
+    # A "film" whose 2 s segments would be ~2 MB: over the test's 1 MiB
+    # TELEGRAM_MAX_FILE_SIZE, so copy mode must cut them shorter (keyframes every 0.24 s).
+    "film.mp4": Spec(seconds=24, width=1280, height=720, bitrate=8_000_000, gop=6,
                      video_options=(("preset", "veryfast"),)),
     "hevc.mp4": Spec(seconds=6, video_codec="libx265", audio_codec="aac", bitrate=800_000,
                      video_options=(("x265-params", "log-level=error"),)),

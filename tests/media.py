@@ -22,6 +22,9 @@ class Spec:
     pix_fmt: str = "yuv420p"
     bitrate: int | None = None  # bits/s; None = codec default
     video_options: tuple[tuple[str, str], ...] = ()
+    # lavfi filters after the test pattern, e.g. "noise=alls=80:allf=t" for detail that
+    # encoders must spend bits on
+    filters: str = ""
 
 
 def make(path: Path, spec: Spec) -> Path:
@@ -37,7 +40,8 @@ def make(path: Path, spec: Spec) -> Path:
         if spec.audio_codec:
             audio = out.add_stream(spec.audio_codec, rate=44100)
             audio.layout = "stereo"
-        pattern = av.open(f"testsrc2=size={spec.width}x{spec.height}:rate={spec.fps}",
+        source = f"testsrc2=size={spec.width}x{spec.height}:rate={spec.fps}"
+        pattern = av.open(f"{source},{spec.filters}" if spec.filters else source,
                           format="lavfi")
         for i, frame in enumerate(pattern.decode(video=0)):
             if i >= frames:

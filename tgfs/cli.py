@@ -115,8 +115,13 @@ def test_bots() -> None:
 @main.command("config")
 def show_config() -> None:
     """Print the resolved settings (secrets masked) and exit non-zero if any is invalid."""
+    from tgfs.media import encoders
+
     settings = _settings()
     rows = settings.describe()
+    encoder, why = encoders.choose(settings.enable_hardware_acceleration,
+                                   settings.preferred_encoder, settings.cache_dir)
+    rows.append(("encoder", encoder + (f" ({why})" if why else "")))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name:<{width}}  {value}")

@@ -17,6 +17,7 @@ def snapshot(
     cache: dict[str, Any],
     store: dict[str, Any],
     garbage_pending: int,
+    encoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `tgfs status` shows. Contains no secrets by construction: only counters,
     paths, and job rows."""
@@ -46,6 +47,7 @@ def snapshot(
         "store": store,
         "cache": cache,
         "garbage_pending": garbage_pending,
+        "encoder": encoder or {},
     }
 
 
@@ -80,6 +82,10 @@ def render(status: dict[str, Any]) -> str:
                          f"{bot['messages_sent']:>6} {flood:>6}  {account}")
             if bot.get("reason"):
                 lines.append(f"{'':>6}{bot['reason']}")
+    encoder = status.get("encoder") or {}
+    if encoder.get("name"):
+        lines.append(f"encoder: {encoder['name']}"
+                     + (f" ({encoder['note']})" if encoder.get("note") else ""))
     if status.get("garbage_pending"):
         lines.append(f"store parts waiting to be deleted: {status['garbage_pending']}")
     if not status["jobs"]:

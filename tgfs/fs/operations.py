@@ -134,8 +134,9 @@ class Filesystem(pyfuse3.Operations):
     def _render(self, node: Node) -> bytes:
         kind = node.node_kind
         if kind is NodeKind.STATUS:
+            encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
             return to_bytes(snapshot(self.runner.progress, self.cache.stats(),
-                                     self.store_health, self.collector.pending()))
+                                     self.store_health, self.collector.pending(), encoder))
         if kind is NodeKind.BOTS:
             return to_bytes({"bots": bots_snapshot(self.store_health)})
         if node.id not in self._rendered:

@@ -32,6 +32,7 @@ from tgfs.catalog import Job, Node, blobs, jobs, library, tree
 from tgfs.config import Settings
 from tgfs.ingest.media_process import MediaFailed, run_worker
 from tgfs.ingest.progress import Progress
+from tgfs.media import encoders
 from tgfs.media.hls import EncodeOptions
 from tgfs.media.playlists import bandwidths
 from tgfs.media.probe import VIDEO_EXTENSIONS
@@ -64,12 +65,21 @@ class IngestRunner:
         self.invalidate = invalidate
         self.progress: dict[int, Progress] = {}  # running jobs only
         self._wake = trio.Event()
+        # The H.264 encoder for transcodes, decided at start (see tgfs.media.encoders).
+        self.encoder = encoders.SOFTWARE
+        self.encoder_note: str | None = None
 
     def wake(self) -> None:
         """Something was queued: look at the queue now."""
         self._wake.set()
 
     async def run(self) -> None:
+        s = self.settings
+        self.encoder, self.encoder_note = await trio.to_thread.run_sync(
+            encoders.choose, s.enable_hardware_acceleration, s.preferred_encoder,
+            s.cache_dir)
+        log.info("ingest: transcodes use %s%s", self.encoder,
+                 f" ({self.encoder_note})" if self.encoder_note else "")
         requeued = jobs.requeue_interrupted()
         if requeued:
             log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
@@ -159,7 +169,8 @@ class IngestRunner:
             name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
             copy_mode_min_size=s.copy_mode_min_size,
             encode=EncodeOptions(segment_seconds=s.segment_seconds,
-                                 x264_preset=s.x264_preset, x264_crf=s.x264_crf),
+                                 x264_preset=s.x264_preset, x264_crf=s.x264_crf,
+                                 encoder=self.encoder, max_segment_bytes=s.part_size),
         )
 
     @staticmethod

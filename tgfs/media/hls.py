@@ -26,7 +26,7 @@ import av
 import m3u8
 from av.video.frame import PictureType
 
-from tgfs.media import codecs
+from tgfs.media import codecs, encoders
 
 INIT_NAME = "init.mp4"
 SEGMENT_PATTERN = "seg_%05d.m4s"
@@ -45,6 +45,22 @@ class EncodeOptions:
     segment_seconds: float = 6.0
     x264_preset: str = "veryfast"
     x264_crf: int = 21
+    encoder: str = "libx264"  # or h264_nvenc / h264_qsv once detected working
+    max_segment_bytes: int = 0  # no segment file above this (TELEGRAM_MAX_FILE_SIZE); 0 = any
+
+
+def peak_video_rate(opts: EncodeOptions) -> int | None:
+    """The VBV max rate (bits/s) that keeps every segment under `max_segment_bytes`.
+
+    With a VBV buffer of one segment's worth at `maxrate`, the bits in any span of S
+    seconds are at most maxrate·S + bufsize = 2·maxrate·S. Leave 10 % for the container
+    and room for the audio, and solve for maxrate.
+    """
+    if not opts.max_segment_bytes:
+        return None
+    seconds = opts.segment_seconds
+    budget = 0.9 * opts.max_segment_bytes * 8 - 1.1 * AUDIO_BITRATE * seconds
+    return max(100_000, int(budget / (2 * seconds)))
 
 
 @dataclasses.dataclass
@@ -174,8 +190,27 @@ class _CopyVideo:
         pass
 
 
+def _encoder_options(opts: EncodeOptions, gop: int) -> dict[str, str]:
+    """Good HLS practice for each encoder: a GOP of exactly one segment, no scene-cut
+    keyframes (keyframes fall only where we force them, on segment boundaries, as IDRs),
+    and a VBV cap so that no segment can outgrow TELEGRAM_MAX_FILE_SIZE."""
+    options = {"g": str(gop)}
+    if opts.encoder == "h264_nvenc":
+        options |= {"preset": "p4", "rc": "vbr", "cq": str(opts.x264_crf + 2),
+                    "no-scenecut": "1", "forced-idr": "1"}
+    elif opts.encoder == "h264_qsv":
+        options |= {"preset": "veryfast", "global_quality": str(opts.x264_crf + 2),
+                    "forced_idr": "1", "idr_interval": "0"}
+    else:
+        options |= {"preset": opts.x264_preset, "crf": str(opts.x264_crf),
+                    "keyint_min": str(gop), "sc_threshold": "0", "forced-idr": "1"}
+    if (peak := peak_video_rate(opts)) is not None:
+        options |= {"maxrate": str(peak), "bufsize": str(int(peak * opts.segment_seconds))}
+    return options
+
+
 class _EncodeVideo:
-    """Decode → scale to even dimensions → libx264 with an IDR on every segment boundary."""
+    """Decode → scale to even dimensions → H.264 with an IDR on every segment boundary."""
 
     def __init__(self, vin, out, opts: EncodeOptions) -> None:
         self.vin = vin
@@ -184,19 +219,12 @@ class _EncodeVideo:
         width = vin.codec_context.width & ~1  # 4:2:0 needs even dimensions
         height = vin.codec_context.height & ~1
         self.size = (width, height)
+        self.pix_fmt = encoders.PIX_FMT.get(opts.encoder, "yuv420p")
         gop = max(1, round(opts.segment_seconds * self.rate))
-        self.stream = out.add_stream("libx264", rate=self.rate, options={
-            "preset": opts.x264_preset,
-            "crf": str(opts.x264_crf),
-            # A GOP of exactly one segment and no scene-cut keyframes: keyframes fall only
-            # where we force them, on segment boundaries.
-            "g": str(gop),
-            "keyint_min": str(gop),
-            "sc_threshold": "0",
-            "forced-idr": "1",
-        })
+        self.stream = out.add_stream(opts.encoder, rate=self.rate,
+                                     options=_encoder_options(opts, gop))
         self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = "yuv420p"
+        self.stream.pix_fmt = self.pix_fmt
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
         self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
@@ -215,7 +243,7 @@ class _EncodeVideo:
         self.last_pts = pts
         if self.start is None:
             self.start = pts
-        out = frame.reformat(self.size[0], self.size[1], "yuv420p")
+        out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
         out.pts = pts
         out.time_base = self.vin.time_base
         # The muxer cuts at the first keyframe at or after start + n·segment; force exactly

@@ -20,12 +20,16 @@ import dataclasses
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 
-from tgfs.media.hls import EncodeOptions, make_rendition
+from tgfs.media.encoders import SOFTWARE
+from tgfs.media.hls import EncodeOptions, ProgressFn, RenditionOutput, make_rendition
 from tgfs.media.probe import VIDEO_EXTENSIONS, copy_mode_allowed, probe
+
+_RECUTS = 4  # copy-mode attempts at shorter segments before transcoding instead
 
 
 class DamagedMedia(Exception):
@@ -72,19 +76,7 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         return lambda seconds: _emit(event="progress", stage=stage, seconds=seconds,
                                      duration=duration)
 
-    try:
-        rendition = make_rendition(src, workdir / "r0", copy, opts.encode,
-                                   report("copy" if copy else "transcode"))
-    except (av.FFmpegError, ValueError, StopIteration) as exc:
-        if not copy:
-            raise
-        # Copy mode can trip over timestamps or bitstreams the muxer refuses; re-encoding
-        # normalises them. Say so, so the user knows why this one took longer.
-        shutil.rmtree(workdir / "r0", ignore_errors=True)
-        note = f"copy mode failed ({_reason(exc)}); transcoded instead"
-        copy = False
-        rendition = make_rendition(src, workdir / "r0", False, opts.encode,
-                                   report("transcode"))
+    rendition, copy, note = make_hls(src, workdir / "r0", copy, opts.encode, note, report)
     got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
         raise DamagedMedia("no decodable video frames")
@@ -105,6 +97,65 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         renditions=[{"dir": "r0", **dataclasses.asdict(rendition)}],
     )
     return 0
+
+
+def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
+          report: Callable[[str], ProgressFn]) -> tuple[RenditionOutput, bool, str]:
+    """Copy if allowed, else transcode; fall back as needed. Returns (rendition, copied,
+    note for the user)."""
+    notes = [note] if note else []
+    if copy:
+        try:
+            rendition = make_rendition(src, out, True, encode, report("copy"))
+            rendition = _fit_copy(src, out, rendition, encode, report, notes)
+            if rendition is not None:
+                return rendition, True, "; ".join(notes)
+        except (av.FFmpegError, ValueError, StopIteration) as exc:
+            # Copy mode can trip over timestamps or bitstreams the muxer refuses;
+            # re-encoding normalises them. Say so: this one takes longer.
+            notes.append(f"copy mode failed ({_reason(exc)}); transcoded instead")
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        rendition = make_rendition(src, out, False, encode, report("transcode"))
+    except av.FFmpegError as exc:
+        if encode.encoder == SOFTWARE:
+            raise
+        # The hardware encoder passed its test but failed on this job: software it is.
+        shutil.rmtree(out, ignore_errors=True)
+        notes.append(f"{encode.encoder} failed ({_reason(exc)}); encoded with {SOFTWARE}")
+        rendition = make_rendition(src, out, False,
+                                   dataclasses.replace(encode, encoder=SOFTWARE),
+                                   report("transcode"))
+    return rendition, False, "; ".join(notes)
+
+
+def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOptions,
+              report: Callable[[str], ProgressFn], notes: list[str]
+              ) -> RenditionOutput | None:
+    """Copy mode can only cut at the source's keyframes, so a segment may outgrow
+    TELEGRAM_MAX_FILE_SIZE. Cut again with a shorter segment length, so the muxer cuts at
+    earlier keyframes, until every segment fits; None if that stops helping (one keyframe
+    interval alone is over the cap: then the caller transcodes)."""
+    cap = encode.max_segment_bytes
+    biggest = max((seg.size for seg in rendition.segments), default=0)
+    if not cap or biggest <= cap:
+        return rendition
+    seconds = encode.segment_seconds
+    for _ in range(_RECUTS):
+        seconds *= cap / biggest * 0.9
+        shutil.rmtree(out, ignore_errors=True)
+        shorter = dataclasses.replace(encode, segment_seconds=max(seconds, 0.001))
+        rendition = make_rendition(src, out, True, shorter, report("copy"))
+        before, biggest = biggest, max((seg.size for seg in rendition.segments), default=0)
+        if biggest <= cap:
+            notes.append(f"segments cut shorter than {encode.segment_seconds:g} s to stay "
+                         f"under TELEGRAM_MAX_FILE_SIZE ({cap / 2**20:g} MiB)")
+            return rendition
+        if biggest >= before:
+            break  # already one keyframe interval per segment
+    notes.append("a keyframe interval of the source is over TELEGRAM_MAX_FILE_SIZE "
+                 f"({cap / 2**20:g} MiB); transcoded instead")
+    return None
 
 
 def _reason(exc: BaseException) -> str:
