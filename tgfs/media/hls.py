@@ -17,6 +17,7 @@ see are rendered by tgfs from the catalog (`tgfs.media.playlists`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -47,6 +48,9 @@ class EncodeOptions:
     x264_crf: int = 21
     encoder: str = "libx264"  # or h264_nvenc / h264_qsv once detected working
     max_segment_bytes: int = 0  # no segment file above this (TELEGRAM_MAX_FILE_SIZE); 0 = any
+    # Facts about the source (from the probe) that a transcode must correct:
+    rotation: int = 0  # degrees counter-clockwise: turn the picture upright
+    deinterlace: bool = False
 
 
 def peak_video_rate(opts: EncodeOptions) -> int | None:
@@ -216,9 +220,12 @@ class _EncodeVideo:
         self.vin = vin
         vin.codec_context.thread_type = "AUTO"
         self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-        width = vin.codec_context.width & ~1  # 4:2:0 needs even dimensions
-        height = vin.codec_context.height & ~1
+        width, height = vin.codec_context.width, vin.codec_context.height
+        if opts.rotation in (90, 270):
+            width, height = height, width
+        width, height = width & ~1, height & ~1  # 4:2:0 needs even dimensions
         self.size = (width, height)
+        self.filters = _Filters(vin, opts) if opts.rotation or opts.deinterlace else None
         self.pix_fmt = encoders.PIX_FMT.get(opts.encoder, "yuv420p")
         gop = max(1, round(opts.segment_seconds * self.rate))
         self.stream = out.add_stream(opts.encoder, rate=self.rate,
@@ -234,7 +241,11 @@ class _EncodeVideo:
 
     def feed(self, packet: av.Packet) -> None:
         for frame in packet.decode():
-            self._encode(frame)
+            if self.filters is None:
+                self._encode(frame)
+            else:
+                for filtered in self.filters.run(frame):
+                    self._encode(filtered)
 
     def _encode(self, frame: av.VideoFrame) -> None:
         pts = frame.pts
@@ -260,8 +271,50 @@ class _EncodeVideo:
             self.output.mux(packet)
 
     def flush(self) -> None:
+        if self.filters is not None:
+            for filtered in self.filters.run(None):
+                self._encode(filtered)
         for packet in self.stream.encode(None):
             self.output.mux(packet)
+
+
+# Filters that turn a picture rotated by the display matrix (degrees counter-clockwise)
+# upright: the ffmpeg CLI's autorotate choices.
+_TURN = {90: ["transpose=cclock"], 180: ["hflip", "vflip"], 270: ["transpose=clock"]}
+
+
+class _Filters:
+    """Deinterlace (bwdif, one frame per frame) and turn the picture upright, with the
+    same filters and angles as the ffmpeg CLI's autorotate."""
+
+    def __init__(self, vin, opts: EncodeOptions) -> None:
+        self.time_base = vin.time_base
+        self.graph = av.filter.Graph()
+        chain = [self.graph.add_buffer(template=vin)]
+        specs = (["bwdif=mode=send_frame"] if opts.deinterlace else [])
+        specs += _TURN.get(opts.rotation, [])
+        for spec in specs:
+            name, _, args = spec.partition("=")
+            chain.append(self.graph.add(name, args or None))
+        chain.append(self.graph.add("buffersink"))
+        for a, b in itertools.pairwise(chain):
+            a.link_to(b)
+        self.graph.configure()
+
+    def run(self, frame: av.VideoFrame | None) -> list[av.VideoFrame]:
+        self.graph.push(frame)
+        out = []
+        while True:
+            try:
+                filtered = self.graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return out
+            # Deinterlacers halve the time base; the encoder works in the stream's.
+            tb = filtered.time_base
+            if tb and tb != self.time_base and filtered.pts is not None:
+                filtered.pts = round(filtered.pts * tb / self.time_base)
+                filtered.time_base = self.time_base
+            out.append(filtered)
 
 
 class _CopyAudio:

@@ -36,6 +36,8 @@ class Probe:
     audio_codec: str | None = None
     width: int = 0
     height: int = 0
+    rotation: int = 0  # degrees counter-clockwise the picture must be turned (phone videos)
+    interlaced: bool = False  # fields, not frames (DVD/broadcast MPEG-2): deinterlace
 
 
 def probe(path: Path) -> Probe:
@@ -75,7 +77,19 @@ def _classify(container: av.container.InputContainer) -> Probe:
         found.reason = "video stream without a picture size"
     else:
         found.is_video = True
+        found.rotation, found.interlaced = _first_frame_facts(container, video)
     return found
+
+
+def _first_frame_facts(container: av.container.InputContainer,
+                       video: av.video.stream.VideoStream) -> tuple[int, bool]:
+    """Rotation and interlacing, which FFmpeg reports per decoded frame."""
+    try:
+        for frame in container.decode(video):
+            return round(frame.rotation or 0) % 360, bool(frame.interlaced_frame)
+    except (av.FFmpegError, ValueError):
+        pass  # damage is judged later, by how much of the file decodes
+    return 0, False
 
 
 def copy_mode_allowed(found: Probe, size: int, enabled: bool, min_size: int) -> tuple[bool, str]:
@@ -84,6 +98,8 @@ def copy_mode_allowed(found: Probe, size: int, enabled: bool, min_size: int) -> 
         return False, "copy mode disabled (ENABLE_COPY_MODE=false)"
     if size < min_size:
         return False, "smaller than COPY_MODE_MIN_SIZE"
+    if found.rotation:
+        return False, "rotated video (e.g. from a phone): transcoded to play upright everywhere"
     if found.video_codec not in COPY_VIDEO_CODECS:
         return False, f"video codec {found.video_codec} is not H.264/HEVC"
     if found.audio_codec is not None and found.audio_codec not in COPY_AUDIO_CODECS:

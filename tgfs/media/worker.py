@@ -76,7 +76,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         return lambda seconds: _emit(event="progress", stage=stage, seconds=seconds,
                                      duration=duration)
 
-    rendition, copy, note = make_hls(src, workdir / "r0", copy, opts.encode, note, report)
+    encode = dataclasses.replace(opts.encode, rotation=found.rotation,
+                                 deinterlace=found.interlaced)
+    rendition, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report)
     got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
         raise DamagedMedia("no decodable video frames")

@@ -1,0 +1,117 @@
+"""What users drop: a corpus made at test time with FFmpeg's encoders (nothing committed),
+each copied into a real mount and judged by the independent checks in hls_checks.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_in
+from tests.hls_checks import check_codecs_string, check_video_folder, ffprobe
+
+SEGMENT = 2.0
+PATTERN = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=6"]
+TONE = ["-f", "lavfi", "-i", "sine=frequency=440:duration=6"]
+
+# name → (ffmpeg arguments after -y, expected mode)
+CORPUS = {
+    "dvd.mpg": ([*PATTERN, *TONE, "-c:v", "mpeg2video", "-b:v", "2M", "-flags",
+                 "+ilme+ildct", "-top", "1", "-c:a", "mp2"], "transcode"),
+    "clip.webm": ([*PATTERN, *TONE, "-c:v", "libvpx-vp9", "-b:v", "400k", "-c:a", "libopus"],
+                  "transcode"),
+    "old.ogv": ([*PATTERN, *TONE, "-c:v", "libtheora", "-c:a", "libvorbis"], "transcode"),
+    "webcam.avi": ([*PATTERN, *TONE, "-c:v", "mjpeg", "-c:a", "pcm_s16le"], "transcode"),
+    "odd.mp4": (["-f", "lavfi", "-i", "testsrc2=size=321x241:rate=25:duration=6",
+                 "-c:v", "mpeg4"], "transcode"),
+    "broadcast.ts": ([*PATTERN, *TONE, "-c:v", "libx264", "-b:v", "1M", "-c:a", "aac"],
+                     "copy"),  # ADTS AAC: needs aac_adtstoasc in fMP4
+    "vfr.mkv": (["-f", "lavfi", "-i",
+                 "testsrc2=size=320x240:rate=30:duration=6,setpts='N/30/TB+gt(N,60)*0.4/TB'",
+                 "-c:v", "libx264", "-b:v", "1M", "-fps_mode", "vfr"], "copy"),
+    "two-languages.mkv": ([*PATTERN, *TONE, "-f", "lavfi", "-i", "sine=frequency=660:duration=6",
+                           "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-b:v",
+                           "1M", "-c:a", "aac", "-metadata:s:a:0", "language=eng",
+                           "-metadata:s:a:1", "language=fra"], "copy"),
+    "longgop.mp4": (["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=16",
+                     "-c:v", "libx264", "-b:v", "500k", "-g", "200"], "copy"),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, (args, _) in CORPUS.items():
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *args, str(folder / name)], check=True)
+    # A phone video: H.264 + AAC with a 90° display matrix (set by remuxing).
+    plain = folder / "plain.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *PATTERN, *TONE, "-c:v", "libx264",
+                    "-b:v", "1M", "-c:a", "aac", str(plain)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(plain), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(folder / "phone.mp4")], check=True)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_input_kind_becomes_valid_hls(mount, corpus, name, tmp_path):
+    src = corpus / name
+    copy_in(src, mount.path / name)
+    mount.wait_idle()
+    job = mount.job(name)
+    assert job["state"] == "done" and job["outcome"] == f"video ({CORPUS[name][1]})", job
+    folder = mount.path / os.path.splitext(name)[0]
+    facts = check_video_folder(folder, src, SEGMENT)
+    for rendition in facts["renditions"]:
+        segments = sorted(rendition["dir"].glob("seg_*.m4s"))
+        assert max(p.stat().st_size for p in segments) <= 2**20  # TELEGRAM_MAX_FILE_SIZE
+        check_codecs_string(rendition["init"], segments[0],
+                            rendition["variant"].stream_info.codecs)
+        if name == "dvd.mpg":  # deinterlaced: FFmpeg's idet finds no combing left
+            tff, bff, progressive = _interlace_detection(_joined(rendition, tmp_path))
+            assert progressive > 10 * (tff + bff), (tff, bff, progressive)
+
+
+def test_phone_video_comes_out_upright(mount, corpus, tmp_path):
+    src = corpus / "phone.mp4"
+    copy_in(src, mount.path / "phone.mp4")
+    mount.wait_idle()
+    job = mount.job("phone.mp4")
+    assert job["outcome"] == "video (transcode)" and "rotated" in job["error"], job
+    facts = check_video_folder(mount.path / "phone", src, SEGMENT)
+    (rendition,) = facts["renditions"]
+    assert rendition["variant"].stream_info.resolution == (240, 320)
+    # The first picture matches what the ffmpeg CLI shows (it autorotates), and no display
+    # matrix is left to rotate it a second time.
+    ours, theirs = tmp_path / "ours.gray", tmp_path / "theirs.gray"
+    joined = _joined(rendition, tmp_path)
+    for source, out in ((joined, ours), (src, theirs)):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-frames:v", "1",
+                        "-f", "rawvideo", "-pix_fmt", "gray", str(out)], check=True)
+    a, b = ours.read_bytes(), theirs.read_bytes()
+    assert len(a) == len(b) == 240 * 320
+    assert sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a) < 3
+    side = ffprobe(joined, "-show_entries", "stream_side_data")
+    assert "rotation" not in str(side)
+
+
+def _interlace_detection(path: Path) -> tuple[int, int, int]:
+    """(TFF, BFF, progressive) frame counts from FFmpeg's idet filter, which looks for
+    combing in the pictures themselves (the interlaced flag alone proves nothing)."""
+    out = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(path), "-vf", "idet",
+                          "-f", "null", "-"], capture_output=True, text=True).stderr
+    line = next(x for x in out.splitlines() if "Multi frame detection" in x)
+    numbers = re.findall(r"(TFF|BFF|Progressive):\s*(\d+)", line)
+    counts = {k: int(v) for k, v in numbers}
+    return counts["TFF"], counts["BFF"], counts["Progressive"]
+
+
+def _joined(rendition: dict, folder: Path) -> Path:
+    """init + segments as one playable file."""
+    path = folder / f"joined-{rendition['dir'].name}.mp4"
+    segments = sorted(rendition["dir"].glob("seg_*.m4s"))
+    path.write_bytes(rendition["init"].read_bytes()
+                     + b"".join(p.read_bytes() for p in segments))
+    return path
