@@ -7,7 +7,7 @@ PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench-telegram clean
+.PHONY: setup run test lint bench-telegram bench-media clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ test: setup
 # Telegram store benchmarks against the client stand-in (a few minutes; prints figures).
 bench-telegram: setup
 	$(VENV)/bin/python -m tests.bench_telegram
+
+# Media benchmarks: tgfs's HLS vs the ffmpeg CLI on a generated 1080p film (a few minutes).
+bench-media: setup
+	$(VENV)/bin/python -m tests.bench_media
 
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests

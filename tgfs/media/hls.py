@@ -232,6 +232,9 @@ class _EncodeVideo:
                                      options=_encoder_options(opts, gop))
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = self.pix_fmt
+        # PyAV opens encoders with slice threads; x264's frame threads are what the ffmpeg
+        # CLI uses and ~15 % faster at 1080p on 2 cores.
+        self.stream.codec_context.thread_type = "FRAME"
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
         self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
@@ -254,7 +257,9 @@ class _EncodeVideo:
         self.last_pts = pts
         if self.start is None:
             self.start = pts
-        out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
+        out = frame
+        if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
+            out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
         out.pts = pts
         out.time_base = self.vin.time_base
         # The muxer cuts at the first keyframe at or after start + n·segment; force exactly
