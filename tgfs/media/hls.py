@@ -16,6 +16,7 @@ see are rendered by tgfs from the catalog (`tgfs.media.playlists`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -90,37 +91,91 @@ def make_rendition(
     src: Path, out_dir: Path, copy: bool, opts: EncodeOptions, report: ProgressFn
 ) -> RenditionOutput:
     """Write init.mp4 + seg_NNNNN.m4s for `src` into `out_dir`; describe what was written."""
+    if not copy:
+        return make_ladder(src, [(out_dir, None)], opts, report)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     with av.open(str(src), metadata_errors="ignore") as source:
-        vin = next(
-            s for s in source.streams.video
-            if not s.disposition & av.stream.Disposition.attached_pic
-        )
-        ain = source.streams.audio[0] if source.streams.audio else None
-        options = {
-            "hls_time": f"{opts.segment_seconds:g}",
-            "hls_segment_type": "fmp4",
-            "hls_playlist_type": "vod",
-            "hls_list_size": "0",
-            "hls_fmp4_init_filename": INIT_NAME,
-            "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
-        }
-        with av.open(str(out_dir / _FFMPEG_PLAYLIST), "w", format="hls",
-                     options=options) as out:
-            video = _CopyVideo(vin, out) if copy else _EncodeVideo(vin, out, opts)
-            audio = _audio_path(ain, out, copy) if ain is not None else None
+        vin, ain = _streams(source)
+        with _hls_output(out_dir, f"{opts.segment_seconds:g}") as out:
+            video = _CopyVideo(vin, out)
+            audio = _audio_path(ain, out, copy=True) if ain is not None else None
             damaged = _pump(source, vin, ain, video, audio, report)
-            width, height = video.size
+    return _describe(out_dir, video.size, video.rate, damaged)
+
+
+def make_ladder(
+    src: Path,
+    targets: list[tuple[Path, int | None]],
+    opts: EncodeOptions,
+    report: ProgressFn,
+    durations: list[float] | None = None,
+) -> list[RenditionOutput]:
+    """Transcode `src` once into several renditions: (folder, height) each, None = the
+    source's size. One decode feeds every encoder.
+
+    All renditions get IDR frames at the same instants, so their segments line up: every
+    `segment_seconds`, or after the given segment `durations` (those of a copy-mode
+    rendition made before, so that it and these line up too).
+    """
+    cuts = list(itertools.accumulate(durations[:-1])) if durations else None
+    for out_dir, _ in targets:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # With explicit cuts the muxer must cut at every keyframe; we place only those.
+    hls_time = f"{opts.segment_seconds:g}" if cuts is None else "0.001"
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
+        vin, ain = _streams(source)
+        outs = [stack.enter_context(_hls_output(out_dir, hls_time)) for out_dir, _ in targets]
+        decoder = _Decoder(vin, opts)
+        longest = max(durations) if durations else opts.segment_seconds
+        encoders_ = [_EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts,
+                                  longest)
+                     for out, (_, height) in zip(outs, targets, strict=True)]
+        video = _VideoFanout(decoder, encoders_)
+        audio = _AudioFanout(ain, outs) if ain is not None else None
+        damaged = _pump(source, vin, ain, video, audio, report)
+    return [_describe(out_dir, enc.size, enc.rate, damaged)
+            for (out_dir, _), enc in zip(targets, encoders_, strict=True)]
+
+
+def _streams(source):
+    vin = next(s for s in source.streams.video
+               if not s.disposition & av.stream.Disposition.attached_pic)
+    ain = source.streams.audio[0] if source.streams.audio else None
+    return vin, ain
+
+
+def _hls_output(out_dir: Path, hls_time: str):
+    return av.open(str(out_dir / _FFMPEG_PLAYLIST), "w", format="hls", options={
+        "hls_time": hls_time,
+        "hls_segment_type": "fmp4",
+        "hls_playlist_type": "vod",
+        "hls_list_size": "0",
+        "hls_fmp4_init_filename": INIT_NAME,
+        "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
+    })
+
+
+def _describe(out_dir: Path, size: tuple[int, int], rate, damaged: int) -> RenditionOutput:
+    width, height = size
     return RenditionOutput(
         name=f"{height}p",
         width=width,
         height=height,
-        frame_rate=float(video.rate) if video.rate else None,
+        frame_rate=float(rate) if rate else None,
         codecs=_codecs_of(out_dir / INIT_NAME),
         init_name=INIT_NAME,
         segments=_segments_of(out_dir),
         damaged_packets=damaged,
     )
+
+
+def _target_size(source: tuple[int, int], height: int | None) -> tuple[int, int]:
+    """Even dimensions (4:2:0 needs them); a lower rendition keeps the aspect ratio."""
+    width, full = source
+    if height is not None and height < full:
+        width, full = round(width * height / full), height
+    return width & ~1, full & ~1
 
 
 def _pump(source, vin, ain, video, audio, report: ProgressFn) -> int:
@@ -213,24 +268,62 @@ def _encoder_options(opts: EncodeOptions, gop: int) -> dict[str, str]:
     return options
 
 
-class _EncodeVideo:
-    """Decode → scale to even dimensions → H.264 with an IDR on every segment boundary."""
+class _Decoder:
+    """Decode (threaded) and, if needed, deinterlace and turn upright: once per video,
+    however many renditions are made from it."""
 
-    def __init__(self, vin, out, opts: EncodeOptions) -> None:
-        self.vin = vin
+    def __init__(self, vin, opts: EncodeOptions) -> None:
         vin.codec_context.thread_type = "AUTO"
-        self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         width, height = vin.codec_context.width, vin.codec_context.height
         if opts.rotation in (90, 270):
             width, height = height, width
-        width, height = width & ~1, height & ~1  # 4:2:0 needs even dimensions
         self.size = (width, height)
         self.filters = _Filters(vin, opts) if opts.rotation or opts.deinterlace else None
+
+    def frames(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+        """Frames for a packet; None at the end flushes the filters."""
+        if packet is None:
+            return self.filters.run(None) if self.filters else []
+        decoded = packet.decode()
+        if self.filters is None:
+            return decoded
+        return [out for frame in decoded for out in self.filters.run(frame)]
+
+
+class _VideoFanout:
+    """One decoder feeding one encoder per rendition."""
+
+    def __init__(self, decoder: _Decoder, encoders_: list[_EncodeVideo]) -> None:
+        self.decoder = decoder
+        self.encoders = encoders_
+
+    def feed(self, packet: av.Packet) -> None:
+        for frame in self.decoder.frames(packet):
+            for encoder in self.encoders:
+                encoder.encode(frame)
+
+    def flush(self) -> None:
+        for frame in self.decoder.frames(None):
+            for encoder in self.encoders:
+                encoder.encode(frame)
+        for encoder in self.encoders:
+            encoder.flush()
+
+
+class _EncodeVideo:
+    """Scale → H.264 with an IDR exactly on every segment boundary."""
+
+    def __init__(self, vin, out, opts: EncodeOptions, size: tuple[int, int],
+                 cuts: list[float] | None, longest: float) -> None:
+        self.time_base = vin.time_base
+        self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        self.size = size
         self.pix_fmt = encoders.PIX_FMT.get(opts.encoder, "yuv420p")
-        gop = max(1, round(opts.segment_seconds * self.rate))
+        # Keyframes only where we force them: the GOP limit must not come first.
+        gop = max(1, round(longest * self.rate) + (1 if cuts else 0))
         self.stream = out.add_stream(opts.encoder, rate=self.rate,
                                      options=_encoder_options(opts, gop))
-        self.stream.width, self.stream.height = width, height
+        self.stream.width, self.stream.height = size
         self.stream.pix_fmt = self.pix_fmt
         # PyAV opens encoders with slice threads; x264's frame threads are what the ffmpeg
         # CLI uses and ~15 % faster at 1080p on 2 cores.
@@ -238,19 +331,21 @@ class _EncodeVideo:
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
         self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
+        self.cuts = [Fraction(c).limit_denominator(100000) for c in cuts] if cuts else None
         self.start: int | None = None
         self.next_cut = Fraction(0)
         self.last_pts: int | None = None
 
-    def feed(self, packet: av.Packet) -> None:
-        for frame in packet.decode():
-            if self.filters is None:
-                self._encode(frame)
-            else:
-                for filtered in self.filters.run(frame):
-                    self._encode(filtered)
+    def _advance_cut(self, elapsed: Fraction) -> None:
+        if self.cuts is None:
+            while self.next_cut <= elapsed:
+                self.next_cut += self.segment
+            return
+        while self.cuts and self.cuts[0] <= elapsed:
+            self.cuts.pop(0)
+        self.next_cut = self.cuts[0] if self.cuts else Fraction(10**9)
 
-    def _encode(self, frame: av.VideoFrame) -> None:
+    def encode(self, frame: av.VideoFrame) -> None:
         pts = frame.pts
         if pts is None or (self.last_pts is not None and pts <= self.last_pts):
             pts = (self.last_pts or 0) + 1  # keep the encoder's input strictly increasing
@@ -261,24 +356,21 @@ class _EncodeVideo:
         if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
             out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
         out.pts = pts
-        out.time_base = self.vin.time_base
-        # The muxer cuts at the first keyframe at or after start + n·segment; force exactly
-        # those frames to be IDRs and clear the source's frame types everywhere else (x264
-        # would turn decoded I frames into extra keyframes).
-        elapsed = (pts - self.start) * self.vin.time_base
+        out.time_base = self.time_base
+        # The muxer cuts at the first keyframe at or after start + n·segment (or, with
+        # explicit cuts, at every keyframe); force exactly those frames to be IDRs and clear
+        # the source's frame types everywhere else (x264 would turn decoded I frames into
+        # extra keyframes).
+        elapsed = (pts - self.start) * self.time_base
         if elapsed >= self.next_cut:
             out.pict_type = PictureType.I
-            while self.next_cut <= elapsed:
-                self.next_cut += self.segment
+            self._advance_cut(elapsed)
         else:
             out.pict_type = PictureType.NONE
         for packet in self.stream.encode(out):
             self.output.mux(packet)
 
     def flush(self) -> None:
-        if self.filters is not None:
-            for filtered in self.filters.run(None):
-                self._encode(filtered)
         for packet in self.stream.encode(None):
             self.output.mux(packet)
 
@@ -359,17 +451,34 @@ class _EncodeAudio:
 
     def feed(self, packet: av.Packet) -> None:
         for frame in packet.decode():
-            self._encode(frame)
+            self.encode_frame(frame)
 
-    def _encode(self, frame: av.AudioFrame | None) -> None:
+    def encode_frame(self, frame: av.AudioFrame | None) -> None:
         for resampled in self.resampler.resample(frame):
             for packet in self.stream.encode(resampled):
                 self.output.mux(packet)
 
     def flush(self) -> None:
-        self._encode(None)
+        self.encode_frame(None)
         for packet in self.stream.encode(None):
             self.output.mux(packet)
+
+
+class _AudioFanout:
+    """Decode the audio once, encode AAC into every rendition's output."""
+
+    def __init__(self, ain, outs) -> None:
+        self.ain = ain
+        self.encoders = [_EncodeAudio(ain, out) for out in outs]
+
+    def feed(self, packet: av.Packet) -> None:
+        for frame in packet.decode():
+            for encoder in self.encoders:
+                encoder.encode_frame(frame)
+
+    def flush(self) -> None:
+        for encoder in self.encoders:
+            encoder.flush()
 
 
 def _audio_path(ain, out, copy: bool):
