@@ -24,9 +24,9 @@ def test_transcode_keeps_every_segment_under_the_cap(tmp_path):
                                             video_codec="mpeg4", bitrate=20_000_000,
                                             filters="noise=alls=60:allf=t"))
     encode = EncodeOptions(segment_seconds=2, x264_preset="ultrafast")
-    free, _, _ = make_hls(src, tmp_path / "free", False, encode, "", no_report)
+    (free,), _, _ = make_hls(src, tmp_path / "free", False, encode, "", no_report)
     assert max(s.size for s in free.segments) > CAP  # the cap below is doing the work
-    capped, _, _ = make_hls(src, tmp_path / "capped", False,
+    (capped,), _, _ = make_hls(src, tmp_path / "capped", False,
                             EncodeOptions(segment_seconds=2, x264_preset="ultrafast",
                                           max_segment_bytes=CAP), "", no_report)
     sizes = [p.stat().st_size for p in (tmp_path / "capped").glob("seg_*.m4s")]
@@ -39,7 +39,8 @@ def test_copy_mode_cuts_shorter_or_transcodes_when_a_gop_is_too_big(tmp_path):
                                               bitrate=6_000_000, gop=50,
                                               filters="noise=alls=40:allf=t"))
     encode = EncodeOptions(segment_seconds=2, x264_preset="ultrafast", max_segment_bytes=CAP)
-    rendition, copied, note = make_hls(src, tmp_path / "out", True, encode, "", no_report)
+    (rendition,), copied, note = make_hls(src, tmp_path / "out", True, encode, "",
+                                          no_report)
     assert not copied and "keyframe interval" in note and "transcoded" in note
     assert max(s.size for s in rendition.segments) <= CAP
 

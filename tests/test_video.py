@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import copy_in, wait_for
 from tests.hls_checks import check_codecs_string, check_video_folder
+from tests.media import Spec, make
 
 SEGMENT = 2.0  # TGFS_SEGMENT_SECONDS in the test environment
 
@@ -116,3 +117,23 @@ def test_special_characters_in_names(mount, media):
     folder = mount.path / name[:-4]
     assert folder.is_dir()
     check_video_folder(folder, media("tiny_h264.mp4"), SEGMENT)
+
+
+@pytest.mark.parametrize(("codec", "mode"), [("libx264", "copy"), ("mpeg4", "transcode")])
+def test_ladder_renditions_share_segment_boundaries(mount_factory, tmp_path, codec, mode):
+    src = make(tmp_path / f"wide-{codec}.mkv",
+               Spec(seconds=9, width=640, height=360, video_codec=codec, bitrate=1_500_000,
+                    gop=35))  # keyframes every 1.4 s: copy-mode cuts are not every 2 s
+    mount = mount_factory(TGFS_LADDER="1080,360,240,144")  # 1080: never upscaled
+    copy_in(src, mount.path / "wide.mkv")
+    mount.wait_idle()
+    assert mount.job("wide.mkv")["outcome"] == f"video ({mode})"
+    facts = check_video_folder(mount.path / "wide", src, SEGMENT)
+    sizes = sorted(r["variant"].stream_info.resolution for r in facts["renditions"])
+    assert sizes == [(256, 144), (426, 240), (640, 360)]  # aspect kept, even sizes
+    # Every rendition's segments start and end at the same instants (within a frame), so a
+    # player can switch between them at any segment.
+    timelines = [[s.duration for s in r["media"].segments] for r in facts["renditions"]]
+    for timeline in timelines[1:]:
+        assert len(timeline) == len(timelines[0])
+        assert all(abs(a - b) <= 0.041 for a, b in zip(timeline, timelines[0], strict=True))

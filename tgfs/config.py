@@ -116,6 +116,7 @@ class Settings:
     bot_transfers: int = 4  # per bot and direction: kurigram's max_concurrent_transmissions
     transfers: int = 32  # all bots together, per direction
     telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
+    ladder: tuple[int, ...] = ()  # extra rendition heights below the source's (TGFS_LADDER)
 
     @property
     def catalog_path(self) -> Path:
@@ -158,6 +159,7 @@ class Settings:
             ("PREFERRED_ENCODER", self.preferred_encoder),
             ("TGFS_X264_PRESET", self.x264_preset),
             ("TGFS_X264_CRF", str(self.x264_crf)),
+            ("TGFS_LADDER", ",".join(map(str, self.ladder)) or "(source only)"),
             ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
             ("TGFS_LOG_LEVEL", self.log_level),
@@ -315,7 +317,21 @@ def _build(r: _Reader) -> Settings:
         bot_transfers=int(r.number("TGFS_BOT_TRANSFERS", 4, 1, 32)),
         transfers=int(r.number("TGFS_TRANSFERS", 32, 1, 256)),
         telegram_client=client,
+        ladder=_ladder(r.text("TGFS_LADDER", "")),
     )
+
+
+def _ladder(raw: str) -> tuple[int, ...]:
+    """`1080,720,480` → (1080, 720, 480): rendition heights, largest first."""
+    if not raw:
+        return ()
+    heights = set()
+    for item in raw.replace(" ", "").split(","):
+        if not item.removesuffix("p").isdigit() or not 144 <= int(item.removesuffix("p")) <= 4320:
+            raise ConfigError(f"TGFS_LADDER={raw!r}: each entry must be a height from 144 to "
+                              "4320 (example: 1080,720,480)")
+        heights.add(int(item.removesuffix("p")))
+    return tuple(sorted(heights, reverse=True))
 
 
 def _bots(r: _Reader) -> tuple[tuple[Bot, ...], tuple[str, ...]]:

@@ -167,6 +167,7 @@ class IngestRunner:
         s = self.settings
         return WorkerOptions(
             name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
+            ladder=list(s.ladder),
             copy_mode_min_size=s.copy_mode_min_size,
             encode=EncodeOptions(segment_seconds=s.segment_seconds,
                                  x264_preset=s.x264_preset, x264_crf=s.x264_crf,

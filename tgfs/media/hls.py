@@ -331,7 +331,10 @@ class _EncodeVideo:
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
         self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
-        self.cuts = [Fraction(c).limit_denominator(100000) for c in cuts] if cuts else None
+        # Cut times come rounded from a playlist: match the frame within half a frame.
+        slack = Fraction(1, 2) / Fraction(self.rate)
+        self.cuts = ([Fraction(c).limit_denominator(100000) - slack for c in cuts]
+                     if cuts else None)
         self.start: int | None = None
         self.next_cut = Fraction(0)
         self.last_pts: int | None = None

@@ -20,13 +20,19 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import av
 
 from tgfs.media.encoders import SOFTWARE
-from tgfs.media.hls import EncodeOptions, ProgressFn, RenditionOutput, make_rendition
+from tgfs.media.hls import (
+    EncodeOptions,
+    ProgressFn,
+    RenditionOutput,
+    make_ladder,
+    make_rendition,
+)
 from tgfs.media.probe import VIDEO_EXTENSIONS, copy_mode_allowed, probe
 
 _RECUTS = 4  # copy-mode attempts at shorter segments before transcoding instead
@@ -43,6 +49,7 @@ class WorkerOptions:
     enable_copy_mode: bool
     copy_mode_min_size: int
     encode: EncodeOptions
+    ladder: list[int] = dataclasses.field(default_factory=list)  # TGFS_LADDER heights
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -78,7 +85,11 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
 
     encode = dataclasses.replace(opts.encode, rotation=found.rotation,
                                  deinterlace=found.interlaced)
-    rendition, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report)
+    upright = found.width if found.rotation in (90, 270) else found.height
+    lower = [(workdir / f"r{i + 1}", h)
+             for i, h in enumerate(h for h in opts.ladder if h < upright)]  # never upscale
+    renditions, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report, lower)
+    rendition = renditions[0]
     got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
         raise DamagedMedia("no decodable video frames")
@@ -96,39 +107,53 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         mode="copy" if copy else "transcode",
         duration=got,
         note=note,
-        renditions=[{"dir": "r0", **dataclasses.asdict(rendition)}],
+        renditions=[{"dir": f"r{i}", **dataclasses.asdict(r)}
+                    for i, r in enumerate(renditions)],
     )
     return 0
 
 
 def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
-          report: Callable[[str], ProgressFn]) -> tuple[RenditionOutput, bool, str]:
-    """Copy if allowed, else transcode; fall back as needed. Returns (rendition, copied,
-    note for the user)."""
+             report: Callable[[str], ProgressFn],
+             lower: Sequence[tuple[Path, int]] = ()) -> tuple[list[RenditionOutput], bool, str]:
+    """The source rendition in `out` (copied if allowed, else transcoded; with fallbacks),
+    plus transcoded `lower` renditions (folder, height) whose segments line up with it.
+    Returns (renditions, copied, note for the user)."""
     notes = [note] if note else []
     if copy:
+        top = None
         try:
-            rendition = make_rendition(src, out, True, encode, report("copy"))
-            rendition = _fit_copy(src, out, rendition, encode, report, notes)
-            if rendition is not None:
-                return rendition, True, "; ".join(notes)
+            top = make_rendition(src, out, True, encode, report("copy"))
+            top = _fit_copy(src, out, top, encode, report, notes)
         except (av.FFmpegError, ValueError, StopIteration) as exc:
             # Copy mode can trip over timestamps or bitstreams the muxer refuses;
             # re-encoding normalises them. Say so: this one takes longer.
             notes.append(f"copy mode failed ({_reason(exc)}); transcoded instead")
+        if top is not None:
+            durations = [seg.duration for seg in top.segments]
+            rest = _transcode(src, list(lower), encode, report, notes, durations)
+            return [top, *rest], True, "; ".join(notes)
         shutil.rmtree(out, ignore_errors=True)
+    renditions = _transcode(src, [(out, None), *lower], encode, report, notes)
+    return renditions, False, "; ".join(notes)
+
+
+def _transcode(src: Path, targets: list[tuple[Path, int | None]], encode: EncodeOptions,
+               report: Callable[[str], ProgressFn], notes: list[str],
+               durations: list[float] | None = None) -> list[RenditionOutput]:
+    if not targets:
+        return []
     try:
-        rendition = make_rendition(src, out, False, encode, report("transcode"))
+        return make_ladder(src, targets, encode, report("transcode"), durations)
     except av.FFmpegError as exc:
         if encode.encoder == SOFTWARE:
             raise
         # The hardware encoder passed its test but failed on this job: software it is.
-        shutil.rmtree(out, ignore_errors=True)
+        for folder, _ in targets:
+            shutil.rmtree(folder, ignore_errors=True)
         notes.append(f"{encode.encoder} failed ({_reason(exc)}); encoded with {SOFTWARE}")
-        rendition = make_rendition(src, out, False,
-                                   dataclasses.replace(encode, encoder=SOFTWARE),
-                                   report("transcode"))
-    return rendition, False, "; ".join(notes)
+        return make_ladder(src, targets, dataclasses.replace(encode, encoder=SOFTWARE),
+                           report("transcode"), durations)
 
 
 def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOptions,
