@@ -5,7 +5,9 @@ On one generated 1080p H.264 + AAC file (default 60 s):
 1. copy mode: tgfs (`make_hls`, PyAV) vs `ffmpeg -c copy -f hls` (target ≤ 1.1×);
 2. one libx264 rendition: tgfs vs the ffmpeg CLI with the same preset, CRF, GOP and
    forced keyframes (target ≤ 1.1×);
-3. peak RSS of the media child for the file and for one twice as long (flat = streaming).
+3. a 3-rendition ladder (1080p, 720p, 480p) from one decode vs three separate ffmpeg runs
+   (target ≤ 0.7×);
+4. peak RSS of the media child for the file and for one twice as long (flat = streaming).
 
 The ffmpeg CLI on this machine is Debian's (5.1), PyAV bundles FFmpeg 8: the codecs are the
 same libraries, but not the same builds, so small differences are not all tgfs's.
@@ -50,11 +52,13 @@ def timed(command: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def tgfs_worker(src: Path, work: Path, copy: bool) -> list[str]:
+def tgfs_worker(src: Path, work: Path, copy: bool, ladder: tuple[int, ...] = ()
+                ) -> list[str]:
     options = WorkerOptions(
         name=src.name, size=src.stat().st_size, enable_copy_mode=copy,
         copy_mode_min_size=0,
         encode=EncodeOptions(segment_seconds=SEGMENT, x264_preset=PRESET, x264_crf=CRF),
+        ladder=list(ladder),
     )
     return [sys.executable, "-m", "tgfs.media.worker", str(src), str(work),
             options.to_json()]
@@ -67,10 +71,11 @@ def ffmpeg_copy(src: Path, out: Path) -> list[str]:
             "vod", "-hls_segment_filename", str(out / "seg_%05d.m4s"), str(out / "a.m3u8")]
 
 
-def ffmpeg_transcode(src: Path, out: Path) -> list[str]:
+def ffmpeg_transcode(src: Path, out: Path, height: int | None = None) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     gop = int(SEGMENT * 25)
-    return ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c:v", "libx264", "-preset",
+    scale = ["-vf", f"scale=-2:{height}"] if height else []
+    return ["ffmpeg", "-v", "error", "-y", "-i", str(src), *scale, "-c:v", "libx264", "-preset",
             PRESET, "-crf", str(CRF), "-g", str(gop), "-keyint_min", str(gop),
             "-sc_threshold", "0", "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT})",
             "-c:a", "aac", "-b:a", "128k", "-f", "hls", "-hls_time", str(SEGMENT),
@@ -97,6 +102,11 @@ def main() -> None:
             theirs, _ = timed(peer(src, root / f"theirs-{copy}"))
             print(f"{label:<34} {ours:>7.2f}s {theirs:>10.2f}s {ours / theirs:>6.2f}x",
                   flush=True)
+        ours, _ = timed(tgfs_worker(src, root / "ours-ladder", False, (720, 480)))
+        theirs = sum(timed(ffmpeg_transcode(src, root / f"theirs-{h}", h))[0]
+                     for h in (None, 720, 480))
+        print(f"{'ladder 1080p+720p+480p':<34} {ours:>7.2f}s {theirs:>10.2f}s "
+              f"{ours / theirs:>6.2f}x  (peer: three separate runs)", flush=True)
         for copy in (True, False):
             peaks = [timed(tgfs_worker(path, root / f"rss-{path.stem}-{copy}", copy))[1]
                      for path in (src, long_src)]
