@@ -128,6 +128,8 @@ def make_ladder(
         outs = [stack.enter_context(_hls_output(out_dir, hls_time)) for out_dir, _ in targets]
         decoder = _Decoder(vin, opts)
         longest = max(durations) if durations else opts.segment_seconds
+        # The size cap must hold for the longest segment these cuts make.
+        opts = dataclasses.replace(opts, segment_seconds=max(longest, opts.segment_seconds))
         encoders_ = [_EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts,
                                   longest)
                      for out, (_, height) in zip(outs, targets, strict=True)]

@@ -85,9 +85,11 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
 
     encode = dataclasses.replace(opts.encode, rotation=found.rotation,
                                  deinterlace=found.interlaced)
-    upright = found.width if found.rotation in (90, 270) else found.height
+    # The source rendition's height (upright, even); ladder heights below it are added, so
+    # nothing is upscaled and no two renditions share a height (their folder names).
+    top = (found.width if found.rotation in (90, 270) else found.height) & ~1
     lower = [(workdir / f"r{i + 1}", h)
-             for i, h in enumerate(h for h in opts.ladder if h < upright)]  # never upscale
+             for i, h in enumerate(h for h in opts.ladder if h < top)]
     renditions, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report, lower)
     rendition = renditions[0]
     got = sum(s.duration for s in rendition.segments)
