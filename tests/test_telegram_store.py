@@ -276,3 +276,19 @@ async def test_wrong_tokens_are_named_by_number_never_shown(standin, tmp_path, c
     with pytest.raises(StoreError, match="no Telegram bot can be used") as failure:
         await store.start()
     assert all(token(b) not in str(failure.value) for b in standin.bot_ids)
+
+
+async def test_slow_logins_do_not_hold_up_the_mount(standin, tmp_path, blob, monkeypatch):
+    path, data = blob
+    monkeypatch.setattr("tgfs.store.telegram.store.START_WAIT", 0.3)
+    standin.config["latency"] = 0.5  # a login takes several round trips
+    standin.write()
+    store = TelegramStore(settings_for(standin, tmp_path))
+    started = time.monotonic()
+    await store.start()
+    try:
+        assert time.monotonic() - started < 1.0
+        location = await store.put(path, 0, 1000, "k.part0")  # logs in on first use
+        assert await store.get(location, 0, 1000) == data[:1000]
+    finally:
+        await store.aclose()

@@ -220,18 +220,22 @@ class BotLink:
     # ---- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Log in and check the channel; on failure the bot is down with the reason."""
+        """Log in and check the channel; on failure the bot is down with the reason.
+
+        The client becomes the link's only once it works, so a login that failed or was
+        cancelled (start-up does not wait forever) leaves none behind, and the next
+        request logs in again.
+        """
         async with self._connecting:
-            if self._client is not None and self.up:
+            if self._client is not None:
                 return
             attempt = 0
             while True:
                 try:
-                    await self._login()
+                    self._client = await self._login()
                     break
                 except Exception as exc:
                     kind, reason = tg.classify(exc)
-                    await self._drop_client()
                     if kind == tg.TRANSIENT and attempt + 1 < ATTEMPTS:
                         attempt += 1
                         await trio.sleep(_backoff(attempt))
@@ -246,21 +250,30 @@ class BotLink:
                      self.channel_id)
             self._succeeded()
 
-    async def _login(self) -> None:
-        if self._client is None:
-            self._client = await self._bridge.run(
-                tg.make_client, self._factory, self._bot, self._settings, self._session)
-        me = await self._call(CALL_TIMEOUT, tg.start, self._client, self.session_file)
-        self.username = getattr(me, "username", None)
-        await self._call(CALL_TIMEOUT, tg.check_channel, self._client, self.channel_id)
+    async def _login(self) -> Any:
+        client = await self._bridge.run(
+            tg.make_client, self._factory, self._bot, self._settings, self._session)
+        try:
+            me = await self._call(CALL_TIMEOUT, tg.start, client, self.session_file)
+            self.username = getattr(me, "username", None)
+            await self._call(CALL_TIMEOUT, tg.check_channel, client, self.channel_id)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop(client)
+            raise
+        return client
+
+    async def _stop(self, client: Any) -> None:
+        try:
+            with trio.move_on_after(10):
+                await self._bridge.run(tg.stop, client)
+        except Exception as exc:
+            log.debug("bot %d: stop failed: %s", self.number, exc)
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                await self._bridge.run(tg.stop, client)
-            except Exception as exc:
-                log.debug("bot %d: stop failed: %s", self.number, exc)
+            await self._stop(client)
 
     async def close(self) -> None:
         await self._drop_client()

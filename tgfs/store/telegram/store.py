@@ -35,6 +35,7 @@ from tgfs.store.telegram.link import DIVERT_AFTER, BotFailed, BotFlooded, BotLin
 
 log = logging.getLogger(__name__)
 
+START_WAIT = 20.0  # seconds start() waits for logins before mounting anyway
 EMPTY = "tg:empty"  # a zero-byte part: Telegram refuses empty documents, and needs none
 _PREFIX = "tg:"
 
@@ -98,9 +99,11 @@ class TelegramStore(BlobStore):
         """Log every bot in. Fails only if no bot can work at all because of its settings
         (tokens, channels); a bot that is merely unreachable is retried later."""
         self._bridge.start()
-        async with trio.open_nursery() as nursery:
-            for link in self.links.values():
-                nursery.start_soon(self._connect, link)
+        # Bots that are slow to answer finish logging in on first use: the mount comes up.
+        with trio.move_on_after(START_WAIT):
+            async with trio.open_nursery() as nursery:
+                for link in self.links.values():
+                    nursery.start_soon(self._connect, link)
         if all(link.permanently_failed() for link in self.links.values()):
             reasons = "; ".join(f"bot {link.number}: {link.reason}"
                                 for link in self.links.values())
