@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,17 @@ def settings_for(standin: StandIn, tmp_path: Path, **extra: str) -> config.Setti
     extra = {"TGFS_BOT_MESSAGES_PER_MINUTE": "0", **extra}
     env = standin.env(TGFS_DATA_DIR=str(tmp_path / "data"), HOME=str(tmp_path), **extra)
     return config.load(env, env_file=Path("/dev/null"))
+
+
+@contextlib.asynccontextmanager
+async def running_store(standin: StandIn, tmp_path: Path,
+                        **extra: str) -> AsyncIterator[TelegramStore]:
+    store = TelegramStore(settings_for(standin, tmp_path, **extra))
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture
@@ -112,9 +125,7 @@ async def test_bridge_returns_raises_and_cancels():
 
 async def test_round_trip_ranges_spread_and_batched_delete(standin, tmp_path, blob):
     path, data = blob
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         locations = [await store.put(path, 0, len(data), f"job1-{i}.part0") for i in range(40)]
         held = collections.Counter(bot_of(loc) for loc in locations)
         assert len(held) == 4 and min(held.values()) >= 4, held  # spread over every bot
@@ -130,15 +141,11 @@ async def test_round_trip_ranges_spread_and_batched_delete(standin, tmp_path, bl
         assert await store.delete_many(locations + many) == {}
         assert await store.delete_many(locations) == {}
         assert all(ids == [] for ids in standin.messages().values())
-    finally:
-        await store.aclose()
 
 
 async def test_flood_wait_on_one_bot_does_not_hold_up_the_others(standin, tmp_path, blob):
     path, _ = blob
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         flooded = standin.bot_ids[0]
         standin.bot(0)["flood_until"] = time.time() + 30
         standin.write()
@@ -150,8 +157,6 @@ async def test_flood_wait_on_one_bot_does_not_hold_up_the_others(standin, tmp_pa
         assert flooded not in {bot_of(loc) for loc in locations}
         bots = {b["bot_id"]: b for b in (await store.health())["bots"]}
         assert bots[flooded]["flood_wait_s"] > 10 and bots[flooded]["up"]
-    finally:
-        await store.aclose()
 
 
 async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blob,
@@ -160,9 +165,7 @@ async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blo
     # Divert after 0.2 s instead of 5 s, so a 2 s flood wait counts as long.
     monkeypatch.setattr("tgfs.store.telegram.link.DIVERT_AFTER", 0.2)
     monkeypatch.setattr("tgfs.store.telegram.store.DIVERT_AFTER", 0.2)
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         for index in range(4):
             standin.bot(index)["flood_until"] = time.time() + 2
         standin.write()
@@ -170,8 +173,6 @@ async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blo
         location = await store.put(path, 0, 1000, "k.part0")  # no spinning, no failure
         assert 1.0 < time.monotonic() - started < 10
         assert await store.get(location, 0, 1000) == path.read_bytes()[:1000]
-    finally:
-        await store.aclose()
 
 
 async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
@@ -182,9 +183,7 @@ async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
     # Keys whose first choice is the bot that dies: two land, then it dies mid-upload.
     keys = [k for k in (f"k{i}.part0" for i in range(200))
             if rank(standin.bot_ids, k)[0] == dead][:5] + [f"other{i}.part0" for i in range(8)]
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         locations = [await store.put(path, 0, len(data), key) for key in keys]
         assert [bot_of(loc) == dead for loc in locations[:5]] == [True, True, False, False,
                                                                   False]
@@ -194,15 +193,11 @@ async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
             assert await store.get(loc, 0, len(data)) == data
         with pytest.raises(StoreError):  # its own messages are unreachable while it is down
             await store.get(locations[0], 0, 10)
-    finally:
-        await store.aclose()
 
 
 async def test_replicas_serve_reads_when_a_bot_is_down(standin, tmp_path, blob):
     path, data = blob
-    store = TelegramStore(settings_for(standin, tmp_path, TGFS_REPLICAS="2"))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path, TGFS_REPLICAS="2") as store:
         locations = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(8)]
         assert all(len({r.bot_id for r in parse_location(loc)}) == 2 for loc in locations)
         for index in range(4):
@@ -212,17 +207,13 @@ async def test_replicas_serve_reads_when_a_bot_is_down(standin, tmp_path, blob):
             if {r.bot_id for r in parse_location(loc)} <= set(standin.bot_ids[:2]):
                 continue  # both copies on dead bots
             assert await store.get(loc, 5, 2**20) == data[5:5 + 2**20]
-    finally:
-        await store.aclose()
 
 
 async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
     path, data = blob
     standin.config["file_reference_ttl"] = 0.2
     standin.write()
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         keep, gone = [await store.put(path, 0, len(data), f"k{i}.part0") for i in range(2)]
         await trio.sleep(0.3)  # the cached message's file reference is now stale
         assert await store.get(keep, 0, 100) == data[:100]
@@ -230,17 +221,13 @@ async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
         standin.message_path(replica.channel_id, replica.message_id).unlink()
         with pytest.raises(PartMissing, match="gone"):
             await store.get(gone, 0, 100)
-    finally:
-        await store.aclose()
 
 
 async def test_network_errors_are_retried(standin, tmp_path, blob):
     path, data = blob
     standin.config["failure_rate"] = 0.05
     standin.write()
-    store = TelegramStore(settings_for(standin, tmp_path))
-    await store.start()
-    try:
+    async with running_store(standin, tmp_path) as store:
         locations: dict[int, str] = {}
 
         async def put_and_check(i: int) -> None:
@@ -253,8 +240,6 @@ async def test_network_errors_are_retried(standin, tmp_path, blob):
         assert len(locations) == 30
         retries = sum(b["retries"] for b in (await store.health())["bots"])
         assert retries > 0  # failures happened and were absorbed
-    finally:
-        await store.aclose()
 
 
 async def test_wrong_tokens_are_named_by_number_never_shown(standin, tmp_path, caplog):
