@@ -31,7 +31,6 @@ from pyrogram import errors
 from tgfs.config import Bot, Settings
 
 CHUNK = 2**20  # stream_media's unit: offsets and limits count 1 MiB chunks
-GET_MESSAGES_MAX = 200
 DELETE_MESSAGES_MAX = 100
 
 
