@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from tgfs.catalog import blobs, jobs
@@ -51,11 +52,22 @@ def snapshot(
     }
 
 
+# What each bot holds is a scan of the part table; status.json is rendered on every stat
+# and read, and `tgfs status --watch` reads it every second. Counting once per this many
+# seconds keeps that scan off the FUSE thread's back.
+HELD_TTL = 10.0
+_held: dict[int, tuple[float, tuple[int, int]]] = {}  # bot id → (when counted, counts)
+
+
 def bots_snapshot(store: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-bot state from the store's health, plus what each bot holds per the catalog."""
     bots = []
+    now = time.monotonic()
     for bot in store.get("bots", []):
-        parts, size = blobs.held_by(f"tg:{bot['bot_id']}:")
+        counted, (parts, size) = _held.get(bot["bot_id"], (-HELD_TTL, (0, 0)))
+        if now - counted >= HELD_TTL:
+            parts, size = blobs.held_by(f"tg:{bot['bot_id']}:")
+            _held[bot["bot_id"]] = (now, (parts, size))
         bots.append({**bot, "parts_held": parts, "bytes_held": size})
     return bots
 
