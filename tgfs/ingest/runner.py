@@ -201,7 +201,7 @@ class IngestRunner:
         deletion (synchronously, so even a cancelled upload leaves nothing behind)."""
         stored: list[PartRef] = []
 
-        def landed(_: Upload, part: PartRef) -> None:
+        def landed(part: PartRef) -> None:
             stored.append(part)
             progress.done += part.size
 

@@ -31,7 +31,7 @@ async def put_files(
     store: BlobStore,
     files: Sequence[Upload],
     part_size: int,
-    on_part: Callable[[Upload, PartRef], None],
+    on_part: Callable[[PartRef], None],
 ) -> dict[Path, list[PartRef]]:
     """Store every file as parts; returns each file's parts in order.
 
@@ -57,7 +57,7 @@ async def put_files(
             return
         ref = PartRef(id=None, index=index, offset=offset, size=length, location=location)
         results[upload.path][index] = ref
-        on_part(upload, ref)
+        on_part(ref)
 
     async with trio.open_nursery() as nursery:
         for upload in files:
