@@ -61,52 +61,94 @@ def first_video_packet_is_key(init: Path, segment: Path) -> bool:
     return bool(packets) and packets[0]["flags"].startswith("K")
 
 
+def check_media_playlist(media_path: Path) -> m3u8.M3U8:
+    """RFC 8216 rules for a finished media playlist; returns it parsed."""
+    text = media_path.read_text()
+    assert text.startswith("#EXTM3U\n")
+    media = m3u8.loads(text)
+    assert media.playlist_type == "vod" and media.is_endlist
+    assert media.is_independent_segments
+    assert media.segments
+    for seg in media.segments:
+        assert math.floor(seg.duration + 0.5) <= media.target_duration
+        assert (media_path.parent / seg.uri).suffix in (".m4s", ".mp4", ".ts", ".vtt")
+    return media
+
+
 def check_video_folder(folder: Path, source: Path, segment_seconds: float) -> dict:
-    """Assert every rule DESIGN.md lists; return facts for further assertions."""
+    """Assert every rule DESIGN.md lists; return facts for further assertions.
+
+    Audio and subtitle renditions (EXT-X-MEDIA) are checked too: audio as fMP4 with its
+    init segment, subtitles as WebVTT; all share the video's target duration."""
     master_path = folder / "master.m3u8"
     master_text = master_path.read_text()
     assert master_text.startswith("#EXTM3U\n")
     master = m3u8.loads(master_text)
     assert master.is_variant and master.playlists
     assert "#EXT-X-INDEPENDENT-SEGMENTS" in master_text
-    targets, renditions = set(), []
+    targets, renditions, alternatives = set(), [], []
+    groups = {(m.type, m.group_id) for m in master.media}
     for variant in master.playlists:
         info = variant.stream_info
         assert info.bandwidth and info.average_bandwidth and info.codecs
         assert info.resolution and info.frame_rate
         assert info.bandwidth >= info.average_bandwidth
+        if info.audio:
+            assert ("AUDIO", info.audio) in groups
+        if info.subtitles:
+            assert ("SUBTITLES", info.subtitles) in groups
         media_path = folder / variant.uri
-        media_text = media_path.read_text()
-        assert media_text.startswith("#EXTM3U\n")
-        media = m3u8.loads(media_text)
+        media = check_media_playlist(media_path)
         assert media.version >= 6, "EXT-X-MAP needs EXT-X-VERSION 6+"
-        assert media.playlist_type == "vod" and media.is_endlist
         assert media.segment_map and media.segment_map[0].uri
-        assert media.is_independent_segments
-        assert media.segments
-        for seg in media.segments:
-            assert math.floor(seg.duration + 0.5) <= media.target_duration
         targets.add(media.target_duration)
         init = media_path.parent / media.segment_map[0].uri
         for seg in media.segments:
             seg_path = media_path.parent / seg.uri
-            assert seg_path.suffix in (".m4s", ".mp4", ".ts")
             assert first_video_packet_is_key(init, seg_path), f"{seg.uri} starts without IDR"
         renditions.append({"variant": variant, "media": media, "init": init,
                            "dir": media_path.parent})
+    for alt in master.media:
+        assert alt.type in ("AUDIO", "SUBTITLES") and alt.uri and alt.name
+        media_path = folder / alt.uri
+        media = check_media_playlist(media_path)
+        targets.add(media.target_duration)
+        first = media_path.parent / media.segments[0].uri
+        if alt.type == "AUDIO":
+            assert media.segment_map and media.segment_map[0].uri
+            init = media_path.parent / media.segment_map[0].uri
+            streams = probe_segment(init, first, "-show_entries", "stream=codec_type")
+            assert [s["codec_type"] for s in streams["streams"]] == ["audio"]
+        else:
+            assert not media.segment_map, "WebVTT has no init segment"
+            init = None
+            for seg in media.segments:
+                assert (media_path.parent / seg.uri).read_text().startswith("WEBVTT")
+        alternatives.append({"media_tag": alt, "media": media, "init": init,
+                             "first": first, "dir": media_path.parent})
+    for type_ in ("AUDIO", "SUBTITLES"):
+        defaults = [a for a in master.media if a.type == type_ and a.default == "YES"]
+        assert len(defaults) <= 1
+    if any(a.type == "AUDIO" for a in master.media):
+        assert sum(a.type == "AUDIO" and a.default == "YES" for a in master.media) == 1
     assert len(targets) == 1, "one target duration across renditions"
     assert decode_errors(master_path) == ""
     span = video_span(master_path)
     assert abs(span - source_duration(source)) <= segment_seconds / 2, span
-    return {"renditions": renditions, "span": span}
+    return {"renditions": renditions, "alternatives": alternatives, "span": span}
 
 
-def check_codecs_string(init: Path, segment: Path, codecs: str) -> None:
-    """CODECS in the master agrees with what ffprobe reads from the rendition's stream."""
+def check_codecs_string(init: Path, segment: Path, codecs: str,
+                        audio: tuple[Path, Path] | None = None) -> None:
+    """CODECS in the master agrees with what ffprobe reads from the rendition's streams
+    (plus, with an audio group, from an audio rendition's `(init, segment)`)."""
     streams = probe_segment(init, segment, "-show_entries",
                             "stream=codec_name,codec_tag_string,profile,level")["streams"]
+    if audio is not None:
+        streams += probe_segment(*audio, "-show_entries",
+                                 "stream=codec_name,codec_tag_string,profile,level")["streams"]
     entries = codecs.split(",")
-    assert len(entries) == len(streams)
+    assert len(entries) == len(streams), (entries, streams)
     for stream, entry in zip(streams, entries, strict=True):
         if stream["codec_name"] == "h264":
             profile_idc = int(entry[5:7], 16)

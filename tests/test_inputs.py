@@ -64,11 +64,14 @@ def test_input_kind_becomes_valid_hls(mount, corpus, name, tmp_path):
     assert job["state"] == "done" and job["outcome"] == f"video ({CORPUS[name][1]})", job
     folder = mount.path / os.path.splitext(name)[0]
     facts = check_video_folder(folder, src, SEGMENT)
+    audio = [(a["init"], a["first"]) for a in facts["alternatives"]
+             if a["media_tag"].type == "AUDIO"]
     for rendition in facts["renditions"]:
         segments = sorted(rendition["dir"].glob("seg_*.m4s"))
         assert max(p.stat().st_size for p in segments) <= 2**20  # TELEGRAM_MAX_FILE_SIZE
         check_codecs_string(rendition["init"], segments[0],
-                            rendition["variant"].stream_info.codecs)
+                            rendition["variant"].stream_info.codecs,
+                            audio[0] if audio else None)
         if name == "dvd.mpg":  # deinterlaced: FFmpeg's idet finds no combing left
             tff, bff, progressive = _interlace_detection(_joined(rendition, tmp_path))
             assert progressive > 10 * (tff + bff), (tff, bff, progressive)

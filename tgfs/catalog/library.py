@@ -1,13 +1,31 @@
-"""Videos in the tree: publishing a finished ingest, and removing a video folder."""
+"""Videos in the tree: publishing an ingest step by step, and removing a video folder."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import PurePosixPath
 
+from peewee import fn
+
 from tgfs.catalog import blobs, tree
-from tgfs.catalog.schema import Node, NodeKind, Rendition, Segment, Video, db
-from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME, Variant, target_duration
+from tgfs.catalog.schema import (
+    Blob,
+    Node,
+    NodeKind,
+    Rendition,
+    RenditionKind,
+    Segment,
+    Video,
+    db,
+)
+from tgfs.media.playlists import (
+    MASTER_NAME,
+    MEDIA_PLAYLIST_NAME,
+    Alternative,
+    Variant,
+    bandwidths,
+    target_duration,
+)
 from tgfs.store.base import PartRef
 
 READ_ONLY_DIR = 0o555
@@ -25,16 +43,18 @@ class StoredFile:
 
 
 @dataclasses.dataclass
-class StoredRendition:
+class RenditionInfo:
+    """What the master playlist says about a rendition (from the media worker)."""
+
     name: str
-    width: int
-    height: int
-    frame_rate: float | None
-    codecs: str
-    bandwidth: int
-    average_bandwidth: int
-    init: StoredFile
-    segments: list[StoredFile]
+    kind: str = RenditionKind.VIDEO
+    width: int = 0
+    height: int = 0
+    frame_rate: float | None = None
+    codecs: str = ""
+    language: str | None = None
+    title: str | None = None
+    default: bool = False
 
 
 def video_name(source_name: str) -> str:
@@ -43,54 +63,114 @@ def video_name(source_name: str) -> str:
     return stem or source_name
 
 
-def publish(
-    source: Node, mode: str, renditions: list[StoredRendition]
-) -> Node:
-    """Replace the dropped file `source` by its video folder, in one transaction.
+# Publishing happens in steps, so a video can be played while it is still being made:
+# create_video (an empty folder, EVENT playlists) → add_rendition once a rendition has its
+# first segment → add_segments as more are stored → complete_video (VOD playlists, the
+# dropped file removed). A job that finishes at once does all steps in one go.
 
-    The folder takes the file's name without extension, or "Name (2)" … if that is taken.
-    Returns the new folder's node.
+
+def create_video(source: Node, mode: str, target: int, job_id: int | None) -> Node:
+    """The folder for the video `source` is becoming, next to it; returns the folder node.
+
+    It takes the file's name without extension, or "Name (2)" … if that is taken.
     """
-    all_durations = [s.duration for r in renditions for s in r.segments]
     with db.atomic():
-        video = Video.create(
-            source_name=source.name,
-            duration=max(sum(s.duration for s in r.segments) for r in renditions),
-            mode=mode,
-            target_duration=target_duration(all_durations),
-        )
+        video = Video.create(source_name=source.name, duration=0.0, mode=mode,
+                             target_duration=target, complete=False, job_id=job_id)
         name = tree.free_name(source.parent_id, video_name(source.name))
-        owner = {"uid": source.uid, "gid": source.gid}
+        owner = _owner(source)
         folder = tree.create(source.parent_id, name, NodeKind.VIDEO, READ_ONLY_DIR,
                              video=video, **owner)
         tree.create(folder.id, MASTER_NAME, NodeKind.MASTER, READ_ONLY_FILE, video=video,
                     **owner)
-        for r in renditions:
-            _add_rendition(video, folder, r, owner)
-        remove_file(source)
         tree.touch_dir(source.parent_id)
     return folder
 
 
-def _add_rendition(video: Video, folder: Node, r: StoredRendition, owner: dict) -> None:
-    init_blob = blobs.add(r.init.size, r.init.parts)
-    rendition = Rendition.create(
-        video=video, name=r.name, width=r.width, height=r.height, frame_rate=r.frame_rate,
-        codecs=r.codecs, bandwidth=r.bandwidth, average_bandwidth=r.average_bandwidth,
-        init_name=r.init.name, init_blob=init_blob,
-    )
-    rdir = tree.create(folder.id, r.name, NodeKind.RENDITION, READ_ONLY_DIR, video=video,
-                       rendition=rendition, **owner)
-    tree.create(rdir.id, MEDIA_PLAYLIST_NAME, NodeKind.PLAYLIST, READ_ONLY_FILE, video=video,
-                rendition=rendition, **owner)
-    tree.create(rdir.id, r.init.name, NodeKind.MEDIA, READ_ONLY_FILE, video=video,
-                blob=init_blob, size=r.init.size, **owner)
-    for seq, seg in enumerate(r.segments):
-        blob = blobs.add(seg.size, seg.parts)
-        Segment.create(rendition=rendition, seq=seq, duration=seg.duration, name=seg.name,
-                       blob=blob)
-        tree.create(rdir.id, seg.name, NodeKind.MEDIA, READ_ONLY_FILE, video=video,
-                    blob=blob, size=seg.size, **owner)
+def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) -> Rendition:
+    """A rendition folder with its playlist and init segment (None for subtitles)."""
+    with db.atomic():
+        init_blob = blobs.add(init.size, init.parts) if init else None
+        rendition = Rendition.create(
+            video=folder.video_id, name=info.name, kind=info.kind, language=info.language,
+            title=info.title, is_default=info.default, width=info.width, height=info.height,
+            frame_rate=info.frame_rate, codecs=info.codecs, bandwidth=0, average_bandwidth=0,
+            init_name=init.name if init else "", init_blob=init_blob,
+        )
+        owner = _owner(folder)
+        rdir = tree.create(folder.id, info.name, NodeKind.RENDITION, READ_ONLY_DIR,
+                           video=folder.video_id, rendition=rendition, **owner)
+        tree.create(rdir.id, MEDIA_PLAYLIST_NAME, NodeKind.PLAYLIST, READ_ONLY_FILE,
+                    video=folder.video_id, rendition=rendition, **owner)
+        if init:
+            tree.create(rdir.id, init.name, NodeKind.MEDIA, READ_ONLY_FILE,
+                        video=folder.video_id, blob=init_blob, size=init.size, **owner)
+    return rendition
+
+
+def add_segments(rendition: Rendition, segments: list[StoredFile]) -> None:
+    """Append segments to a rendition (its playlist grows) and update its bit rates."""
+    if not segments:
+        return
+    with db.atomic():
+        rdir = Node.get((Node.rendition == rendition.id) & (Node.kind == NodeKind.RENDITION))
+        seq = Segment.select().where(Segment.rendition == rendition.id).count()
+        for n, seg in enumerate(segments, start=seq):
+            blob = blobs.add(seg.size, seg.parts)
+            Segment.create(rendition=rendition, seq=n, duration=seg.duration, name=seg.name,
+                           blob=blob)
+            tree.create(rdir.id, seg.name, NodeKind.MEDIA, READ_ONLY_FILE,
+                        video=rendition.video_id, blob=blob, size=seg.size, **_owner(rdir))
+        sizes = (Segment.select(Blob.size, Segment.duration).join(Blob)
+                 .where(Segment.rendition == rendition.id).tuples())
+        rendition.bandwidth, rendition.average_bandwidth = bandwidths(sizes)
+        rendition.save()
+
+
+def complete_video(folder: Node, source: Node | None, start_time: float) -> None:
+    """The video is whole: VOD playlists, and the dropped file it was made from is gone.
+
+    The target duration only grows here if a segment came out longer than planned."""
+    with db.atomic():
+        video = Video.get_by_id(folder.video_id)
+        rows = list(Segment.select(Segment.duration, Rendition.kind).join(Rendition)
+                    .where(Rendition.video == video.id).tuples())
+        video.target_duration = max(video.target_duration,
+                                    target_duration(d for d, _ in rows))
+        per_rendition = (Segment.select(Rendition.id, fn.SUM(Segment.duration)).join(Rendition)
+                         .where((Rendition.video == video.id)
+                                & (Rendition.kind == RenditionKind.VIDEO))
+                         .group_by(Rendition.id).tuples())
+        video.duration = max((total for _, total in per_rendition), default=0.0)
+        video.start_time = start_time
+        video.complete, video.job_id = True, None
+        video.save()
+        if source is not None:
+            remove_file(source)
+            tree.touch_dir(source.parent_id)
+
+
+def attach_rendition(folder: Node, info: RenditionInfo, segments: list[StoredFile]) -> None:
+    """Add a whole rendition to a complete video (subtitles dropped after it)."""
+    with db.atomic():
+        add_segments(add_rendition(folder, info, None), segments)
+
+
+def video_segment_durations(video_id: int) -> list[float]:
+    """Segment durations of a video's first video rendition: where every cut is."""
+    first = (Rendition.select().where((Rendition.video == video_id)
+                                      & (Rendition.kind == RenditionKind.VIDEO))
+             .order_by(Rendition.id).first())
+    return [d for _, d in segments(first.id)] if first else []
+
+
+def _owner(node: Node) -> dict:
+    return {"uid": node.uid, "gid": node.gid}
+
+
+def incomplete_videos() -> list[int]:
+    """Videos whose job was cut short (the daemon stopped): they are made again."""
+    return [v.id for v in Video.select(Video.id).where(Video.complete == False)]  # noqa: E712
 
 
 def remove_file(node: Node) -> None:
@@ -106,7 +186,7 @@ def remove_video(video_id: int) -> int:
     """Delete a video, its folder and everything in it; returns store parts queued for delete."""
     with db.atomic():
         renditions = list(Rendition.select().where(Rendition.video == video_id))
-        blob_ids = [r.init_blob_id for r in renditions]
+        blob_ids = [r.init_blob_id for r in renditions if r.init_blob_id is not None]
         for r in renditions:
             blob_ids += [s.blob_id for s in Segment.select(Segment.blob).where(
                 Segment.rendition == r.id)]
@@ -121,15 +201,24 @@ def remove_video(video_id: int) -> int:
         return blobs.free(blob_ids)
 
 
-def variants(video_id: int) -> list[Variant]:
-    return [
-        Variant(
-            uri=f"{r.name}/{MEDIA_PLAYLIST_NAME}", bandwidth=r.bandwidth,
-            average_bandwidth=r.average_bandwidth, codecs=r.codecs, width=r.width,
-            height=r.height, frame_rate=r.frame_rate,
-        )
-        for r in Rendition.select().where(Rendition.video == video_id).order_by(Rendition.id)
-    ]
+def master_entries(video_id: int) -> tuple[list[Variant], list[Alternative]]:
+    """The master playlist's variant streams and EXT-X-MEDIA entries."""
+    variants, alternatives = [], []
+    rows = Rendition.select().where(Rendition.video == video_id).order_by(Rendition.id)
+    for r in rows:
+        uri = f"{r.name}/{MEDIA_PLAYLIST_NAME}"
+        if r.kind == RenditionKind.VIDEO:
+            variants.append(Variant(
+                uri=uri, bandwidth=r.bandwidth, average_bandwidth=r.average_bandwidth,
+                codecs=r.codecs, width=r.width, height=r.height, frame_rate=r.frame_rate))
+        else:
+            audio = r.kind == RenditionKind.AUDIO
+            alternatives.append(Alternative(
+                type="AUDIO" if audio else "SUBTITLES", uri=uri, name=r.title or r.name,
+                language=r.language, default=r.is_default,
+                codecs=r.codecs if audio else "", bandwidth=r.bandwidth if audio else 0,
+                average_bandwidth=r.average_bandwidth if audio else 0))
+    return variants, alternatives
 
 
 def segments(rendition_id: int) -> list[tuple[str, float]]:

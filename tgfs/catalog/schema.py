@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import peewee as pw
+from playhouse.migrate import SqliteMigrator, migrate
 from playhouse.sqlite_ext import AutoIncrementField
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: audio/subtitle renditions, videos published while processing
 
 db = pw.SqliteDatabase(None)
 
@@ -131,21 +132,40 @@ class Video(_Model):
     mode = pw.TextField()  # "copy" (remuxed, no re-encode) or "transcode"
     target_duration = pw.IntegerField()  # EXT-X-TARGETDURATION, one for every rendition
     created_ns = pw.IntegerField(default=now_ns)
+    # False while the ingest job is still adding segments: playlists are then EVENT
+    # playlists without ENDLIST, which players reload until the video is complete.
+    complete = pw.BooleanField(default=True)
+    # Where the segments' timestamps begin, s. WebVTT subtitles added later (a sidecar file
+    # dropped after the video) map their cue times onto the video's clock with it.
+    start_time = pw.FloatField(default=0.0)
+    # The ingest job still adding to it (None once complete). A daemon stopped mid-way
+    # restarts the job from scratch, so its half-published video is removed first.
+    job_id = pw.IntegerField(null=True)
+
+
+class RenditionKind(enum.StrEnum):
+    VIDEO = "video"  # a variant stream (EXT-X-STREAM-INF); with one audio track, muxed in
+    AUDIO = "audio"  # one of several audio tracks: EXT-X-MEDIA TYPE=AUDIO, fMP4 AAC
+    SUBTITLES = "subtitles"  # EXT-X-MEDIA TYPE=SUBTITLES: WebVTT segments, no init segment
 
 
 class Rendition(_Model):
-    """One variant stream of a video: a folder with playlist.m3u8, init segment, segments."""
+    """One rendition of a video: a folder with playlist.m3u8, init segment, segments."""
 
     video = pw.ForeignKeyField(Video, backref="renditions", on_delete="CASCADE")
-    name = pw.TextField()  # its folder name, e.g. "720p"
-    width = pw.IntegerField()
+    name = pw.TextField()  # its folder name, e.g. "720p", "audio-fra", "subtitles-eng"
+    kind = pw.TextField(default=RenditionKind.VIDEO)  # a RenditionKind value
+    language = pw.TextField(null=True)  # LANGUAGE of an audio/subtitle rendition (as tagged)
+    title = pw.TextField(null=True)  # NAME of an audio/subtitle rendition, shown by players
+    is_default = pw.BooleanField(default=False)  # DEFAULT=YES in its group
+    width = pw.IntegerField()  # 0 for audio and subtitles
     height = pw.IntegerField()
     frame_rate = pw.FloatField(null=True)  # FRAME-RATE in the master playlist; None if unknown
     codecs = pw.TextField()  # RFC 6381 CODECS value, computed from the init segment
     bandwidth = pw.IntegerField()  # BANDWIDTH: peak segment bit rate, bits/s
     average_bandwidth = pw.IntegerField()  # AVERAGE-BANDWIDTH: whole-stream bit rate, bits/s
     init_name = pw.TextField()  # file name of the init segment (EXT-X-MAP), e.g. "init.mp4"
-    init_blob = pw.ForeignKeyField(Blob)
+    init_blob = pw.ForeignKeyField(Blob, null=True)  # None for subtitles (WebVTT has none)
 
 
 class Segment(_Model):
@@ -233,6 +253,9 @@ def open_catalog(path: Path) -> None:
             _create_fixed_nodes()
     row = Meta.get_or_none(Meta.key == "schema_version")
     found = int(row.value) if row else None
+    if found == 1:
+        _migrate_from_1()
+        found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
         raise SchemaMismatch(
@@ -241,6 +264,25 @@ def open_catalog(path: Path) -> None:
     with db.atomic():
         Node.get_or_create(parent=CONTROL_DIR_ID, name=BOTS_FILE_NAME,
                            defaults={"kind": NodeKind.BOTS, "mode": 0o444})
+
+
+def _migrate_from_1() -> None:
+    """Version 1 knew only video renditions of finished videos: add the columns that
+    describe audio/subtitle renditions and videos still processing, with defaults that
+    describe the old rows as they are."""
+    m = SqliteMigrator(db)
+    with db.atomic():
+        migrate(
+            m.add_column("video", "complete", Video.complete),
+            m.add_column("video", "job_id", Video.job_id),
+            m.add_column("video", "start_time", Video.start_time),
+            m.add_column("rendition", "kind", Rendition.kind),
+            m.add_column("rendition", "language", Rendition.language),
+            m.add_column("rendition", "title", Rendition.title),
+            m.add_column("rendition", "is_default", Rendition.is_default),
+            m.drop_not_null("rendition", "init_blob_id"),
+        )
+        Meta.update(value=str(SCHEMA_VERSION)).where(Meta.key == "schema_version").execute()
 
 
 def close_catalog() -> None:

@@ -26,6 +26,12 @@ def children(parent_id: int, after_id: int = 0, limit: int = 1000) -> list[Node]
     return list(query)
 
 
+def children_named_from(parent_id: int, prefix: str) -> list[Node]:
+    """Entries of a directory whose names start with `prefix` (a range on the index)."""
+    return list(Node.select().where((Node.parent == parent_id) & (Node.name >= prefix)
+                                    & (Node.name < prefix + "\U0010ffff")))
+
+
 def has_children(parent_id: int) -> bool:
     return Node.select().where(Node.parent == parent_id).exists()
 

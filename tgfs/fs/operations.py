@@ -9,6 +9,8 @@ Rules of the tree (see README "Using the mount"):
 - ordinary directories and files behave like on a local disk;
 - a released file is queued for ingest; it stays visible (and readable from the spool)
   under its own name until its video folder replaces it, or it is stored as it is;
+- a video folder appears while the video is still being made (EVENT playlists that grow),
+  beside the dropped file, which goes away when the video is complete;
 - a video folder and everything in it is read-only (EROFS). `rm -r` works: unlinking an
   entry inside a video folder only hides it from this mount session, and removing the
   emptied folder deletes the video and its blobs. Entries hidden but not followed by the
@@ -103,8 +105,11 @@ class Filesystem(pyfuse3.Operations):
         return self._open_parts[location] > 0
 
     def invalidate(self, parent_id: int, names: list[str]) -> None:
-        """Make the kernel forget cached names after the catalog changed under it."""
+        """Make the kernel (and our playlist renders) forget names after the catalog
+        changed under them."""
         for name in names:
+            if (node := tree.child(parent_id, name)) is not None:
+                self._rendered.pop(node.id, None)
             pyfuse3.invalidate_entry_async(parent_id, os.fsencode(name), ignore_enoent=True)
 
     def _node(self, inode: int) -> Node:
@@ -139,15 +144,18 @@ class Filesystem(pyfuse3.Operations):
                                      self.store_health, self.collector.pending(), encoder))
         if kind is NodeKind.BOTS:
             return to_bytes({"bots": bots_snapshot(self.store_health)})
-        if node.id not in self._rendered:
-            if kind is NodeKind.MASTER:
-                text = playlists.master(library.variants(node.video_id))
-            else:
-                video = node.video
-                text = playlists.media(video.target_duration, node.rendition.init_name,
-                                       library.segments(node.rendition_id))
-            self._rendered[node.id] = text.encode()
-        return self._rendered[node.id]
+        if node.id in self._rendered:
+            return self._rendered[node.id]
+        video = node.video
+        if kind is NodeKind.MASTER:
+            text = playlists.master(*library.master_entries(node.video_id))
+        else:
+            text = playlists.media(video.target_duration, node.rendition.init_name or None,
+                                   library.segments(node.rendition_id), video.complete)
+        data = text.encode()
+        if video.complete:  # a video still being made has playlists that grow
+            self._rendered[node.id] = data
+        return data
 
     def _size(self, node: Node) -> int:
         kind = node.node_kind
@@ -344,6 +352,10 @@ class Filesystem(pyfuse3.Operations):
         if kind is NodeKind.RENDITION:
             self._hidden.add(node.id)
         elif kind is NodeKind.VIDEO:
+            if not node.video.complete:
+                # Still being made: its job would add to a deleted folder. Deleting the
+                # dropped file (still beside the folder) cancels the job instead.
+                raise pyfuse3.FUSEError(errno.EBUSY)
             self._remove_video(node)
         else:
             node.delete_instance()
@@ -462,7 +474,11 @@ class Filesystem(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST):
             handle = BytesHandle(node.id, self._render(node))
-            return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=True)
+            # A growing playlist must not come from the page cache (nor be cut at a size
+            # the kernel remembers): direct I/O until the video is complete.
+            growing = not node.video.complete
+            return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=not growing,
+                                    direct_io=growing)
         if node.spool is not None:
             fd = os.open(node.spool, os.O_RDONLY | os.O_CLOEXEC)
             return pyfuse3.FileInfo(fh=self._add_handle(SpoolHandle(node.id, fd, False)))

@@ -3,17 +3,21 @@
 For each dropped file:
 
     probe + copy/transcode (child process)  ──►  upload HLS files  ──►  publish folder
+                 │        (segments are stored and published while the worker goes on:
+                 │         the folder is playable early, see tgfs.ingest.publisher)
                  │ not a video / media failed
                  └────────────────────────────►  store as ordinary file
 
 What can go wrong, and what happens:
-- the media step fails (hostile file, decoder error, crash): the file is stored as an
-  ordinary file, byte for byte, and the job is marked failed with the reason;
+- the media step fails (hostile file, decoder error, crash): a half-published video is
+  withdrawn, the file is stored as an ordinary file, byte for byte, and the job is marked
+  failed with the reason;
 - the store fails (disk full, a bot down): the job goes back to the queue with a growing
   delay; the file stays readable from the spool meanwhile;
 - the file is deleted or rewritten while its job runs: the results are thrown away (their
   store parts are queued for deletion) and the rewritten file gets a job of its own;
-- the daemon stops: running jobs restart from scratch on the next start.
+- the daemon stops: running jobs restart from scratch on the next start (a half-published
+  video is removed first).
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from typing import Any
 
 import trio
 
-from tgfs.catalog import Job, Node, blobs, jobs, library, tree
+from tgfs.catalog import Job, Node, NodeKind, blobs, jobs, library, tree
 from tgfs.config import Settings
 from tgfs.ingest.media_process import MediaFailed, run_worker
 from tgfs.ingest.progress import Progress
-from tgfs.media import encoders
+from tgfs.ingest.publisher import VideoPublisher
+from tgfs.media import encoders, subtitles
 from tgfs.media.hls import EncodeOptions
-from tgfs.media.playlists import bandwidths
+from tgfs.media.playlists import MASTER_NAME
 from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 # Telegram flood wait or an admin freeing disk space, short enough to notice the fix soon.
 RETRY_FIRST = 30.0
 RETRY_MAX = 3600.0
+# A subtitle file whose video is still being made looks again this often.
+SIDECAR_WAIT = 5.0
 
 # Called after the tree changed under `parent_id`: the names to drop from the kernel's cache.
 InvalidateFn = Callable[[int, list[str]], None]
@@ -80,6 +87,8 @@ class IngestRunner:
             s.cache_dir)
         log.info("ingest: transcodes use %s%s", self.encoder,
                  f" ({self.encoder_note})" if self.encoder_note else "")
+        for video_id in library.incomplete_videos():
+            library.remove_video(video_id)  # its job starts over below
         requeued = jobs.requeue_interrupted()
         if requeued:
             log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
@@ -146,16 +155,26 @@ class IngestRunner:
             return
         progress.enter("probe")
         workdir = self.spool.work_dir(job.id)
+        sidecar_note = None
+        if subtitles.sidecar_stem(node.name):
+            waiting, sidecar_note = await self._attach_sidecar(job, node, workdir)
+            if waiting:
+                return  # its video is still being made
+        publisher = VideoPublisher(job.id, workdir,
+                                   lambda uploads, on_file: self._put(uploads, progress,
+                                                                      on_file=on_file),
+                                   lambda: self._current_node(job), self.invalidate)
         try:
-            result = await run_worker(Path(job.spool), workdir, self._worker_options(job),
-                                      lambda event: self._on_media_progress(progress, event))
-        except MediaFailed as exc:
-            result = {"kind": "file", "reason": str(exc), "failed": True}
-        if result["kind"] == "video":
-            await self._publish_video(job, progress, workdir, result)
-            return
+            result = await self._make_media(job, progress, workdir, publisher)
+            if result["kind"] == "video":
+                await self._publish_video(job, progress, publisher, result)
+                return
+        except BaseException:
+            publisher.withdraw()
+            raise
+        publisher.withdraw()  # a failed video may have been half published
         failed = result.get("failed", False)
-        error = f"{result['reason']}; kept as an ordinary file" if failed else None
+        error = f"{result['reason']}; kept as an ordinary file" if failed else sidecar_note
         if failed:
             log.warning("job %d (%s): %s", job.id, job.path, error)
         progress.enter("store", job.size)
@@ -163,7 +182,7 @@ class IngestRunner:
         parts = (await self._put([upload], progress))[upload.path]
         self._finish_as_file(job, self._current_node(job, parts), parts, error)
 
-    def _worker_options(self, job: Job) -> WorkerOptions:
+    def _worker_options(self, job: Job, **extra: Any) -> WorkerOptions:
         s = self.settings
         return WorkerOptions(
             name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
@@ -172,13 +191,122 @@ class IngestRunner:
             encode=EncodeOptions(segment_seconds=s.segment_seconds,
                                  x264_preset=s.x264_preset, x264_crf=s.x264_crf,
                                  encoder=self.encoder, max_segment_bytes=s.part_size),
+            **extra,
         )
 
-    @staticmethod
-    def _on_media_progress(progress: Progress, event: dict[str, Any]) -> None:
-        if progress.stage != event["stage"]:
-            progress.enter(event["stage"], event.get("duration") or 0.0)
-        progress.done = event["seconds"]
+    # ---- subtitle files dropped beside a video ---------------------------------------------
+
+    async def _sidecars(self, job: Job, workdir: Path) -> list[list]:
+        """[path, language] of the subtitle files already stored beside a video file.
+
+        Ones still being written or ingested are left to their own job, which adds them
+        to the video once it is complete; so none is added twice."""
+        node = self._current_node(job)
+        if Path(node.name).suffix.lower() not in VIDEO_EXTENSIONS:
+            return []
+        stem = library.video_name(node.name)
+        found = []
+        for sibling in tree.children_named_from(node.parent_id, stem):
+            match = subtitles.sidecar_stem(sibling.name)
+            if (match is None or match[0] != stem or sibling.node_kind is not NodeKind.FILE
+                    or sibling.blob_id is None or sibling.spool is not None
+                    or sibling.size > subtitles.MAX_SIDECAR_BYTES
+                    or jobs.active_for(sibling.id)):
+                continue
+            path = workdir / f"sidecar-{sibling.id}{Path(sibling.name).suffix}"
+            try:
+                data = [await self.store.get(p.location, 0, p.size)
+                        for p in blobs.parts_of(sibling.blob_id)]
+            except StoreError as exc:
+                log.warning("job %d: subtitle file %s left out: %s", job.id, sibling.name, exc)
+                continue
+            workdir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"".join(data))
+            found.append([str(path), match[1]])
+        return found
+
+    async def _attach_sidecar(self, job: Job, node: Node, workdir: Path
+                              ) -> tuple[bool, str | None]:
+        """A subtitle file dropped beside an already published video becomes one of its
+        subtitle renditions (the file itself is kept too). Returns (waiting: its video is
+        still being made and the job was put back, why the subtitles were not added)."""
+        stem, language = subtitles.sidecar_stem(node.name)
+        folder = tree.child(node.parent_id, stem)
+        if folder is None or folder.node_kind is not NodeKind.VIDEO:
+            return False, None
+        video = folder.video
+        if not video.complete:
+            jobs.mark(job, jobs.QUEUED, error=f"waiting for video {stem} to be complete",
+                      not_before=time.time() + SIDECAR_WAIT)
+            return True, None
+        options = self._worker_options(job, subtitles_for={
+            "durations": library.video_segment_durations(video.id),
+            "start_time": video.start_time, "language": language})
+        try:
+            result = await run_worker(Path(job.spool), workdir, options, lambda _: None)
+        except MediaFailed as exc:
+            result = {"kind": "file", "reason": str(exc)}
+        if result["kind"] != "subtitles":
+            log.warning("job %d (%s): %s", job.id, job.path, result["reason"])
+            return False, result["reason"]
+        (r,) = result["renditions"]
+        files = [workdir / r["dir"] / s["name"] for s in r["segments"]]
+        stored = await self._put([Upload(path, path.stat().st_size,
+                                         f"job{job.id}-{r['dir']}-{path.name}")
+                                  for path in files], self.progress[job.id])
+        parts = [p for file_parts in stored.values() for p in file_parts]
+        self._current_node(job, parts)  # the subtitle file itself still there?
+        folder = tree.child(node.parent_id, stem)
+        if folder is None or folder.node_kind is not NodeKind.VIDEO:  # removed meanwhile
+            blobs.queue_locations(p.location for p in parts)
+            return False, None
+        name = tree.free_name(folder.id, r["name"])
+        library.attach_rendition(folder, library.RenditionInfo(
+            name=name, kind=r["kind"], codecs=r["codecs"], language=r["language"],
+            title=r["title"]), [library.StoredFile(path.name, path.stat().st_size,
+                                                   stored[path], s["duration"])
+                                for path, s in zip(files, r["segments"], strict=True)])
+        self.invalidate(folder.id, [MASTER_NAME, name])
+        log.info("job %d (%s): added as subtitles to %s", job.id, job.path,
+                 tree.path_of(folder))
+        return False, None
+
+    async def _make_media(self, job: Job, progress: Progress, workdir: Path,
+                          publisher: VideoPublisher) -> dict[str, Any]:
+        """Run the media worker; meanwhile store and publish what it announces."""
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] != "progress":
+                publisher.on_event(event)
+            elif progress.stage != event["stage"]:
+                progress.enter(event["stage"], event.get("duration") or 0.0)
+                progress.done = event["seconds"]
+            else:
+                progress.done = event["seconds"]
+
+        failure: list[BaseException] = []
+
+        async def follow(cancel: trio.CancelScope) -> None:
+            try:
+                await publisher.follow()
+            except Exception as exc:  # a store error, or the file went away: stop the worker
+                failure.append(exc)
+                cancel.cancel()
+
+        result: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, nursery.cancel_scope)
+            options = self._worker_options(job, sidecars=await self._sidecars(job, workdir))
+            try:
+                result = await run_worker(Path(job.spool), workdir, options, on_event)
+            except MediaFailed as exc:
+                nursery.cancel_scope.cancel()
+                result = {"kind": "file", "reason": str(exc), "failed": True}
+            finally:
+                publisher.stop_following()  # after the batch in flight
+        if failure:
+            raise failure[0]
+        return result
 
     @staticmethod
     def _live_node(job: Job) -> Node | None:
@@ -195,7 +323,8 @@ class IngestRunner:
             raise _Discarded
         return node
 
-    async def _put(self, uploads: list[Upload], progress: Progress
+    async def _put(self, uploads: list[Upload], progress: Progress,
+                   on_file: Callable[[Path, list[PartRef]], None] | None = None,
                    ) -> dict[Path, list[PartRef]]:
         """Store files; if that fails or is cancelled, what got stored is queued for
         deletion (synchronously, so even a cancelled upload leaves nothing behind)."""
@@ -203,10 +332,12 @@ class IngestRunner:
 
         def landed(part: PartRef) -> None:
             stored.append(part)
-            progress.done += part.size
+            if progress.stage in ("upload", "store"):  # not while the media step runs
+                progress.done += part.size
 
         try:
-            return await put_files(self.store, uploads, self.settings.part_size, landed)
+            return await put_files(self.store, uploads, self.settings.part_size, landed,
+                                   on_file)
         except BaseException:
             blobs.queue_locations(p.location for p in stored)
             raise
@@ -221,45 +352,12 @@ class IngestRunner:
         jobs.mark(job, jobs.FAILED if error else jobs.DONE, outcome="file", error=error)
         log.info("job %d (%s): stored as an ordinary file", job.id, job.path)
 
-    async def _publish_video(self, job: Job, progress: Progress, workdir: Path,
+    async def _publish_video(self, job: Job, progress: Progress, publisher: VideoPublisher,
                              result: dict[str, Any]) -> None:
-        sizes = {path: path.stat().st_size
-                 for r in result["renditions"]
-                 for path in (workdir / r["dir"] / name
-                              for name in [r["init_name"], *(s["name"] for s in r["segments"])])}
-        progress.enter("upload", sum(sizes.values()))
-        stored = await self._put([Upload(path, size, f"job{job.id}-{index}")
-                                  for index, (path, size) in enumerate(sizes.items())],
-                                 progress)
-        uploaded = {path: (sizes[path], parts) for path, parts in stored.items()}
-        all_parts = [p for parts in stored.values() for p in parts]
-        source = self._current_node(job, all_parts)
-        old_parent, old_name = source.parent_id, source.name
-        renditions = [self._stored_rendition(workdir, r, uploaded)
-                      for r in result["renditions"]]
-        folder = library.publish(source, result["mode"], renditions)
+        folder = await publisher.finish(result, lambda total: progress.enter("upload", total))
         Spool.discard(job.spool)
         note = result.get("note") or None
         jobs.mark(job, jobs.DONE, outcome=f"video ({result['mode']})", error=note)
-        self.invalidate(old_parent, [old_name])
-        log.info("job %d (%s): published %s (%s, %d segment(s))%s", job.id, job.path,
-                 tree.path_of(folder), result["mode"],
-                 sum(len(r.segments) for r in renditions), f" — {note}" if note else "")
-
-    @staticmethod
-    def _stored_rendition(workdir: Path, r: dict[str, Any],
-                          uploaded: dict[Path, tuple[int, list[PartRef]]]
-                          ) -> library.StoredRendition:
-        folder = workdir / r["dir"]
-
-        def stored(name: str, duration: float = 0.0) -> library.StoredFile:
-            size, parts = uploaded[folder / name]
-            return library.StoredFile(name=name, size=size, parts=parts, duration=duration)
-
-        segments = [stored(s["name"], s["duration"]) for s in r["segments"]]
-        peak, average = bandwidths((s.size, s.duration) for s in segments)
-        return library.StoredRendition(
-            name=r["name"], width=r["width"], height=r["height"],
-            frame_rate=r["frame_rate"], codecs=r["codecs"], bandwidth=peak,
-            average_bandwidth=average, init=stored(r["init_name"]), segments=segments,
-        )
+        log.info("job %d (%s): published %s (%s, %d rendition(s))%s", job.id, job.path,
+                 tree.path_of(folder), result["mode"], len(result["renditions"]),
+                 f" — {note}" if note else "")

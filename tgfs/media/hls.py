@@ -9,6 +9,15 @@ Two ways, decided by the caller:
   every segment boundary, so every segment starts with a keyframe and all segments are the
   same length.
 
+One audio track is muxed into every video rendition. Several tracks become an audio group
+instead: each its own audio-only rendition (video renditions then carry none), which is how
+HLS lets a player offer a language menu. Text subtitle tracks are decoded on the same pass
+and become WebVTT renditions (`tgfs.media.subtitles`).
+
+FFmpeg writes each segment and its playlist under a temporary name and renames it when
+complete (`hls_flags=temp_file`), so a file listed in its playlist is whole: the worker
+hands segments on while the rest is still being encoded.
+
 Packets are streamed from demuxer to muxer: memory stays flat whatever the file size.
 The playlists FFmpeg writes are only read back for segment durations; the playlists users
 see are rendered by tgfs from the catalog (`tgfs.media.playlists`).
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import time
 from collections.abc import Callable
@@ -28,7 +38,7 @@ import av
 import m3u8
 from av.video.frame import PictureType
 
-from tgfs.media import codecs, encoders
+from tgfs.media import codecs, encoders, subtitles
 
 INIT_NAME = "init.mp4"
 SEGMENT_PATTERN = "seg_%05d.m4s"
@@ -85,21 +95,46 @@ class RenditionOutput:
     init_name: str
     segments: list[SegmentFile]
     damaged_packets: int = 0  # packets the decoders rejected and that were skipped
+    kind: str = "video"  # or "audio" (one track of an audio group) or "subtitles"
+    language: str | None = None  # audio/subtitles: the track's language tag
+    title: str | None = None  # audio/subtitles: the name players show
+    default: bool = False  # audio/subtitles: DEFAULT=YES in its group
+
+
+@dataclasses.dataclass
+class SideTracks:
+    """What the first pass over a source makes besides its video: each audio track of an
+    audio group in `root / a<N>`, and the cues of every text subtitle track."""
+
+    root: Path
+    audio: list[tuple[Path, RenditionOutput]] = dataclasses.field(default_factory=list)
+    subtitles: list[subtitles.Track] = dataclasses.field(default_factory=list)
+
+
+# Called once the outputs are set up, before any media is written: (folder, rendition with
+# its size and rate but no codecs or segments yet) for each output.
+StartFn = Callable[[list[tuple[Path, RenditionOutput]]], None]
 
 
 def make_rendition(
-    src: Path, out_dir: Path, copy: bool, opts: EncodeOptions, report: ProgressFn
+    src: Path, out_dir: Path, copy: bool, opts: EncodeOptions, report: ProgressFn,
+    side: SideTracks | None = None,
 ) -> RenditionOutput:
     """Write init.mp4 + seg_NNNNN.m4s for `src` into `out_dir`; describe what was written."""
     if not copy:
-        return make_ladder(src, [(out_dir, None)], opts, report)[0]
+        return make_ladder(src, [(out_dir, None)], opts, report, side=side)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    with av.open(str(src), metadata_errors="ignore") as source:
-        vin, ain = _streams(source)
-        with _hls_output(out_dir, f"{opts.segment_seconds:g}") as out:
-            video = _CopyVideo(vin, out)
-            audio = _audio_path(ain, out, copy=True) if ain is not None else None
-            damaged = _pump(source, vin, ain, video, audio, report)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
+        tracks = _Tracks(source)
+        out = stack.enter_context(_hls_output(out_dir, f"{opts.segment_seconds:g}"))
+        video = _CopyVideo(tracks.video, out)
+        paths = {tracks.video.index: video}
+        if tracks.muxed_audio is not None:
+            paths[tracks.muxed_audio.index] = _audio_path(tracks.muxed_audio, out, copy=True)
+        finish_side = _side_paths(stack, tracks, side, opts, paths, copy=True)
+        damaged = _pump(source, tracks.video, paths, report)
+    finish_side()
     return _describe(out_dir, video.size, video.rate, damaged)
 
 
@@ -109,6 +144,8 @@ def make_ladder(
     opts: EncodeOptions,
     report: ProgressFn,
     durations: list[float] | None = None,
+    side: SideTracks | None = None,
+    on_start: StartFn | None = None,
 ) -> list[RenditionOutput]:
     """Transcode `src` once into several renditions: (folder, height) each, None = the
     source's size. One decode feeds every encoder.
@@ -124,7 +161,8 @@ def make_ladder(
     hls_time = f"{opts.segment_seconds:g}" if cuts is None else "0.001"
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
-        vin, ain = _streams(source)
+        tracks = _Tracks(source)
+        vin = tracks.video
         outs = [stack.enter_context(_hls_output(out_dir, hls_time)) for out_dir, _ in targets]
         decoder = _Decoder(vin, opts)
         longest = max(durations) if durations else opts.segment_seconds
@@ -133,18 +171,98 @@ def make_ladder(
         encoders_ = [_EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts,
                                   longest)
                      for out, (_, height) in zip(outs, targets, strict=True)]
-        video = _VideoFanout(decoder, encoders_)
-        audio = _AudioFanout(ain, outs) if ain is not None else None
-        damaged = _pump(source, vin, ain, video, audio, report)
+        paths = {vin.index: _VideoFanout(decoder, encoders_)}
+        if tracks.muxed_audio is not None:
+            paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
+        finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)
+        if on_start is not None:
+            on_start([(out_dir, _skeleton(enc.size, enc.rate))
+                      for (out_dir, _), enc in zip(targets, encoders_, strict=True)]
+                     + (side.audio if side else []))
+        damaged = _pump(source, vin, paths, report)
+    finish_side()
     return [_describe(out_dir, enc.size, enc.rate, damaged)
             for (out_dir, _), enc in zip(targets, encoders_, strict=True)]
 
 
-def _streams(source):
-    vin = next(s for s in source.streams.video
-               if not s.disposition & av.stream.Disposition.attached_pic)
-    ain = source.streams.audio[0] if source.streams.audio else None
-    return vin, ain
+# Subtitle codecs FFmpeg decodes to text; bitmap subtitles (DVD, PGS, DVB) cannot become
+# WebVTT without OCR and are left out.
+_TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "subviewer",
+                   "microdvd", "sami", "realtext", "jacosub", "mpl2", "pjs", "vplayer"}
+
+
+class _Tracks:
+    """Which source streams become what: the video; one audio track muxed in, or several as
+    an audio group; text subtitle tracks."""
+
+    def __init__(self, source) -> None:
+        self.video = next(s for s in source.streams.video
+                          if not s.disposition & av.stream.Disposition.attached_pic)
+        audio = list(source.streams.audio)
+        self.muxed_audio = audio[0] if len(audio) == 1 else None
+        self.group_audio = audio if len(audio) > 1 else []
+        self.subtitles = [s for s in source.streams.subtitles
+                          if s.codec_context.name in _TEXT_SUBTITLES]
+
+
+def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks | None,
+                opts: EncodeOptions, paths: dict, copy: bool) -> Callable[[], None]:
+    """Add the audio-group outputs and subtitle collectors to `paths`; returns what to call
+    once the muxers are closed."""
+    if side is None:
+        return lambda: None
+    pending: list[tuple[Path, RenditionOutput]] = []
+    names: set[str] = set()
+    for n, ain in enumerate(tracks.group_audio):
+        out_dir = side.root / f"a{n}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = stack.enter_context(_hls_output(out_dir, f"{opts.segment_seconds:g}"))
+        paths[ain.index] = _audio_path(ain, out, copy)
+        language, title = _track_label(ain, n)
+        name = unique_name(f"audio-{language or n + 1}", names)
+        pending.append((out_dir, RenditionOutput(
+            name=name, width=0, height=0, frame_rate=None, codecs="", init_name=INIT_NAME,
+            segments=[], kind="audio", language=language, title=title,
+            default=_is_default(ain, tracks.group_audio))))
+    side.audio = pending
+    collectors = []
+    for n, sin in enumerate(tracks.subtitles):
+        language, title = _track_label(sin, n)
+        # Subtitles show by default only when the file says so (DEFAULT=YES turns them on).
+        collector = _CollectCues(sin, tracks.video, language, title,
+                                 default=bool(sin.disposition & av.stream.Disposition.default))
+        paths[sin.index] = collector
+        collectors.append(collector)
+
+    def finish() -> None:
+        for out_dir, skeleton in pending:
+            skeleton.codecs = _codecs_of(out_dir / INIT_NAME)
+            skeleton.segments = _segments_of(out_dir)
+        side.subtitles = [c.track for c in collectors]
+
+    return finish
+
+
+def _track_label(stream, n: int) -> tuple[str | None, str]:
+    """(language, title) of an audio or subtitle track, from its tags."""
+    language = stream.metadata.get("language") or stream.metadata.get("LANGUAGE")
+    if not language or language.lower() in ("und", "unknown"):
+        language = None
+    title = stream.metadata.get("title") or stream.metadata.get("TITLE")
+    return language, title or (language or f"Track {n + 1}")
+
+
+def _is_default(stream, group: list) -> bool:
+    flagged = [s for s in group if s.disposition & av.stream.Disposition.default]
+    return stream is (flagged[0] if flagged else group[0])
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _hls_output(out_dir: Path, hls_time: str):
@@ -153,23 +271,25 @@ def _hls_output(out_dir: Path, hls_time: str):
         "hls_segment_type": "fmp4",
         "hls_playlist_type": "vod",
         "hls_list_size": "0",
+        "hls_flags": "temp_file",
         "hls_fmp4_init_filename": INIT_NAME,
         "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
     })
 
 
-def _describe(out_dir: Path, size: tuple[int, int], rate, damaged: int) -> RenditionOutput:
+def _skeleton(size: tuple[int, int], rate) -> RenditionOutput:
     width, height = size
-    return RenditionOutput(
-        name=f"{height}p",
-        width=width,
-        height=height,
-        frame_rate=float(rate) if rate else None,
-        codecs=_codecs_of(out_dir / INIT_NAME),
-        init_name=INIT_NAME,
-        segments=_segments_of(out_dir),
-        damaged_packets=damaged,
-    )
+    return RenditionOutput(name=f"{height}p", width=width, height=height,
+                           frame_rate=float(rate) if rate else None, codecs="",
+                           init_name=INIT_NAME, segments=[])
+
+
+def _describe(out_dir: Path, size: tuple[int, int], rate, damaged: int) -> RenditionOutput:
+    rendition = _skeleton(size, rate)
+    rendition.codecs = _codecs_of(out_dir / INIT_NAME)
+    rendition.segments = _segments_of(out_dir)
+    rendition.damaged_packets = damaged
+    return rendition
 
 
 def _target_size(source: tuple[int, int], height: int | None) -> tuple[int, int]:
@@ -180,21 +300,20 @@ def _target_size(source: tuple[int, int], height: int | None) -> tuple[int, int]
     return width & ~1, full & ~1
 
 
-def _pump(source, vin, ain, video, audio, report: ProgressFn) -> int:
-    """Demux once, hand each packet to its stream's path, then flush both.
+def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
+    """Demux once, hand each packet to its stream's path (by stream index), then flush all.
 
     A packet a decoder rejects as invalid is skipped and counted, so one damaged spot does
     not sink a whole film; the caller judges the damage by how much duration survived.
     Returns the number of skipped packets.
     """
-    streams = [vin] + ([ain] if ain is not None and audio is not None else [])
+    streams = [s for s in source.streams if s.index in paths]
     last_report = 0.0
     start = vin.start_time or 0
     damaged = 0
     for packet in source.demux(*streams):
-        path = video if packet.stream is vin else audio
         try:
-            path.feed(packet)
+            paths[packet.stream.index].feed(packet)
         except av.InvalidDataError:
             damaged += 1
             continue
@@ -202,9 +321,8 @@ def _pump(source, vin, ain, video, audio, report: ProgressFn) -> int:
         if packet.stream is vin and packet.pts is not None and now - last_report > _REPORT_EVERY:
             last_report = now
             report(max(0.0, float((packet.pts - start) * vin.time_base)))
-    video.flush()
-    if audio is not None:
-        audio.flush()
+    for path in paths.values():
+        path.flush()
     return damaged
 
 
@@ -486,6 +604,28 @@ class _AudioFanout:
             encoder.flush()
 
 
+class _CollectCues:
+    """Decode a text subtitle track into cues, timed from the start of the video."""
+
+    def __init__(self, sin, vin, language: str | None, title: str, default: bool) -> None:
+        self.sin = sin
+        self.origin = float((vin.start_time or 0) * vin.time_base)
+        self.track = subtitles.Track(language=language, title=title, default=default,
+                                     cues=[])
+
+    def feed(self, packet: av.Packet) -> None:
+        if packet.pts is None:
+            return
+        start = float(packet.pts * self.sin.time_base) - self.origin
+        length = float((packet.duration or 0) * self.sin.time_base)
+        for sub in packet.decode():
+            if isinstance(sub, av.subtitles.subtitle.AssSubtitle):
+                self.track.cues.append(subtitles.cue_from_ass(start, length, sub.ass))
+
+    def flush(self) -> None:
+        pass
+
+
 def _audio_path(ain, out, copy: bool):
     if copy and ain.codec_context.name == "aac":
         return _CopyAudio(ain, out)
@@ -504,11 +644,34 @@ def _codecs_of(init_path: Path) -> str:
     return ",".join(entries)
 
 
-def _segments_of(out_dir: Path) -> list[SegmentFile]:
-    playlist = m3u8.load(str(out_dir / _FFMPEG_PLAYLIST))
-    (out_dir / _FFMPEG_PLAYLIST).unlink()
+def first_pts(out_dir: Path, first_segment: str) -> float:
+    """Where the rendition's timestamps begin (seconds): subtitles are timed from there."""
+    data = (out_dir / INIT_NAME).read_bytes() + (out_dir / first_segment).read_bytes()
+    with av.open(io.BytesIO(data)) as media:
+        for packet in media.demux(media.streams.video[0]):
+            if packet.pts is not None:
+                return float(packet.pts * packet.time_base)
+    return 0.0
+
+
+def codecs_of(out_dir: Path) -> str:
+    return _codecs_of(out_dir / INIT_NAME)
+
+
+def finished_segments(out_dir: Path) -> list[SegmentFile]:
+    """The segments FFmpeg has completed in `out_dir` so far (its playlist lists a segment
+    only once the file is whole)."""
+    path = out_dir / _FFMPEG_PLAYLIST
+    if not path.exists():
+        return []
     return [
         SegmentFile(name=s.uri, duration=float(s.duration),
                     size=(out_dir / s.uri).stat().st_size)
-        for s in playlist.segments
+        for s in m3u8.load(str(path)).segments
     ]
+
+
+def _segments_of(out_dir: Path) -> list[SegmentFile]:
+    segments = finished_segments(out_dir)
+    (out_dir / _FFMPEG_PLAYLIST).unlink()
+    return segments

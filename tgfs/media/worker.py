@@ -4,10 +4,19 @@ Run as `python -m tgfs.media.worker SRC WORKDIR OPTIONS_JSON`. It never touches 
 or the store; it talks to the daemon through JSON lines on stdout:
 
     {"event": "progress", "stage": "copy"|"transcode", "seconds": 12.5, "duration": 60.0}
+    {"event": "plan", "mode": "transcode", "target_duration": 6, "dirs": ["r0", "r1"]}
+    {"event": "rendition", "dir": "r0", "name": "720p", …, "codecs": "avc1.64001f,mp4a.40.2"}
+    {"event": "segment", "dir": "r0", "name": "seg_00000.m4s", "duration": 6.0, "size": 812}
+    {"event": "restart"}
     {"event": "result", "kind": "file", "reason": "no video stream", "failed": false}
     {"event": "result", "kind": "video", "mode": "copy", "duration": 60.0, "note": "",
-     "renditions": [{"name": "720p", "dir": "720p", …, "segments": [...]}]}
+     "start_time": 0.0, "renditions": [{"name": "720p", "dir": "r0", …, "segments": [...]}]}
     {"event": "error", "message": "…"}
+
+"plan", "rendition" and "segment" let the daemon publish a video while it is still being
+made: every file they name is complete on disk. "restart" withdraws everything announced
+so far (a hardware encoder failed mid-way and the job starts over in software). The
+"result" lists everything again, including what was never announced (subtitles).
 
 Being a separate process is the point: FFmpeg decoding a hostile file may crash or hang, and
 CPU-heavy encoding must not hold the daemon's GIL while FUSE requests wait. The daemon
@@ -25,14 +34,18 @@ from pathlib import Path
 
 import av
 
+from tgfs.media import hls, subtitles
 from tgfs.media.encoders import SOFTWARE
 from tgfs.media.hls import (
     EncodeOptions,
     ProgressFn,
     RenditionOutput,
+    SegmentFile,
+    SideTracks,
     make_ladder,
     make_rendition,
 )
+from tgfs.media.playlists import target_duration
 from tgfs.media.probe import VIDEO_EXTENSIONS, copy_mode_allowed, probe
 
 _RECUTS = 4  # copy-mode attempts at shorter segments before transcoding instead
@@ -50,6 +63,11 @@ class WorkerOptions:
     copy_mode_min_size: int
     encode: EncodeOptions
     ladder: list[int] = dataclasses.field(default_factory=list)  # TGFS_LADDER heights
+    # Subtitle files dropped beside the video: [path, language tag or None] each.
+    sidecars: list[list] = dataclasses.field(default_factory=list)
+    # Set when SRC is itself a subtitle file for a published video: its segment
+    # {"durations": […], "start_time": s, "language": tag}. Only WebVTT is written then.
+    subtitles_for: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -66,7 +84,63 @@ def _emit(**event) -> None:
     sys.stdout.flush()
 
 
+class _Announcer:
+    """Tells the daemon about renditions and segments as they are completed on disk."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.pending: dict[Path, RenditionOutput] = {}  # started, no segment yet
+        self.announced: dict[Path, int] = {}  # folder → segments announced so far
+        self.next_plan: tuple[str, int] | None = None  # (mode, target) to plan at start
+
+    def plan(self, mode: str, target: int, dirs: list[Path]) -> None:
+        """Say which renditions there will be, and their one target duration."""
+        _emit(event="plan", mode=mode, target_duration=target,
+              dirs=[d.name for d in dirs])
+
+    def started(self, outputs: list[tuple[Path, RenditionOutput]]) -> None:
+        if self.next_plan is not None:
+            self.plan(*self.next_plan, [folder for folder, _ in outputs])
+            self.next_plan = None
+        for folder, rendition in outputs:
+            if folder not in self.announced:
+                self.pending[folder] = rendition
+
+    def finished(self, folder: Path, rendition: RenditionOutput) -> None:
+        """A rendition made in full before anything was announced (copy mode)."""
+        self._announce(folder, rendition)
+        self._segments(folder, rendition.segments)
+
+    def tick(self) -> None:
+        for folder, rendition in list(self.pending.items()):
+            segments = hls.finished_segments(folder)
+            if segments:
+                del self.pending[folder]
+                rendition.codecs = hls.codecs_of(folder)
+                self._announce(folder, rendition)
+        for folder in self.announced:
+            self._segments(folder, hls.finished_segments(folder))
+
+    def restart(self) -> None:
+        self.pending.clear()
+        self.announced.clear()
+        _emit(event="restart")
+
+    def _announce(self, folder: Path, rendition: RenditionOutput) -> None:
+        fields = dataclasses.asdict(rendition)
+        del fields["segments"]
+        _emit(event="rendition", dir=folder.name, **fields)
+        self.announced[folder] = 0
+
+    def _segments(self, folder: Path, segments: list[SegmentFile]) -> None:
+        for segment in segments[self.announced[folder]:]:
+            _emit(event="segment", dir=folder.name, **dataclasses.asdict(segment))
+        self.announced[folder] = max(self.announced[folder], len(segments))
+
+
 def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
+    if opts.subtitles_for is not None:
+        return _sidecar_only(src, workdir, opts.subtitles_for)
     found = probe(src)
     if not found.is_video:
         # A file named like a video that isn't one is worth telling the user about; a PDF
@@ -79,9 +153,13 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
                                       opts.copy_mode_min_size)
     note = "" if copy else why_not
 
+    announcer = _Announcer(workdir)
+
     def report(stage: str):
-        return lambda seconds: _emit(event="progress", stage=stage, seconds=seconds,
-                                     duration=duration)
+        def progress(seconds: float) -> None:
+            _emit(event="progress", stage=stage, seconds=seconds, duration=duration)
+            announcer.tick()
+        return progress
 
     encode = dataclasses.replace(opts.encode, rotation=found.rotation,
                                  deinterlace=found.interlaced)
@@ -90,7 +168,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     top = (found.width if found.rotation in (90, 270) else found.height) & ~1
     lower = [(workdir / f"r{i + 1}", h)
              for i, h in enumerate(h for h in opts.ladder if h < top)]
-    renditions, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report, lower)
+    side = SideTracks(root=workdir)
+    renditions, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report, lower,
+                                      side, announcer)
     rendition = renditions[0]
     got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
@@ -103,64 +183,135 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     if rendition.damaged_packets:
         note = "; ".join(filter(None, [note, f"{rendition.damaged_packets} damaged "
                                        "packet(s) skipped"]))
+    start_time = hls.first_pts(workdir / "r0", rendition.segments[0].name)
+    for path, language in opts.sidecars:
+        try:
+            cues = subtitles.load_sidecar(Path(path))
+        except (OSError, subtitles.SubtitleError) as exc:
+            note = "; ".join(filter(None, [note, f"subtitle file skipped: {exc}"]))
+            continue
+        side.subtitles.append(subtitles.Track(language=language, title=language or
+                                              "Subtitles", default=False, cues=cues))
+    outputs = [(workdir / f"r{i}", r) for i, r in enumerate(renditions)] + side.audio
+    outputs += _subtitle_renditions(side.subtitles, rendition.segments, workdir, start_time)
     _emit(
         event="result",
         kind="video",
         mode="copy" if copy else "transcode",
         duration=got,
         note=note,
-        renditions=[{"dir": f"r{i}", **dataclasses.asdict(r)}
-                    for i, r in enumerate(renditions)],
+        start_time=start_time,
+        renditions=[{"dir": folder.name, **dataclasses.asdict(r)} for folder, r in outputs],
     )
     return 0
 
 
+def _sidecar_only(src: Path, workdir: Path, timeline: dict) -> int:
+    """A subtitle file for a video published before it arrived."""
+    try:
+        cues = subtitles.load_sidecar(src)
+    except subtitles.SubtitleError as exc:
+        _emit(event="result", kind="file", reason=f"subtitles not added: {exc}", failed=True)
+        return 0
+    language = timeline.get("language")
+    track = subtitles.Track(language=language, title=language or "Subtitles", default=False,
+                            cues=cues)
+    video = [SegmentFile("", d, 0) for d in timeline["durations"]]
+    ((folder, rendition),) = _subtitle_renditions([track], video, workdir,
+                                                  timeline["start_time"])
+    _emit(event="result", kind="subtitles",
+          renditions=[{"dir": folder.name, **dataclasses.asdict(rendition)}])
+    return 0
+
+
+def _subtitle_renditions(tracks: list[subtitles.Track], video: list[SegmentFile],
+                         workdir: Path, start_time: float
+                         ) -> list[tuple[Path, RenditionOutput]]:
+    """WebVTT renditions for the text subtitle tracks, cut where the video is cut."""
+    out = []
+    names: set[str] = set()
+    for n, track in enumerate(t for t in tracks if t.cues):
+        folder = workdir / f"s{n}"
+        written = subtitles.write_segments(track.cues, [s.duration for s in video], folder,
+                                           start_time)
+        name = hls.unique_name(f"subtitles-{track.language or n + 1}", names)
+        out.append((folder, RenditionOutput(
+            name=name, width=0, height=0, frame_rate=None, codecs="wvtt", init_name="",
+            segments=[SegmentFile(*w) for w in written], kind="subtitles",
+            language=track.language, title=track.title, default=track.default)))
+    return out
+
+
 def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
              report: Callable[[str], ProgressFn],
-             lower: Sequence[tuple[Path, int]] = ()) -> tuple[list[RenditionOutput], bool, str]:
+             lower: Sequence[tuple[Path, int]] = (), side: SideTracks | None = None,
+             announcer: _Announcer | None = None,
+             ) -> tuple[list[RenditionOutput], bool, str]:
     """The source rendition in `out` (copied if allowed, else transcoded; with fallbacks),
-    plus transcoded `lower` renditions (folder, height) whose segments line up with it.
-    Returns (renditions, copied, note for the user)."""
+    plus transcoded `lower` renditions (folder, height) whose segments line up with it, and
+    the `side` tracks (audio group, subtitle cues). Returns (renditions, copied, note).
+
+    With an `announcer`, renditions and segments are announced as they are completed: a
+    copy-mode rendition once it is final (it may be cut again to fit), transcoded ones
+    segment by segment."""
+    announcer = announcer or _Announcer(out.parent)
     notes = [note] if note else []
+    audio_dirs = lambda: [folder for folder, _ in side.audio] if side else []  # noqa: E731
     if copy:
         top = None
         try:
-            top = make_rendition(src, out, True, encode, report("copy"))
-            top = _fit_copy(src, out, top, encode, report, notes)
+            top = make_rendition(src, out, True, encode, report("copy"), side)
+            top = _fit_copy(src, out, top, encode, report, notes, side)
         except (av.FFmpegError, ValueError, StopIteration) as exc:
             # Copy mode can trip over timestamps or bitstreams the muxer refuses;
             # re-encoding normalises them. Say so: this one takes longer.
             notes.append(f"copy mode failed ({_reason(exc)}); transcoded instead")
         if top is not None:
             durations = [seg.duration for seg in top.segments]
-            rest = _transcode(src, list(lower), encode, report, notes, durations)
+            announcer.plan("copy", target_duration(durations),
+                           [out, *(folder for folder, _ in lower), *audio_dirs()])
+            announcer.finished(out, top)
+            for folder, rendition in side.audio if side else []:
+                announcer.finished(folder, rendition)
+            rest = _transcode(src, list(lower), encode, report, notes, announcer, durations)
             return [top, *rest], True, "; ".join(notes)
         shutil.rmtree(out, ignore_errors=True)
-    renditions = _transcode(src, [(out, None), *lower], encode, report, notes)
+        for folder in audio_dirs():
+            shutil.rmtree(folder, ignore_errors=True)
+    renditions = _transcode(src, [(out, None), *lower], encode, report, notes, announcer,
+                            side=side)
     return renditions, False, "; ".join(notes)
 
 
 def _transcode(src: Path, targets: list[tuple[Path, int | None]], encode: EncodeOptions,
-               report: Callable[[str], ProgressFn], notes: list[str],
-               durations: list[float] | None = None) -> list[RenditionOutput]:
+               report: Callable[[str], ProgressFn], notes: list[str], announcer: _Announcer,
+               durations: list[float] | None = None, side: SideTracks | None = None,
+               ) -> list[RenditionOutput]:
     if not targets:
         return []
+    if durations is None:
+        # Every segment is cut at the first frame at or after n × segment_seconds.
+        announcer.next_plan = ("transcode", target_duration([encode.segment_seconds]))
     try:
-        return make_ladder(src, targets, encode, report("transcode"), durations)
+        return make_ladder(src, targets, encode, report("transcode"), durations, side,
+                           announcer.started)
     except av.FFmpegError as exc:
         if encode.encoder == SOFTWARE:
             raise
         # The hardware encoder passed its test but failed on this job: software it is.
         for folder, _ in targets:
             shutil.rmtree(folder, ignore_errors=True)
+        for folder, _ in side.audio if side else []:
+            shutil.rmtree(folder, ignore_errors=True)
         notes.append(f"{encode.encoder} failed ({_reason(exc)}); encoded with {SOFTWARE}")
-        return make_ladder(src, targets, dataclasses.replace(encode, encoder=SOFTWARE),
-                           report("transcode"), durations)
+        announcer.restart()
+        return _transcode(src, targets, dataclasses.replace(encode, encoder=SOFTWARE),
+                          report, notes, announcer, durations, side)
 
 
 def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOptions,
-              report: Callable[[str], ProgressFn], notes: list[str]
-              ) -> RenditionOutput | None:
+              report: Callable[[str], ProgressFn], notes: list[str],
+              side: SideTracks | None = None) -> RenditionOutput | None:
     """Copy mode can only cut at the source's keyframes, so a segment may outgrow
     TELEGRAM_MAX_FILE_SIZE. Cut again with a shorter segment length, so the muxer cuts at
     earlier keyframes, until every segment fits; None if that stops helping (one keyframe
@@ -174,7 +325,7 @@ def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOp
         seconds *= cap / biggest * 0.9
         shutil.rmtree(out, ignore_errors=True)
         shorter = dataclasses.replace(encode, segment_seconds=max(seconds, 0.001))
-        rendition = make_rendition(src, out, True, shorter, report("copy"))
+        rendition = make_rendition(src, out, True, shorter, report("copy"), side)
         before, biggest = biggest, max((seg.size for seg in rendition.segments), default=0)
         if biggest <= cap:
             notes.append(f"segments cut shorter than {encode.segment_seconds:g} s to stay "

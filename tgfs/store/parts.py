@@ -32,14 +32,16 @@ async def put_files(
     files: Sequence[Upload],
     part_size: int,
     on_part: Callable[[PartRef], None],
+    on_file: Callable[[Path, list[PartRef]], None] | None = None,
 ) -> dict[Path, list[PartRef]]:
     """Store every file as parts; returns each file's parts in order.
 
     Parts of all files go up concurrently, `store.parallelism` at a time, in file order (a
     multi-bot store spreads them over its bots). Each part is reported to `on_part` the
     moment it is stored, so if the upload fails or is cancelled the caller already knows
-    what to queue for deletion — without awaiting anything. The first store error stops
-    the rest and is raised.
+    what to queue for deletion — without awaiting anything. Each file whose parts are all
+    stored is reported to `on_file` (a video can be published segment by segment). The
+    first store error stops the rest and is raised.
     """
     limiter = trio.CapacityLimiter(store.parallelism)
     results: dict[Path, list[PartRef | None]] = {}
@@ -56,8 +58,11 @@ async def put_files(
             scope.cancel()
             return
         ref = PartRef(id=None, index=index, offset=offset, size=length, location=location)
-        results[upload.path][index] = ref
+        parts = results[upload.path]
+        parts[index] = ref
         on_part(ref)
+        if on_file is not None and all(p is not None for p in parts):
+            on_file(upload.path, parts)
 
     async with trio.open_nursery() as nursery:
         for upload in files:

@@ -1,0 +1,133 @@
+"""Several audio tracks become an audio group; text subtitles (inside the file, or dropped
+beside it before or after the video) become WebVTT renditions. Judged by the m3u8 parser
+and ffmpeg, including which tone plays in which language."""
+
+from __future__ import annotations
+
+import array
+import itertools
+import subprocess
+from pathlib import Path
+
+import m3u8
+import pytest
+
+from tests.conftest import copy_in
+from tests.hls_checks import check_codecs_string, check_video_folder
+
+SEGMENT = 2.0
+SRT = """1
+00:00:00,500 --> 00:00:02,500
+Hello <i>there</i>
+
+2
+00:00:03,000 --> 00:00:05,000
+Second line
+on two rows
+"""
+GERMAN = """1
+00:00:01,000 --> 00:00:04,000
+Guten Tag
+"""
+
+
+def _film(folder: Path, video_codec: str) -> Path:
+    """6 s: video, English at 440 Hz, French at 660 Hz, English subtitles."""
+    (folder / "eng.srt").write_text(SRT)
+    out = folder / f"film-{video_codec}.mkv"
+    subprocess.run([
+        "ffmpeg", "-v", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=6",
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=6",
+        "-f", "lavfi", "-i", "sine=frequency=660:duration=6",
+        "-i", str(folder / "eng.srt"),
+        "-map", "0", "-map", "1", "-map", "2", "-map", "3",
+        "-c:v", video_codec, "-b:v", "1M", "-c:a", "aac", "-c:s", "srt",
+        "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra",
+        "-metadata:s:s:0", "language=eng", str(out)], check=True)
+    return out
+
+
+def _tone(playlist: Path) -> float:
+    """The dominant frequency of an audio playlist, from zero crossings (Hz)."""
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist), "-f", "s16le", "-ac",
+                          "1", "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    samples = array.array("h", pcm)
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
+    return crossings / 2 / (len(samples) / 48000)
+
+
+def _cues(playlist: Path) -> str:
+    """All cue text of a subtitle playlist, through ffmpeg's WebVTT reader."""
+    media = m3u8.load(str(playlist))
+    text = []
+    for seg in media.segments:
+        out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist.parent / seg.uri),
+                              "-f", "srt", "-"], capture_output=True, text=True, check=True)
+        text.append(out.stdout)
+    return "\n".join(text)
+
+
+@pytest.mark.parametrize("codec,mode", [("libx264", "copy"), ("mpeg4", "transcode")])
+def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
+    src = _film(tmp_path, codec)
+    mount = mount_factory(COPY_MODE_MIN_SIZE="1K", TGFS_LADDER="180")
+    (mount.path / "Film").mkdir()
+    # A German sidecar dropped before the video: it goes into the video's first publication.
+    (mount.path / "Film" / "film.de.srt").write_text(GERMAN)
+    mount.wait_idle()
+    copy_in(src, mount.path / "Film" / "film.mkv")
+    mount.wait_idle()
+    job = mount.job("Film/film.mkv")
+    assert job["outcome"] == f"video ({mode})", job
+    folder = mount.path / "Film" / "film"
+    facts = check_video_folder(folder, src, SEGMENT)
+    master = m3u8.load(str(folder / "master.m3u8"))
+
+    audio = {m.language: m for m in master.media if m.type == "AUDIO"}
+    assert set(audio) == {"eng", "fra"}
+    assert audio["eng"].default == "YES" and audio["fra"].default == "NO"
+    assert abs(_tone(folder / audio["eng"].uri) - 440) < 20
+    assert abs(_tone(folder / audio["fra"].uri) - 660) < 20
+    assert len(master.playlists) == 2  # source + 180p, both without muxed audio
+    first_audio = next(a for a in facts["alternatives"] if a["media_tag"].language == "eng")
+    for rendition in facts["renditions"]:
+        info = rendition["variant"].stream_info
+        assert info.audio == "audio" and info.subtitles == "subs"
+        first = rendition["dir"] / rendition["media"].segments[0].uri
+        check_codecs_string(rendition["init"], first, info.codecs,
+                            (first_audio["init"], first_audio["first"]))
+
+    subs = {m.language: m for m in master.media if m.type == "SUBTITLES"}
+    assert set(subs) == {"eng", "de"}
+    english = _cues(folder / subs["eng"].uri)
+    assert "Hello <i>there</i>" in english and "Second line\non two rows" in english
+    assert "00:00:00,500 --> 00:00:02,500" in english  # cue times kept
+    assert "Guten Tag" in _cues(folder / subs["de"].uri)
+    # Each subtitle segment follows the video's cuts: the same count and durations.
+    video_media = facts["renditions"][0]["media"]
+    sub_media = m3u8.load(str(folder / subs["eng"].uri))
+    assert [round(s.duration, 3) for s in sub_media.segments] == \
+        [round(s.duration, 3) for s in video_media.segments]
+
+
+def test_sidecar_after_the_video_and_a_broken_one(mount, media, tmp_path):
+    src = media("h264_aac.mp4")
+    copy_in(src, mount.path / "clip.mp4")
+    mount.wait_idle()
+    folder = mount.path / "clip"
+    assert not [m for m in m3u8.load(str(folder / "master.m3u8")).media]
+    (mount.path / "clip.fr.srt").write_text(SRT.replace("Hello", "Bonjour"))
+    (mount.path / "clip.en.srt").write_bytes(b"\x00\x01 not subtitles \xff" * 100)
+    mount.wait_idle()
+    master = m3u8.load(str(folder / "master.m3u8"))
+    subs = [m for m in master.media if m.type == "SUBTITLES"]
+    assert [s.language for s in subs] == ["fr"], master.dumps()
+    assert "Bonjour" in _cues(folder / subs[0].uri)
+    assert master.playlists[0].stream_info.subtitles == "subs"
+    check_video_folder(folder, src, SEGMENT)
+    broken = mount.job("clip.en.srt")
+    assert broken["state"] == "failed" and "subtitles not added" in broken["error"], broken
+    # Both subtitle files are still there as the user dropped them.
+    assert (mount.path / "clip.fr.srt").read_text().startswith("1\n")
+    assert (mount.path / "clip.en.srt").read_bytes().startswith(b"\x00\x01")

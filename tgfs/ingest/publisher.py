@@ -1,0 +1,219 @@
+"""Publishing a video while the media worker is still making it.
+
+The worker announces a plan (which renditions there will be, and their one target
+duration), then each rendition once its first segment is complete on disk, then every
+further segment (see `tgfs.media.worker`). The publisher stores what was announced, in
+batches, while the worker goes on, and adds it to the catalog in playback order:
+
+- the video folder appears once every planned rendition has its init segment and first
+  segment stored, with EVENT playlists (players can start);
+- each playlist then grows by the segments stored without a gap before them;
+- at the end, the worker's result adds what is left (subtitles are made last) and the
+  video becomes VOD; the dropped file it came from is removed in the same transaction.
+
+If the job fails or starts over, `withdraw` removes the half-published video and queues
+every stored part for deletion: nothing is left behind in the catalog or the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tgfs.catalog import Node, Rendition, blobs, library, tree
+from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME
+from tgfs.store.base import PartRef
+from tgfs.store.parts import Upload
+
+log = logging.getLogger(__name__)
+
+# Store files, reporting each one as soon as all its parts are stored.
+PutFn = Callable[[list[Upload], Callable[[Path, list[PartRef]], None]],
+                 Awaitable[dict[Path, list[PartRef]]]]
+SourceFn = Callable[[], Node]  # the dropped file as it is now; raises if it is gone
+InvalidateFn = Callable[[int, list[str]], None]
+
+
+class VideoPublisher:
+    def __init__(self, job_id: int, workdir: Path, put: PutFn, source: SourceFn,
+                 invalidate: InvalidateFn) -> None:
+        self.job_id = job_id
+        self.workdir = workdir
+        self._put = put
+        self._source = source
+        self._invalidate = invalidate
+        self.changed = trio.Event()
+        self.worker_done = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.plan: dict[str, Any] | None = None
+        self.infos: dict[str, dict[str, Any]] = {}  # dir → its "rendition" announcement
+        self.segments: dict[str, list[dict[str, Any]]] = {}  # dir → announced, in order
+        self.stored: dict[Path, library.StoredFile] = {}
+        self.folder: Node | None = None
+        self.renditions: dict[str, Rendition] = {}
+        self.published: dict[str, int] = {}  # dir → segments in the catalog
+        self._restart = False
+
+    # ---- from the worker -----------------------------------------------------------------
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "plan":
+            self.plan = event
+        elif kind == "rendition":
+            self.infos[event["dir"]] = event
+            self.segments.setdefault(event["dir"], [])
+        elif kind == "segment":
+            self.segments.setdefault(event["dir"], []).append(event)
+        elif kind == "restart":
+            self._restart = True
+        self.changed.set()
+
+    async def follow(self) -> None:
+        """Store and publish announcements until the worker is done."""
+        while not self.worker_done:
+            await self.changed.wait()
+            self.changed = trio.Event()
+            if self._restart:
+                self.withdraw()
+                self._reset()
+            await self._step()
+
+    def stop_following(self) -> None:
+        self.worker_done = True
+        self.changed.set()
+
+    # ---- at the end ----------------------------------------------------------------------
+
+    async def finish(self, result: dict[str, Any], progress_total: Callable[[int], None]
+                     ) -> Node:
+        """Store and publish whatever is left, then complete the video. Returns its folder."""
+        renditions = result["renditions"]
+        self.plan = {"mode": result["mode"], "dirs": [r["dir"] for r in renditions],
+                     "target_duration": (self.plan or {}).get("target_duration", 1)}
+        for r in renditions:
+            self.infos.setdefault(r["dir"], r)
+            self.segments[r["dir"]] = r["segments"]
+        progress_total(sum(size for _, size in self._unstored()))
+        await self._step()
+        source = self._source()
+        old_parent, old_name = source.parent_id, source.name
+        library.complete_video(self.folder, source, result.get("start_time") or 0.0)
+        self._invalidate(old_parent, [old_name])
+        self._invalidate(self.folder.id, [MASTER_NAME])
+        for rendition in self.renditions.values():
+            rdir = tree.child(self.folder.id, rendition.name)
+            if rdir is not None:
+                self._invalidate(rdir.id, [MEDIA_PLAYLIST_NAME])
+        return self.folder
+
+    def withdraw(self) -> None:
+        """Undo everything: the published part of the video and the stored files."""
+        published = set()
+        if self.folder is not None:
+            for folder, rendition in self.renditions.items():
+                published.add(self.workdir / folder / rendition.init_name)
+                published.update(self.workdir / folder / s["name"]
+                                 for s in self.segments[folder][:self.published[folder]])
+            library.remove_video(self.folder.video_id)
+            self._invalidate(self.folder.parent_id, [self.folder.name])
+            log.info("job %d: withdrew the half-published video %s", self.job_id,
+                     self.folder.name)
+        blobs.queue_locations(p.location for path, f in self.stored.items()
+                              if path not in published for p in f.parts)
+        self.folder = None
+
+    # ---- the work ------------------------------------------------------------------------
+
+    def _files(self) -> list[tuple[Path, int]]:
+        """Announced files in playback order across renditions: (path, size)."""
+        out = []
+        for folder, info in self.infos.items():
+            if info.get("init_name"):
+                init = self.workdir / folder / info["init_name"]
+                out.append((0, init, init.stat().st_size))
+            out += [(n + 1, self.workdir / folder / s["name"], s["size"])
+                    for n, s in enumerate(self.segments.get(folder, []))]
+        return [(path, size) for _, path, size in sorted(out, key=lambda f: f[0])]
+
+    def _unstored(self) -> list[tuple[Path, int]]:
+        return [(path, size) for path, size in self._files() if path not in self.stored]
+
+    async def _step(self) -> None:
+        """Store what is announced and not stored yet, publishing as each file lands."""
+        batch = self._unstored()
+        sizes = dict(batch)
+        failed: list[Exception] = []
+
+        def landed(path: Path, parts: list[PartRef]) -> None:
+            self.stored[path] = library.StoredFile(name=path.name, size=sizes[path],
+                                                   parts=parts)
+            if not failed:
+                try:
+                    self._publish()
+                except Exception as exc:  # raised below, not inside the upload tasks
+                    failed.append(exc)
+
+        if batch:
+            await self._put([Upload(path, size, f"job{self.job_id}-{path.parent.name}-"
+                                    f"{path.name}") for path, size in batch], landed)
+        if failed:
+            raise failed[0]
+        self._publish()
+
+    def _ready(self) -> bool:
+        """Every planned rendition has its init and first segment stored."""
+        if self.plan is None:
+            return False
+        for folder in self.plan["dirs"]:
+            info = self.infos.get(folder)
+            first = self.segments.get(folder)
+            if info is None or not first:
+                return False
+            if info.get("init_name") and self.workdir / folder / info["init_name"] \
+                    not in self.stored:
+                return False
+            if self.workdir / folder / first[0]["name"] not in self.stored:
+                return False
+        return True
+
+    def _publish(self) -> None:
+        if self.folder is None:
+            if not self._ready():
+                return
+            source = self._source()
+            self.folder = library.create_video(source, self.plan["mode"],
+                                               self.plan["target_duration"], self.job_id)
+            self._invalidate(source.parent_id, [self.folder.name])
+            log.info("job %d: %s is playable while it is being made", self.job_id,
+                     tree.path_of(self.folder))
+        for folder in self.plan["dirs"]:
+            if folder not in self.renditions:
+                self._add_rendition(folder)
+            done = self.published[folder]
+            ready = []
+            for s in self.segments[folder][done:]:
+                stored = self.stored.get(self.workdir / folder / s["name"])
+                if stored is None:
+                    break  # keep playback order: no gaps
+                stored.duration = s["duration"]
+                ready.append(stored)
+            library.add_segments(self.renditions[folder], ready)
+            self.published[folder] = done + len(ready)
+
+    def _add_rendition(self, folder: str) -> None:
+        info = self.infos[folder]
+        init = (self.stored[self.workdir / folder / info["init_name"]]
+                if info.get("init_name") else None)
+        self.renditions[folder] = library.add_rendition(self.folder, library.RenditionInfo(
+            name=info["name"], kind=info.get("kind", "video"), width=info["width"],
+            height=info["height"], frame_rate=info["frame_rate"], codecs=info["codecs"],
+            language=info.get("language"), title=info.get("title"),
+            default=info.get("default", False)), init)
+        self.published[folder] = 0
