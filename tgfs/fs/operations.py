@@ -350,6 +350,8 @@ class Filesystem(pyfuse3.Operations):
         if self._has_visible_children(node.id):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         if kind is NodeKind.RENDITION:
+            if not node.video.complete:
+                raise pyfuse3.FUSEError(errno.EBUSY)
             self._hidden.add(node.id)
         elif kind is NodeKind.VIDEO:
             if not node.video.complete:
@@ -388,6 +390,8 @@ class Filesystem(pyfuse3.Operations):
         if kind.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.MEDIA):
+            if not node.video.complete:
+                raise pyfuse3.FUSEError(errno.EBUSY)  # see rmdir
             self._hidden.add(node.id)  # see module doc: removal is per video folder
             return
         if kind.is_live:

@@ -32,9 +32,10 @@ class MediaFailed(Exception):
 
 async def run_worker(
     src: Path, workdir: Path, options: WorkerOptions,
-    on_progress: Callable[[dict[str, Any]], None],
+    on_event: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Run the worker to completion; returns its result event or raises MediaFailed."""
+    """Run the worker to completion; returns its result event or raises MediaFailed.
+    Every other event (progress, announcements) goes to `on_event` as it comes."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [*WORKER_COMMAND, str(src), str(workdir), options.to_json()]
     proc = await trio.lowlevel.open_process(
@@ -52,10 +53,10 @@ async def run_worker(
                 async for line in _lines(proc.stdout):
                     watchdog.deadline = trio.current_time() + STALL_TIMEOUT
                     event = json.loads(line)
-                    if event.get("event") == "progress":
-                        on_progress(event)
-                    else:
+                    if event.get("event") in ("result", "error"):
                         events.append(event)
+                    else:
+                        on_event(event)
             if watchdog.cancelled_caught:
                 proc.kill()
                 nursery.cancel_scope.cancel()

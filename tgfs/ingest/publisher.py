@@ -64,6 +64,7 @@ class VideoPublisher:
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
+        log.debug("job %d: worker says %s", self.job_id, event)
         if kind == "plan":
             self.plan = event
         elif kind == "rendition":
@@ -152,6 +153,7 @@ class VideoPublisher:
         failed: list[Exception] = []
 
         def landed(path: Path, parts: list[PartRef]) -> None:
+            log.debug("job %d: stored %s/%s", self.job_id, path.parent.name, path.name)
             self.stored[path] = library.StoredFile(name=path.name, size=sizes[path],
                                                    parts=parts)
             if not failed:

@@ -269,7 +269,7 @@ def _hls_output(out_dir: Path, hls_time: str):
     return av.open(str(out_dir / _FFMPEG_PLAYLIST), "w", format="hls", options={
         "hls_time": hls_time,
         "hls_segment_type": "fmp4",
-        "hls_playlist_type": "vod",
+        "hls_playlist_type": "event",  # rewritten after every segment (vod: at the end)
         "hls_list_size": "0",
         "hls_flags": "temp_file",
         "hls_fmp4_init_filename": INIT_NAME,

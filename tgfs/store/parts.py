@@ -43,34 +43,38 @@ async def put_files(
     stored is reported to `on_file` (a video can be published segment by segment). The
     first store error stops the rest and is raised.
     """
-    limiter = trio.CapacityLimiter(store.parallelism)
     results: dict[Path, list[PartRef | None]] = {}
+    pieces = []
+    for upload in files:
+        planned = plan(upload.size, part_size)
+        results[upload.path] = [None] * len(planned)
+        pieces += [(upload, index, offset, length)
+                   for index, (offset, length) in enumerate(planned)]
+    # A fixed pool of senders taking pieces in order: parts start in file order (a video
+    # published while it uploads needs its first segments first), whatever order the
+    # scheduler would wake a crowd of waiting tasks in.
+    queue = iter(pieces)
     failure: list[StoreError] = []
 
-    async def put_one(upload: Upload, index: int, offset: int, length: int,
-                      scope: trio.CancelScope) -> None:
-        try:
-            async with limiter:
+    async def sender(scope: trio.CancelScope) -> None:
+        for upload, index, offset, length in queue:
+            try:
                 location = await store.put(upload.path, offset, length,
                                            f"{upload.key}.part{index}")
-        except StoreError as exc:
-            failure.append(exc)
-            scope.cancel()
-            return
-        ref = PartRef(id=None, index=index, offset=offset, size=length, location=location)
-        parts = results[upload.path]
-        parts[index] = ref
-        on_part(ref)
-        if on_file is not None and all(p is not None for p in parts):
-            on_file(upload.path, parts)
+            except StoreError as exc:
+                failure.append(exc)
+                scope.cancel()
+                return
+            parts = results[upload.path]
+            parts[index] = ref = PartRef(id=None, index=index, offset=offset, size=length,
+                                         location=location)
+            on_part(ref)
+            if on_file is not None and all(p is not None for p in parts):
+                on_file(upload.path, parts)
 
     async with trio.open_nursery() as nursery:
-        for upload in files:
-            pieces = plan(upload.size, part_size)
-            results[upload.path] = [None] * len(pieces)
-            for index, (offset, length) in enumerate(pieces):
-                nursery.start_soon(put_one, upload, index, offset, length,
-                                   nursery.cancel_scope)
+        for _ in range(min(store.parallelism, len(pieces))):
+            nursery.start_soon(sender, nursery.cancel_scope)
     if failure:
         raise failure[0]
     return {path: [p for p in parts if p is not None] for path, parts in results.items()}

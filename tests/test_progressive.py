@@ -1,0 +1,83 @@
+"""A video can be played while it is still being made: the folder appears with EVENT
+playlists as soon as the first segments are stored, they grow, and turn VOD at the end.
+
+The store is the Telegram stand-in with one bot, one transfer at a time and 0.4 s per
+request, so storing takes several seconds and the growing state can be watched."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+import m3u8
+
+from tests.conftest import copy_in, telegram_env, wait_for
+from tests.hls_checks import check_video_folder, first_video_packet_is_key, source_duration
+from tests.standin import StandIn
+
+SEGMENT = 2.0
+
+
+def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monkeypatch):
+    src = tmp_path / "live.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=16",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=16",
+                    "-c:v", "mpeg4", "-c:a", "libmp3lame", str(src)], check=True)
+    monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
+    standin = StandIn(tmp_path / "telegram", bots=1, latency=0.4)
+    mount = mount_factory(**telegram_env(standin, TGFS_BOT_TRANSFERS="1",
+                                         TGFS_TRANSFERS="1"))
+    copy_in(src, mount.path / "live.avi")
+    folder = mount.path / "live"
+    playlist = folder / "240p" / "playlist.m3u8"
+    wait_for(lambda: playlist.exists(), 60, "the video folder")
+
+    # A player started now plays through to the end.
+    played = tmp_path / "played.mkv"
+    player = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-prefer_x_start", "1",
+                               "-i", str(folder / "master.m3u8"), "-map", "0", "-c", "copy",
+                               str(played)], stderr=subprocess.PIPE, text=True)
+
+    try:
+        _watch_it_grow(mount, folder, playlist, src, player, played)
+    finally:
+        if player.poll() is None:
+            player.kill()
+
+
+def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
+    counts, target = [], None
+    while mount.job("live.avi")["state"] == "running":
+        text = playlist.read_text()
+        media = m3u8.loads(text)
+        if media.is_endlist:
+            break
+        assert media.playlist_type == "event" and "#EXT-X-START:TIME-OFFSET=0" in text
+        assert media.segments and media.segment_map
+        target = target or media.target_duration
+        assert media.target_duration == target  # never changes while it grows
+        listed = [folder / "240p" / s.uri for s in media.segments]
+        assert all(p.exists() for p in listed)
+        if not counts:  # the dropped file stays until the video is complete
+            assert (mount.path / "live.avi").exists()
+            assert first_video_packet_is_key(folder / "240p" / "init.mp4", listed[0])
+            assert subprocess.run(["rm", "-rf", str(folder)]).returncode != 0
+            try:
+                (folder / "master.m3u8").unlink()
+            except OSError as exc:
+                assert exc.errno == errno.EBUSY
+        counts.append(len(media.segments))
+    assert len(set(counts)) >= 3, f"saw the playlist grow only as {counts}"
+    assert counts == sorted(counts)
+
+    mount.wait_idle()
+    assert mount.job("live.avi")["outcome"] == "video (transcode)"
+    final = m3u8.load(str(playlist))
+    assert final.playlist_type == "vod" and final.is_endlist
+    assert len(final.segments) > max(counts) and final.target_duration == target
+    assert not (mount.path / "live.avi").exists()
+    check_video_folder(folder, src, SEGMENT)
+    _, errors = player.communicate(timeout=120)
+    assert player.returncode == 0, errors
+    assert abs(source_duration(played) - source_duration(src)) <= SEGMENT / 2
