@@ -118,3 +118,22 @@ def _joined(rendition: dict, folder: Path) -> Path:
     path.write_bytes(rendition["init"].read_bytes()
                      + b"".join(p.read_bytes() for p in segments))
     return path
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_joined_recording_keeps_its_whole_length(mount_factory, corpus, tmp_path, copy):
+    """Two 3 s MPEG-TS recordings joined with `cat`: the timestamps jump back 3 s in the
+    middle (ffprobe even calls the file 3 s long). Both halves must come out, in order."""
+    first, second = tmp_path / "a.ts", tmp_path / "b.ts"
+    for path, tone in ((first, 440), (second, 660)):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *PATTERN[:3], PATTERN[3].replace(
+            "duration=6", "duration=3"), "-f", "lavfi", "-i",
+            f"sine=frequency={tone}:duration=3", "-c:v", "libx264", "-b:v", "1M", "-c:a",
+            "aac", str(path)], check=True)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    mount = mount_factory(ENABLE_COPY_MODE=str(copy).lower())
+    copy_in(joined, mount.path / "joined.ts")
+    mount.wait_idle()
+    assert mount.job("joined.ts")["outcome"] == f"video ({'copy' if copy else 'transcode'})"
+    check_video_folder(mount.path / "joined", joined, SEGMENT, duration=6.0)

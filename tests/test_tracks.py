@@ -13,7 +13,13 @@ import m3u8
 import pytest
 
 from tests.conftest import copy_in
-from tests.hls_checks import check_codecs_string, check_video_folder
+from tests.hls_checks import (
+    check_codecs_string,
+    check_media_playlist,
+    check_video_folder,
+    decode_errors,
+    source_duration,
+)
 
 SEGMENT = 2.0
 SRT = """1
@@ -131,3 +137,35 @@ def test_sidecar_after_the_video_and_a_broken_one(mount, media, tmp_path):
     # Both subtitle files are still there as the user dropped them.
     assert (mount.path / "clip.fr.srt").read_text().startswith("1\n")
     assert (mount.path / "clip.en.srt").read_bytes().startswith(b"\x00\x01")
+
+
+def test_audio_only_files_become_hls_when_asked(mount_factory, tmp_path):
+    song = tmp_path / "song.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=10", "-c:a", "libmp3lame", str(song)],
+                   check=True)
+    mount = mount_factory(TGFS_AUDIO_HLS="true")
+    copy_in(song, mount.path / "song.mp3")
+    mount.wait_idle()
+    assert mount.job("song.mp3")["outcome"] == "audio (HLS)"
+    assert not (mount.path / "song.mp3").exists()
+    folder = mount.path / "song"
+    master = m3u8.load(str(folder / "master.m3u8"))
+    (variant,) = master.playlists
+    assert variant.stream_info.codecs == "mp4a.40.2"  # MP3 re-encoded: hls.js plays AAC
+    assert variant.stream_info.resolution is None and variant.stream_info.bandwidth
+    media = check_media_playlist(folder / variant.uri)
+    assert media.segment_map
+    assert decode_errors(folder / "master.m3u8") == ""
+    assert abs(source_duration(folder / "master.m3u8") - 10) <= SEGMENT / 2
+    assert abs(_tone(folder / "master.m3u8") - 440) < 20
+
+
+def test_audio_only_files_stay_files_by_default(mount, tmp_path):
+    song = tmp_path / "song.flac"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=3", str(song)], check=True)
+    copy_in(song, mount.path / "song.flac")
+    mount.wait_idle()
+    assert mount.job("song.flac")["outcome"] == "file"
+    assert (mount.path / "song.flac").read_bytes() == song.read_bytes()

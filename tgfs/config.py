@@ -117,6 +117,7 @@ class Settings:
     transfers: int = 32  # all bots together, per direction
     telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
     ladder: tuple[int, ...] = ()  # extra rendition heights below the source's (TGFS_LADDER)
+    audio_hls: bool = False  # audio-only files become HLS too (TGFS_AUDIO_HLS)
 
     @property
     def catalog_path(self) -> Path:
@@ -160,6 +161,7 @@ class Settings:
             ("TGFS_X264_PRESET", self.x264_preset),
             ("TGFS_X264_CRF", str(self.x264_crf)),
             ("TGFS_LADDER", ",".join(map(str, self.ladder)) or "(source only)"),
+            ("TGFS_AUDIO_HLS", str(self.audio_hls).lower()),
             ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
             ("TGFS_LOG_LEVEL", self.log_level),
@@ -318,6 +320,7 @@ def _build(r: _Reader) -> Settings:
         transfers=int(r.number("TGFS_TRANSFERS", 32, 1, 256)),
         telegram_client=client,
         ladder=_ladder(r.text("TGFS_LADDER", "")),
+        audio_hls=r.flag("TGFS_AUDIO_HLS", False),
     )
 
 

@@ -144,7 +144,9 @@ class Video(_Model):
 
 
 class RenditionKind(enum.StrEnum):
-    VIDEO = "video"  # a variant stream (EXT-X-STREAM-INF); with one audio track, muxed in
+    # A variant stream (EXT-X-STREAM-INF): video, with its audio muxed in when there is one
+    # track; or the audio of an audio-only file (TGFS_AUDIO_HLS, width 0).
+    VIDEO = "video"
     AUDIO = "audio"  # one of several audio tracks: EXT-X-MEDIA TYPE=AUDIO, fMP4 AAC
     SUBTITLES = "subtitles"  # EXT-X-MEDIA TYPE=SUBTITLES: WebVTT segments, no init segment
 

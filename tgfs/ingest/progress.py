@@ -27,7 +27,7 @@ class Progress:
         if fraction is None:
             return out
         out["percent"] = round(100 * fraction, 1)
-        if self.stage in ("copy", "transcode"):
+        if self.stage in ("copy", "transcode", "audio"):
             out["speed"] = round(self.done / elapsed, 2)  # × realtime
             out["bytes_per_s"] = round(self.size * fraction / elapsed)
         else:

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from tgfs.catalog import Node, Rendition, blobs, library, tree
-from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME
+from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME, target_duration
 from tgfs.store.base import PartRef
 from tgfs.store.parts import Upload
 
@@ -96,8 +96,10 @@ class VideoPublisher:
                      ) -> Node:
         """Store and publish whatever is left, then complete the video. Returns its folder."""
         renditions = result["renditions"]
+        planned = (self.plan or {}).get("target_duration") or target_duration(
+            s["duration"] for r in renditions for s in r["segments"])
         self.plan = {"mode": result["mode"], "dirs": [r["dir"] for r in renditions],
-                     "target_duration": (self.plan or {}).get("target_duration", 1)}
+                     "target_duration": planned}
         for r in renditions:
             self.infos.setdefault(r["dir"], r)
             self.segments[r["dir"]] = r["segments"]

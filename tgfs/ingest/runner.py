@@ -186,7 +186,7 @@ class IngestRunner:
         s = self.settings
         return WorkerOptions(
             name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
-            ladder=list(s.ladder),
+            ladder=list(s.ladder), audio_hls=s.audio_hls,
             copy_mode_min_size=s.copy_mode_min_size,
             encode=EncodeOptions(segment_seconds=s.segment_seconds,
                                  x264_preset=s.x264_preset, x264_crf=s.x264_crf,
@@ -357,7 +357,8 @@ class IngestRunner:
         folder = await publisher.finish(result, lambda total: progress.enter("upload", total))
         Spool.discard(job.spool)
         note = result.get("note") or None
-        jobs.mark(job, jobs.DONE, outcome=f"video ({result['mode']})", error=note)
+        outcome = "audio (HLS)" if result["mode"] == "audio" else f"video ({result['mode']})"
+        jobs.mark(job, jobs.DONE, outcome=outcome, error=note)
         log.info("job %d (%s): published %s (%s, %d rendition(s))%s", job.id, job.path,
                  tree.path_of(folder), result["mode"], len(result["renditions"]),
                  f" — {note}" if note else "")

@@ -138,6 +138,22 @@ def make_rendition(
     return _describe(out_dir, video.size, video.rate, damaged)
 
 
+def make_audio_only(src: Path, out_dir: Path, opts: EncodeOptions, report: ProgressFn
+                    ) -> RenditionOutput:
+    """An audio-only rendition of the first audio track (TGFS_AUDIO_HLS): AAC is copied,
+    anything else (MP3, FLAC, Opus …) encoded to AAC, which every HLS player decodes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
+        ain = source.streams.audio[0]
+        out = stack.enter_context(_hls_output(out_dir, f"{opts.segment_seconds:g}"))
+        damaged = _pump(source, ain, {ain.index: _audio_path(ain, out, copy=True)}, report)
+    rendition = RenditionOutput(name="audio", width=0, height=0, frame_rate=None,
+                                codecs=_codecs_of(out_dir / INIT_NAME), init_name=INIT_NAME,
+                                segments=_segments_of(out_dir), damaged_packets=damaged)
+    return rendition
+
+
 def make_ladder(
     src: Path,
     targets: list[tuple[Path, int | None]],
@@ -311,7 +327,10 @@ def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
     last_report = 0.0
     start = vin.start_time or 0
     damaged = 0
+    timeline = _Timeline() if source.format.flags & av.format.Flags.ts_discont.value else None
     for packet in source.demux(*streams):
+        if timeline is not None:
+            timeline.fix(packet)
         try:
             paths[packet.stream.index].feed(packet)
         except av.InvalidDataError:
@@ -324,6 +343,39 @@ def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
     for path in paths.values():
         path.flush()
     return damaged
+
+
+class _Timeline:
+    """Timestamp discontinuities in MPEG-TS/PS (recordings cut and joined with `cat`, a
+    tuner that reset its clock): a jump back, or far ahead, is closed up by shifting every
+    later packet of every stream by one offset, so the content keeps its real length. The
+    ffmpeg CLI does the same for these formats; without it the muxer sees DTS going back.
+    """
+
+    BACK = Fraction(1, 10)  # s: a step back this large is a new clock, not jitter
+    AHEAD = Fraction(10)  # s: a gap this large is a new clock, not missing data
+
+    def __init__(self) -> None:
+        self.offset = Fraction(0)  # s, added to every timestamp from here on
+        self.last: dict[int, Fraction] = {}  # stream index → last end time (s, shifted)
+
+    def fix(self, packet: av.Packet) -> None:
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if stamp is None or packet.time_base is None:
+            return
+        tb = packet.time_base
+        at = stamp * tb + self.offset
+        last = self.last.get(packet.stream.index)
+        if last is not None and (at < last - self.BACK or at > last + self.AHEAD):
+            self.offset += last - at
+            at = last
+        shift = round(self.offset / tb)
+        if shift:
+            if packet.dts is not None:
+                packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
+        self.last[packet.stream.index] = at + (packet.duration or 0) * tb
 
 
 class _Output:

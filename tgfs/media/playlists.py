@@ -83,8 +83,9 @@ def master(variants: list[Variant], alternatives: Iterable[Alternative] = ()) ->
             f"BANDWIDTH={v.bandwidth + audio_peak}",
             f"AVERAGE-BANDWIDTH={v.average_bandwidth + audio_average}",
             f'CODECS="{",".join([v.codecs, *audio_codecs])}"',
-            f"RESOLUTION={v.width}x{v.height}",
         ]
+        if v.width:  # 0: the variant of an audio-only file
+            attrs.append(f"RESOLUTION={v.width}x{v.height}")
         if v.frame_rate:
             attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
         if audio:

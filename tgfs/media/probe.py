@@ -39,6 +39,11 @@ class Probe:
     rotation: int = 0  # degrees counter-clockwise the picture must be turned (phone videos)
     interlaced: bool = False  # fields, not frames (DVD/broadcast MPEG-2): deinterlace
 
+    @property
+    def audio_only(self) -> bool:
+        """Sound and no moving picture (cover art does not count): music, podcasts."""
+        return not self.is_video and self.audio_codec is not None and self.reason == "audio only"
+
 
 def probe(path: Path) -> Probe:
     """Open the file with FFmpeg (through PyAV) and classify it. Never raises for bad input."""

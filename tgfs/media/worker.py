@@ -63,6 +63,7 @@ class WorkerOptions:
     copy_mode_min_size: int
     encode: EncodeOptions
     ladder: list[int] = dataclasses.field(default_factory=list)  # TGFS_LADDER heights
+    audio_hls: bool = False  # TGFS_AUDIO_HLS: audio-only files become HLS too
     # Subtitle files dropped beside the video: [path, language tag or None] each.
     sidecars: list[list] = dataclasses.field(default_factory=list)
     # Set when SRC is itself a subtitle file for a published video: its segment
@@ -142,6 +143,8 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     if opts.subtitles_for is not None:
         return _sidecar_only(src, workdir, opts.subtitles_for)
     found = probe(src)
+    if not found.is_video and opts.audio_hls and found.audio_only:
+        return _audio_only(src, workdir, opts, found.duration or 0.0)
     if not found.is_video:
         # A file named like a video that isn't one is worth telling the user about; a PDF
         # is just a PDF.
@@ -203,6 +206,23 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         start_time=start_time,
         renditions=[{"dir": folder.name, **dataclasses.asdict(r)} for folder, r in outputs],
     )
+    return 0
+
+
+def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) -> int:
+    """TGFS_AUDIO_HLS: one audio rendition (AAC copied, anything else encoded to AAC)."""
+    def report(seconds: float) -> None:
+        _emit(event="progress", stage="audio", seconds=seconds, duration=duration)
+
+    rendition = hls.make_audio_only(src, workdir / "r0", opts.encode, report)
+    if not rendition.segments:
+        raise DamagedMedia("no decodable audio")
+    got = sum(s.duration for s in rendition.segments)
+    if duration and duration - got > max(opts.encode.segment_seconds / 2, 1.0):
+        raise DamagedMedia(f"only {got:.1f} s of {duration:.1f} s could be decoded "
+                           "(damaged or incomplete file)")
+    _emit(event="result", kind="video", mode="audio", duration=got, note="",
+          start_time=0.0, renditions=[{"dir": "r0", **dataclasses.asdict(rendition)}])
     return 0
 
 
