@@ -294,9 +294,9 @@ class IngestRunner:
                 cancel.cancel()
 
         result: dict[str, Any] = {}
+        options = self._worker_options(job, sidecars=await self._sidecars(job, workdir))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, nursery.cancel_scope)
-            options = self._worker_options(job, sidecars=await self._sidecars(job, workdir))
             try:
                 result = await run_worker(Path(job.spool), workdir, options, on_event)
             except MediaFailed as exc:

@@ -252,8 +252,9 @@ def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks |
 
     def finish() -> None:
         for out_dir, skeleton in pending:
-            skeleton.codecs = _codecs_of(out_dir / INIT_NAME)
             skeleton.segments = _segments_of(out_dir)
+            if skeleton.segments:
+                skeleton.codecs = _codecs_of(out_dir / INIT_NAME)
         side.subtitles = [c.track for c in collectors]
 
     return finish
@@ -725,5 +726,5 @@ def finished_segments(out_dir: Path) -> list[SegmentFile]:
 
 def _segments_of(out_dir: Path) -> list[SegmentFile]:
     segments = finished_segments(out_dir)
-    (out_dir / _FFMPEG_PLAYLIST).unlink()
+    (out_dir / _FFMPEG_PLAYLIST).unlink(missing_ok=True)
     return segments

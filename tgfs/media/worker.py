@@ -88,15 +88,15 @@ def _emit(**event) -> None:
 class _Announcer:
     """Tells the daemon about renditions and segments as they are completed on disk."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self, emit: Callable[..., None] = _emit) -> None:
+        self.emit = emit
         self.pending: dict[Path, RenditionOutput] = {}  # started, no segment yet
         self.announced: dict[Path, int] = {}  # folder → segments announced so far
         self.next_plan: tuple[str, int] | None = None  # (mode, target) to plan at start
 
     def plan(self, mode: str, target: int, dirs: list[Path]) -> None:
         """Say which renditions there will be, and their one target duration."""
-        _emit(event="plan", mode=mode, target_duration=target,
+        self.emit(event="plan", mode=mode, target_duration=target,
               dirs=[d.name for d in dirs])
 
     def started(self, outputs: list[tuple[Path, RenditionOutput]]) -> None:
@@ -125,17 +125,17 @@ class _Announcer:
     def restart(self) -> None:
         self.pending.clear()
         self.announced.clear()
-        _emit(event="restart")
+        self.emit(event="restart")
 
     def _announce(self, folder: Path, rendition: RenditionOutput) -> None:
         fields = dataclasses.asdict(rendition)
         del fields["segments"]
-        _emit(event="rendition", dir=folder.name, **fields)
+        self.emit(event="rendition", dir=folder.name, **fields)
         self.announced[folder] = 0
 
     def _segments(self, folder: Path, segments: list[SegmentFile]) -> None:
         for segment in segments[self.announced[folder]:]:
-            _emit(event="segment", dir=folder.name, **dataclasses.asdict(segment))
+            self.emit(event="segment", dir=folder.name, **dataclasses.asdict(segment))
         self.announced[folder] = max(self.announced[folder], len(segments))
 
 
@@ -156,7 +156,7 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
                                       opts.copy_mode_min_size)
     note = "" if copy else why_not
 
-    announcer = _Announcer(workdir)
+    announcer = _Announcer()
 
     def report(stage: str):
         def progress(seconds: float) -> None:
@@ -195,7 +195,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
             continue
         side.subtitles.append(subtitles.Track(language=language, title=language or
                                               "Subtitles", default=False, cues=cues))
-    outputs = [(workdir / f"r{i}", r) for i, r in enumerate(renditions)] + side.audio
+    # An audio track without a single packet makes no rendition.
+    outputs = [(workdir / f"r{i}", r) for i, r in enumerate(renditions)]
+    outputs += [(folder, r) for folder, r in side.audio if r.segments]
     outputs += _subtitle_renditions(side.subtitles, rendition.segments, workdir, start_time)
     _emit(
         event="result",
@@ -274,7 +276,7 @@ def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
     With an `announcer`, renditions and segments are announced as they are completed: a
     copy-mode rendition once it is final (it may be cut again to fit), transcoded ones
     segment by segment."""
-    announcer = announcer or _Announcer(out.parent)
+    announcer = announcer or _Announcer(emit=lambda **event: None)
     notes = [note] if note else []
     audio_dirs = lambda: [folder for folder, _ in side.audio] if side else []  # noqa: E731
     if copy:
