@@ -7,9 +7,12 @@ request, so storing takes several seconds and the growing state can be watched."
 from __future__ import annotations
 
 import errno
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import m3u8
+import pytest
 
 from tests.conftest import copy_in, telegram_env, wait_for
 from tests.hls_checks import check_video_folder, first_video_packet_is_key, source_duration
@@ -18,7 +21,8 @@ from tests.standin import StandIn
 SEGMENT = 2.0
 
 
-def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monkeypatch):
+def _slow_store(tmp_path, monkeypatch) -> tuple[Path, StandIn, dict[str, str]]:
+    """A 16 s MPEG-4 + MP3 source (transcoded), and a store that takes seconds for it."""
     src = tmp_path / "live.avi"
     subprocess.run(["ffmpeg", "-v", "error", "-y",
                     "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=16",
@@ -26,8 +30,12 @@ def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monke
                     "-c:v", "mpeg4", "-c:a", "libmp3lame", str(src)], check=True)
     monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
     standin = StandIn(tmp_path / "telegram", bots=1, latency=0.4)
-    mount = mount_factory(**telegram_env(standin, TGFS_BOT_TRANSFERS="1",
-                                         TGFS_TRANSFERS="1"))
+    return src, standin, telegram_env(standin, TGFS_BOT_TRANSFERS="1", TGFS_TRANSFERS="1")
+
+
+def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monkeypatch):
+    src, _, env = _slow_store(tmp_path, monkeypatch)
+    mount = mount_factory(**env)
     copy_in(src, mount.path / "live.avi")
     folder = mount.path / "live"
     playlist = folder / "240p" / "playlist.m3u8"
@@ -81,3 +89,31 @@ def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
     _, errors = player.communicate(timeout=120)
     assert player.returncode == 0, errors
     assert abs(source_duration(played) - source_duration(src)) <= SEGMENT / 2
+
+
+@pytest.mark.parametrize("how", ["unmount", "kill"])
+def test_a_stop_while_a_video_is_being_made_leaves_nothing_behind(mount_factory, tmp_path,
+                                                                   monkeypatch, how):
+    src, standin, env = _slow_store(tmp_path, monkeypatch)
+    mount = mount_factory(**env)
+    copy_in(src, mount.path / "live.avi")
+    wait_for(lambda: (mount.path / "live" / "master.m3u8").exists(), 60, "the video folder")
+    assert mount.job("live.avi")["state"] == "running"
+    if how == "unmount":  # the job is cancelled: it withdraws what it published
+        assert mount.stop() == 0
+    else:  # a crash: the next start finds the half-made video in the catalog
+        mount.proc.kill()
+        mount.proc.wait()
+        mount.proc = None
+        subprocess.run(["fusermount3", "-uz", str(mount.path)], check=True)
+
+    # The next start removes the half-made video and makes it again from the spooled file.
+    mount.start()
+    mount.wait_idle()
+    assert sorted(p.name for p in mount.path.iterdir()) == [".tgfs", "live"]
+    check_video_folder(mount.path / "live", src, SEGMENT)
+    # Every message in the channel belongs to the catalog: the withdrawn half was deleted.
+    with sqlite3.connect(f"file:{mount.data / 'catalog.db'}?mode=ro", uri=True) as db:
+        catalog = {r[0] for r in db.execute("SELECT location FROM part")}
+    wait_for(lambda: sum(len(ids) for ids in standin.messages().values()) == len(catalog), 30,
+             "the withdrawn parts to be deleted")

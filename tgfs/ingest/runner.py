@@ -87,8 +87,11 @@ class IngestRunner:
             s.cache_dir)
         log.info("ingest: transcodes use %s%s", self.encoder,
                  f" ({self.encoder_note})" if self.encoder_note else "")
-        for video_id in library.incomplete_videos():
-            library.remove_video(video_id)  # its job starts over below
+        if half_made := library.incomplete_videos():
+            for video_id in half_made:
+                library.remove_video(video_id)  # its job starts over below
+            log.info("ingest: removed %d video(s) left half-made by the last shutdown",
+                     len(half_made))
         requeued = jobs.requeue_interrupted()
         if requeued:
             log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
