@@ -169,3 +169,16 @@ def test_audio_only_files_stay_files_by_default(mount, tmp_path):
     mount.wait_idle()
     assert mount.job("song.flac")["outcome"] == "file"
     assert (mount.path / "song.flac").read_bytes() == song.read_bytes()
+
+
+def test_subtitle_file_copied_right_after_its_video(mount_factory, media):
+    """`cp Film.mp4 Film.en.srt mnt/`: the subtitle job runs while the video is being made
+    (two jobs at a time), waits for it, and is added to it."""
+    mount = mount_factory(TGFS_INGEST_JOBS="2", TGFS_LADDER="180")
+    copy_in(media("h264_aac.mp4"), mount.path / "film.mp4")
+    (mount.path / "film.en.srt").write_text(SRT)
+    mount.wait_idle()
+    master = m3u8.load(str(mount.path / "film" / "master.m3u8"))
+    assert [m.language for m in master.media if m.type == "SUBTITLES"] == ["en"]
+    job = mount.job("film.en.srt")
+    assert job["state"] == "done" and job["outcome"] == "file", job

@@ -235,13 +235,19 @@ class IngestRunner:
         still being made and the job was put back, why the subtitles were not added)."""
         stem, language = subtitles.sidecar_stem(node.name)
         folder = tree.child(node.parent_id, stem)
-        if folder is None or folder.node_kind is not NodeKind.VIDEO:
-            return False, None
-        video = folder.video
-        if not video.complete:
+        is_video = folder is not None and folder.node_kind is NodeKind.VIDEO
+        # Its video is being made, or still queued (`cp Film.mkv Film.srt` closes the
+        # video first): wait for it rather than miss it.
+        if (is_video and not folder.video.complete) or (not is_video and any(
+                library.video_name(n.name) == stem and n.node_kind is NodeKind.FILE
+                and Path(n.name).suffix.lower() in VIDEO_EXTENSIONS and jobs.active_for(n.id)
+                for n in tree.children_named_from(node.parent_id, stem))):
             jobs.mark(job, jobs.QUEUED, error=f"waiting for video {stem} to be complete",
                       not_before=time.time() + SIDECAR_WAIT)
             return True, None
+        if not is_video:
+            return False, None
+        video = folder.video
         options = self._worker_options(job, subtitles_for={
             "durations": library.video_segment_durations(video.id),
             "start_time": video.start_time, "language": language})
