@@ -133,10 +133,10 @@ def complete_video(folder: Node, source: Node | None, start_time: float) -> None
     The target duration only grows here if a segment came out longer than planned."""
     with db.atomic():
         video = Video.get_by_id(folder.video_id)
-        rows = list(Segment.select(Segment.duration, Rendition.kind).join(Rendition)
-                    .where(Rendition.video == video.id).tuples())
+        durations = (Segment.select(Segment.duration).join(Rendition)
+                     .where(Rendition.video == video.id).tuples())
         video.target_duration = max(video.target_duration,
-                                    target_duration(d for d, _ in rows))
+                                    target_duration(d for (d,) in durations))
         per_rendition = (Segment.select(Rendition.id, fn.SUM(Segment.duration)).join(Rendition)
                          .where((Rendition.video == video.id)
                                 & (Rendition.kind == RenditionKind.VIDEO))

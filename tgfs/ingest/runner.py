@@ -224,7 +224,7 @@ class IngestRunner:
                 log.warning("job %d: subtitle file %s left out: %s", job.id, sibling.name, exc)
                 continue
             workdir.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"".join(data))
+            await trio.to_thread.run_sync(path.write_bytes, b"".join(data))
             found.append([str(path), match[1]])
         return found
 

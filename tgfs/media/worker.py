@@ -278,7 +278,10 @@ def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
     segment by segment."""
     announcer = announcer or _Announcer(emit=lambda **event: None)
     notes = [note] if note else []
-    audio_dirs = lambda: [folder for folder, _ in side.audio] if side else []  # noqa: E731
+
+    def audio_dirs() -> list[Path]:  # known once the first pass has set up its outputs
+        return [folder for folder, _ in side.audio] if side else []
+
     if copy:
         top = None
         try:
