@@ -134,19 +134,18 @@ class VideoPublisher:
 
     # ---- the work ------------------------------------------------------------------------
 
-    def _files(self) -> list[tuple[Path, int]]:
-        """Announced files in playback order across renditions: (path, size)."""
+    def _unstored(self) -> list[tuple[Path, int]]:
+        """Announced files not stored yet, in playback order across renditions:
+        (path, size). Init segments first (only their size is not announced)."""
         out = []
         for folder, info in self.infos.items():
-            if info.get("init_name"):
-                init = self.workdir / folder / info["init_name"]
+            init = self.workdir / folder / info["init_name"] if info.get("init_name") else None
+            if init is not None and init not in self.stored:
                 out.append((0, init, init.stat().st_size))
-            out += [(n + 1, self.workdir / folder / s["name"], s["size"])
-                    for n, s in enumerate(self.segments.get(folder, []))]
+            out += [(n + 1, path, s["size"])
+                    for n, s in enumerate(self.segments.get(folder, []))
+                    if (path := self.workdir / folder / s["name"]) not in self.stored]
         return [(path, size) for _, path, size in sorted(out, key=lambda f: f[0])]
-
-    def _unstored(self) -> list[tuple[Path, int]]:
-        return [(path, size) for path, size in self._files() if path not in self.stored]
 
     async def _step(self) -> None:
         """Store what is announced and not stored yet, publishing as each file lands."""
