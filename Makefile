@@ -4,7 +4,7 @@
 VENV      ?= .venv
 MNT       ?= mnt
 PYTHON    ?= python3
-APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev
+APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev rsync
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint bench-telegram bench-media clean

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -88,8 +89,33 @@ class Mount:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash), then detach its dead mount like an admin would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(20)
+        self.proc = None
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def catalog(self, query: str, *args) -> list[tuple]:
+        """Rows from the daemon's catalog, read with the sqlite3 module (not tgfs)."""
+        db = sqlite3.connect(f"file:{self.data / 'catalog.db'}?mode=ro", uri=True)
+        try:
+            return db.execute(query, args).fetchall()
+        finally:
+            db.close()
+
+    def store_matches_catalog(self) -> None:
+        """Once jobs and the collector are done, the local store holds exactly the parts
+        the catalog references: nothing lost, nothing orphaned."""
+        wait_for(lambda: self.status()["garbage_pending"] == 0, 60, "garbage collection")
+        stored = {f"{p.parent.name}/{p.name}" for p in self.blob_files()}
+        referenced = {loc for (loc,) in self.catalog("SELECT location FROM part")}
+        assert stored == referenced, (f"orphans: {sorted(stored - referenced)[:5]}, "
+                                      f"missing: {sorted(referenced - stored)[:5]}")
 
     def status(self) -> dict:
         return json.loads((self.path / ".tgfs" / "status.json").read_text())
@@ -103,7 +129,7 @@ class Mount:
             status = self.status()
             busy = [j for j in status["jobs"] if j["state"] in ("queued", "running")]
             return status if not busy else None
-        time.sleep(0.3)  # release reaches the daemon just after close() returns
+        # No pause needed: close() returns only once the file's job is queued.
         return wait_for(idle, timeout, "ingest jobs to finish")
 
     def blob_files(self) -> list[Path]:

@@ -59,8 +59,8 @@ def test_rewrite_append_truncate(mount, tmp_path):
     os.truncate(path, 3)
     mount.wait_idle()
     assert path.read_text() == "rep"
-    assert len(mount.blob_files()) == 1  # old versions were deleted from the store
     wait_for(lambda: mount.status()["garbage_pending"] == 0, 10, "garbage collection")
+    assert len(mount.blob_files()) == 1  # old versions were deleted from the store
 
 
 def test_directories_and_renames(mount):

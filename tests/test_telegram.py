@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import filecmp
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,11 +26,10 @@ SEGMENT = 2.0
 
 
 def part_locations(mount, name: str) -> list[str]:
-    """Store locations of the parts of the entry called `name`, from the catalog."""
-    with sqlite3.connect(f"file:{mount.data / 'catalog.db'}?mode=ro", uri=True) as db:
-        rows = db.execute(
-            "SELECT p.location FROM node n JOIN part p ON p.blob_id = n.blob_id "
-            "WHERE n.name = ? ORDER BY p.'index'", (name,)).fetchall()
+    """Store locations of the parts of the entry called `name`, from the catalog (names
+    are kept as bytes)."""
+    rows = mount.catalog("SELECT p.location FROM node n JOIN part p ON p.blob_id = n.blob_id "
+                         "WHERE n.name = ? ORDER BY p.'index'", os.fsencode(name))
     return [r[0] for r in rows]
 
 

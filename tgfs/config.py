@@ -35,6 +35,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_PART_SIZE = 64 * 2**20
 MTPROTO_FILE_LIMIT = 2000 * 2**20
 
+# Media child limits. A 4K transcode with libx264 peaks near 1 GiB resident and 1.4 GiB of
+# address space (measured with a 10 s 3840x2160 clip); 3 GiB leaves room for a ladder of
+# smaller renditions next to it. DCI 4K is the largest frame made by default: 8K sources
+# are rare and need several GiB. A day of media is longer than any film or recording.
+DEFAULT_MEDIA_MEMORY = 3 * 2**30
+DEFAULT_MAX_PIXELS = "4096x2160"
+DEFAULT_MAX_DURATION = 24 * 3600.0
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _PLACEHOLDER_TOKENS = {"", "your_bot_token", "changeme", "xxx", "token"}
@@ -118,6 +126,10 @@ class Settings:
     telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
     ladder: tuple[int, ...] = ()  # extra rendition heights below the source's (TGFS_LADDER)
     audio_hls: bool = False  # audio-only files become HLS too (TGFS_AUDIO_HLS)
+    media_memory: int = 0  # address-space cap of the media child, bytes; 0 = none
+    media_max_pixels: int = 0  # pixels per frame above which a video is kept as a file
+    media_max_duration: float = 0.0  # seconds above which a video is kept as a file
+    retry_delay: float = 30.0  # first retry of a job stopped by the store or a full disk, s
 
     @property
     def catalog_path(self) -> Path:
@@ -162,7 +174,14 @@ class Settings:
             ("TGFS_X264_CRF", str(self.x264_crf)),
             ("TGFS_LADDER", ",".join(map(str, self.ladder)) or "(source only)"),
             ("TGFS_AUDIO_HLS", str(self.audio_hls).lower()),
+            ("TGFS_MEDIA_MEMORY", format_size(self.media_memory) if self.media_memory
+             else "no limit"),
+            ("TGFS_MEDIA_MAX_PIXELS", str(self.media_max_pixels) if self.media_max_pixels
+             else "no limit"),
+            ("TGFS_MEDIA_MAX_DURATION", f"{self.media_max_duration:g} s"
+             if self.media_max_duration else "no limit"),
             ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
+            ("TGFS_RETRY_DELAY", f"{self.retry_delay:g} s"),
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
             ("TGFS_LOG_LEVEL", self.log_level),
             ("TGFS_REPLICAS", str(self.replicas)),
@@ -321,7 +340,25 @@ def _build(r: _Reader) -> Settings:
         telegram_client=client,
         ladder=_ladder(r.text("TGFS_LADDER", "")),
         audio_hls=r.flag("TGFS_AUDIO_HLS", False),
+        media_memory=r.size("TGFS_MEDIA_MEMORY", DEFAULT_MEDIA_MEMORY, minimum=64 * 2**20)
+        if r.text("TGFS_MEDIA_MEMORY", "") != "0" else 0,
+        media_max_pixels=_pixels(r.text("TGFS_MEDIA_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
+        retry_delay=r.number("TGFS_RETRY_DELAY", 30.0, 0.1, 3600.0),
+        media_max_duration=r.number("TGFS_MEDIA_MAX_DURATION", DEFAULT_MAX_DURATION, 0,
+                                    10 * 365 * 86400),
     )
+
+
+def _pixels(raw: str) -> int:
+    """`4096x2160` or a number of pixels → pixels per frame; 0 = no limit."""
+    text = raw.lower().replace(" ", "")
+    if re.fullmatch(r"\d+x\d+", text):
+        width, height = text.split("x")
+        return int(width) * int(height)
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"TGFS_MEDIA_MAX_PIXELS={raw!r} must be WIDTHxHEIGHT (e.g. 4096x2160) "
+                      "or a number of pixels; 0 = no limit")
 
 
 def _ladder(raw: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ Stops cleanly on SIGINT/SIGTERM (unmounts), or when the mount is unmounted from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import uuid
@@ -20,10 +21,12 @@ import pyfuse3
 import trio
 
 from tgfs.cache import PartCache
-from tgfs.catalog import Job, Meta, Node, close_catalog, open_catalog
+from tgfs.catalog import Meta, blobs, close_catalog, jobs, open_catalog
+from tgfs.catalog.reserve import Reserve
 from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
+from tgfs.lock import DirectoryLock
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
@@ -55,18 +58,31 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     for skipped in settings.skipped_bots:
         log.warning("config: %s; skipped", skipped)
-    open_catalog(settings.catalog_path)
-    try:
+    with contextlib.ExitStack() as held:
+        # The spool may live outside the data directory; it is swept at start, so it gets
+        # the same protection.
+        for directory in dict.fromkeys([settings.data_dir, settings.spool_dir]):
+            held.enter_context(DirectoryLock(directory, mountpoint))
+        open_catalog(settings.catalog_path)
+        held.callback(close_catalog)
         store = make_store(settings)
         spool = Spool(settings.spool_dir)
-        keep = {n.spool for n in Node.select(Node.spool).where(Node.spool.is_null(False))}
-        keep |= {j.spool for j in Job.select(Job.spool).where(Job.state.in_(["queued",
-                                                                             "running"]))}
-        spool.sweep(keep)
+        _recover()
+        spool.sweep(jobs.live_spools())
         cache = PartCache(settings.cache_dir / _catalog_id(), settings.cache_size, store)
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
-    finally:
-        close_catalog()
+
+
+def _recover() -> None:
+    """What a crash left: writes never closed (kept, and queued), parts stored for jobs
+    that never finished (to the garbage list: the jobs start over)."""
+    recovered = jobs.recover_writes()
+    if recovered:
+        log.warning("recovered %d file(s) that were being written when tgfs stopped",
+                    len(recovered))
+    if collected := blobs.collect_landed():
+        log.info("store: %d part(s) stored by unfinished jobs will be deleted (the jobs "
+                 "start over)", collected)
 
 
 async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: Spool,
@@ -76,16 +92,47 @@ async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: 
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
     try:
+        await _collect_orphans(store)
+        _set_meta(STOPPED_CLEANLY, "0")  # until this daemon exits normally
         await _serve_mounted(settings, mountpoint, store, spool, cache, debug_fuse)
+        _set_meta(STOPPED_CLEANLY, "1")  # every put was awaited or cancelled and recorded
     finally:
         await store.aclose()
+
+
+STOPPED_CLEANLY = "stopped_cleanly"  # Meta key: "1" once a daemon has exited normally
+ORPHAN_SCAN_TIMEOUT = 120.0  # seconds; a store that slow is scanned again next start
+
+
+def _set_meta(key: str, value: str) -> None:
+    Meta.insert(key=key, value=value).on_conflict_replace().execute()
+
+
+async def _collect_orphans(store: BlobStore) -> None:
+    """After a kill or a crash, a put may have finished in the store without the catalog
+    hearing of it. Ask the store for parts nothing names (before any new put), and queue
+    them for deletion."""
+    row = Meta.get_or_none(Meta.key == STOPPED_CLEANLY)
+    if row is not None and row.value == "1":
+        return
+    try:
+        with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
+            found = await store.orphans(blobs.referenced)
+    except (StoreError, OSError, trio.TooSlowError) as exc:
+        log.warning("store: could not look for parts left by the last crash (%s); will "
+                    "look again at the next start", exc or "timed out")
+        return
+    if found:
+        blobs.queue_orphans(found)
+        log.info("store: %d part(s) left by the last crash will be deleted", len(found))
 
 
 async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
                          spool: Spool, cache: PartCache, debug_fuse: bool) -> None:
     fs_ref: list[Filesystem] = []
     collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc))
-    runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names))
+    runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names),
+                          lambda: fs_ref[0].writes.busy(), collector.wake)
     fs = Filesystem(settings, spool, cache, store, runner, collector)
     fs_ref.append(fs)
     options = set(pyfuse3.default_options)
@@ -107,9 +154,19 @@ async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
             nursery.start_soon(runner.run)
             nursery.start_soon(collector.run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(_keep_reserve, fs.reserve)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
+
+
+RESERVE_CHECK = 30.0  # seconds between checks that the catalog's reserve is in place
+
+
+async def _keep_reserve(room: Reserve) -> None:
+    while True:
+        await trio.to_thread.run_sync(room.ensure)
+        await trio.sleep(RESERVE_CHECK)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

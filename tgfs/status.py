@@ -32,6 +32,7 @@ def snapshot(
             "state": job.state,
             "outcome": job.outcome,
             "error": job.error,
+            "note": job.note,
             "attempts": job.attempts,
         }
         if live is not None:
@@ -115,8 +116,9 @@ def render(status: dict[str, Any]) -> str:
                      f"{speed:>7} {rate:>10} {eta:>6}  {job['path']}")
         if job["state"] == "running" and job.get("percent") is not None:
             lines.append(f"{'':>6}{_bar(job['percent'])}")
-        if job.get("error"):
-            lines.append(f"{'':>6}{job['error']}")
+        for said in (job.get("error"), job.get("note")):
+            if said:
+                lines.append(f"{'':>6}{said}")
     return "\n".join(lines) + "\n"
 
 

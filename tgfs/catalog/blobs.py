@@ -6,18 +6,44 @@ from collections.abc import Iterable
 
 from peewee import fn
 
-from tgfs.catalog.schema import Blob, Garbage, Part
+from tgfs.catalog.schema import Blob, Garbage, Landed, Part, db
 from tgfs.store.base import PartRef
 
 
+def landed(location: str, job_id: int | None) -> None:
+    """The store confirmed a part for an unfinished job: remember it at once, so a crash
+    before the job records it in a blob cannot orphan it (see Landed)."""
+    Landed.create(location=location, job_id=job_id)
+
+
 def add(size: int, parts: list[PartRef]) -> Blob:
-    blob = Blob.create(size=size)
-    for part in parts:
-        Part.create(
-            blob=blob, index=part.index, offset=part.offset, size=part.size,
-            location=part.location,
-        )
+    """A blob of stored parts (they stop being merely landed, in the same transaction)."""
+    with db.atomic():
+        blob = Blob.create(size=size)
+        for part in parts:
+            Part.create(
+                blob=blob, index=part.index, offset=part.offset, size=part.size,
+                location=part.location,
+            )
+        _unland(p.location for p in parts)
     return blob
+
+
+def _unland(locations: Iterable[str]) -> None:
+    wanted = list(locations)
+    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+        Landed.delete().where(Landed.location.in_(wanted[start:start + 500])).execute()
+
+
+def collect_landed() -> int:
+    """At start-up: parts landed for jobs that never finished go to the garbage list (the
+    jobs start over and store them again). Returns how many."""
+    with db.atomic():
+        rows = [r.location for r in Landed.select(Landed.location)]
+        if rows:
+            Garbage.insert_many([{"location": loc} for loc in rows]).execute()
+        Landed.delete().execute()
+    return len(rows)
 
 
 def parts_of(blob_id: int) -> list[PartRef]:
@@ -46,10 +72,38 @@ def free(blob_ids: Iterable[int]) -> int:
 
 
 def queue_locations(locations: Iterable[str]) -> None:
-    """Queue store locations that never made it into a blob (an aborted ingest)."""
+    """Queue for deletion the landed parts among `locations` that never made it into a
+    blob (an aborted ingest). Parts already in a blob, or already queued, are left alone:
+    callers may pass everything a failed upload stored."""
+    wanted = list(dict.fromkeys(locations))
+    with db.atomic():
+        still = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            still += [r.location for r in Landed.select(Landed.location)
+                      .where(Landed.location.in_(chunk))]
+        if still:
+            Garbage.insert_many([{"location": loc} for loc in still]).execute()
+        _unland(still)
+
+
+def queue_orphans(locations: Iterable[str]) -> None:
+    """Queue parts the store holds and the catalog never knew (left by a crash)."""
     rows = [{"location": loc} for loc in locations]
-    if rows:
-        Garbage.insert_many(rows).execute()
+    with db.atomic():
+        for start in range(0, len(rows), 500):
+            Garbage.insert_many(rows[start:start + 500]).execute()
+
+
+def referenced(location: str) -> bool:
+    """Does any part, landed part or garbage row name this single-replica location?"""
+    for model in (Part, Landed, Garbage):
+        field = model.location
+        if model.select().where((field == location) | field.startswith(location + ",")
+                                | field.endswith("," + location)
+                                | field.contains("," + location + ",")).exists():
+            return True
+    return False
 
 
 def held_by(location_prefix: str) -> tuple[int, int]:

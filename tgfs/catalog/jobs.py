@@ -1,34 +1,137 @@
-"""The ingest queue: one Job row per dropped file, from release until stored."""
+"""The ingest queue: one Job row per version of a file, from its first write until stored.
+
+States: `writing` (a write session has a working spool file; not ready) → `queued` (close()
+or fsync() accepted it) → `running` → `done` | `failed`. Only queued jobs are picked up,
+and never while their file is open for writing again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import logging
+import os
 import time
+from collections.abc import Iterable
 
-from tgfs.catalog.schema import Job, Node, now_ns
+from tgfs.catalog.schema import Job, Node, db, display, durable, now_ns
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+log = logging.getLogger(__name__)
 
 
-def enqueue(node: Node, path: str, spool: str, size: int) -> Job:
-    """Queue a freshly written file. A still-queued job for the same file is superseded."""
-    Job.delete().where((Job.node == node.id) & (Job.state == QUEUED)).execute()
-    return Job.create(node=node, path=path, spool=spool, size=size)
+class JobState(enum.StrEnum):
+    WRITING = "writing"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# A queued job waits until its file has been left alone this long (seconds). Tools finish
+# a file after closing it: rsync and `cp -p` set its mode and times, rsync renames it from
+# a temporary name. Ingesting at once would race them (and take the temporary name).
+SETTLE = 1.0
+
+WRITING, QUEUED, RUNNING, DONE, FAILED = (JobState.WRITING, JobState.QUEUED, JobState.RUNNING,
+                                          JobState.DONE, JobState.FAILED)
+
+
+def start_version(node: Node, path: str, spool: str) -> Job:
+    """A write session has new content for `node` in `spool`: record it before it matters,
+    so a crash finds it (see recover_writes)."""
+    return Job.create(node=node, path=display(path), spool=spool, size=0, state=WRITING)
+
+
+def accept(job_id: int, node: Node, spool: str, size: int, mtime_ns: int | None
+           ) -> list[str]:
+    """close()/fsync() accepted `spool` as `node`'s content, in one durable transaction: the
+    node points at it with its size, its job is queued, and the versions it supersedes
+    (queued, not yet running) are dropped. Returns the spool files nothing refers to now."""
+    with durable():
+        old_spool = node.spool
+        node.spool, node.size, node.ctime_ns = spool, size, now_ns()
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        node.save()
+        superseded = list(Job.select().where((Job.node == node.id) & (Job.state == QUEUED)
+                                             & (Job.id != job_id)))
+        Job.delete().where(Job.id.in_([j.id for j in superseded] or [0])).execute()
+        Job.update(state=QUEUED, size=size, not_before=time.time() + SETTLE, attempts=0,
+                   error=None, spool=spool).where(Job.id == job_id).execute()
+    unused = {j.spool for j in superseded} | {old_spool}
+    return [p for p in unused if p and p != spool and not _spool_in_use(p)]
+
+
+def settle(node_id: int) -> None:
+    """The file was renamed or its attributes changed: give the tool more time (SETTLE)."""
+    Job.update(not_before=time.time() + SETTLE).where(
+        (Job.node == node_id) & (Job.state == QUEUED) & (Job.attempts == 0)).execute()
+
+
+def reopen(job_id: int) -> None:
+    """More writes after an accept: the version is being written again."""
+    Job.update(state=WRITING).where(Job.id == job_id).execute()
+
+
+def drop(job_id: int) -> None:
+    """A write session rolled back: its version never existed."""
+    Job.delete().where(Job.id == job_id).execute()
+
+
+def _spool_in_use(path: str) -> bool:
+    return (Node.select().where(Node.spool == path).exists()
+            or Job.select().where((Job.spool == path)
+                                  & Job.state.in_([WRITING, QUEUED, RUNNING])).exists())
+
+
+def recover_writes() -> list[Job]:
+    """Writes the daemon never finished (it died before close()): keep what reached the
+    spool file under the file's name, queue it, and say so. Returns the recovered jobs."""
+    recovered = []
+    for job in list(Job.select().where(Job.state == WRITING)):
+        node = Node.get_or_none(Node.id == job.node_id) if job.node_id else None
+        try:
+            size = os.stat(job.spool).st_size
+        except OSError:
+            size = None
+        if node is None or size is None:
+            Job.delete().where(Job.id == job.id).execute()
+            continue
+        unused = accept(job.id, node, job.spool, size, None)
+        note = (f"the daemon stopped while this file was being written; kept the {size} "
+                "byte(s) that had arrived")
+        Job.update(note=note).where(Job.id == job.id).execute()
+        for path in unused:
+            _unlink(path)
+        log.warning("%s: %s", job.path, note)
+        recovered.append(job)
+    return recovered
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def active_for(node_id: int) -> Job | None:
+    """The file's accepted version on its way to the store, if any."""
     return Job.get_or_none((Job.node == node_id) & (Job.state.in_([QUEUED, RUNNING])))
 
 
-def cancel_queued(node_id: int) -> None:
-    Job.delete().where((Job.node == node_id) & (Job.state == QUEUED)).execute()
+def cancel(node_id: int) -> None:
+    """The file is gone: forget its versions that have not started (a running job notices
+    by itself)."""
+    Job.delete().where((Job.node == node_id) & Job.state.in_([WRITING, QUEUED])).execute()
 
 
-def next_ready(exclude: set[int]) -> Job | None:
-    """The oldest queued job whose retry time has come (None if there is none)."""
+def next_ready(exclude_jobs: Iterable[int], exclude_nodes: Iterable[int]) -> Job | None:
+    """The oldest queued job whose retry time has come and whose file is not open for
+    writing (None if there is none)."""
     return (
         Job.select()
         .where((Job.state == QUEUED) & (Job.not_before <= time.time())
-               & Job.id.not_in(list(exclude) or [0]))
+               & Job.id.not_in(list(exclude_jobs) or [0])
+               & (Job.node.is_null() | Job.node.not_in(list(exclude_nodes) or [0])))
         .order_by(Job.id)
         .first()
     )
@@ -64,8 +167,17 @@ def requeue_interrupted() -> int:
     return Job.update(state=QUEUED).where(Job.state == RUNNING).execute()
 
 
+def live_spools() -> set[str]:
+    """Spool files some node or unfinished job refers to (the rest is a crash's litter)."""
+    with db.atomic():
+        keep = {n.spool for n in Node.select(Node.spool).where(Node.spool.is_null(False))}
+        keep |= {j.spool for j in Job.select(Job.spool).where(
+            Job.state.in_([WRITING, QUEUED, RUNNING]))}
+    return keep
+
+
 def recent(limit: int = 50) -> list[Job]:
-    """Unfinished jobs first, then the latest finished ones."""
+    """Unfinished jobs first, then the latest finished ones (not files being written)."""
     active = list(Job.select().where(Job.state.in_([QUEUED, RUNNING])).order_by(Job.id))
     finished = list(Job.select().where(Job.state.in_([DONE, FAILED]))
                     .order_by(Job.id.desc()).limit(limit))

@@ -17,6 +17,7 @@ from tgfs.catalog.schema import (
     Segment,
     Video,
     db,
+    display,
 )
 from tgfs.media.playlists import (
     MASTER_NAME,
@@ -58,9 +59,9 @@ class RenditionInfo:
 
 
 def video_name(source_name: str) -> str:
-    """The folder a dropped video becomes: its name without the extension."""
-    stem = PurePosixPath(source_name).stem
-    return stem or source_name
+    """The folder a dropped video becomes: its name without the extension, made a valid
+    name ("..mp4" would give ".": its dots become "_", see tree.safe_name)."""
+    return tree.safe_name(PurePosixPath(source_name).stem)
 
 
 # Publishing happens in steps, so a video can be played while it is still being made:
@@ -69,14 +70,16 @@ def video_name(source_name: str) -> str:
 # dropped file removed). A job that finishes at once does all steps in one go.
 
 
-def create_video(source: Node, mode: str, target: int, job_id: int | None) -> Node:
+def create_video(source: Node, mode: str, target: int, job_id: int | None,
+                 source_hash: str | None = None) -> Node:
     """The folder for the video `source` is becoming, next to it; returns the folder node.
 
     It takes the file's name without extension, or "Name (2)" … if that is taken.
     """
     with db.atomic():
-        video = Video.create(source_name=source.name, duration=0.0, mode=mode,
-                             target_duration=target, complete=False, job_id=job_id)
+        video = Video.create(source_name=display(source.name), duration=0.0, mode=mode,
+                             target_duration=target, complete=False, job_id=job_id,
+                             source_hash=source_hash)
         name = tree.free_name(source.parent_id, video_name(source.name))
         owner = _owner(source)
         folder = tree.create(source.parent_id, name, NodeKind.VIDEO, READ_ONLY_DIR,
@@ -91,14 +94,15 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
     """A rendition folder with its playlist and init segment (None for subtitles)."""
     with db.atomic():
         init_blob = blobs.add(init.size, init.parts) if init else None
+        name = tree.free_name(folder.id, tree.safe_name(info.name))  # from a track's tags
         rendition = Rendition.create(
-            video=folder.video_id, name=info.name, kind=info.kind, language=info.language,
+            video=folder.video_id, name=name, kind=info.kind, language=info.language,
             title=info.title, is_default=info.default, width=info.width, height=info.height,
             frame_rate=info.frame_rate, codecs=info.codecs, bandwidth=0, average_bandwidth=0,
             init_name=init.name if init else "", init_blob=init_blob,
         )
         owner = _owner(folder)
-        rdir = tree.create(folder.id, info.name, NodeKind.RENDITION, READ_ONLY_DIR,
+        rdir = tree.create(folder.id, name, NodeKind.RENDITION, READ_ONLY_DIR,
                            video=folder.video_id, rendition=rendition, **owner)
         tree.create(rdir.id, MEDIA_PLAYLIST_NAME, NodeKind.PLAYLIST, READ_ONLY_FILE,
                     video=folder.video_id, rendition=rendition, **owner)
@@ -166,6 +170,14 @@ def video_segment_durations(video_id: int) -> list[float]:
 
 def _owner(node: Node) -> dict:
     return {"uid": node.uid, "gid": node.gid}
+
+
+def published_copy(parent_id: int, source_hash: str) -> Node | None:
+    """A video folder in `parent_id` made from a file with these very bytes, if any."""
+    return (Node.select().join(Video, on=(Node.video == Video.id))
+            .where((Node.parent == parent_id) & (Node.kind == NodeKind.VIDEO)
+                   & (Video.source_hash == source_hash))
+            .first())
 
 
 def incomplete_videos() -> list[int]:

@@ -10,8 +10,13 @@ Shape:
       │     ordinary dirs and files, video folders, and the derived entries inside them
       ├── blob ──► Blob ──► Part (where each piece lives in the store)
       └── video ─► Video ──► Rendition ──► Segment ──► Blob
-    Job ── one dropped file on its way from the spool to the store (crash-safe queue)
+    Job ── one version of a file on its way from the spool to the store (crash-safe
+           queue): being written, accepted and queued, running, done or failed
+    Landed ── store locations an unfinished job has stored but no blob refers to yet
     Garbage ── store locations still to delete (kept until the store confirms)
+
+Names are kept as the bytes the kernel gave (`NameField`, BLOB): a name that is not UTF-8
+comes back byte-exact. Python sees them as `os.fsdecode` strings (surrogateescape).
 
 All access happens on the trio thread (pyfuse3 handlers and the ingest runner); queries are
 short and indexed, so they do not stall the filesystem.
@@ -19,15 +24,20 @@ short and indexed, so they do not stall the filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
 from playhouse.sqlite_ext import AutoIncrementField
 
-SCHEMA_VERSION = 2  # 2: audio/subtitle renditions, videos published while processing
+# 2: audio/subtitle renditions, videos published while processing
+# 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
+SCHEMA_VERSION = 3
 
 db = pw.SqliteDatabase(None)
 
@@ -47,6 +57,57 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+@contextlib.contextmanager
+def durable() -> Iterator[None]:
+    """A transaction that is on disk when it returns, power loss included.
+
+    The catalog runs with synchronous=NORMAL (see open_catalog): a commit survives a crash
+    of the daemon but may be lost with the machine's power. What close() and fsync() accept
+    must survive both, so those commits ask for FULL, one transaction at a time.
+    """
+    db.execute_sql("PRAGMA synchronous=FULL")
+    try:
+        with db.atomic():
+            yield
+    finally:
+        db.execute_sql("PRAGMA synchronous=NORMAL")
+
+
+def display(name: str) -> str:
+    """A name or path as text for status output and logs: bytes that are not UTF-8 shown as
+    \\xNN escapes (the catalog's text columns cannot hold them; Node names can)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class NameField(pw.BlobField):
+    """A file name as raw bytes (BLOB), seen from Python as an `os.fsdecode` string.
+
+    Rows written by schema 2 hold TEXT; the migration casts them, and python_value still
+    accepts text so a half-read row never breaks a lookup."""
+
+    field_type = "BLOB"
+
+    def db_value(self, value):
+        if value is None or isinstance(value, bytes):
+            return value
+        return os.fsencode(value)
+
+    def python_value(self, value):
+        if isinstance(value, (bytes, memoryview)):
+            return os.fsdecode(bytes(value))
+        return value
+
+
+def name_upper_bound(prefix: str) -> bytes | None:
+    """The smallest byte string above every name starting with `prefix`; None if there is
+    none (the prefix is all 0xFF bytes). For range scans on the (parent, name) index."""
+    raw = bytearray(os.fsencode(prefix)).rstrip(b"\xff")
+    if not raw:
+        return None
+    raw[-1] += 1
+    return bytes(raw)
+
+
 class NodeKind(enum.StrEnum):
     DIR = "dir"  # an ordinary directory the user made
     FILE = "file"  # an ordinary file: content in the store (blob) or still in the spool
@@ -56,6 +117,7 @@ class NodeKind(enum.StrEnum):
     PLAYLIST = "playlist"  # a rendition's playlist.m3u8, rendered from the catalog
     MEDIA = "media"  # an init segment or a media segment: immutable blob content
     CONTROL_DIR = "control_dir"  # /.tgfs
+    SYMLINK = "symlink"  # a symbolic link the user made; its target is Node.target
     STATUS = "status"  # /.tgfs/status.json, rendered live
     BOTS = "bots"  # /.tgfs/bots.json: per-bot state of the Telegram store, rendered live
 
@@ -112,6 +174,18 @@ class Part(_Model):
         indexes = ((("blob", "index"), True),)
 
 
+class Landed(_Model):
+    """A part the store accepted for a job that has not finished.
+
+    Written the moment the store confirms a part, removed in the transaction that makes a
+    blob of it (or queues it for deletion). A crash leaves rows here, and the job starts
+    over: start-up moves them to the garbage list, so no stored part is forgotten.
+    """
+
+    location = pw.TextField(index=True)
+    job_id = pw.IntegerField(null=True)  # the job that stored it, for logs
+
+
 class Garbage(_Model):
     """A store location whose blob is gone from the catalog but not yet from the store.
 
@@ -141,6 +215,9 @@ class Video(_Model):
     # The ingest job still adding to it (None once complete). A daemon stopped mid-way
     # restarts the job from scratch, so its half-published video is removed first.
     job_id = pw.IntegerField(null=True)
+    # SHA-256 of the dropped file (hex). A later drop of the same bytes into the same
+    # folder (`rsync` run twice) is recognised and not published a second time.
+    source_hash = pw.TextField(null=True, index=True)
 
 
 class RenditionKind(enum.StrEnum):
@@ -190,7 +267,7 @@ class Node(_Model):
     # kernel can never confuse a new file with one it still remembers.
     id = AutoIncrementField()
     parent = pw.ForeignKeyField("self", null=True, backref="children")  # None only for root
-    name = pw.TextField()  # the entry's name in its parent (decoded with surrogateescape)
+    name = NameField()  # the entry's name in its parent: raw bytes, never ".", ".." or ""
     kind = pw.TextField()  # a NodeKind value
     mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
     uid = pw.IntegerField(default=0)
@@ -204,6 +281,7 @@ class Node(_Model):
     spool = pw.TextField(null=True)
     video = pw.ForeignKeyField(Video, null=True, on_delete="CASCADE")  # folder + its insides
     rendition = pw.ForeignKeyField(Rendition, null=True, on_delete="CASCADE")
+    target = NameField(null=True)  # symlinks: the target path, bytes as given
 
     class Meta:
         indexes = ((("parent", "name"), True),)
@@ -214,22 +292,31 @@ class Node(_Model):
 
 
 class Job(_Model):
-    """One dropped file between the spool and the store. The queue survives restarts."""
+    """One version of a file between the spool and the store. The queue survives restarts.
+
+    A job is born `writing` when a file's new content starts in a spool file (see
+    tgfs.fs.writes); close() or fsync() accepts the content (`queued`, with its size) in
+    one durable transaction. A `writing` job found at start-up is a write the daemon never
+    finished: what reached the spool file is kept and queued, and the job says so.
+    """
 
     node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")  # None once deleted
-    path = pw.TextField()  # mount-relative path when dropped, for status output
+    path = pw.TextField()  # mount-relative path when dropped (`display`ed), for status
     spool = pw.TextField()  # the spooled copy the job works from
     size = pw.IntegerField()  # bytes of the dropped file
-    state = pw.TextField(default="queued")  # queued | running | done | failed
+    state = pw.TextField(default="queued")  # writing | queued | running | done | failed
     outcome = pw.TextField(null=True)  # "video" or "file" once known
     error = pw.TextField(null=True)  # why the media step failed (the file is kept as-is)
+    # Said about the file whatever the outcome: a write the daemon never finished, a copy
+    # of a video already there. Shown in status beside the error.
+    note = pw.TextField(null=True)
     attempts = pw.IntegerField(default=0)  # store failures so far (retried with backoff)
     not_before = pw.FloatField(default=0.0)  # epoch seconds; retry no earlier than this
     created_ns = pw.IntegerField(default=now_ns)
     finished_ns = pw.IntegerField(null=True)
 
 
-TABLES = [Meta, Blob, Part, Garbage, Video, Rendition, Segment, Node, Job]
+TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Job]
 
 
 def open_catalog(path: Path) -> None:
@@ -257,6 +344,9 @@ def open_catalog(path: Path) -> None:
     found = int(row.value) if row else None
     if found == 1:
         _migrate_from_1()
+        found = 2
+    if found == 2:
+        _migrate_from_2()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
@@ -284,6 +374,22 @@ def _migrate_from_1() -> None:
             m.add_column("rendition", "is_default", Rendition.is_default),
             m.drop_not_null("rendition", "init_blob_id"),
         )
+        Meta.update(value="2").where(Meta.key == "schema_version").execute()
+
+
+def _migrate_from_2() -> None:
+    """Version 2 kept names as text (so names that are not UTF-8 could not be stored) and
+    had no symlinks, source hashes or landed parts. Landed is a new table (create_tables
+    made it); the names become the bytes they encode."""
+    m = SqliteMigrator(db)
+    with db.atomic():
+        migrate(
+            m.add_column("node", "target", Node.target),
+            m.add_column("video", "source_hash", Video.source_hash),
+            m.add_index("video", ("source_hash",)),
+            m.add_column("job", "note", Job.note),
+        )
+        db.execute_sql("UPDATE node SET name = CAST(name AS BLOB)")
         Meta.update(value=str(SCHEMA_VERSION)).where(Meta.key == "schema_version").execute()
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import PurePosixPath
 
-from tgfs.catalog.schema import ROOT_ID, Node, NodeKind, now_ns
+from tgfs.catalog.schema import ROOT_ID, Node, NodeKind, name_upper_bound, now_ns
+
+NAME_MAX = 255  # bytes in one name, as on ext4; longer names get ENAMETOOLONG
 
 
 def get(inode: int) -> Node | None:
@@ -28,8 +31,11 @@ def children(parent_id: int, after_id: int = 0, limit: int = 1000) -> list[Node]
 
 def children_named_from(parent_id: int, prefix: str) -> list[Node]:
     """Entries of a directory whose names start with `prefix` (a range on the index)."""
-    return list(Node.select().where((Node.parent == parent_id) & (Node.name >= prefix)
-                                    & (Node.name < prefix + "\U0010ffff")))
+    query = (Node.parent == parent_id) & (Node.name >= prefix)
+    upper = name_upper_bound(prefix)
+    if upper is not None:
+        query &= Node.name < upper
+    return list(Node.select().where(query))
 
 
 def has_children(parent_id: int) -> bool:
@@ -44,6 +50,24 @@ def path_of(node: Node) -> str:
         parts.append(current.name)
         current = get(current.parent_id) if current.parent_id else None
     return str(PurePosixPath(*reversed(parts))) if parts else "/"
+
+
+def safe_name(wanted: str) -> str:
+    """A name made from something tgfs did not choose (a file's stem, a track's language
+    tag) that is a valid entry: never empty, ".", "..", with no "/" or NUL, and at most
+    NAME_MAX bytes (cut at a character boundary, with room for a " (N)" suffix)."""
+    name = wanted.replace("/", "_").replace("\0", "_")
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "_"
+    raw = os.fsencode(name)
+    limit = NAME_MAX - 8
+    if len(raw) > limit:
+        try:  # a UTF-8 name is cut at a character boundary; other bytes anywhere
+            raw.decode()
+            name = raw[:limit].decode(errors="ignore")
+        except UnicodeDecodeError:
+            name = os.fsdecode(raw[:limit])
+    return name
 
 
 def free_name(parent_id: int, wanted: str, ignore_id: int | None = None) -> str:

@@ -22,7 +22,9 @@ def entry(node: Node, size: int) -> pyfuse3.EntryAttributes:
     attrs = pyfuse3.EntryAttributes()
     attrs.st_ino = node.id
     attrs.generation = 0  # inode numbers are never reused (AUTOINCREMENT), so 0 is safe
-    attrs.st_mode = (stat.S_IFDIR if kind.is_dir else stat.S_IFREG) | node.mode
+    file_type = (stat.S_IFDIR if kind.is_dir
+                 else stat.S_IFLNK if kind is NodeKind.SYMLINK else stat.S_IFREG)
+    attrs.st_mode = file_type | node.mode
     # Directories report one link: "link count unknown", as btrfs does; tools like find
     # then do not rely on counting subdirectories.
     attrs.st_nlink = 1

@@ -5,19 +5,30 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from tgfs.fs.writes import Session
 from tgfs.store.base import PartRef
 
 
 @dataclasses.dataclass
 class SpoolHandle:
-    """A file whose content is a local spool file (being written, or awaiting ingest)."""
+    """Reading a file whose content is a local spool file (written, awaiting ingest)."""
 
     inode: int
     fd: int
-    writable: bool
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+@dataclasses.dataclass
+class WriteHandle:
+    """A file opened for writing (and maybe reading): its inode's write session."""
+
+    inode: int
+    session: Session
+
+    def close(self) -> None:
+        pass  # the session closes its file at the last release
 
 
 @dataclasses.dataclass
@@ -43,4 +54,4 @@ class BytesHandle:
         pass
 
 
-Handle = SpoolHandle | BlobHandle | BytesHandle
+Handle = SpoolHandle | WriteHandle | BlobHandle | BytesHandle

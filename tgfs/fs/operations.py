@@ -33,10 +33,11 @@ import pyfuse3
 import trio
 
 from tgfs.cache import PartCache
-from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_ns, tree
+from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_ns, reserve, tree
 from tgfs.config import Settings
 from tgfs.fs import attrs
-from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle
+from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle, WriteHandle
+from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.media import playlists
 from tgfs.spool import Spool
@@ -46,7 +47,6 @@ from tgfs.store.collector import GarbageCollector
 
 log = logging.getLogger(__name__)
 
-_COPY_STEP = 4 * 2**20  # bytes per step when a stored file is copied back to the spool
 _READDIR_PAGE = 500
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -59,20 +59,49 @@ def _guarded(handler: F) -> F:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except StoreError as exc:
-            log.error("%s: store error: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            log.warning("%s: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise _errno_for(handler.__name__, exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _errno_for(name: str, exc: Exception) -> pyfuse3.FUSEError:
+    if reserve.is_full(exc):  # ENOSPC/EDQUOT as themselves, wherever they came from
+        log.warning("%s: no space left for the catalog or the spool: %s", name, exc)
+        quota = isinstance(exc, OSError) and exc.errno == errno.EDQUOT
+        return pyfuse3.FUSEError(errno.EDQUOT if quota else errno.ENOSPC)
+    if isinstance(exc, StoreError):
+        log.error("%s: store error: %s", name, exc)
+        return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(exc, OSError):
+        log.warning("%s: %s", name, exc)
+        return pyfuse3.FUSEError(exc.errno or errno.EIO)
+    log.error("%s failed", name, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def _frees_space(handler: F) -> F:
+    """For removals: on a full disk, give up the catalog's reserve and try once more, so
+    that deleting is always possible (see tgfs.catalog.reserve). The handler must do
+    nothing before its catalog transaction that a second run would repeat wrongly."""
+    @functools.wraps(handler)
+    async def wrapper(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            if not reserve.is_full(exc) or not self.reserve.release():
+                raise
+        return await handler(self, *args)
 
     return wrapper  # type: ignore[return-value]
 
 
 def _name(raw: bytes) -> str:
+    """A name from the kernel: any bytes but "/" and NUL, kept exactly (see NameField)."""
+    if len(raw) > tree.NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
     return os.fsdecode(raw)
 
 
@@ -90,9 +119,9 @@ class Filesystem(pyfuse3.Operations):
         self.collector = collector
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
-        self._writers: collections.Counter[int] = collections.Counter()  # inode → open writers
-        self._write_size: dict[int, int] = {}  # inode → size while open for writing
-        self._write_error: dict[int, int] = {}  # inode → errno of a failed write
+        self.reserve = reserve.Reserve(settings.data_dir)
+        self.writes = Writes(spool, cache, settings.max_upload_size, runner.wake,
+                             lambda parent, name: self.invalidate(parent, [name]))
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
         self._open_parts: collections.Counter[str] = collections.Counter()  # location → readers
         self._rendered: dict[int, bytes] = {}  # playlists of published (immutable) videos
@@ -159,13 +188,16 @@ class Filesystem(pyfuse3.Operations):
 
     def _size(self, node: Node) -> int:
         kind = node.node_kind
-        if kind is NodeKind.FILE:
-            return self._write_size.get(node.id, node.size)
+        if kind is NodeKind.FILE and (session := self.writes.get(node.id)) is not None:
+            return session.current_size
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST) or kind.is_live:
             return len(self._render(node))
         return node.size
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        session = self.writes.get(node.id)
+        if session is not None and session.mtime_ns is not None:
+            node.mtime_ns = session.mtime_ns  # a local copy: written to the catalog at close
         return attrs.entry(node, self._size(node))
 
     def _add_handle(self, handle: Handle) -> int:
@@ -181,72 +213,6 @@ class Filesystem(pyfuse3.Operations):
             return self._handles[fh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
-
-    # ---- writing: spool sessions ---------------------------------------------------------
-
-    async def _begin_write(self, node: Node, truncate: bool) -> int:
-        """Open `node`'s spool file for writing (creating it from the stored copy if needed).
-
-        Returns an fd. The file gets an ingest job when its last writer closes.
-        """
-        job = jobs.active_for(node.id)
-        if job is not None and job.state == jobs.RUNNING:
-            raise pyfuse3.FUSEError(errno.EBUSY)  # being ingested right now; try later
-        jobs.cancel_queued(node.id)
-        if node.spool is not None:
-            fd = os.open(node.spool, os.O_RDWR | os.O_CLOEXEC)
-        else:
-            path, fd = self.spool.new_file()
-            try:
-                if node.blob_id is not None and not truncate:
-                    await self._copy_stored(node, fd)
-            except BaseException:
-                os.close(fd)
-                Spool.discard(path)
-                raise
-            with db.atomic():
-                old_blob = node.blob_id
-                node.spool, node.blob = path, None
-                node.save()
-                blobs.free([old_blob])
-            self.collector.wake()
-        if truncate:
-            os.ftruncate(fd, 0)
-        if self._writers[node.id] == 0:
-            self._write_size[node.id] = 0 if truncate else os.fstat(fd).st_size
-        elif truncate:
-            self._write_size[node.id] = 0
-        self._writers[node.id] += 1
-        return fd
-
-    async def _copy_stored(self, node: Node, fd: int) -> None:
-        parts = blobs.parts_of(node.blob_id)
-        for offset in range(0, node.size, _COPY_STEP):
-            data = await self.cache.read(parts, offset, min(_COPY_STEP, node.size - offset))
-            await Spool.pwrite(fd, data, offset)
-
-    async def _end_write(self, inode: int) -> None:
-        self._writers[inode] -= 1
-        if self._writers[inode] > 0:
-            return
-        del self._writers[inode]
-        size = self._write_size.pop(inode, 0)
-        failed = self._write_error.pop(inode, None)
-        node = tree.get(inode)
-        if node is None:  # unlinked while open: its spool file is already gone
-            return
-        if failed is not None:
-            # A short copy is worse than none: drop it so nothing half-written is stored.
-            log.warning("write to %s failed (%s); the incomplete file was removed",
-                        tree.path_of(node), os.strerror(failed))
-            Spool.discard(node.spool)
-            library.remove_file(node)
-            self.invalidate(node.parent_id, [node.name])
-            return
-        node.size, node.mtime_ns, node.ctime_ns = size, now_ns(), now_ns()
-        node.save()
-        jobs.enqueue(node, tree.path_of(node), node.spool, size)
-        self.runner.wake()
 
     # ---- handlers ------------------------------------------------------------------------
 
@@ -271,15 +237,15 @@ class Filesystem(pyfuse3.Operations):
         log.debug("setattr(%d)", inode)
         node = self._node(inode)
         kind = node.node_kind
-        if kind not in (NodeKind.FILE, NodeKind.DIR):
+        if kind not in (NodeKind.FILE, NodeKind.DIR, NodeKind.SYMLINK):
             raise pyfuse3.FUSEError(errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR
                                     else errno.EROFS)
         if fields.update_size:
-            if kind is NodeKind.DIR:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            await self._truncate(node, attr.st_size)
+            if kind is not NodeKind.FILE:
+                raise pyfuse3.FUSEError(errno.EISDIR if kind is NodeKind.DIR else errno.EINVAL)
+            await self._truncate(node, attr.st_size, fh)
             node = self._node(inode)
-        if fields.update_mode:
+        if fields.update_mode and kind is not NodeKind.SYMLINK:  # a link's mode is 0777
             node.mode = attr.st_mode & 0o7777
         if fields.update_uid:
             node.uid = attr.st_uid
@@ -287,20 +253,27 @@ class Filesystem(pyfuse3.Operations):
             node.gid = attr.st_gid
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
+            if (session := self.writes.get(inode)) is not None:
+                self.writes.set_mtime(session, attr.st_mtime_ns)
         node.ctime_ns = now_ns()
-        node.save()
+        with db.atomic():
+            node.save()
+            jobs.settle(node.id)
         return self._attrs(node)
 
-    async def _truncate(self, node: Node, size: int) -> None:
-        if self.settings.max_upload_size and size > self.settings.max_upload_size:
-            raise pyfuse3.FUSEError(errno.EFBIG)
-        fd = await self._begin_write(node, truncate=size == 0)
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        """truncate(2) through an open handle, or on its own: then a session of one step,
+        accepted at once as if closed."""
+        handle = self._handles.get(fh) if fh is not None else None
+        if isinstance(handle, WriteHandle):
+            await self.writes.truncate(handle.session, size)
+            return
+        session = await self.writes.open(node, truncate=False)
         try:
-            os.ftruncate(fd, size)
-            self._write_size[node.id] = size
+            await self.writes.truncate(session, size)
+            await self.writes.flush(session)
         finally:
-            os.close(fd)
-            await self._end_write(node.id)
+            await self.writes.release(session)
 
     @_guarded
     async def opendir(self, inode, ctx):
@@ -338,6 +311,28 @@ class Filesystem(pyfuse3.Operations):
         return self._attrs(node)
 
     @_guarded
+    async def symlink(self, parent_inode, name, target, ctx):
+        name = _name(name)
+        log.debug("symlink(%d, %r)", parent_inode, name)
+        parent = self._changeable_dir(parent_inode)
+        if tree.child(parent.id, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        with db.atomic():
+            node = tree.create(parent.id, name, NodeKind.SYMLINK, 0o777, ctx.uid, ctx.gid,
+                               target=os.fsdecode(target), size=len(target))
+            tree.touch_dir(parent.id)
+        return self._attrs(node)
+
+    @_guarded
+    async def readlink(self, inode, ctx):
+        log.debug("readlink(%d)", inode)
+        node = self._node(inode)
+        if node.node_kind is not NodeKind.SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    @_guarded
+    @_frees_space
     async def rmdir(self, parent_inode, name, ctx):
         name = _name(name)
         log.debug("rmdir(%d, %r)", parent_inode, name)
@@ -382,6 +377,7 @@ class Filesystem(pyfuse3.Operations):
         self.collector.wake()
 
     @_guarded
+    @_frees_space
     async def unlink(self, parent_inode, name, ctx):
         name = _name(name)
         log.debug("unlink(%d, %r)", parent_inode, name)
@@ -396,17 +392,24 @@ class Filesystem(pyfuse3.Operations):
             return
         if kind.is_live:
             raise pyfuse3.FUSEError(errno.EPERM)
-        self._remove_file(node)
-        tree.touch_dir(parent_inode)
+        with db.atomic():
+            spool = self._remove_file(node)
+            tree.touch_dir(parent_inode)
+        Spool.discard(spool)
 
-    def _remove_file(self, node: Node) -> None:
-        jobs.cancel_queued(node.id)
-        spool = node.spool
-        library.remove_file(node)
-        Spool.discard(spool)  # open handles keep their fd; a running job discards itself
+    def _remove_file(self, node: Node) -> str | None:
+        """Remove an ordinary file's row (inside the caller's transaction); returns its
+        spool file, for the caller to delete once that transaction is committed. Open
+        handles keep their descriptors (a write session discards its working file at its
+        last release); a running job notices and discards its results."""
+        with db.atomic():
+            jobs.cancel(node.id)
+            library.remove_file(node)
         self.collector.wake()
+        return node.spool
 
     @_guarded
+    @_frees_space
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         name_old, name_new = _name(name_old), _name(name_new)
         log.debug("rename(%d, %r, %d, %r)", parent_inode_old, name_old, parent_inode_new,
@@ -422,27 +425,32 @@ class Filesystem(pyfuse3.Operations):
         if moving_dir and tree.is_inside(target_dir.id, node.id):
             raise pyfuse3.FUSEError(errno.EINVAL)  # into itself
         existing = tree.child(target_dir.id, name_new)
-        if existing is not None and existing.id != node.id:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            self._replace(existing, moving_dir)
+        replaced = None
+        if existing is not None and existing.id != node.id and flags & pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        # One transaction: a crash leaves the old name or the new one, never neither.
         with db.atomic():
+            if existing is not None and existing.id != node.id:
+                replaced = self._replace(existing, moving_dir)
             tree.move(node, target_dir.id, name_new)
             tree.touch_dir(parent_inode_old)
             tree.touch_dir(target_dir.id)
+            jobs.settle(node.id)
+        Spool.discard(replaced)
 
-    def _replace(self, existing: Node, moving_dir: bool) -> None:
-        """Remove the entry a rename overwrites, with rename(2)'s rules."""
+    def _replace(self, existing: Node, moving_dir: bool) -> str | None:
+        """Remove the entry a rename overwrites, with rename(2)'s rules; returns a spool
+        file to delete after the commit."""
         if existing.node_kind.is_dir:
             if not moving_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if existing.node_kind is not NodeKind.DIR or tree.has_children(existing.id):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             existing.delete_instance()
-        else:
-            if moving_dir:
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            self._remove_file(existing)
+            return None
+        if moving_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return self._remove_file(existing)
 
     @_guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -451,13 +459,9 @@ class Filesystem(pyfuse3.Operations):
         parent = self._changeable_dir(parent_inode)
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        path, fd = self.spool.new_file()
-        node = tree.create(parent.id, name, NodeKind.FILE, mode & ~ctx.umask & 0o7777,
-                           ctx.uid, ctx.gid, spool=path)
-        tree.touch_dir(parent.id)
-        self._writers[node.id] += 1
-        self._write_size[node.id] = 0
-        fh = self._add_handle(SpoolHandle(node.id, fd, writable=True))
+        node, session = self.writes.create(parent.id, name, mode & ~ctx.umask & 0o7777,
+                                           ctx.uid, ctx.gid)
+        fh = self._add_handle(WriteHandle(node.id, session))
         return pyfuse3.FileInfo(fh=fh), self._attrs(node)
 
     @_guarded
@@ -470,8 +474,8 @@ class Filesystem(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             if kind is not NodeKind.FILE:
                 raise pyfuse3.FUSEError(errno.EPERM if kind.is_live else errno.EROFS)
-            fd = await self._begin_write(node, truncate=bool(flags & os.O_TRUNC))
-            return pyfuse3.FileInfo(fh=self._add_handle(SpoolHandle(node.id, fd, True)))
+            session = await self.writes.open(node, truncate=bool(flags & os.O_TRUNC))
+            return pyfuse3.FileInfo(fh=self._add_handle(WriteHandle(node.id, session)))
         if kind.is_live:
             self.store_health = await self._store_health()
             handle = BytesHandle(node.id, self._render(node))
@@ -483,14 +487,18 @@ class Filesystem(pyfuse3.Operations):
             growing = not node.video.complete
             return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=not growing,
                                     direct_io=growing)
-        if node.spool is not None:
-            fd = os.open(node.spool, os.O_RDONLY | os.O_CLOEXEC)
-            return pyfuse3.FileInfo(fh=self._add_handle(SpoolHandle(node.id, fd, False)))
-        parts = blobs.parts_of(node.blob_id) if node.blob_id is not None else []
-        handle = BlobHandle(node.id, parts, node.size)
         # Segments never change: let the page cache serve re-reads across opens.
-        return pyfuse3.FileInfo(fh=self._add_handle(handle),
+        return pyfuse3.FileInfo(fh=self._add_handle(self._reader(node)),
                                 keep_cache=kind is NodeKind.MEDIA)
+
+    def _reader(self, node: Node) -> Handle:
+        """A read handle on the file's current content (see tgfs.fs.writes)."""
+        session = self.writes.get(node.id)
+        path = session.path if session is not None and session.path else node.spool
+        if path is not None:
+            return SpoolHandle(node.id, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        parts = blobs.parts_of(node.blob_id) if node.blob_id is not None else []
+        return BlobHandle(node.id, parts, node.size)
 
     async def _store_health(self) -> dict[str, Any]:
         try:
@@ -503,10 +511,23 @@ class Filesystem(pyfuse3.Operations):
     async def read(self, fh, off, size):
         log.debug("read(%d, %d, %d)", fh, off, size)
         handle = self._handle(fh)
+        if isinstance(handle, WriteHandle):  # O_RDWR: the new content, else the current
+            data = await self.writes.read(handle.session, off, size)
+            if data is not None:
+                return data
+            reader = self._reader(self._node(handle.inode))
+            try:
+                return await self._read(reader, off, size)
+            finally:
+                reader.close()
+        return await self._read(handle, off, size)
+
+    async def _read(self, handle: Handle, off: int, size: int) -> bytes:
         if isinstance(handle, SpoolHandle):
             return await Spool.pread(handle.fd, size, off)
         if isinstance(handle, BytesHandle):
             return handle.data[off:off + size]
+        assert isinstance(handle, BlobHandle)
         size = max(0, min(size, handle.size - off))
         if size == 0:
             return b""
@@ -515,25 +536,24 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def write(self, fh, off, buf):
         handle = self._handle(fh)
-        if not isinstance(handle, SpoolHandle) or not handle.writable:
+        if not isinstance(handle, WriteHandle):
             raise pyfuse3.FUSEError(errno.EBADF)
-        end = off + len(buf)
-        limit = self.settings.max_upload_size
-        if limit and end > limit:
-            self._write_error[handle.inode] = errno.EFBIG
-            raise pyfuse3.FUSEError(errno.EFBIG)
-        try:
-            written = await Spool.pwrite(handle.fd, buf, off)
-        except OSError as exc:
-            self._write_error[handle.inode] = exc.errno or errno.EIO
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if handle.inode in self._write_size:
-            self._write_size[handle.inode] = max(self._write_size[handle.inode],
-                                                 off + written)
-        return written
+        return await self.writes.write(handle.session, off, buf)
 
+    @_guarded
     async def flush(self, fh):
+        # Every close(2) waits for this: a file's new content is accepted here.
         log.debug("flush(%d)", fh)
+        handle = self._handles.get(fh)
+        if isinstance(handle, WriteHandle):
+            await self.writes.flush(handle.session)
+
+    @_guarded
+    async def fsync(self, fh, datasync):
+        log.debug("fsync(%d)", fh)
+        handle = self._handles.get(fh)
+        if isinstance(handle, WriteHandle):
+            await self.writes.flush(handle.session)
 
     @_guarded
     async def release(self, fh):
@@ -547,11 +567,8 @@ class Filesystem(pyfuse3.Operations):
                 self._open_parts[part.location] -= 1
                 if self._open_parts[part.location] <= 0:
                     del self._open_parts[part.location]
-        elif isinstance(handle, SpoolHandle) and handle.writable:
-            await self._end_write(handle.inode)
-
-    async def fsync(self, fh, datasync):
-        log.debug("fsync(%d)", fh)
+        elif isinstance(handle, WriteHandle):
+            await self.writes.release(handle.session)
 
     @_guarded
     async def statfs(self, ctx):

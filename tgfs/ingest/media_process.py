@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from typing import Any
 
 import trio
 
+from tgfs.config import format_size
 from tgfs.media.worker import WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -26,22 +29,45 @@ _STDERR_KEEP = 4000  # bytes of the child's stderr kept to explain a crash
 WORKER_COMMAND = [sys.executable, "-m", "tgfs.media.worker"]
 
 
+class FailureKind(enum.StrEnum):
+    MEDIA = "media"  # the file: judged, kept as an ordinary file
+    SPACE = "space"  # the spool's disk is full: try again later
+    MEMORY = "memory"  # over TGFS_MEDIA_MEMORY (or the machine's): judged, with that reason
+    KILLED = "killed"  # killed by a signal from outside (OOM killer, admin): try again
+
+
 class MediaFailed(Exception):
     """The media step failed; the message is meant for the user (status output)."""
+
+    def __init__(self, message: str, kind: FailureKind = FailureKind.MEDIA) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _limit_child(memory: int) -> None:
+    """In the child, before exec: lower priority (the mount's own requests should win the
+    CPU over a transcode) and cap its address space, so a hostile file cannot take the
+    machine's memory (TGFS_MEDIA_MEMORY)."""
+    os.nice(10)
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
 
 async def run_worker(
     src: Path, workdir: Path, options: WorkerOptions,
-    on_event: Callable[[dict[str, Any]], None],
+    on_event: Callable[[dict[str, Any]], None], memory: int = 0,
 ) -> dict[str, Any]:
     """Run the worker to completion; returns its result event or raises MediaFailed.
-    Every other event (progress, announcements) goes to `on_event` as it comes."""
+    Every other event (progress, announcements) goes to `on_event` as it comes.
+    `memory` caps the child's address space (0: no cap)."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [*WORKER_COMMAND, str(src), str(workdir), options.to_json()]
     proc = await trio.lowlevel.open_process(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        # Lower priority: the mount's own requests should win the CPU over a transcode.
-        preexec_fn=lambda: os.nice(10),
+        preexec_fn=lambda: _limit_child(memory),
+        # glibc gives each thread a malloc arena with 64 MiB of address space; under an
+        # address-space cap that is room taken from real work.
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
     )
     events: list[dict[str, Any]] = []
     stderr = bytearray()
@@ -72,8 +98,14 @@ async def run_worker(
         if event.get("event") == "result":
             return event
         if event.get("event") == "error":
-            raise MediaFailed(event.get("message", "media process failed"))
-    raise MediaFailed(_crash_reason(code, bytes(stderr)))
+            kind = FailureKind(event.get("kind", "media"))
+            message = event.get("message", "media process failed")
+            if kind is FailureKind.MEMORY and memory:
+                message = (f"the media process needed more memory than TGFS_MEDIA_MEMORY "
+                           f"({format_size(memory)})")
+            raise MediaFailed(message, kind)
+    raise MediaFailed(_crash_reason(code, bytes(stderr)),
+                      FailureKind.KILLED if code < 0 else FailureKind.MEDIA)
 
 
 def _crash_reason(code: int, stderr: bytes) -> str:

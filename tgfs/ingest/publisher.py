@@ -40,8 +40,9 @@ InvalidateFn = Callable[[int, list[str]], None]
 
 class VideoPublisher:
     def __init__(self, job_id: int, workdir: Path, put: PutFn, source: SourceFn,
-                 invalidate: InvalidateFn) -> None:
+                 invalidate: InvalidateFn, source_hash: str | None = None) -> None:
         self.job_id = job_id
+        self.source_hash = source_hash  # recorded with the video (duplicate drops)
         self.workdir = workdir
         self._put = put
         self._source = source
@@ -192,7 +193,8 @@ class VideoPublisher:
                 return
             source = self._source()
             self.folder = library.create_video(source, self.plan["mode"],
-                                               self.plan["target_duration"], self.job_id)
+                                               self.plan["target_duration"], self.job_id,
+                                               self.source_hash)
             self._invalidate(source.parent_id, [self.folder.name])
             log.info("job %d: %s is playable while it is being made", self.job_id,
                      tree.path_of(self.folder))

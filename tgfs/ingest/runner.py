@@ -23,6 +23,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import time
@@ -32,9 +33,10 @@ from typing import Any
 
 import trio
 
-from tgfs.catalog import Job, Node, NodeKind, blobs, jobs, library, tree
+from tgfs.catalog import Job, Node, NodeKind, blobs, db, jobs, library, tree
+from tgfs.catalog.schema import display
 from tgfs.config import Settings
-from tgfs.ingest.media_process import MediaFailed, run_worker
+from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker
 from tgfs.ingest.progress import Progress
 from tgfs.ingest.publisher import VideoPublisher
 from tgfs.media import encoders, subtitles
@@ -48,10 +50,14 @@ from tgfs.store.parts import Upload, put_files
 
 log = logging.getLogger(__name__)
 
-# Store failures are retried after 30 s, doubling up to an hour: long enough to ride out a
-# Telegram flood wait or an admin freeing disk space, short enough to notice the fix soon.
-RETRY_FIRST = 30.0
+# Jobs stopped by the store or a full disk are retried after TGFS_RETRY_DELAY (30 s by
+# default), doubling up to an hour: long enough to ride out a Telegram flood wait or an
+# admin freeing disk space, short enough to notice the fix soon.
 RETRY_MAX = 3600.0
+# A media process killed by a signal (the OOM killer, an admin) is run again this many
+# times before the file is judged: a kill says little about the file, but a file that
+# crashes its decoder every time must not be retried forever.
+MEDIA_KILLS = 2
 # A subtitle file whose video is still being made looks again this often.
 SIDECAR_WAIT = 5.0
 
@@ -63,13 +69,23 @@ class _Discarded(Exception):
     """The job's file was deleted or rewritten while the job ran."""
 
 
+class _TryLater(Exception):
+    """The machine, not the file, stopped the job (a full spool, a killed media process):
+    the job goes back to the queue with a growing delay."""
+
+
 class IngestRunner:
     def __init__(self, settings: Settings, store: BlobStore, spool: Spool,
-                 invalidate: InvalidateFn) -> None:
+                 invalidate: InvalidateFn,
+                 open_for_writing: Callable[[], set[int]] = set,
+                 freed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
         self.invalidate = invalidate
+        # Inodes open for writing: their accepted version waits (a newer one is coming).
+        self.open_for_writing = open_for_writing
+        self.freed = freed  # store parts were queued for deletion: wake the collector
         self.progress: dict[int, Progress] = {}  # running jobs only
         self._wake = trio.Event()
         # The H.264 encoder for transcodes, decided at start (see tgfs.media.encoders).
@@ -100,7 +116,7 @@ class IngestRunner:
             while True:
                 self._wake = trio.Event()
                 while limiter.available_tokens and (
-                    job := jobs.next_ready(exclude=set(self.progress))
+                    job := jobs.next_ready(self.progress, self.open_for_writing())
                 ):
                     self.progress[job.id] = Progress(size=job.size)
                     await limiter.acquire_on_behalf_of(job.id)
@@ -134,23 +150,43 @@ class IngestRunner:
             if self._live_node(job) is None:
                 self._discarded(job)  # its file went away mid-upload: that was the cause
                 return
-            delay = min(RETRY_FIRST * 2**job.attempts, RETRY_MAX)
+            delay = self._retry_delay(job)
             log.warning("job %d (%s): store failed, retrying in %.0f s: %s",
                         job.id, job.path, delay, exc)
             jobs.retry_later(job, f"store: {exc} (retrying in {delay:.0f} s)", delay)
         except _Discarded:
             self._discarded(job)
+        except _TryLater as exc:
+            delay = self._retry_delay(job)
+            log.warning("job %d (%s): %s; retrying in %.0f s", job.id, job.path, exc, delay)
+            jobs.retry_later(job, f"{exc} (retrying in {delay:.0f} s)", delay)
+
+    def _retry_delay(self, job: Job) -> float:
+        return min(self.settings.retry_delay * 2**job.attempts, RETRY_MAX)
+
+    @staticmethod
+    def _resource_trouble(job: Job, exc: MediaFailed) -> None:
+        """Raise _TryLater if the media step failed for want of resources, not because of
+        the file: a full spool always; a kill from outside (the OOM killer, an admin) a
+        bounded number of times before the file is judged."""
+        if exc.kind is FailureKind.SPACE:
+            raise _TryLater(f"no space left for the media work folder ({exc})")
+        if exc.kind is FailureKind.KILLED and job.attempts < MEDIA_KILLS:
+            raise _TryLater(f"{exc}: killed from outside")
 
     @staticmethod
     def _discarded(job: Job) -> None:
         log.info("job %d (%s): file deleted or rewritten meanwhile; result dropped",
                  job.id, job.path)
         jobs.mark(job, jobs.DONE, outcome="discarded")
+        if job.spool not in jobs.live_spools():
+            Spool.discard(job.spool)
 
     async def _process(self, job: Job) -> None:
-        jobs.mark(job, jobs.RUNNING)
-        progress = self.progress[job.id]
         node = self._current_node(job)
+        # Its name now (a tool may have renamed it since it was written).
+        jobs.mark(job, jobs.RUNNING, path=display(tree.path_of(node)))
+        progress = self.progress[job.id]
         if job.size == 0:
             empty_video = Path(job.path).suffix.lower() in VIDEO_EXTENSIONS
             self._finish_as_file(job, node, [], "empty file; kept as an ordinary file"
@@ -163,10 +199,18 @@ class IngestRunner:
             waiting, sidecar_note = await self._attach_sidecar(job, node, workdir)
             if waiting:
                 return  # its video is still being made
+        try:
+            digest = await trio.to_thread.run_sync(_sha256, job.spool)
+        except FileNotFoundError:
+            raise _Discarded from None  # deleted or rewritten meanwhile
+        node = self._current_node(job)
+        if (copy := library.published_copy(node.parent_id, digest)) is not None:
+            self._drop_copy(job, node, copy)
+            return
         publisher = VideoPublisher(job.id, workdir,
-                                   lambda uploads, on_file: self._put(uploads, progress,
-                                                                      on_file=on_file),
-                                   lambda: self._current_node(job), self.invalidate)
+                                   lambda uploads, on_file: self._put(job, uploads, on_file),
+                                   lambda: self._current_node(job), self.invalidate,
+                                   digest)
         try:
             result = await self._make_media(job, progress, workdir, publisher)
             if result["kind"] == "video":
@@ -182,8 +226,22 @@ class IngestRunner:
             log.warning("job %d (%s): %s", job.id, job.path, error)
         progress.enter("store", job.size)
         upload = Upload(Path(job.spool), job.size, f"file-{job.id}")
-        parts = (await self._put([upload], progress))[upload.path]
+        parts = (await self._put(job, [upload]))[upload.path]
         self._finish_as_file(job, self._current_node(job, parts), parts, error)
+
+    def _drop_copy(self, job: Job, node: Node, video: Node) -> None:
+        """The dropped file has the same bytes as the source of a video already in its
+        folder (`rsync` run a second time): the video stays, the copy goes."""
+        parent, name = node.parent_id, node.name
+        with db.atomic():
+            library.remove_file(node)
+            tree.touch_dir(parent)
+            note = (f"same content as the video {display(video.name)!r} already in this "
+                    "folder; not published again")
+            jobs.mark(job, jobs.DONE, outcome="duplicate", note=note)
+        self.invalidate(parent, [name])
+        Spool.discard(job.spool)
+        log.info("job %d (%s): %s", job.id, job.path, note)
 
     def _worker_options(self, job: Job, **extra: Any) -> WorkerOptions:
         s = self.settings
@@ -191,6 +249,7 @@ class IngestRunner:
             name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
             ladder=list(s.ladder), audio_hls=s.audio_hls,
             copy_mode_min_size=s.copy_mode_min_size,
+            max_pixels=s.media_max_pixels, max_duration=s.media_max_duration,
             encode=EncodeOptions(segment_seconds=s.segment_seconds,
                                  x264_preset=s.x264_preset, x264_crf=s.x264_crf,
                                  encoder=self.encoder, max_segment_bytes=s.part_size),
@@ -252,24 +311,26 @@ class IngestRunner:
             "durations": library.video_segment_durations(video.id),
             "start_time": video.start_time, "language": language})
         try:
-            result = await run_worker(Path(job.spool), workdir, options, lambda _: None)
+            result = await run_worker(Path(job.spool), workdir, options, lambda _: None,
+                                      self.settings.media_memory)
         except MediaFailed as exc:
+            self._resource_trouble(job, exc)
             result = {"kind": "file", "reason": str(exc)}
         if result["kind"] != "subtitles":
             log.warning("job %d (%s): %s", job.id, job.path, result["reason"])
             return False, result["reason"]
         (r,) = result["renditions"]
         files = [workdir / r["dir"] / s["name"] for s in r["segments"]]
-        stored = await self._put([Upload(path, path.stat().st_size,
-                                         f"job{job.id}-{r['dir']}-{path.name}")
-                                  for path in files], self.progress[job.id])
+        stored = await self._put(job, [Upload(path, path.stat().st_size,
+                                              f"job{job.id}-{r['dir']}-{path.name}")
+                                       for path in files])
         parts = [p for file_parts in stored.values() for p in file_parts]
         self._current_node(job, parts)  # the subtitle file itself still there?
         folder = tree.child(node.parent_id, stem)
         if folder is None or folder.node_kind is not NodeKind.VIDEO:  # removed meanwhile
             blobs.queue_locations(p.location for p in parts)
             return False, None
-        name = tree.free_name(folder.id, r["name"])
+        name = tree.free_name(folder.id, tree.safe_name(r["name"]))
         library.attach_rendition(folder, library.RenditionInfo(
             name=name, kind=r["kind"], codecs=r["codecs"], language=r["language"],
             title=r["title"]), [library.StoredFile(path.name, path.stat().st_size,
@@ -303,25 +364,32 @@ class IngestRunner:
                 cancel.cancel()
 
         result: dict[str, Any] = {}
+        trouble: MediaFailed | None = None
         options = self._worker_options(job, sidecars=await self._sidecars(job, workdir))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, nursery.cancel_scope)
             try:
-                result = await run_worker(Path(job.spool), workdir, options, on_event)
+                result = await run_worker(Path(job.spool), workdir, options, on_event,
+                                          self.settings.media_memory)
             except MediaFailed as exc:
                 nursery.cancel_scope.cancel()
+                trouble = exc
                 result = {"kind": "file", "reason": str(exc), "failed": True}
             finally:
                 publisher.stop_following()  # after the batch in flight
         if failure:
             raise failure[0]
+        if trouble is not None:  # raised here, not inside the nursery (exception groups)
+            self._resource_trouble(job, trouble)
         return result
 
-    @staticmethod
-    def _live_node(job: Job) -> Node | None:
-        """The job's file as it is now; None if it is gone or has new content."""
+    def _live_node(self, job: Job) -> Node | None:
+        """The job's file as it is now; None if it is gone or has new content (accepted,
+        or being written: see tgfs.fs.writes)."""
         node = tree.get(job.node_id) if job.node_id else None
-        return node if node is not None and node.spool == job.spool else None
+        if node is None or node.spool != job.spool or node.id in self.open_for_writing():
+            return None
+        return node
 
     def _current_node(self, job: Job, uploaded: list[PartRef] | None = None) -> Node:
         """The job's file as it is now; _Discarded if it is gone or has new content."""
@@ -332,14 +400,18 @@ class IngestRunner:
             raise _Discarded
         return node
 
-    async def _put(self, uploads: list[Upload], progress: Progress,
+    async def _put(self, job: Job, uploads: list[Upload],
                    on_file: Callable[[Path, list[PartRef]], None] | None = None,
                    ) -> dict[Path, list[PartRef]]:
         """Store files; if that fails or is cancelled, what got stored is queued for
-        deletion (synchronously, so even a cancelled upload leaves nothing behind)."""
+        deletion (synchronously, so even a cancelled upload leaves nothing behind). Each
+        part is in the catalog (Landed) from the moment the store confirms it, so a crash
+        cannot orphan it either."""
         stored: list[PartRef] = []
+        progress = self.progress[job.id]
 
         def landed(part: PartRef) -> None:
+            blobs.landed(part.location, job.id)
             stored.append(part)
             if progress.stage in ("upload", "store"):  # not while the media step runs
                 progress.done += part.size
@@ -353,11 +425,17 @@ class IngestRunner:
 
     def _finish_as_file(self, job: Job, node: Node, parts: list[PartRef],
                         error: str | None) -> None:
-        if parts:
-            node.blob = blobs.add(job.size, parts)
-        node.spool = None
-        node.save()
+        # The stored version replaces the previous one in one transaction: a crash leaves
+        # one or the other, whole (see tgfs.fs.writes).
+        with db.atomic():
+            old_blob = node.blob_id
+            node.blob = blobs.add(job.size, parts) if parts else None
+            node.spool = None
+            node.save()
+            freed = blobs.free([old_blob])
         Spool.discard(job.spool)
+        if freed:
+            self.freed()
         jobs.mark(job, jobs.FAILED if error else jobs.DONE, outcome="file", error=error)
         log.info("job %d (%s): stored as an ordinary file", job.id, job.path)
 
@@ -371,3 +449,12 @@ class IngestRunner:
         log.info("job %d (%s): published %s (%s, %d rendition(s))%s", job.id, job.path,
                  tree.path_of(folder), result["mode"], len(result["renditions"]),
                  f" — {note}" if note else "")
+
+
+def _sha256(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB steps (about 1.4 GB/s here: seconds for a film)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()

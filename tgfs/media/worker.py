@@ -11,7 +11,7 @@ or the store; it talks to the daemon through JSON lines on stdout:
     {"event": "result", "kind": "file", "reason": "no video stream", "failed": false}
     {"event": "result", "kind": "video", "mode": "copy", "duration": 60.0, "note": "",
      "start_time": 0.0, "renditions": [{"name": "720p", "dir": "r0", …, "segments": [...]}]}
-    {"event": "error", "message": "…"}
+    {"event": "error", "message": "…", "kind": "media"|"space"|"memory"}
 
 "plan", "rendition" and "segment" let the daemon publish a video while it is still being
 made: every file they name is complete on disk. "restart" withdraws everything announced
@@ -26,7 +26,10 @@ treats a missing result (crash, kill) as a failed job.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import resource
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -69,6 +72,10 @@ class WorkerOptions:
     # Set when SRC is itself a subtitle file for a published video: its segment
     # {"durations": […], "start_time": s, "language": tag}. Only WebVTT is written then.
     subtitles_for: dict | None = None
+    # Limits (0 = none): pixels per frame (TGFS_MEDIA_MAX_PIXELS), seconds of media
+    # (TGFS_MEDIA_MAX_DURATION). A file over one is kept as an ordinary file, unread.
+    max_pixels: int = 0
+    max_duration: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -152,6 +159,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         _emit(event="result", kind="file", reason=found.reason, failed=looks_like_video)
         return 0
     duration = found.duration or 0.0
+    if over := _over_limits(found.width, found.height, duration, opts):
+        _emit(event="result", kind="file", reason=over, failed=True)
+        return 0
     copy, why_not = copy_mode_allowed(found, opts.size, opts.enable_copy_mode,
                                       opts.copy_mode_min_size)
     note = "" if copy else why_not
@@ -209,6 +219,18 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         renditions=[{"dir": folder.name, **dataclasses.asdict(r)} for folder, r in outputs],
     )
     return 0
+
+
+def _over_limits(width: int, height: int, duration: float, opts: WorkerOptions) -> str:
+    """Why this video is not made (too many pixels per frame, too long); "" if it is fine.
+    Checked before decoding anything: a 60 KB file can declare 16K frames."""
+    if opts.max_pixels and width * height > opts.max_pixels:
+        return (f"{width}x{height} is over TGFS_MEDIA_MAX_PIXELS ({opts.max_pixels} pixels "
+                "per frame)")
+    if opts.max_duration and duration > opts.max_duration:
+        return (f"{duration:.0f} s is over TGFS_MEDIA_MAX_DURATION "
+                f"({opts.max_duration:.0f} s)")
+    return ""
 
 
 def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) -> int:
@@ -375,11 +397,56 @@ def main(argv: list[str]) -> int:
     try:
         return run(src, workdir, options)
     except DamagedMedia as exc:  # already worded for the user
-        _emit(event="error", message=str(exc))
+        # FFmpeg's HLS muxer logs a failed segment write and carries on, so a full disk
+        # looks like a file with nothing decodable in it. The disk says which it was.
+        _emit(event="error", message=str(exc), kind="space" if _disk_full(workdir) else "media")
+        return 1
+    except MemoryError:
+        _emit(event="error", message="out of memory", kind="memory")
         return 1
     except Exception as exc:  # anything else: report it as this job's failure, in one line
-        _emit(event="error", message=f"{type(exc).__name__}: {_reason(exc)}")
+        _emit(event="error", message=f"{type(exc).__name__}: {_reason(exc)}",
+              kind=_resource_kind(exc, workdir))
         return 1
+
+
+# Free bytes below which the work folder's disk counts as full when something fails there.
+_FULL_BELOW = 2**20
+
+
+def _disk_full(workdir: Path) -> bool:
+    try:
+        st = os.statvfs(workdir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BELOW
+
+
+def _resource_kind(exc: BaseException, workdir: Path) -> str:
+    """"space" or "memory" when the machine, not the file, is the problem (the daemon then
+    tries again later, or reports the memory limit); "media" otherwise."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or _disk_full(workdir):
+        return "space"
+    if code == errno.ENOMEM or _near_memory_cap():
+        return "memory"
+    return "media"
+
+
+def _near_memory_cap() -> bool:
+    """Did this process reach its address-space cap? Encoders report a failed allocation
+    in their own words (libx264: "Generic error in an external library"), so the
+    process's peak is the reliable witness."""
+    cap, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if cap == resource.RLIM_INFINITY:
+        return False
+    try:
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) * 1024 for line in status
+                        if line.startswith("VmPeak:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return peak >= cap * 0.9
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,12 @@ class BlobStore(abc.ABC):
             except StoreError as exc:
                 failures[location] = str(exc)
         return failures
+
+    async def orphans(self, referenced: Callable[[str], bool]) -> list[str]:
+        """Parts this store holds that no catalog row names (`referenced` says which do):
+        what a crash in the middle of a put left behind. Called at start-up after an
+        unclean stop, before any new put. Stores that cannot tell return []."""
+        return []
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect before first use; the local store has nothing to connect."""
