@@ -301,6 +301,7 @@ class StandInClient:
             message_id = int(counter.read_text()) if counter.exists() else 1
             counter.write_text(str(message_id + 1))
             (folder / str(message_id)).write_bytes(bytes(data))
+            (folder / f"{message_id}.name").write_text(file_name or "document")
             world.sent_by[self._bot_id] += 1
         return self._message(chat_id, message_id, size, file_name or "document")
 
@@ -325,8 +326,9 @@ class StandInClient:
         for message_id in ids:
             path = self._world.channel_dir(chat_id) / str(message_id)
             if path.exists():
+                name = path.with_name(f"{message_id}.name")
                 found.append(self._message(chat_id, message_id, path.stat().st_size,
-                                           "document"))
+                                           name.read_text() if name.exists() else "document"))
             else:
                 found.append(Message(id=message_id, empty=True))
         return found if not isinstance(message_ids, int) else found[0]
@@ -373,6 +375,7 @@ class StandInClient:
             path = self._world.channel_dir(chat_id) / str(message_id)
             if path.exists():
                 path.unlink()
+                path.with_name(f"{message_id}.name").unlink(missing_ok=True)
                 deleted += 1
         return deleted
 

@@ -277,3 +277,27 @@ async def test_slow_logins_do_not_hold_up_the_mount(standin, tmp_path, blob, mon
         assert await store.get(location, 0, 1000) == data[:1000]
     finally:
         await store.aclose()
+
+
+async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standin, tmp_path,
+                                                                         blob):
+    """An upload Telegram accepted as the daemon died leaves a message whose id tgfs never
+    learned; bots cannot list a channel. The next start finds it near the channel's mark,
+    and leaves alone what the catalog names and what tgfs did not send."""
+    from tgfs.store.telegram import client as tg
+
+    path, _ = blob
+    async with running_store(standin, tmp_path) as store:
+        known = [await store.put(path, 0, 1000, f"job1-r0-seg{n}.part0") for n in range(3)]
+        link = store.links[bot_of(known[0])]
+        for name in ("job1-r0-seg9.part0", "holiday.jpg"):  # sent, answer lost / not ours
+            await link._bridge.run(tg.send_part, link._client, link.channel_id, path, 0,
+                                   1000, name)
+    async with running_store(standin, tmp_path) as store:  # the next start
+        found = await store.orphans(lambda location: location in known)
+        assert len(found) == 1 and bot_of(found[0]) == link.bot_id, found
+        assert found[0] not in known
+        # Deleting it leaves the channel with the catalog's messages and the stranger's.
+        assert await store.delete_many(found) == {}
+        assert await store.orphans(lambda location: location in known) == []
+    assert sum(len(ids) for ids in standin.messages().values()) == len(known) + 1

@@ -101,6 +101,7 @@ async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: 
 
 
 STOPPED_CLEANLY = "stopped_cleanly"  # Meta key: "1" once a daemon has exited normally
+ORPHAN_SCAN_DUE = "orphan_scan_due"  # Meta key: "1" while a crash's scan has not succeeded
 ORPHAN_SCAN_TIMEOUT = 120.0  # seconds; a store that slow is scanned again next start
 
 
@@ -112,9 +113,11 @@ async def _collect_orphans(store: BlobStore) -> None:
     """After a kill or a crash, a put may have finished in the store without the catalog
     hearing of it. Ask the store for parts nothing names (before any new put), and queue
     them for deletion."""
-    row = Meta.get_or_none(Meta.key == STOPPED_CLEANLY)
-    if row is not None and row.value == "1":
+    clean = Meta.get_or_none(Meta.key == STOPPED_CLEANLY)
+    due = Meta.get_or_none(Meta.key == ORPHAN_SCAN_DUE)
+    if clean is not None and clean.value == "1" and (due is None or due.value != "1"):
         return
+    _set_meta(ORPHAN_SCAN_DUE, "1")
     try:
         with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
             found = await store.orphans(blobs.referenced)
@@ -122,6 +125,7 @@ async def _collect_orphans(store: BlobStore) -> None:
         log.warning("store: could not look for parts left by the last crash (%s); will "
                     "look again at the next start", exc or "timed out")
         return
+    _set_meta(ORPHAN_SCAN_DUE, "0")
     if found:
         blobs.queue_orphans(found)
         log.info("store: %d part(s) left by the last crash will be deleted", len(found))

@@ -335,9 +335,8 @@ def open_catalog(path: Path) -> None:
     )
     db.connect(reuse_if_open=True)
     with db.atomic():
-        fresh = not Meta.table_exists()
-        db.create_tables(TABLES)
-        if fresh:
+        if not Meta.table_exists():
+            db.create_tables(TABLES)
             Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
             _create_fixed_nodes()
     row = Meta.get_or_none(Meta.key == "schema_version")
@@ -354,6 +353,9 @@ def open_catalog(path: Path) -> None:
             f"catalog {path} has schema version {found}, this tgfs needs {SCHEMA_VERSION}"
         )
     with db.atomic():
+        # Tables added by a migration, after it: before it, SQLite would accept an index on
+        # a column not added yet (a double-quoted unknown name is taken as a string).
+        db.create_tables(TABLES)
         Node.get_or_create(parent=CONTROL_DIR_ID, name=BOTS_FILE_NAME,
                            defaults={"kind": NodeKind.BOTS, "mode": 0o444})
 
@@ -385,8 +387,7 @@ def _migrate_from_2() -> None:
     with db.atomic():
         migrate(
             m.add_column("node", "target", Node.target),
-            m.add_column("video", "source_hash", Video.source_hash),
-            m.add_index("video", ("source_hash",)),
+            m.add_column("video", "source_hash", Video.source_hash),  # and its index
             m.add_column("job", "note", Job.note),
         )
         db.execute_sql("UPDATE node SET name = CAST(name AS BLOB)")

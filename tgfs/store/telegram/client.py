@@ -147,6 +147,17 @@ async def get_message(client: Any, chat_id: int, message_id: int) -> Any | None:
     return message
 
 
+GET_MESSAGES_MAX = 200
+
+
+async def get_many(client: Any, chat_id: int, message_ids: list[int]) -> list[Any]:
+    """The messages with these ids that exist and hold a document (≤ 200 ids)."""
+    assert len(message_ids) <= GET_MESSAGES_MAX
+    found = await client.get_messages(chat_id, message_ids)
+    return [m for m in found if m is not None and not getattr(m, "empty", False)
+            and m.document]
+
+
 async def read_range(client: Any, message: Any, offset: int, length: int,
                      into: bytearray) -> None:
     """Append bytes [offset, offset+length) of a message's document to `into` (fewer only

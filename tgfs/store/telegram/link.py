@@ -378,6 +378,25 @@ class BotLink:
             self.counters.messages_deleted += len(batch)
         self._succeeded()
 
+    async def documents(self, channel_id: int, message_ids: list[int]) -> list[Any]:
+        """The messages among these ids that exist and hold a document."""
+        await self._ready(new_work=False)
+        found = []
+        for start in range(0, len(message_ids), tg.GET_MESSAGES_MAX):
+            batch = message_ids[start:start + tg.GET_MESSAGES_MAX]
+            attempt = 0
+            while True:
+                await self._wait_flood()
+                try:
+                    found += await self._call(CALL_TIMEOUT, tg.get_many, self._client,
+                                              channel_id, batch)
+                except Exception as exc:
+                    attempt = await self._handle(exc, attempt, "look-up")
+                    continue
+                break
+        self._succeeded()
+        return found
+
     async def _message(self, channel_id: int, message_id: int) -> Any:
         key = (channel_id, message_id)
         message = self._messages.get(key)

@@ -21,7 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,14 @@ from tgfs.store.telegram.link import DIVERT_AFTER, BotFailed, BotFlooded, BotLin
 log = logging.getLogger(__name__)
 
 START_WAIT = 20.0  # seconds start() waits for logins before mounting anyway
+# Finding parts a crash left behind (see `orphans`): around the highest message id each
+# bot is known to have sent into its channel. Behind it, because replies to concurrent
+# uploads can arrive out of order; ahead, for the uploads in flight (at most
+# TGFS_BOT_TRANSFERS per bot) and any service messages between them.
+MARKS_NAME = "marks.json"
+SCAN_BEHIND = 64
+SCAN_AHEAD = 200
+_PART_NAME = re.compile(r".+\.part\d+")  # how put() names documents: "<key>.part<N>"
 EMPTY = "tg:empty"  # a zero-byte part: Telegram refuses empty documents, and needs none
 _PREFIX = "tg:"
 
@@ -89,6 +101,30 @@ class TelegramStore(BlobStore):
         }
         self._upload_cap = trio.CapacityLimiter(settings.transfers)
         self._download_cap = trio.CapacityLimiter(settings.transfers)
+        # "<bot id>:<channel id>" → the highest message id it is known to have sent there.
+        self._marks_path = settings.session_dir / f"marks{session_suffix}.json"
+        self._marks: dict[str, int] = self._load_marks()
+
+    def _load_marks(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self._marks_path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _mark(self, replica: Replica) -> None:
+        """Remember the highest message id sent per channel: where to look after a crash.
+        Written at once (a small file, replaced whole): the window around it is wide."""
+        key = f"{replica.bot_id}:{replica.channel_id}"
+        if replica.message_id <= self._marks.get(key, 0):
+            return
+        self._marks[key] = replica.message_id
+        try:
+            self._marks_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self._marks_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._marks))
+            os.replace(tmp, self._marks_path)
+        except OSError as exc:
+            log.warning("store: cannot record the channel marks: %s", exc)
 
     @property
     def parallelism(self) -> int:
@@ -152,6 +188,7 @@ class TelegramStore(BlobStore):
                 log.info("%s: %s; trying the next bot", key, exc)
                 continue
             placed.append(Replica(link.bot_id, link.channel_id, message_id))
+            self._mark(placed[-1])
         return ",".join(str(r) for r in placed)
 
     def _choose(self, key: str, exclude: set[int]) -> tuple[BotLink | None, bool]:
@@ -241,6 +278,32 @@ class TelegramStore(BlobStore):
             for (bot_id, channel_id), items in groups.items():
                 nursery.start_soon(delete_group, bot_id, channel_id, items)
         return failures
+
+    # ---- after a crash --------------------------------------------------------------------
+
+    async def orphans(self, referenced: Callable[[str], bool]) -> list[str]:
+        """Documents tgfs sent that no catalog row names: an upload that Telegram accepted
+        as the daemon died, whose message id tgfs never learned. Bots cannot list a
+        channel's history, but message ids in a channel are consecutive, and every upload
+        in flight at a crash got an id near the highest one recorded (see `_mark`): look
+        at those, and keep to documents named like tgfs's parts."""
+        found = []
+        for link in self.links.values():
+            mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
+            if mark is None:
+                continue  # this data directory never sent anything there
+            ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
+            try:
+                messages = await link.documents(link.channel_id, ids)
+            except (BotFailed, BotFlooded) as exc:
+                raise StoreError(f"bot {link.number}: {exc}") from None
+            for message in messages:
+                name = getattr(message.document, "file_name", None) or ""
+                replica = Replica(link.bot_id, link.channel_id, int(message.id))
+                if _PART_NAME.fullmatch(name) and not referenced(str(replica)):
+                    found.append(str(replica))
+                    self._mark(replica)
+        return found
 
     # ---- health -------------------------------------------------------------------------
 
