@@ -155,6 +155,65 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
 
 
 @pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """small_disk("spool", "20m") → a tmpfs of that size at tmp_path/spool, to fill up.
+
+    Needs root (tests using it are skipped otherwise). Request it before `mount_factory`,
+    so that the mounts using it stop before it is unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made: list[Path] = []
+
+    def make(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       check=True)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+_SLOW_WRITER = """
+import os, sys, time
+src, dest, chunk, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+data = open(src, "rb").read()
+flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "append" else os.O_TRUNC)
+fd = os.open(dest, flags, 0o644)
+for start in range(0, len(data), chunk):
+    os.write(fd, data[start:start + chunk])
+    print(min(start + chunk, len(data)), flush=True)
+    time.sleep(0.01)
+os.close(fd)
+print("closed", flush=True)
+"""
+
+
+def write_until_killed(m: Mount, src: Path, dest: Path, mode: str, kill_after: int) -> int:
+    """Write (mode "truncate") or append `src` to `dest` in 32 KiB write() calls from
+    another process; SIGKILL the daemon once `kill_after` bytes went in. Returns the bytes
+    whose write() had returned."""
+    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(src), str(dest),
+                               str(32 * 1024), mode], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    written = 0
+    assert writer.stdout is not None
+    for line in writer.stdout:
+        if line.strip() == "closed":
+            break
+        written = int(line)
+        if written >= kill_after:
+            break
+    m.kill()
+    writer.kill()
+    writer.wait()
+    return written
+
+
+@pytest.fixture
 def mount(mount_factory) -> Mount:
     return mount_factory()
 

@@ -65,28 +65,22 @@ def test_file_over_max_upload_size_is_refused(mount_factory, tmp_path):
     assert (m.path / "small.txt").read_text() == "fine"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_spool_disk_gives_enospc_and_stores_nothing(mount_factory, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(spool)], check=True)
-    try:
-        m = mount_factory(TGFS_SPOOL_DIR=str(spool))
-        src = tmp_path / "big.bin"
-        src.write_bytes(os.urandom(8 * 2**20))
-        result = subprocess.run(["cp", str(src), str(m.path / "big.bin")],
-                                capture_output=True, text=True)
-        assert result.returncode != 0 and "No space left" in result.stderr
-        m.wait_idle()
-        assert not (m.path / "big.bin").exists()
-        assert m.blob_files() == []
-        assert os.listdir(spool) == []  # the partial spool file is gone too
-        (m.path / "after.txt").write_text("still works")
-        m.wait_idle()
-        assert (m.path / "after.txt").read_text() == "still works"
-        m.stop()
-    finally:
-        subprocess.run(["umount", str(spool)], check=False)
+def test_full_spool_disk_gives_enospc_and_stores_nothing(small_disk, mount_factory,
+                                                         tmp_path):
+    spool = small_disk("spool", "4m")
+    m = mount_factory(TGFS_SPOOL_DIR=str(spool))
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 * 2**20))
+    result = subprocess.run(["cp", str(src), str(m.path / "big.bin")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "No space left" in result.stderr
+    m.wait_idle()
+    assert not (m.path / "big.bin").exists()
+    assert m.blob_files() == []
+    assert os.listdir(spool) == []  # the partial spool file is gone too
+    (m.path / "after.txt").write_text("still works")
+    m.wait_idle()
+    assert (m.path / "after.txt").read_text() == "still works"
 
 
 def test_failed_write_error_codes(mount):

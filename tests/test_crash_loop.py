@@ -14,31 +14,15 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import m3u8
 
-from tests.conftest import Mount, copy_in, wait_for
+from tests.conftest import Mount, copy_in, wait_for, write_until_killed
 from tests.hls_checks import check_video_folder
 
 KILLS_PER_PLACE = 10
-
-_SLOW_WRITER = """
-import os, sys, time
-src, dest, chunk, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-data = open(src, "rb").read()
-flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "append" else os.O_TRUNC)
-fd = os.open(dest, flags, 0o644)
-for start in range(0, len(data), chunk):
-    os.write(fd, data[start:start + chunk])
-    print(start + chunk, flush=True)
-    time.sleep(0.01)
-os.close(fd)
-print("closed", flush=True)
-"""
-
 
 class Library:
     """What the test has given the mount, and what each file may look like now."""
@@ -71,25 +55,6 @@ class Library:
                 assert path.stat().st_size > 0, f"{path} shows 0 bytes"
 
 
-def _slow_write(m: Mount, src: Path, dest: Path, mode: str, kill_after: int) -> int:
-    """Write `src` into `dest` in 32 KiB steps; SIGKILL the daemon once `kill_after` bytes
-    went in. Returns the bytes whose write() had returned."""
-    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(src), str(dest),
-                               str(32 * 1024), mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-    written = 0
-    for line in writer.stdout:
-        if line.strip() == "closed":
-            break
-        written = int(line)
-        if written >= kill_after:
-            break
-    m.kill()
-    writer.kill()
-    writer.wait()
-    return written
-
-
 def _kill_during_job(m: Mount, name: str, rng: random.Random) -> None:
     """Kill while the file's job runs (the media step or the upload), at a random time."""
     wait_for(lambda: (j := m.job(name)) and j["state"] in ("running", "done"), 60,
@@ -119,7 +84,7 @@ def test_random_kills_lose_nothing_and_leave_nothing(mount_factory, media, tmp_p
     # 1. During a cp: a prefix of what was written is kept.
     for n in range(KILLS_PER_PLACE):
         name = f"copying{n}.bin"
-        written = _slow_write(m, source, m.path / name, "truncate",
+        written = write_until_killed(m, source, m.path / name, "truncate",
                               rng.randrange(32 * 1024, len(data)))
         lib.prefix[name] = (b"", data, written)
         restart()
@@ -148,7 +113,7 @@ def test_random_kills_lose_nothing_and_leave_nothing(mount_factory, media, tmp_p
         lib.whole.pop(name, None)
         more = os.urandom(rng.randrange(64 * 1024, 2**20))
         (tmp_path / "more.bin").write_bytes(more)
-        written = _slow_write(m, tmp_path / "more.bin", m.path / name, "append",
+        written = write_until_killed(m, tmp_path / "more.bin", m.path / name, "append",
                               rng.randrange(1, len(more)))
         lib.prefix[name] = (kept, more, written)
         restart()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import wait_for, write_until_killed
 from tests.hls_checks import check_video_folder
 
 
@@ -62,40 +62,11 @@ def test_close_or_fsync_then_kill_keeps_the_bytes(mount_factory, tmp_path):
     assert spool_files(m) == set()
 
 
-_SLOW_WRITER = """
-import os, sys, time
-src, dest, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
-data = open(src, "rb").read()
-fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-for start in range(0, len(data), chunk):
-    os.write(fd, data[start:start + chunk])
-    print(start + chunk, flush=True)
-    time.sleep(0.05)
-"""
-
-
-def _write_until_killed(m, src: Path, dest: Path, kill_after: int) -> int:
-    """Append `src` to `dest` in 64 KiB writes; SIGKILL the daemon once `kill_after`
-    bytes were written. Returns the bytes whose write() had returned."""
-    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(src), str(dest),
-                               str(64 * 1024)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    written = 0
-    for line in writer.stdout:
-        written = int(line)
-        if written >= kill_after:
-            break
-    m.kill()
-    writer.kill()
-    writer.wait()
-    return written
-
-
 def test_kill_during_a_copy_keeps_what_arrived(mount_factory, tmp_path):
     m = mount_factory()
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(4 * 2**20))
-    written = _write_until_killed(m, src, m.path / "big.bin", 2**20)
+    written = write_until_killed(m, src, m.path / "big.bin", "truncate", 2**20)
     m.start()
     size = (m.path / "big.bin").stat().st_size
     assert size >= written  # every write() that returned reached the spool file
@@ -115,7 +86,7 @@ def test_kill_during_an_append_keeps_both_parts(mount_factory, tmp_path):
     m.wait_idle()
     more = tmp_path / "more.bin"
     more.write_bytes(os.urandom(3 * 2**20))
-    written = _write_until_killed(m, more, m.path / "log.bin", 2**20)
+    written = write_until_killed(m, more, m.path / "log.bin", "append", 2**20)
     m.start()
     data = (m.path / "log.bin").read_bytes()
     assert data[:len(first)] == first
@@ -142,32 +113,24 @@ def test_failed_append_keeps_the_stored_file(mount_factory, tmp_path):
     m.store_matches_catalog()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_spool_during_an_append_keeps_the_stored_file(mount_factory, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(spool)],
-                   check=True)
-    try:
-        m = mount_factory(TGFS_SPOOL_DIR=str(spool))
-        stored = os.urandom(15 * 2**20)
-        (m.path / "film.bin").write_bytes(stored)
-        m.wait_idle()
-        # Another file being written holds some of the spool: there is room to copy the
-        # stored file back for the append, not for the appended bytes.
-        with open(m.path / "filler.bin", "wb") as filler:
-            filler.write(os.urandom(4 * 2**20))
-            filler.flush()
-            with pytest.raises(OSError) as err, open(m.path / "film.bin", "ab") as f:
-                for _ in range(8):
-                    f.write(os.urandom(2**20))
-                    f.flush()
-            assert err.value.errno == errno.ENOSPC
-        assert (m.path / "film.bin").read_bytes() == stored
-        m.wait_idle()
-        m.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=False)
+def test_full_spool_during_an_append_keeps_the_stored_file(small_disk, mount_factory):
+    spool = small_disk("spool", "20m")
+    m = mount_factory(TGFS_SPOOL_DIR=str(spool))
+    stored = os.urandom(15 * 2**20)
+    (m.path / "film.bin").write_bytes(stored)
+    m.wait_idle()
+    # Another file being written holds some of the spool: there is room to copy the
+    # stored file back for the append, not for the appended bytes.
+    with open(m.path / "filler.bin", "wb") as filler:
+        filler.write(os.urandom(4 * 2**20))
+        filler.flush()
+        with pytest.raises(OSError) as err, open(m.path / "film.bin", "ab") as f:
+            for _ in range(8):
+                f.write(os.urandom(2**20))
+                f.flush()
+        assert err.value.errno == errno.ENOSPC
+    assert (m.path / "film.bin").read_bytes() == stored
+    m.wait_idle()
 
 
 def test_a_second_daemon_on_the_same_data_is_refused(mount_factory, tmp_path):
@@ -251,44 +214,37 @@ def test_times_set_by_tools_are_kept_and_touch_stores_nothing(mount, tmp_path):
     assert out == ""
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_catalog_disk_gives_enospc_and_rm_still_works(mount_factory, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(data)],
-                   check=True)
-    try:
-        m = mount_factory(TGFS_SPOOL_DIR=str(tmp_path / "spool"))
-        for n in range(3):
-            (m.path / f"keep{n}.bin").write_bytes(os.urandom(500_000))
-        m.wait_idle()
-        wait_for(lambda: (data / "catalog.reserve").exists(), 10, "the catalog's reserve")
-        subprocess.run(["dd", "if=/dev/zero", f"of={data / 'filler'}", "bs=1M"],
-                       capture_output=True)
-        fds = len(os.listdir(f"/proc/{m.proc.pid}/fd"))
-        failed = None
-        for n in range(3000):  # until SQLite needs a page it cannot have
-            try:
-                os.mkdir(m.path / f"d{n}")
-                (m.path / f"d{n}" / "f").write_text("x")
-            except OSError as exc:
-                failed = exc
-                break
-        assert failed is not None and failed.errno == errno.ENOSPC, failed
-        with pytest.raises(OSError) as err:
-            (m.path / "new.txt").write_text("x")
-        assert err.value.errno == errno.ENOSPC
-        assert len(os.listdir(f"/proc/{m.proc.pid}/fd")) <= fds  # no descriptor leaked
-        assert not any((tmp_path / "spool").iterdir())  # nor a spool file
-        os.unlink(m.path / "keep0.bin")  # deleting works on a full disk
-        assert sorted(p.name for p in m.path.glob("keep*")) == ["keep1.bin", "keep2.bin"]
-        (data / "filler").unlink()
-        (m.path / "after.txt").write_text("room again")
-        m.wait_idle()
-        assert (m.path / "after.txt").read_text() == "room again"
-        m.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
+def test_full_catalog_disk_gives_enospc_and_rm_still_works(small_disk, mount_factory,
+                                                           tmp_path):
+    data = small_disk("data", "24m")
+    m = mount_factory(TGFS_SPOOL_DIR=str(tmp_path / "spool"))
+    for n in range(3):
+        (m.path / f"keep{n}.bin").write_bytes(os.urandom(500_000))
+    m.wait_idle()
+    wait_for(lambda: (data / "catalog.reserve").exists(), 10, "the catalog's reserve")
+    subprocess.run(["dd", "if=/dev/zero", f"of={data / 'filler'}", "bs=1M"],
+                   capture_output=True)
+    fds = len(os.listdir(f"/proc/{m.proc.pid}/fd"))
+    failed = None
+    for n in range(3000):  # until SQLite needs a page it cannot have
+        try:
+            os.mkdir(m.path / f"d{n}")
+            (m.path / f"d{n}" / "f").write_text("x")
+        except OSError as exc:
+            failed = exc
+            break
+    assert failed is not None and failed.errno == errno.ENOSPC, failed
+    with pytest.raises(OSError) as err:
+        (m.path / "new.txt").write_text("x")
+    assert err.value.errno == errno.ENOSPC
+    assert len(os.listdir(f"/proc/{m.proc.pid}/fd")) <= fds  # no descriptor leaked
+    assert not any((tmp_path / "spool").iterdir())  # nor a spool file
+    os.unlink(m.path / "keep0.bin")  # deleting works on a full disk
+    assert sorted(p.name for p in m.path.glob("keep*")) == ["keep1.bin", "keep2.bin"]
+    (data / "filler").unlink()
+    (m.path / "after.txt").write_text("room again")
+    m.wait_idle()
+    assert (m.path / "after.txt").read_text() == "room again"
 
 
 def test_syncing_a_library_twice_publishes_each_video_once(mount, media, tmp_path):

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from tests.conftest import copy_in, wait_for
 from tests.hls_checks import check_video_folder
 
@@ -22,33 +20,27 @@ def _media_children(mount) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_spool_during_a_transcode_is_retried_not_judged(mount_factory, media, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(spool)], check=True)
-    try:
-        m = mount_factory(TGFS_SPOOL_DIR=str(spool), COPY_MODE_MIN_SIZE="1G",
-                          TGFS_RETRY_DELAY="1")
-        src = media("mpeg4_mp3.avi")
-        with open(m.path / "filler.bin", "wb") as filler:  # open: stays in the spool
-            copy_in(src, m.path / "clip.avi")
-            free = os.statvfs(spool).f_bavail * os.statvfs(spool).f_frsize
-            filler.write(b"\0" * (free - 64 * 1024))  # no room for the transcode's output
-            filler.flush()
-            job = wait_for(lambda: (j := m.job("clip.avi")) and j["attempts"] > 0 and j,
-                           60, "the job to be put back")
-            assert job["state"] in ("queued", "running"), job
-            assert "no space left" in job["error"], job
-            assert (m.path / "clip.avi").read_bytes() == src.read_bytes()
-        os.unlink(m.path / "filler.bin")
-        m.wait_idle()
-        job = m.job("clip.avi")
-        assert job["state"] == "done" and job["outcome"] == "video (transcode)", job
-        check_video_folder(m.path / "clip", src, 2)
-        m.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=False)
+def test_full_spool_during_a_transcode_is_retried_not_judged(small_disk, mount_factory,
+                                                             media):
+    spool = small_disk("spool", "8m")
+    m = mount_factory(TGFS_SPOOL_DIR=str(spool), COPY_MODE_MIN_SIZE="1G",
+                      TGFS_RETRY_DELAY="1")
+    src = media("mpeg4_mp3.avi")
+    with open(m.path / "filler.bin", "wb") as filler:  # open: stays in the spool
+        copy_in(src, m.path / "clip.avi")
+        free = os.statvfs(spool).f_bavail * os.statvfs(spool).f_frsize
+        filler.write(b"\0" * (free - 64 * 1024))  # no room for the transcode's output
+        filler.flush()
+        job = wait_for(lambda: (j := m.job("clip.avi")) and j["attempts"] > 0 and j,
+                       60, "the job to be put back")
+        assert job["state"] in ("queued", "running"), job
+        assert "no space left" in job["error"], job
+        assert (m.path / "clip.avi").read_bytes() == src.read_bytes()
+    os.unlink(m.path / "filler.bin")
+    m.wait_idle()
+    job = m.job("clip.avi")
+    assert job["state"] == "done" and job["outcome"] == "video (transcode)", job
+    check_video_folder(m.path / "clip", src, 2)
 
 
 def test_media_process_killed_from_outside_is_retried(mount_factory, media):

@@ -60,9 +60,26 @@ def _guarded(handler: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
+            if not (getattr(handler, "frees_space", False) and reserve.is_full(exc)
+                    and self.reserve.release()):
+                raise _errno_for(handler.__name__, exc) from None
+        try:  # once more, with the catalog's reserve given up (see _frees_space)
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
             raise _errno_for(handler.__name__, exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _frees_space(handler: F) -> F:
+    """Marks a removal: on a full disk, _guarded gives up the catalog's reserve and runs it
+    once more, so that deleting is always possible (see tgfs.catalog.reserve). Such a
+    handler must do nothing before its catalog transaction that a second run would repeat
+    wrongly."""
+    handler.frees_space = True  # type: ignore[attr-defined]
+    return handler
 
 
 def _errno_for(name: str, exc: Exception) -> pyfuse3.FUSEError:
@@ -78,24 +95,6 @@ def _errno_for(name: str, exc: Exception) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(exc.errno or errno.EIO)
     log.error("%s failed", name, exc_info=exc)
     return pyfuse3.FUSEError(errno.EIO)
-
-
-def _frees_space(handler: F) -> F:
-    """For removals: on a full disk, give up the catalog's reserve and try once more, so
-    that deleting is always possible (see tgfs.catalog.reserve). The handler must do
-    nothing before its catalog transaction that a second run would repeat wrongly."""
-    @functools.wraps(handler)
-    async def wrapper(self, *args):
-        try:
-            return await handler(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:
-            if not reserve.is_full(exc) or not self.reserve.release():
-                raise
-        return await handler(self, *args)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _name(raw: bytes) -> str:

@@ -264,18 +264,19 @@ class Writes:
         self._sessions.pop(session.node_id, None)
         try:
             if session.error is None or session.accepted:
-                await self._accept(session)  # close() normally did; this is the fallback
+                # close() normally did this; here for writers that never called it. If it
+                # fails, the working file and its job row stay: start-up recovers them.
+                await self._accept(session)
         finally:
             if session.fd is not None:
                 os.close(session.fd)
-            if session.path is not None and not session.accepted:
-                Spool.discard(session.path)  # rolled back, or its file was unlinked
-                if session.job_id is not None:
-                    jobs.drop(session.job_id)
-            elif session.path is not None and tree.get(session.node_id) is None:
-                Spool.discard(session.path)
-            if session.accepted:
-                self._on_accepted()
+        rolled_back = session.error is not None and not session.accepted
+        if session.path is not None and (rolled_back or tree.get(session.node_id) is None):
+            Spool.discard(session.path)  # rolled back, or its file was unlinked meanwhile
+            if session.job_id is not None:
+                jobs.drop(session.job_id)
+        if session.accepted:
+            self._on_accepted()
 
     async def read(self, session: Session, offset: int, size: int) -> bytes | None:
         """Bytes of the session's new content; None if it has none yet (read the file's
