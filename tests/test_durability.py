@@ -238,7 +238,7 @@ def test_full_catalog_disk_gives_enospc_and_rm_still_works(small_disk, mount_fac
         (m.path / "new.txt").write_text("x")
     assert err.value.errno == errno.ENOSPC
     assert len(os.listdir(f"/proc/{m.proc.pid}/fd")) <= fds  # no descriptor leaked
-    assert not any((tmp_path / "spool").iterdir())  # nor a spool file
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == ["tgfs.lock"]  # no spool file
     os.unlink(m.path / "keep0.bin")  # deleting works on a full disk
     assert sorted(p.name for p in m.path.glob("keep*")) == ["keep1.bin", "keep2.bin"]
     (data / "filler").unlink()
@@ -278,3 +278,22 @@ def test_rewriting_a_file_while_its_video_is_made(mount_factory, media):
     check_video_folder(m.path / "film", media("film.mp4"), 2)
     m.store_matches_catalog()
     assert list((m.data / "spool").iterdir()) == []
+
+
+def test_a_spool_shared_by_two_data_directories_is_refused(mount_factory, tmp_path):
+    """The spool is swept at start: a second library pointed at the same spool would
+    delete the first one's files."""
+    spool = tmp_path / "shared-spool"
+    m = mount_factory(TGFS_SPOOL_DIR=str(spool))
+    with open(m.path / "open.bin", "wb") as f:  # being written: its bytes are in the spool
+        f.write(b"x" * 1000)
+        f.flush()
+        other = tmp_path / "mnt2"
+        other.mkdir()
+        env = {**m.env, "TGFS_DATA_DIR": str(tmp_path / "data2")}
+        result = subprocess.run([sys.executable, "-m", "tgfs", "mount", str(other)], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode != 0 and f"pid {m.proc.pid}" in result.stderr
+        assert len(list(spool.iterdir())) == 2  # the lock and the open file's spool file
+    m.wait_idle()
+    assert (m.path / "open.bin").read_bytes() == b"x" * 1000

@@ -17,6 +17,7 @@ import signal
 import uuid
 from pathlib import Path
 
+import peewee
 import pyfuse3
 import trio
 
@@ -26,7 +27,7 @@ from tgfs.catalog.reserve import Reserve
 from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
-from tgfs.lock import DirectoryLock
+from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
@@ -59,16 +60,16 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
     for skipped in settings.skipped_bots:
         log.warning("config: %s; skipped", skipped)
     with contextlib.ExitStack() as held:
-        # The spool may live outside the data directory; it is swept at start, so it gets
-        # the same protection.
-        for directory in dict.fromkeys([settings.data_dir, settings.spool_dir]):
-            held.enter_context(DirectoryLock(directory, mountpoint))
+        held.enter_context(DirectoryLock(settings.data_dir, mountpoint))
+        # A spool outside the data directory is swept at start too: it gets a lock of its own.
+        if not settings.spool_dir.is_relative_to(settings.data_dir):
+            held.enter_context(DirectoryLock(settings.spool_dir, mountpoint))
         open_catalog(settings.catalog_path)
         held.callback(close_catalog)
         store = make_store(settings)
         spool = Spool(settings.spool_dir)
         _recover()
-        spool.sweep(jobs.live_spools())
+        spool.sweep(jobs.live_spools() | {str(settings.spool_dir / LOCK_NAME)})
         cache = PartCache(settings.cache_dir / _catalog_id(), settings.cache_size, store)
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
 
@@ -95,7 +96,10 @@ async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: 
         await _collect_orphans(store)
         _set_meta(STOPPED_CLEANLY, "0")  # until this daemon exits normally
         await _serve_mounted(settings, mountpoint, store, spool, cache, debug_fuse)
-        _set_meta(STOPPED_CLEANLY, "1")  # every put was awaited or cancelled and recorded
+        try:  # every put was awaited or cancelled, and recorded
+            _set_meta(STOPPED_CLEANLY, "1")
+        except peewee.OperationalError as exc:  # a full disk: the next start just looks
+            log.warning("could not record the clean stop (%s)", exc)
     finally:
         await store.aclose()
 

@@ -9,15 +9,21 @@ For each dropped file:
                  └────────────────────────────►  store as ordinary file
 
 What can go wrong, and what happens:
-- the media step fails (hostile file, decoder error, crash): a half-published video is
-  withdrawn, the file is stored as an ordinary file, byte for byte, and the job is marked
-  failed with the reason;
-- the store fails (disk full, a bot down): the job goes back to the queue with a growing
-  delay; the file stays readable from the spool meanwhile;
-- the file is deleted or rewritten while its job runs: the results are thrown away (their
-  store parts are queued for deletion) and the rewritten file gets a job of its own;
-- the daemon stops: running jobs restart from scratch on the next start (a half-published
-  video is removed first).
+- the media step fails because of the file (hostile file, decoder error, a crash, over a
+  TGFS_MEDIA_* limit): a half-published video is withdrawn, the file is stored as an
+  ordinary file, byte for byte, and the job is marked failed with the reason. Only the
+  media pipeline judges a file;
+- the machine fails, not the file (the store: a full disk, a bot down; the spool full
+  during the media step; the media process killed from outside, up to MEDIA_KILLS times):
+  the job goes back to the queue with a growing delay and says why; the file stays
+  readable from the spool meanwhile;
+- the file is deleted or rewritten while its job runs (or is open with new content on its
+  way): the results are thrown away (their store parts are queued for deletion) and the
+  new content gets a job of its own;
+- the file has the bytes of a video already in its folder (a second `rsync`): it is
+  dropped, and the job says so;
+- the daemon stops or dies: running jobs restart from scratch on the next start (a
+  half-published video is removed first, and parts stored for them are deleted).
 """
 
 from __future__ import annotations
