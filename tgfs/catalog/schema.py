@@ -267,7 +267,7 @@ class Node(_Model):
     # kernel can never confuse a new file with one it still remembers.
     id = AutoIncrementField()
     parent = pw.ForeignKeyField("self", null=True, backref="children")  # None only for root
-    name = NameField()  # the entry's name in its parent: raw bytes, never ".", ".." or ""
+    name = NameField()  # the name in its parent: raw bytes; never ".", ".." or "" (but root)
     kind = pw.TextField()  # a NodeKind value
     mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
     uid = pw.IntegerField(default=0)
