@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -58,26 +59,43 @@ def test_part_plan():
 
 
 class CountingStore(LocalStore):
-    """The local store, counting and slowing down gets (like a remote one)."""
+    """The local store, counting and slowing down gets (like a remote one). A get of a
+    (location, offset) in `held` waits until the test releases it."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.gets = 0
+        self.gets: list[tuple[int, int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.held: dict[tuple[str, int], trio.Event] = {}
 
     async def get(self, location: str, offset: int, length: int) -> bytes:
-        self.gets += 1
-        await trio.sleep(0.05)
-        return await super().get(location, offset, length)
+        self.gets.append((offset, length))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await trio.sleep(0.05)
+            if (location, offset) in self.held:
+                await self.held[location, offset].wait()
+            return await super().get(location, offset, length)
+        finally:
+            self.in_flight -= 1
 
 
-async def test_cache_single_flight_and_bounds(tmp_path):
+async def _stored(tmp_path: Path, size: int, part_size: int
+                  ) -> tuple[CountingStore, bytes, list[PartRef]]:
     store = CountingStore(tmp_path / "store")
     src = tmp_path / "blob"
-    data = bytes(range(256)) * 4096 * 3  # 3 MiB
+    data = os.urandom(size)
     src.write_bytes(data)
-    refs = (await put_files(store, [Upload(src, len(data), "k")], 2**20,
+    refs = (await put_files(store, [Upload(src, len(data), "k")], part_size,
                             lambda *_: None))[src]
-    parts = [PartRef(i + 1, p.index, p.offset, p.size, p.location) for i, p in enumerate(refs)]
+    return store, data, [PartRef(i + 1, p.index, p.offset, p.size, p.location)
+                         for i, p in enumerate(refs)]
+
+
+async def test_cache_single_flight_per_chunk_and_bounds(tmp_path):
+    store, data, parts = await _stored(tmp_path, 3 * 2**20, 2**20)
     cache = PartCache(tmp_path / "cache", 2 * 2**20, store)
     results = []
 
@@ -88,12 +106,66 @@ async def test_cache_single_flight_and_bounds(tmp_path):
         for _ in range(5):
             nursery.start_soon(reader)
     assert results == [data[10:110]] * 5
-    assert store.gets == 1  # five readers, one fetch
+    assert store.gets == [(0, 2**20)]  # five readers, one fetch of one chunk
     assert await cache.read(parts, 2**20 - 5, 10) == data[2**20 - 5: 2**20 + 5]
     assert await cache.read(parts, 0, len(data)) == data
     assert cache.stats()["used_bytes"] <= 2 * 2**20  # evicted down to capacity
-    again = PartCache(tmp_path / "cache", 2 * 2**20, store)  # rescanned after a restart
-    assert again.stats()["parts"] == cache.stats()["parts"]
+
+
+async def test_a_read_waits_only_for_its_chunks_fetched_in_parallel(tmp_path):
+    store, data, parts = await _stored(tmp_path, 6 * 2**20, 8 * 2**20)  # one 6 MiB part
+    cache = PartCache(tmp_path / "cache", 64 * 2**20, store)
+    store.held[parts[0].location, 5 * 2**20] = gate = trio.Event()  # the last chunk waits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.run)  # background fill of the rest of the part
+        # A read inside chunk 1 returns although the part is far from complete.
+        with trio.fail_after(5):
+            assert await cache.read(parts, 2**20 + 7, 1000) == data[2**20 + 7: 2**20 + 1007]
+        assert cache.stats()["partial_parts"] == 1
+        # A read across four chunks fetches them at once, not one after another.
+        store.most_in_flight = 0
+        assert await cache.read(parts, 0, 4 * 2**20) == data[:4 * 2**20]
+        assert store.most_in_flight >= 3
+        gate.set()
+        with trio.fail_after(5):
+            while cache.stats()["partial_parts"]:  # the background fill completes it
+                await trio.sleep(0.01)
+        assert sorted(store.gets) == [(i * 2**20, 2**20) for i in range(6)]  # each once
+        nursery.cancel_scope.cancel()
+
+
+async def test_partial_parts_survive_a_restart(tmp_path):
+    store, data, parts = await _stored(tmp_path, 4 * 2**20, 8 * 2**20)
+    cache = PartCache(tmp_path / "cache", 64 * 2**20, store)
+    assert await cache.read(parts, 0, 10) == data[:10]
+    assert await cache.read(parts, 2 * 2**20, 10) == data[2 * 2**20: 2 * 2**20 + 10]
+    await cache.flush()
+    again = PartCache(tmp_path / "cache", 64 * 2**20, store)  # a restart
+    assert again.stats()["partial_parts"] == 1 and again.stats()["used_bytes"] == 2 * 2**20
+    fetched = len(store.gets)
+    assert await again.read(parts, 2 * 2**20, 2**20) == data[2 * 2**20: 3 * 2**20]
+    assert len(store.gets) == fetched  # served from the recorded chunk
+    assert await again.read(parts, 0, len(data)) == data
+    assert len(store.gets) == fetched + 2  # only the two chunks never fetched
+
+
+async def test_eviction_spares_parts_being_read(tmp_path):
+    store, data, parts = await _stored(tmp_path, 4 * 2**20, 2**20)  # four 1 MiB parts
+    cache = PartCache(tmp_path / "cache", 2 * 2**20, store)
+    store.held[parts[0].location, 0] = gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        got = []
+
+        async def slow_reader():
+            got.append(await cache.read(parts[:1], 0, 2**20))
+
+        nursery.start_soon(slow_reader)
+        with trio.fail_after(5):
+            while not cache.stats()["fetches_in_flight"]:  # its fetch has started
+                await trio.sleep(0.01)
+        assert await cache.read(parts, 2**20, 3 * 2**20) == data[2**20:]  # over capacity
+        gate.set()
+    assert got == [data[:2**20]]  # its part was not evicted under it
 
 
 async def test_media_child_crash_fails_the_job_only(tmp_path, monkeypatch):

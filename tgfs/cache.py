@@ -1,41 +1,84 @@
-"""Read-through on-disk cache of store parts.
+"""Read-through on-disk cache of store parts, fetched and kept in 1 MiB chunks.
 
 Every read of stored content (segments, init segments, ordinary files) that misses the
-kernel's page cache lands here. The unit is one store part (≤ TELEGRAM_MAX_FILE_SIZE): a
-miss fetches the whole part into `<cache_dir>/<catalog id>/<part id>` and later reads are
-local `pread`s. Properties:
+kernel's page cache lands here. A part (≤ TELEGRAM_MAX_FILE_SIZE) is kept as a sparse file
+`<cache dir>/<catalog id>/<part id>`; which of its 1 MiB chunks are present is recorded
+beside it in `<part id>.map` (one byte per chunk) until the part is complete, when the map
+goes. Properties:
 
-- bounded: total size ≤ TGFS_CACHE_SIZE; least recently used parts are evicted first;
-- single-flight: concurrent misses on one part share one fetch;
-- survives restarts: the directory is rescanned at start (oldest atime first);
+- a read waits only for the chunks that cover it, fetched in parallel (at hundreds of
+  milliseconds per request, one serial stream caps a bot at chunk/RTT); the rest of the
+  part keeps arriving in the background;
+- single flight per chunk: a read of a chunk being fetched waits for that fetch (and, if
+  it failed, fetches it itself);
+- bounded: total bytes present ≤ TGFS_CACHE_SIZE; least recently used parts go first,
+  never one being read or fetched;
+- survives restarts, partial parts included, without reading the cached data: a chunk is
+  recorded in the map only after the data file was fdatasync'ed (`flush`, every
+  `FLUSH_EVERY` seconds), so a recorded chunk is on disk; a chunk written but not yet
+  recorded when the daemon dies is fetched again. A map is written before its data file
+  exists, so a data file without a map is always a complete part;
 - namespaced by catalog: part ids are only unique within one catalog, so a cache directory
   shared by two data directories can never serve one's bytes for the other's part;
-- memory-flat: a fetch streams the part to disk in `_FETCH_CHUNK` steps.
-
-Seams for the prefetch/eviction issue: `warm()` fetches without reading, and eviction asks
-`_victims()` for an order.
+- memory-flat: a chunk at a time per fetch.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from tgfs.store.base import BlobStore, PartRef
+from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import overlapping
 
 log = logging.getLogger(__name__)
 
-# 4 MiB per store request: large enough to amortise a remote round trip, small enough to
-# keep a fetch's memory use trivial.
-_FETCH_CHUNK = 4 * 2**20
+# The unit fetched and recorded. Telegram's stream_media counts in 1 MiB chunks, so one
+# chunk is one range request there; small enough that a read waits for little more than
+# it asked for, large enough that a store's per-request latency is paid rarely.
+CHUNK = 2**20
+FLUSH_EVERY = 1.0  # seconds between writes of the chunk maps (see the module docstring)
+# Chunk fetches in flight for reads that wait (across all parts), and for the background
+# fill of the rest of a part. Stores cap their own transfers further (per bot, overall).
+_FOREGROUND_FETCHES = 32
+_BACKGROUND_FETCHES = 8
 _DISK_THREADS = trio.CapacityLimiter(8)
+_MAP = ".map"
+
+
+@dataclasses.dataclass
+class _Entry:
+    """A part in the cache: which chunks are on disk."""
+
+    id: int
+    size: int
+    present: bytearray  # one byte per chunk: 1 once its bytes are in the data file
+    dirty: bool = False  # chunks arrived since the map was last written
+    pins: int = 0  # reads in progress: not evicted
+    fetching: int = 0  # chunk fetches in progress: not evicted
+    filling: bool = False  # a background fill of the missing chunks is running
+
+    @property
+    def complete(self) -> bool:
+        return all(self.present)
+
+    @property
+    def bytes_present(self) -> int:
+        return sum(_chunk_size(self.size, i) for i, here in enumerate(self.present) if here)
+
+
+def _chunks(size: int) -> int:
+    return -(-size // CHUNK)
+
+
+def _chunk_size(size: int, index: int) -> int:
+    return min(CHUNK, size - index * CHUNK)
 
 
 class PartCache:
@@ -43,120 +86,260 @@ class PartCache:
         self.root = root
         self.capacity = capacity
         self.store = store
-        self._sizes: collections.OrderedDict[int, int] = collections.OrderedDict()  # LRU order
-        self._used = 0
-        self._fetching: dict[int, trio.Event] = {}
-        self._pinned: collections.Counter[int] = collections.Counter()
-        self.hits = 0
-        self.misses = 0
+        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # LRU
+        self._used = 0  # bytes present over all entries
+        self._fetching: dict[tuple[int, int], trio.Event] = {}  # (part id, chunk) → done
+        self._foreground = trio.CapacityLimiter(_FOREGROUND_FETCHES)
+        self._background = trio.CapacityLimiter(_BACKGROUND_FETCHES)
+        self._nursery: trio.Nursery | None = None  # for background fills, while run() runs
+        self.hits = 0  # reads whose chunks were all present
+        self.misses = 0  # reads that had to wait for a fetch
         self.fetched_bytes = 0
         root.mkdir(parents=True, exist_ok=True)
         self._load()
 
+    # ---- start-up ------------------------------------------------------------------------
+
     def _load(self) -> None:
-        entries = []
+        found = []
+        maps = set()
         for entry in os.scandir(self.root):
-            if entry.name.endswith(".tmp"):
-                os.unlink(entry.path)  # a fetch interrupted by a crash
-            elif entry.name.isdigit():
+            name = entry.name
+            if name.endswith(".tmp"):
+                os.unlink(entry.path)  # a map or a legacy fetch interrupted by a crash
+            elif name.endswith(_MAP):
+                maps.add(name.removesuffix(_MAP))
+            elif name.isdigit():
                 st = entry.stat()
-                entries.append((st.st_atime, int(entry.name), st.st_size))
-        for _, part_id, size in sorted(entries):
-            self._sizes[part_id] = size
-            self._used += size
+                found.append((st.st_atime, int(name), st.st_size))
+        for _, part_id, size in sorted(found):
+            present = bytearray(b"\x01" * _chunks(size))
+            if str(part_id) in maps:
+                maps.discard(str(part_id))
+                recorded = (self.root / f"{part_id}{_MAP}").read_bytes()
+                if len(recorded) != len(present):
+                    self._remove_files(part_id)
+                    continue
+                present = bytearray(recorded)
+            entry = _Entry(part_id, size, present)
+            self._entries[part_id] = entry
+            self._used += entry.bytes_present
+        for orphan in maps:  # a map whose data file was never made
+            (self.root / f"{orphan}{_MAP}").unlink(missing_ok=True)
         self._evict()
+
+    async def run(self) -> None:
+        """Background work: filling parts in, writing the chunk maps. Runs for the mount's
+        life (reads work without it, only nothing arrives in the background)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                while True:
+                    await trio.sleep(FLUSH_EVERY)
+                    await self.flush()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.flush()
+
+    # ---- reading -------------------------------------------------------------------------
 
     def _path(self, part_id: int) -> Path:
         return self.root / str(part_id)
 
     async def read(self, parts: list[PartRef], offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of the blob made of `parts`."""
-        chunks = []
+        pieces = []
         for part in overlapping(parts, offset, length):
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
-            self._pinned[part.id] += 1  # not evicted while we read it
+            entry = self._entry(part)
+            entry.pins += 1  # not evicted while we read it
             try:
-                await self._ensure(part)
-                chunks.append(await trio.to_thread.run_sync(
+                await self._need(part, entry, start // CHUNK, (end - 1) // CHUNK)
+                pieces.append(await trio.to_thread.run_sync(
                     _pread, self._path(part.id), start, end - start, limiter=_DISK_THREADS))
             finally:
-                self._pinned[part.id] -= 1
-                if not self._pinned[part.id]:
-                    del self._pinned[part.id]
-        return b"".join(chunks)
+                entry.pins -= 1
+            self._fill_later(part, entry)
+        return b"".join(pieces)
 
     async def warm(self, part: PartRef) -> None:
-        """Fetch a part into the cache without reading it (for prefetch)."""
-        await self._ensure(part)
+        """Fetch a whole part into the cache without reading it (for prefetch)."""
+        entry = self._entry(part)
+        await self._need(part, entry, 0, len(entry.present) - 1, self._background)
 
-    async def _ensure(self, part: PartRef) -> None:
+    def _entry(self, part: PartRef) -> _Entry:
+        """The part's entry, made (map first, then a sparse data file) if it is new."""
         assert part.id is not None
-        while True:
-            if part.id in self._sizes:
-                self._sizes.move_to_end(part.id)
-                self.hits += 1
-                return
-            pending = self._fetching.get(part.id)
-            if pending is None:
-                break
-            await pending.wait()  # someone else is fetching it; if that failed, we try
-        self.misses += 1
-        done = self._fetching[part.id] = trio.Event()
-        try:
-            await self._fetch(part)
-        finally:
-            del self._fetching[part.id]
-            done.set()
+        entry = self._entries.get(part.id)
+        if entry is not None and entry.size != part.size:
+            self._drop(entry)  # cannot happen with a sound catalog; never serve it
+            entry = None
+        if entry is None:
+            entry = _Entry(part.id, part.size, bytearray(_chunks(part.size)))
+            _write_map(self.root / f"{part.id}{_MAP}", entry.present)
+            with open(self._path(part.id), "wb") as data:
+                data.truncate(part.size)
+            self._entries[part.id] = entry
+        self._entries.move_to_end(part.id)
+        return entry
 
-    async def _fetch(self, part: PartRef) -> None:
-        path = self._path(part.id)
-        tmp = path.with_suffix(".tmp")
+    async def _need(self, part: PartRef, entry: _Entry, first: int, last: int,
+                    limiter: trio.CapacityLimiter | None = None) -> None:
+        """Wait until chunks first..last of the part are present, fetching the missing
+        ones in parallel."""
+        missing = [i for i in range(first, last + 1) if not entry.present[i]]
+        if not missing:
+            self.hits += 1
+            return
+        self.misses += 1
         try:
-            with open(tmp, "wb") as out:
-                offset = 0
-                while offset < part.size:
-                    want = min(_FETCH_CHUNK, part.size - offset)
-                    data = await self.store.get(part.location, offset, want)
-                    if len(data) != want:
-                        raise OSError(f"store returned {len(data)} of {want} bytes")
-                    await trio.to_thread.run_sync(out.write, data, limiter=_DISK_THREADS)
-                    offset += want
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+            async with trio.open_nursery() as nursery:
+                for index in missing:
+                    nursery.start_soon(self._chunk, part, entry, index,
+                                       limiter or self._foreground)
+        except BaseExceptionGroup as group:
+            # One failed chunk fails the read; say why as the store said it, not as a group.
+            first = _first_leaf(group)
+            if isinstance(first, (StoreError, OSError)):
+                raise first from None
             raise
-        self.fetched_bytes += part.size
-        self._sizes[part.id] = part.size
-        self._used += part.size
+
+    async def _chunk(self, part: PartRef, entry: _Entry, index: int,
+                     limiter: trio.CapacityLimiter) -> None:
+        """Make chunk `index` present: fetch it, or wait for the fetch already running
+        (and try again if that one failed)."""
+        key = (entry.id, index)
+        while not entry.present[index] and self._entries.get(entry.id) is entry:
+            pending = self._fetching.get(key)
+            if pending is not None:
+                await pending.wait()
+                continue
+            done = self._fetching[key] = trio.Event()
+            entry.fetching += 1
+            try:
+                async with limiter:
+                    await self._fetch(part, entry, index)
+            finally:
+                entry.fetching -= 1
+                del self._fetching[key]
+                done.set()
+
+    async def _fetch(self, part: PartRef, entry: _Entry, index: int) -> None:
+        offset, want = index * CHUNK, _chunk_size(part.size, index)
+        data = await self.store.get(part.location, offset, want)
+        if len(data) != want:
+            raise StoreError(f"part {part.id}: the store returned {len(data)} of {want} "
+                             f"bytes at {offset}")
+        if self._entries.get(entry.id) is not entry:
+            return  # evicted or dropped meanwhile (only possible when nobody reads it)
+        await trio.to_thread.run_sync(_pwrite, self._path(entry.id), data, offset,
+                                      limiter=_DISK_THREADS)
+        entry.present[index] = 1
+        entry.dirty = True
+        self._used += want
+        self.fetched_bytes += want
         self._evict()
 
-    def _victims(self) -> Iterator[int]:
-        """Eviction order: least recently used first (the policy seam)."""
-        return iter(list(self._sizes))
+    def _fill_later(self, part: PartRef, entry: _Entry) -> None:
+        """Fetch the rest of the part in the background: a reader of one chunk is likely
+        to want the next."""
+        if self._nursery is None or entry.filling or entry.complete:
+            return
+        entry.filling = True
+        self._nursery.start_soon(self._fill, part, entry)
+
+    async def _fill(self, part: PartRef, entry: _Entry) -> None:
+        try:
+            await self._need(part, entry, 0, len(entry.present) - 1, self._background)
+        except StoreError as exc:
+            log.info("cache: background fetch of part %d stopped: %s", part.id, exc)
+        finally:
+            entry.filling = False
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Record the chunks that arrived: data on disk first, then the map (or, for a
+        complete part, no map at all)."""
+        for entry in [e for e in self._entries.values() if e.dirty]:
+            entry.dirty = False
+            present = bytes(entry.present)
+            path = self._path(entry.id)
+            try:
+                await trio.to_thread.run_sync(_sync, path, limiter=_DISK_THREADS)
+                map_path = self.root / f"{entry.id}{_MAP}"
+                if all(present):
+                    map_path.unlink(missing_ok=True)
+                else:
+                    await trio.to_thread.run_sync(_write_map, map_path, present,
+                                                  limiter=_DISK_THREADS)
+            except FileNotFoundError:
+                pass  # evicted meanwhile
+            except OSError as exc:
+                entry.dirty = True
+                log.warning("cache: cannot record the chunks of part %d: %s", entry.id, exc)
 
     def _evict(self) -> None:
         if self._used <= self.capacity:
             return
-        for part_id in self._victims():
+        for entry in list(self._entries.values()):  # least recently used first
             if self._used <= self.capacity:
                 break
-            if self._pinned.get(part_id):
+            if entry.pins or entry.fetching:
                 continue
-            self._used -= self._sizes.pop(part_id)
-            self._path(part_id).unlink(missing_ok=True)
+            self._drop(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        self._entries.pop(entry.id, None)
+        self._used -= entry.bytes_present
+        self._remove_files(entry.id)
+
+    def _remove_files(self, part_id: int) -> None:
+        (self.root / f"{part_id}{_MAP}").unlink(missing_ok=True)  # first: see _load
+        self._path(part_id).unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
         return {
             "used_bytes": self._used,
             "capacity_bytes": self.capacity,
-            "parts": len(self._sizes),
+            "parts": len(self._entries),
+            "partial_parts": sum(1 for e in self._entries.values() if not e.complete),
             "hits": self.hits,
             "misses": self.misses,
             "fetched_bytes": self.fetched_bytes,
+            "fetches_in_flight": len(self._fetching),
         }
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _pread(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         return os.pread(f.fileno(), length, offset)
+
+
+def _pwrite(path: Path, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_map(path: Path, present: bytes | bytearray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bytes(present))
+    os.replace(tmp, path)

@@ -161,6 +161,7 @@ async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
             nursery.start_soon(fuse_main)
             nursery.start_soon(runner.run)
             nursery.start_soon(collector.run)
+            nursery.start_soon(cache.run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
     finally:
