@@ -297,3 +297,26 @@ def test_a_spool_shared_by_two_data_directories_is_refused(mount_factory, tmp_pa
         assert len(list(spool.iterdir())) == 2  # the lock and the open file's spool file
     m.wait_idle()
     assert (m.path / "open.bin").read_bytes() == b"x" * 1000
+
+
+def test_a_kill_while_parts_are_half_cached_serves_the_right_bytes(mount_factory, tmp_path):
+    """The read cache writes chunk maps beside partly fetched parts: after a SIGKILL in the
+    middle of filling them in, a restart serves every byte right."""
+    m = mount_factory(TELEGRAM_MAX_FILE_SIZE="8M")  # parts of 8 chunks: room to be partial
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(24 * 2**20 + 5))
+    subprocess.run(["cp", str(src), str(m.path / "big.bin")], check=True)
+    m.wait_idle()
+    m.stop()
+    m.start()  # nothing cached in memory, and the spool copy is gone: reads go to the store
+    fd = os.open(m.path / "big.bin", os.O_RDONLY)
+    for offset in (3 * 2**20, 9 * 2**20 + 77, 20 * 2**20):  # one chunk in each part
+        assert os.pread(fd, 100, offset) == src.read_bytes()[offset:offset + 100]
+    m.kill()  # the rest of each part is still arriving in the background
+    with contextlib.suppress(OSError):  # the mount is gone: ENOTCONN
+        os.close(fd)
+    m.start()
+    cmp(src, m.path / "big.bin")
+    cache = next((tmp_path / "cache").iterdir())
+    maps = {p.stem for p in cache.glob("*.map")}
+    assert maps <= {p.name for p in cache.iterdir() if p.name.isdigit()}

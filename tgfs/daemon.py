@@ -124,7 +124,7 @@ async def _collect_orphans(store: BlobStore) -> None:
     _set_meta(ORPHAN_SCAN_DUE, "1")
     try:
         with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
-            found = await store.orphans(blobs.referenced)
+            found = await store.orphans(blobs.known_locations().__contains__)
     except (StoreError, OSError, trio.TooSlowError) as exc:
         log.warning("store: could not look for parts left by the last crash (%s); will "
                     "look again at the next start", exc or "timed out")

@@ -95,15 +95,15 @@ def queue_orphans(locations: Iterable[str]) -> None:
             Garbage.insert_many(rows[start:start + 500]).execute()
 
 
-def referenced(location: str) -> bool:
-    """Does any part, landed part or garbage row name this single-replica location?"""
+def known_locations() -> set[str]:
+    """Every single-replica location a part, landed part or garbage row names: what a
+    store's crash scan checks its findings against (one query per table, not one per
+    finding: a local store can hold hundreds of thousands of parts)."""
+    found: set[str] = set()
     for model in (Part, Landed, Garbage):
-        field = model.location
-        if model.select().where((field == location) | field.startswith(location + ",")
-                                | field.endswith("," + location)
-                                | field.contains("," + location + ",")).exists():
-            return True
-    return False
+        for (location,) in model.select(model.location).tuples():
+            found.update(location.split(","))
+    return found
 
 
 def held_by(location_prefix: str) -> tuple[int, int]:

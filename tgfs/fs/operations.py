@@ -301,26 +301,26 @@ class Filesystem(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         name = _name(name)
         log.debug("mkdir(%d, %r)", parent_inode, name)
-        parent = self._changeable_dir(parent_inode)
-        if tree.child(parent.id, name) is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        node = tree.create(parent.id, name, NodeKind.DIR, mode & ~ctx.umask & 0o7777,
-                           ctx.uid, ctx.gid)
-        tree.touch_dir(parent.id)
-        return self._attrs(node)
+        return self._attrs(self._new_entry(parent_inode, name, NodeKind.DIR,
+                                           mode & ~ctx.umask & 0o7777, ctx))
 
     @_guarded
     async def symlink(self, parent_inode, name, target, ctx):
         name = _name(name)
         log.debug("symlink(%d, %r)", parent_inode, name)
+        return self._attrs(self._new_entry(parent_inode, name, NodeKind.SYMLINK, 0o777, ctx,
+                                           target=os.fsdecode(target), size=len(target)))
+
+    def _new_entry(self, parent_inode: int, name: str, kind: NodeKind, mode: int, ctx,
+                   **fields: Any) -> Node:
+        """A directory or symlink in an ordinary directory, with the parent's times."""
         parent = self._changeable_dir(parent_inode)
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         with db.atomic():
-            node = tree.create(parent.id, name, NodeKind.SYMLINK, 0o777, ctx.uid, ctx.gid,
-                               target=os.fsdecode(target), size=len(target))
+            node = tree.create(parent.id, name, kind, mode, ctx.uid, ctx.gid, **fields)
             tree.touch_dir(parent.id)
-        return self._attrs(node)
+        return node
 
     @_guarded
     async def readlink(self, inode, ctx):

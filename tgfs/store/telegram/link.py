@@ -364,15 +364,7 @@ class BotLink:
         await self._ready()
         for start in range(0, len(message_ids), tg.DELETE_MESSAGES_MAX):
             batch = message_ids[start:start + tg.DELETE_MESSAGES_MAX]
-            attempt = 0
-            while True:
-                await self._wait_flood()
-                try:
-                    await self._call(CALL_TIMEOUT, tg.delete, self._client, channel_id, batch)
-                except Exception as exc:
-                    attempt = await self._handle(exc, attempt, "delete")
-                    continue
-                break
+            await self._retried("delete", tg.delete, channel_id, batch)
             for message_id in batch:
                 self._messages.pop((channel_id, message_id), None)
             self.counters.messages_deleted += len(batch)
@@ -384,18 +376,19 @@ class BotLink:
         found = []
         for start in range(0, len(message_ids), tg.GET_MESSAGES_MAX):
             batch = message_ids[start:start + tg.GET_MESSAGES_MAX]
-            attempt = 0
-            while True:
-                await self._wait_flood()
-                try:
-                    found += await self._call(CALL_TIMEOUT, tg.get_many, self._client,
-                                              channel_id, batch)
-                except Exception as exc:
-                    attempt = await self._handle(exc, attempt, "look-up")
-                    continue
-                break
+            found += await self._retried("look-up", tg.get_many, channel_id, batch)
         self._succeeded()
         return found
+
+    async def _retried(self, what: str, fn: Any, *args: Any) -> Any:
+        """One short call, after any flood wait, retried as `_handle` decides."""
+        attempt = 0
+        while True:
+            await self._wait_flood()
+            try:
+                return await self._call(CALL_TIMEOUT, fn, self._client, *args)
+            except Exception as exc:
+                attempt = await self._handle(exc, attempt, what)
 
     async def _message(self, channel_id: int, message_id: int) -> Any:
         key = (channel_id, message_id)

@@ -44,7 +44,6 @@ START_WAIT = 20.0  # seconds start() waits for logins before mounting anyway
 # bot is known to have sent into its channel. Behind it, because replies to concurrent
 # uploads can arrive out of order; ahead, for the uploads in flight (at most
 # TGFS_BOT_TRANSFERS per bot) and any service messages between them.
-MARKS_NAME = "marks.json"
 SCAN_BEHIND = 64
 SCAN_AHEAD = 200
 _PART_NAME = re.compile(r".+\.part\d+")  # how put() names documents: "<key>.part<N>"
