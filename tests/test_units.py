@@ -9,6 +9,7 @@ from pathlib import Path
 import m3u8
 import pytest
 import trio
+import trio.testing
 
 from tgfs.cache import PartCache
 from tgfs.ingest import media_process
@@ -18,6 +19,7 @@ from tgfs.media.worker import WorkerOptions
 from tgfs.store.base import PartRef
 from tgfs.store.local import LocalStore
 from tgfs.store.parts import Upload, overlapping, plan, put_files
+from tgfs.store.slots import URGENT, Priority, Slots
 
 
 def test_codec_strings():
@@ -65,12 +67,15 @@ class CountingStore(LocalStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.gets: list[tuple[int, int]] = []
+        self.urgent: list[bool] = []  # each get's priority when it started
         self.in_flight = 0
         self.most_in_flight = 0
         self.held: dict[tuple[str, int], trio.Event] = {}
 
-    async def get(self, location: str, offset: int, length: int) -> bytes:
+    async def get(self, location: str, offset: int, length: int,
+                  priority: Priority = URGENT) -> bytes:
         self.gets.append((offset, length))
+        self.urgent.append(priority.urgent)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -117,7 +122,7 @@ async def test_a_read_waits_only_for_its_chunks_fetched_in_parallel(tmp_path):
     cache = PartCache(tmp_path / "cache", 64 * 2**20, store)
     store.held[parts[0].location, 5 * 2**20] = gate = trio.Event()  # the last chunk waits
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(cache.run)  # background fill of the rest of the part
+        await nursery.start(cache.run)  # fetches ahead run in its nursery
         # A read inside chunk 1 returns although the part is far from complete.
         with trio.fail_after(5):
             assert await cache.read(parts, 2**20 + 7, 1000) == data[2**20 + 7: 2**20 + 1007]
@@ -126,6 +131,10 @@ async def test_a_read_waits_only_for_its_chunks_fetched_in_parallel(tmp_path):
         store.most_in_flight = 0
         assert await cache.read(parts, 0, 4 * 2**20) == data[:4 * 2**20]
         assert store.most_in_flight >= 3
+        # Asked to, the cache fetches the rest ahead of the reader (a segment is read
+        # whole): the read returns while the last chunk is still held back.
+        with trio.fail_after(5):
+            assert await cache.read(parts, 0, 10, ahead=len(data)) == data[:10]
         gate.set()
         with trio.fail_after(5):
             while cache.stats()["partial_parts"]:  # the background fill completes it
@@ -166,6 +175,52 @@ async def test_eviction_spares_parts_being_read(tmp_path):
         assert await cache.read(parts, 2**20, 3 * 2**20) == data[2**20:]  # over capacity
         gate.set()
     assert got == [data[:2**20]]  # its part was not evicted under it
+
+
+async def test_slots_serve_urgent_requests_before_prefetch():
+    slots = Slots(4, prefetch_max=2)
+    release = trio.Event()
+    holding: list[str] = []
+
+    async def hold(name: str, priority: Priority) -> None:
+        async with slots.hold(priority):
+            holding.append(name)
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        waiting = [Priority(urgent=False) for _ in range(6)]
+        for n, priority in enumerate(waiting):
+            nursery.start_soon(hold, f"prefetch {n}", priority)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(holding) == 2  # two slots stay free for readers
+        nursery.start_soon(hold, "read", URGENT)
+        await trio.testing.wait_all_tasks_blocked()
+        assert holding[-1] == "read"  # at once, though six prefetches came first
+        queued = next(n for n in range(6) if f"prefetch {n}" not in holding)
+        waiting[queued].raise_to_urgent()  # a reader now waits for that prefetch's bytes
+        await trio.testing.wait_all_tasks_blocked()
+        assert holding[-1] == f"prefetch {queued}" and slots.busy == 4
+        release.set()
+    assert slots.busy == 0 and sorted(holding) == sorted(
+        ["read"] + [f"prefetch {n}" for n in range(6)])
+
+
+async def test_a_read_goes_before_heavy_prefetch(tmp_path):
+    store, data, parts = await _stored(tmp_path, 64 * 2**20, 2**20)  # 64 parts of 1 MiB
+    cache = PartCache(tmp_path / "cache", 256 * 2**20, store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        prefetch = Priority(urgent=False)
+        cache.fetch_ahead(parts, 0, 60 * 2**20, prefetch)  # 60 chunks queued ahead
+        await trio.testing.wait_all_tasks_blocked()
+        started_before = len(store.gets)
+        with trio.fail_after(5):
+            assert await cache.read(parts, 63 * 2**20, 100) == data[63 * 2**20:][:100]
+        # Prefetch holds only its share of the fetch slots, and the read's fetch starts
+        # next, not behind the 52 prefetch fetches still queued.
+        assert started_before == 8
+        assert store.urgent.index(True) == started_before
+        nursery.cancel_scope.cancel()
 
 
 async def test_media_child_crash_fails_the_job_only(tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import overlapping
+from tgfs.store.slots import URGENT, Priority, Slots
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,20 @@ log = logging.getLogger(__name__)
 # it asked for, large enough that a store's per-request latency is paid rarely.
 CHUNK = 2**20
 FLUSH_EVERY = 1.0  # seconds between writes of the chunk maps (see the module docstring)
-# Chunk fetches in flight for reads that wait (across all parts), and for the background
-# fill of the rest of a part. Stores cap their own transfers further (per bot, overall).
-_FOREGROUND_FETCHES = 32
-_BACKGROUND_FETCHES = 8
+# Chunk fetches in flight (across all parts), and how many of them prefetch may hold
+# (see tgfs.store.slots). Stores cap their own transfers further (per bot, overall).
+_FETCHES = 32
+_PREFETCH_FETCHES = 8
 _DISK_THREADS = trio.CapacityLimiter(8)
 _MAP = ".map"
+
+
+@dataclasses.dataclass(eq=False)
+class _Fetch:
+    """A chunk fetch in progress: readers of the chunk wait for `done`."""
+
+    priority: Priority
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
 @dataclasses.dataclass
@@ -62,7 +71,6 @@ class _Entry:
     dirty: bool = False  # chunks arrived since the map was last written
     pins: int = 0  # reads in progress: not evicted
     fetching: int = 0  # chunk fetches in progress: not evicted
-    filling: bool = False  # a background fill of the missing chunks is running
 
     @property
     def complete(self) -> bool:
@@ -88,13 +96,13 @@ class PartCache:
         self.store = store
         self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # LRU
         self._used = 0  # bytes present over all entries
-        self._fetching: dict[tuple[int, int], trio.Event] = {}  # (part id, chunk) → done
-        self._foreground = trio.CapacityLimiter(_FOREGROUND_FETCHES)
-        self._background = trio.CapacityLimiter(_BACKGROUND_FETCHES)
-        self._nursery: trio.Nursery | None = None  # for background fills, while run() runs
+        self._fetching: dict[tuple[int, int], _Fetch] = {}  # (part id, chunk) → its fetch
+        self._slots = Slots(_FETCHES, _PREFETCH_FETCHES)
+        self._nursery: trio.Nursery | None = None  # for fetches ahead, while run() runs
         self.hits = 0  # reads whose chunks were all present
         self.misses = 0  # reads that had to wait for a fetch
         self.fetched_bytes = 0
+        self.prefetched_bytes = 0  # fetched while nobody waited for them
         root.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -128,12 +136,14 @@ class PartCache:
             (self.root / f"{orphan}{_MAP}").unlink(missing_ok=True)
         self._evict()
 
-    async def run(self) -> None:
-        """Background work: filling parts in, writing the chunk maps. Runs for the mount's
-        life (reads work without it, only nothing arrives in the background)."""
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background work: fetches ahead, writing the chunk maps. Runs for the mount's
+        life (reads work without it, only nothing is fetched ahead)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                task_status.started()
                 while True:
                     await trio.sleep(FLUSH_EVERY)
                     await self.flush()
@@ -147,8 +157,11 @@ class PartCache:
     def _path(self, part_id: int) -> Path:
         return self.root / str(part_id)
 
-    async def read(self, parts: list[PartRef], offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of the blob made of `parts`."""
+    async def read(self, parts: list[PartRef], offset: int, length: int,
+                   ahead: int = 0, priority: Priority = URGENT) -> bytes:
+        """Bytes [offset, offset+length) of the blob made of `parts`; then, without
+        waiting, makes sure the `ahead` bytes after them are on their way, fetched with
+        `priority` (see `fetch_ahead`)."""
         pieces = []
         for part in overlapping(parts, offset, length):
             start = max(offset, part.offset) - part.offset
@@ -161,16 +174,43 @@ class PartCache:
                     _pread, self._path(part.id), start, end - start, limiter=_DISK_THREADS))
             finally:
                 entry.pins -= 1
-            self._fill_later(part, entry)
+        if ahead > 0:
+            self.fetch_ahead(parts, offset + length, ahead, priority)
         return b"".join(pieces)
 
-    async def warm(self, part: PartRef) -> None:
-        """Fetch a whole part into the cache without reading it (for prefetch)."""
-        entry = self._entry(part)
-        await self._need(part, entry, 0, len(entry.present) - 1, self._background)
+    async def warm(self, parts: list[PartRef], offset: int, length: int,
+                   priority: Priority) -> None:
+        """Fetch bytes [offset, offset+length) of a blob into the cache without reading
+        them (prefetch). Cancelling it cancels the fetches it started."""
+        for part in overlapping(parts, offset, length):
+            start = max(offset, part.offset) - part.offset
+            end = min(offset + length, part.offset + part.size) - part.offset
+            entry = self._entry(part, touch=False)
+            await self._need(part, entry, start // CHUNK, (end - 1) // CHUNK, priority)
 
-    def _entry(self, part: PartRef) -> _Entry:
-        """The part's entry, made (map first, then a sparse data file) if it is new."""
+    def fetch_ahead(self, parts: list[PartRef], offset: int, length: int,
+                    priority: Priority) -> None:
+        """Start fetching the missing chunks of [offset, offset+length) that nobody fetches
+        yet, in the background (while run() runs); raise the ones already on their way to
+        `priority` if it is urgent."""
+        if self._nursery is None:
+            return
+        for part in overlapping(parts, offset, length):
+            start = max(offset, part.offset) - part.offset
+            end = min(offset + length, part.offset + part.size) - part.offset
+            entry = self._entry(part, touch=False)
+            for index in range(start // CHUNK, (end - 1) // CHUNK + 1):
+                if entry.present[index]:
+                    continue
+                pending = self._fetching.get((entry.id, index))
+                if pending is None:
+                    self._nursery.start_soon(self._chunk_quietly, part, entry, index, priority)
+                elif priority.urgent:
+                    pending.priority.raise_to_urgent()
+
+    def _entry(self, part: PartRef, touch: bool = True) -> _Entry:
+        """The part's entry, made (map first, then a sparse data file) if it is new.
+        `touch`: a reader uses it now (for eviction; prefetch does not count)."""
         assert part.id is not None
         entry = self._entries.get(part.id)
         if entry is not None and entry.size != part.size:
@@ -182,53 +222,70 @@ class PartCache:
             with open(self._path(part.id), "wb") as data:
                 data.truncate(part.size)
             self._entries[part.id] = entry
-        self._entries.move_to_end(part.id)
+        if touch:
+            self._entries.move_to_end(part.id)
         return entry
 
     async def _need(self, part: PartRef, entry: _Entry, first: int, last: int,
-                    limiter: trio.CapacityLimiter | None = None) -> None:
+                    priority: Priority = URGENT) -> None:
         """Wait until chunks first..last of the part are present, fetching the missing
         ones in parallel."""
         missing = [i for i in range(first, last + 1) if not entry.present[i]]
         if not missing:
-            self.hits += 1
+            if priority.urgent:
+                self.hits += 1
             return
-        self.misses += 1
+        if priority.urgent:
+            self.misses += 1
+        entry.fetching += 1  # not evicted while we wait, even between two chunk fetches
         try:
             async with trio.open_nursery() as nursery:
                 for index in missing:
-                    nursery.start_soon(self._chunk, part, entry, index,
-                                       limiter or self._foreground)
+                    nursery.start_soon(self._chunk, part, entry, index, priority)
         except BaseExceptionGroup as group:
             # One failed chunk fails the read; say why as the store said it, not as a group.
-            first = _first_leaf(group)
-            if isinstance(first, (StoreError, OSError)):
-                raise first from None
+            first_error = _first_leaf(group)
+            if isinstance(first_error, (StoreError, OSError)):
+                raise first_error from None
             raise
+        finally:
+            entry.fetching -= 1
 
     async def _chunk(self, part: PartRef, entry: _Entry, index: int,
-                     limiter: trio.CapacityLimiter) -> None:
+                     priority: Priority) -> None:
         """Make chunk `index` present: fetch it, or wait for the fetch already running
-        (and try again if that one failed)."""
+        (raising its priority if ours is higher; fetching again if that one failed)."""
         key = (entry.id, index)
         while not entry.present[index] and self._entries.get(entry.id) is entry:
             pending = self._fetching.get(key)
             if pending is not None:
-                await pending.wait()
+                if priority.urgent:
+                    pending.priority.raise_to_urgent()
+                await pending.done.wait()
                 continue
-            done = self._fetching[key] = trio.Event()
+            fetch = self._fetching[key] = _Fetch(priority)
             entry.fetching += 1
             try:
-                async with limiter:
-                    await self._fetch(part, entry, index)
+                async with self._slots.hold(priority):
+                    await self._fetch(part, entry, index, priority)
             finally:
                 entry.fetching -= 1
                 del self._fetching[key]
-                done.set()
+                fetch.done.set()
 
-    async def _fetch(self, part: PartRef, entry: _Entry, index: int) -> None:
+    async def _chunk_quietly(self, part: PartRef, entry: _Entry, index: int,
+                             priority: Priority) -> None:
+        """A chunk fetched ahead: nobody waits for it, so a failure is only logged (the
+        reader that needs the chunk fetches it again and gets the error)."""
+        try:
+            await self._chunk(part, entry, index, priority)
+        except (StoreError, OSError) as exc:
+            log.info("cache: fetching ahead in part %d stopped: %s", part.id, exc)
+
+    async def _fetch(self, part: PartRef, entry: _Entry, index: int,
+                     priority: Priority) -> None:
         offset, want = index * CHUNK, _chunk_size(part.size, index)
-        data = await self.store.get(part.location, offset, want)
+        data = await self.store.get(part.location, offset, want, priority)
         if len(data) != want:
             raise StoreError(f"part {part.id}: the store returned {len(data)} of {want} "
                              f"bytes at {offset}")
@@ -240,23 +297,9 @@ class PartCache:
         entry.dirty = True
         self._used += want
         self.fetched_bytes += want
+        if not priority.urgent:
+            self.prefetched_bytes += want
         self._evict()
-
-    def _fill_later(self, part: PartRef, entry: _Entry) -> None:
-        """Fetch the rest of the part in the background: a reader of one chunk is likely
-        to want the next."""
-        if self._nursery is None or entry.filling or entry.complete:
-            return
-        entry.filling = True
-        self._nursery.start_soon(self._fill, part, entry)
-
-    async def _fill(self, part: PartRef, entry: _Entry) -> None:
-        try:
-            await self._need(part, entry, 0, len(entry.present) - 1, self._background)
-        except StoreError as exc:
-            log.info("cache: background fetch of part %d stopped: %s", part.id, exc)
-        finally:
-            entry.filling = False
 
     # ---- bookkeeping ---------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ class Settings:
     cache_dir: Path
     spool_dir: Path
     cache_size: int
+    prefetch_segments: int  # most segments fetched ahead of a player; 0 = no prefetch
     max_upload_size: int  # 0 = no limit
     part_size: int
     enable_copy_mode: bool
@@ -162,6 +163,7 @@ class Settings:
             ("TGFS_CACHE_DIR", str(self.cache_dir)),
             ("TGFS_SPOOL_DIR", str(self.spool_dir)),
             ("TGFS_CACHE_SIZE", format_size(self.cache_size)),
+            ("TGFS_PREFETCH_SEGMENTS", str(self.prefetch_segments)),
             ("MAX_UPLOAD_SIZE", format_size(self.max_upload_size) if self.max_upload_size
              else "no limit"),
             ("TELEGRAM_MAX_FILE_SIZE", format_size(self.part_size)),
@@ -317,6 +319,7 @@ def _build(r: _Reader) -> Settings:
         cache_dir=r.path("TGFS_CACHE_DIR", xdg_cache / "tgfs"),
         spool_dir=r.path("TGFS_SPOOL_DIR", data_dir / "spool"),
         cache_size=r.size("TGFS_CACHE_SIZE", 2 * 2**30, minimum=16 * 2**20),
+        prefetch_segments=int(r.number("TGFS_PREFETCH_SEGMENTS", 4, 0, 64)),
         max_upload_size=r.size("MAX_UPLOAD_SIZE", 0),
         part_size=part_size,
         enable_copy_mode=r.flag("ENABLE_COPY_MODE", True),

@@ -28,6 +28,7 @@ from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
 from tgfs.lock import LOCK_NAME, DirectoryLock
+from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
@@ -141,7 +142,8 @@ async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
     collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc))
     runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names),
                           lambda: fs_ref[0].writes.busy(), collector.wake)
-    fs = Filesystem(settings, spool, cache, store, runner, collector)
+    prefetch = Prefetcher(cache, settings.prefetch_segments)
+    fs = Filesystem(settings, spool, cache, store, runner, collector, prefetch)
     fs_ref.append(fs)
     options = set(pyfuse3.default_options)
     options |= {"fsname=tgfs", "subtype=tgfs"}
@@ -161,7 +163,8 @@ async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
             nursery.start_soon(fuse_main)
             nursery.start_soon(runner.run)
             nursery.start_soon(collector.run)
-            nursery.start_soon(cache.run)
+            await nursery.start(cache.run)
+            await nursery.start(prefetch.run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
     finally:

@@ -54,6 +54,20 @@ def parts_of(blob_id: int) -> list[PartRef]:
     ]
 
 
+def parts_of_many(blob_ids: Iterable[int]) -> dict[int, list[PartRef]]:
+    """The parts of several blobs in one query, by blob id (a blob without parts maps to
+    an empty list)."""
+    ids = list(blob_ids)
+    found: dict[int, list[PartRef]] = {blob_id: [] for blob_id in ids}
+    for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+        rows = (Part.select().where(Part.blob.in_(ids[start:start + 500]))
+                .order_by(Part.blob, Part.index))
+        for p in rows:
+            found[p.blob_id].append(PartRef(id=p.id, index=p.index, offset=p.offset,
+                                            size=p.size, location=p.location))
+    return found
+
+
 def free(blob_ids: Iterable[int]) -> int:
     """Forget blobs; their parts' locations go to the garbage list for the store to delete.
 

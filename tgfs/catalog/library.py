@@ -237,3 +237,36 @@ def segments(rendition_id: int) -> list[tuple[str, float]]:
     rows = (Segment.select(Segment.name, Segment.duration)
             .where(Segment.rendition == rendition_id).order_by(Segment.seq))
     return [(s.name, s.duration) for s in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackFiles:
+    """A rendition's stored files in play order, for prefetch."""
+
+    video_id: int
+    kind: RenditionKind
+    init_blob: int | None
+    segment_blobs: list[int]  # by seq
+    complete: bool  # the video is finished: no segment will be added
+
+
+def track_files(rendition_id: int) -> TrackFiles | None:
+    r = Rendition.get_or_none(Rendition.id == rendition_id)
+    if r is None:
+        return None
+    rows = (Segment.select(Segment.blob).where(Segment.rendition == rendition_id)
+            .order_by(Segment.seq))
+    return TrackFiles(video_id=r.video_id, kind=RenditionKind(r.kind),
+                      init_blob=r.init_blob_id, segment_blobs=[s.blob_id for s in rows],
+                      complete=r.video.complete)
+
+
+def first_renditions(video_id: int) -> list[int]:
+    """The renditions a player starting `video_id` reads first: the first variant listed
+    in the master playlist and the default audio rendition, if any."""
+    rows = list(Rendition.select(Rendition.id, Rendition.kind, Rendition.is_default)
+                .where(Rendition.video == video_id).order_by(Rendition.id))
+    first = [next((r.id for r in rows if r.kind == RenditionKind.VIDEO), None),
+             next((r.id for r in rows if r.kind == RenditionKind.AUDIO and r.is_default),
+                  None)]
+    return [r for r in first if r is not None]

@@ -40,10 +40,12 @@ from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle, WriteH
 from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.media import playlists
+from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
 from tgfs.status import bots_snapshot, snapshot, to_bytes
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.collector import GarbageCollector
+from tgfs.store.slots import URGENT
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +110,13 @@ class Filesystem(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, settings: Settings, spool: Spool, cache: PartCache, store: BlobStore,
-                 runner: IngestRunner, collector: GarbageCollector) -> None:
+                 runner: IngestRunner, collector: GarbageCollector,
+                 prefetch: Prefetcher | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.spool = spool
         self.cache = cache
+        self.prefetch = prefetch or Prefetcher(cache, 0)
         self.store = store
         self.runner = runner
         self.collector = collector
@@ -168,7 +172,8 @@ class Filesystem(pyfuse3.Operations):
         kind = node.node_kind
         if kind is NodeKind.STATUS:
             encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
-            return to_bytes(snapshot(self.runner.progress, self.cache.stats(),
+            cache = {**self.cache.stats(), "prefetch": self.prefetch.stats()}
+            return to_bytes(snapshot(self.runner.progress, cache,
                                      self.store_health, self.collector.pending(), encoder))
         if kind is NodeKind.BOTS:
             return to_bytes({"bots": bots_snapshot(self.store_health)})
@@ -481,14 +486,25 @@ class Filesystem(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST):
             handle = BytesHandle(node.id, self._render(node))
+            self.prefetch.playlist_opened(
+                [node.rendition_id] if kind is NodeKind.PLAYLIST
+                else library.first_renditions(node.video_id))
             # A growing playlist must not come from the page cache (nor be cut at a size
             # the kernel remembers): direct I/O until the video is complete.
             growing = not node.video.complete
             return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=not growing,
                                     direct_io=growing)
+        reader = self._reader(node)
+        if kind is NodeKind.MEDIA:
+            # A segment's folder is its rendition's (media nodes do not record it).
+            folder = tree.get(node.parent_id)
+            if folder is not None and folder.rendition_id is not None:
+                self.prefetch.segment_opened(folder.rendition_id, node.blob_id, ctx.pid)
+            if isinstance(reader, BlobHandle):
+                reader.whole = True
+                reader.priority = URGENT
         # Segments never change: let the page cache serve re-reads across opens.
-        return pyfuse3.FileInfo(fh=self._add_handle(self._reader(node)),
-                                keep_cache=kind is NodeKind.MEDIA)
+        return pyfuse3.FileInfo(fh=self._add_handle(reader), keep_cache=kind is NodeKind.MEDIA)
 
     def _reader(self, node: Node) -> Handle:
         """A read handle on the file's current content (see tgfs.fs.writes)."""
@@ -530,7 +546,9 @@ class Filesystem(pyfuse3.Operations):
         size = max(0, min(size, handle.size - off))
         if size == 0:
             return b""
-        return await self.cache.read(handle.parts, off, size)  # StoreError → EIO (_guarded)
+        # StoreError → EIO (_guarded)
+        return await self.cache.read(handle.parts, off, size, handle.ahead(off, size),
+                                     handle.priority)
 
     @_guarded
     async def write(self, fh, off, buf):

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tgfs.store.slots import URGENT, Priority
+
 
 @dataclasses.dataclass(frozen=True)
 class PartRef:
@@ -57,8 +59,13 @@ class BlobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get(self, location: str, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of a part; fewer only at the part's end."""
+    async def get(self, location: str, offset: int, length: int,
+                  priority: Priority = URGENT) -> bytes:
+        """Bytes [offset, offset+length) of a part; fewer only at the part's end.
+
+        `priority` says whether a reader waits for them or they are fetched ahead (see
+        tgfs.store.slots): a store with limited transfer slots serves urgent gets first.
+        """
 
     @abc.abstractmethod
     async def delete(self, location: str) -> None:

@@ -17,12 +17,17 @@ from typing import Any
 import trio
 
 from tgfs.store.base import BlobStore, PartMissing, StoreError
+from tgfs.store.slots import URGENT, Priority, Slots
 
 # Copy in 1 MiB steps: memory stays flat however large the part.
 _COPY_CHUNK = 2**20
 # Disk work runs in threads so the FUSE (trio) thread never waits on it; a few at once
 # are plenty for one disk.
 _DISK_THREADS = trio.CapacityLimiter(4)
+# Reads: the store's directory may be a NAS or a network mount with hundreds of
+# milliseconds per request, so several at once, and prefetch never holds them all.
+_READ_SLOTS, _READ_PREFETCH_MAX = 16, 8
+_READ_THREADS = trio.CapacityLimiter(_READ_SLOTS)  # as many as slots: never the bottleneck
 
 
 class LocalStore(BlobStore):
@@ -31,6 +36,7 @@ class LocalStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._reads = Slots(_READ_SLOTS, _READ_PREFETCH_MAX)
 
     def _path(self, location: str) -> Path:
         # Locations are "ab/<hex>" as made by put(); refuse anything else so a corrupt
@@ -53,11 +59,13 @@ class LocalStore(BlobStore):
                              retryable=full or exc.errno == errno.EIO) from exc
         return location
 
-    async def get(self, location: str, offset: int, length: int) -> bytes:
+    async def get(self, location: str, offset: int, length: int,
+                  priority: Priority = URGENT) -> bytes:
         path = self._path(location)
         try:
-            return await trio.to_thread.run_sync(_pread, path, offset, length,
-                                                 limiter=_DISK_THREADS)
+            async with self._reads.hold(priority):
+                return await trio.to_thread.run_sync(_pread, path, offset, length,
+                                                     limiter=_READ_THREADS)
         except FileNotFoundError:
             raise PartMissing(f"local store: part {location} is missing") from None
         except OSError as exc:

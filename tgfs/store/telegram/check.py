@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from tgfs.config import Bot, Settings
+from tgfs.store.slots import Slots
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
 from tgfs.store.telegram.link import BotFailed, BotFlooded, BotLink
@@ -86,7 +87,7 @@ async def _check_one(link: BotLink, result: BotCheck, probe: Path, payload: byte
             result.timings[step] = time.monotonic() - started
 
             step, started = "download", time.monotonic()
-            data = await link.read(link.channel_id, message_id, 0, len(payload), cap)
+            data = await link.read(link.channel_id, message_id, 0, len(payload), Slots(1, 1))
             result.timings[step] = time.monotonic() - started
             if data != payload:
                 raise BotFailed(f"bot {link.number}: the document came back different "

@@ -30,6 +30,7 @@ import trio
 
 from tgfs.config import Bot, Settings
 from tgfs.store.base import PartMissing, StoreError
+from tgfs.store.slots import URGENT, Priority, Slots
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
 
@@ -48,6 +49,12 @@ BACKOFF_MAX = 8.0
 # rate is a floor far below any working link, so only a dead one hits it.
 CALL_TIMEOUT = 60.0
 SLOWEST_RATE = 128 * 2**10  # bytes/s
+# Prefetch downloads one bot runs at once. Its transfers share one link, bytes in flight
+# arrive in order, so a read a player waits for arrives after whatever prefetch is already
+# in flight on that bot: one prefetch chunk (1 MiB, 0.5 s at 2 MB/s) is the most it may
+# wait. One at a time still moves a chunk per round trip + transfer (1.3 MB/s at 300 ms
+# and 2 MB/s), more than an 8 Mbps film needs.
+PREFETCH_PER_BOT = 1
 MESSAGE_CACHE = 4096  # Message objects kept per bot (their file references save a fetch)
 
 
@@ -144,7 +151,7 @@ class BotLink:
         self.pacer = Pacer(settings.bot_messages_per_minute)
         self.uploads = trio.Semaphore(settings.bot_transfers)
         self.inflight = 0  # uploads placed on this bot and not finished
-        self.downloads = trio.Semaphore(settings.bot_transfers)
+        self.downloads = Slots(settings.bot_transfers, PREFETCH_PER_BOT)
         self.counters = Counters()
         self._messages: collections.OrderedDict[tuple[int, int], Any] = (
             collections.OrderedDict())
@@ -332,16 +339,16 @@ class BotLink:
                 return int(message.id)
 
     async def read(self, channel_id: int, message_id: int, offset: int, length: int,
-                   cap: trio.CapacityLimiter) -> bytes:
+                   cap: Slots, priority: Priority = URGENT) -> bytes:
         await self._ready(new_work=False)
         timeout = CALL_TIMEOUT + length / SLOWEST_RATE
         data = bytearray()
         attempt = 0
-        async with self.downloads:
+        async with self.downloads.hold(priority):
             while True:
                 await self._wait_flood()
                 progress = len(data)
-                async with cap:
+                async with cap.hold(priority):
                     try:
                         message = await self._message(channel_id, message_id)
                         await self._call(timeout, tg.read_range, self._client, message,

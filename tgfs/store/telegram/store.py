@@ -33,6 +33,7 @@ import trio
 
 from tgfs.config import Settings
 from tgfs.store.base import BlobStore, PartMissing, StoreError
+from tgfs.store.slots import URGENT, Priority, Slots
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
 from tgfs.store.telegram.link import DIVERT_AFTER, BotFailed, BotFlooded, BotLink
@@ -99,7 +100,8 @@ class TelegramStore(BlobStore):
             for bot in settings.bots
         }
         self._upload_cap = trio.CapacityLimiter(settings.transfers)
-        self._download_cap = trio.CapacityLimiter(settings.transfers)
+        # Half of all download slots at most for prefetch (see tgfs.store.slots).
+        self._download_cap = Slots(settings.transfers, settings.transfers // 2)
         # "<bot id>:<channel id>" → the highest message id it is known to have sent there.
         self._marks_path = settings.session_dir / f"marks{session_suffix}.json"
         self._marks: dict[str, int] = self._load_marks()
@@ -214,7 +216,8 @@ class TelegramStore(BlobStore):
 
     # ---- get ----------------------------------------------------------------------------
 
-    async def get(self, location: str, offset: int, length: int) -> bytes:
+    async def get(self, location: str, offset: int, length: int,
+                  priority: Priority = URGENT) -> bytes:
         if location == EMPTY:
             return b""
         now = trio.current_time()
@@ -231,7 +234,7 @@ class TelegramStore(BlobStore):
                 continue
             try:
                 return await link.read(replica.channel_id, replica.message_id, offset,
-                                       length, self._download_cap)
+                                       length, self._download_cap, priority)
             except PartMissing as exc:
                 missing.append(str(exc))
             except (BotFlooded, BotFailed) as exc:
