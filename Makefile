@@ -7,7 +7,7 @@ PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev rsync
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench-telegram bench-media clean
+.PHONY: setup run test lint bench-telegram bench-media bench-stream clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ bench-telegram: setup
 # Media benchmarks: tgfs's HLS vs the ffmpeg CLI on a generated 1080p film (a few minutes).
 bench-media: setup
 	$(VENV)/bin/python -m tests.bench_media
+
+# Streaming through the mount: cold playback (8 bots, 1 bot, 4 viewers, a seek), warm reads,
+# stat/readdir latency; each beside rclone's VFS cache over the same slowed files. Needs
+# rclone (installed here if missing) and about 8 GB in /var/tmp; ~20 minutes.
+bench-stream: setup
+	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
+	$(VENV)/bin/python -m tests.bench_stream $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests

@@ -7,7 +7,10 @@ data file per part it started fetching (named by the part's catalog id), and the
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,37 @@ def test_a_seek_leaves_no_prefetch_running(mount_factory, film, telegram):
     # (one more may have started between our look and the seek)
     assert len(fetched - before_seek - {25, 26, 27}) <= 1, (before_seek, fetched)
     assert cache["prefetch"]["viewers"] == 1 and cache["fetches_in_flight"] == 0
+
+
+def test_cache_figures_clearing_and_deleted_videos(mount_factory, film):
+    m = _publish(mount_factory, film)
+    segments = _segments(m)
+    for path, ids in segments[:5]:  # a player's first seconds: mostly prefetched
+        assert path.read_bytes() == _stored(m, ids)
+    _settled(m)
+    stats = json.loads((m.path / ".tgfs" / "cache.json").read_text())
+    assert stats["misses"] >= 1 and stats["prefetch_hit_bytes"] > 0
+    assert stats["served_bytes"] >= sum(len(_stored(m, ids)) for _, ids in segments[:5])
+    assert stats["used_bytes"] > 0 and stats["prefetch"]["viewers"] == 1
+    shown = _tgfs("cache", "stats", str(m.path))
+    assert "hit ratio" in shown and "prefetched" in shown
+
+    # Clearing is safe while mounted and a file is open: its next read fetches again.
+    with open(segments[6][0], "rb") as held:
+        assert "cache cleared" in _tgfs("cache", "clear", str(m.path))
+        assert _fetched(m, segments) == set()
+        assert held.read() == _stored(m, segments[6][1])
+    assert json.loads((m.path / ".tgfs" / "cache.json").read_text())["used_bytes"] > 0
+
+    # Deleting the video takes its parts out of the cache, not only out of the store.
+    assert _fetched(m, segments)
+    shutil.rmtree(m.path / "film")
+    wait_for(lambda: not _fetched(m, segments), 60, "the deleted video's cached parts to go")
+    m.store_matches_catalog()
+
+
+def _tgfs(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "tgfs", *args], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -22,9 +22,10 @@ import trio
 from tests.standin import StandIn, token
 from tgfs import config
 from tgfs.store.base import PartMissing, StoreError
+from tgfs.store.parts import plan
 from tgfs.store.telegram.bridge import AsyncioBridge
 from tgfs.store.telegram.link import Pacer
-from tgfs.store.telegram.store import EMPTY, TelegramStore, parse_location, rank
+from tgfs.store.telegram.store import EMPTY, TelegramStore, parse_location, placement, rank
 
 
 @pytest.fixture
@@ -64,6 +65,20 @@ def bot_of(location: str) -> int:
 
 
 # ---- pure parts -------------------------------------------------------------------------
+
+def test_a_striped_segment_spreads_over_distinct_bots():
+    bots = list(range(1, 9))
+    for blob in range(200):
+        planned = plan(6 * 2**20 - 1000, 64 * 2**20, stripes=4)
+        assert [size for _, size in planned] == [2 * 2**20, 2 * 2**20, 2 * 2**20 - 1000]
+        firsts = [placement(bots, f"job1-720p-seg{blob}.part{i}")[0]
+                  for i in range(len(planned))]
+        assert len(set(firsts)) == len(firsts)  # every stripe on a bot of its own
+        assert sorted(placement(bots, f"k{blob}.part3")) == bots
+    assert plan(500_000, 64 * 2**20, stripes=4) == [(0, 500_000)]  # one unit: one part
+    assert plan(3 * 2**20, 2**20, stripes=2) == [(0, 2**20), (2**20, 2**20),
+                                                 (2 * 2**20, 2**20)]  # parts stay ≤ size
+
 
 def test_rendezvous_is_deterministic_even_and_moves_little_when_a_bot_is_added():
     bots = list(range(1, 9))
@@ -182,7 +197,7 @@ async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
     standin.write()
     # Keys whose first choice is the bot that dies: two land, then it dies mid-upload.
     keys = [k for k in (f"k{i}.part0" for i in range(200))
-            if rank(standin.bot_ids, k)[0] == dead][:5] + [f"other{i}.part0" for i in range(8)]
+            if placement(standin.bot_ids, k)[0] == dead][:5] + [f"other{i}.part0" for i in range(8)]
     async with running_store(standin, tmp_path) as store:
         locations = [await store.put(path, 0, len(data), key) for key in keys]
         assert [bot_of(loc) == dead for loc in locations[:5]] == [True, True, False, False,

@@ -177,6 +177,41 @@ async def test_eviction_spares_parts_being_read(tmp_path):
     assert got == [data[:2**20]]  # its part was not evicted under it
 
 
+async def test_a_film_watched_once_does_not_flush_what_people_come_back_to(tmp_path):
+    store, data, parts = await _stored(tmp_path, 40 * 2**20, 2**20)  # 40 parts of 1 MiB
+    cache = PartCache(tmp_path / "cache", 10 * 2**20, store)
+    hot, film = parts[:4], parts[4:]
+
+    async def open_and_read(part):  # one open file reading a whole part, in 4 reads
+        seen: set[int] = set()
+        for k in range(4):
+            off = part.offset + k * 2**18
+            assert await cache.read(parts, off, 2**18, seen=seen) == data[off:off + 2**18]
+
+    for _ in range(2):  # the hot parts are opened twice: used again
+        for part in hot:
+            await open_and_read(part)
+    for part in film:  # a 36 MiB scan, each part once, through a 10 MiB cache
+        await open_and_read(part)
+    fetched = len(store.gets)
+    for part in hot:
+        await open_and_read(part)
+    assert len(store.gets) == fetched  # every hot part was still there
+    assert cache.stats()["used_bytes"] <= 10 * 2**20
+
+
+async def test_deleted_parts_leave_the_cache(tmp_path):
+    store, data, parts = await _stored(tmp_path, 4 * 2**20, 2**20)
+    cache = PartCache(tmp_path / "cache", 64 * 2**20, store)
+    await cache.read(parts, 0, len(data))
+    cache_files = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert {str(p.id) for p in parts} <= cache_files
+    assert cache.drop_unknown(lambda ids: {parts[0].id, parts[3].id} & set(ids)) == 2
+    left = {p.name.removesuffix(".map") for p in (tmp_path / "cache").iterdir()}
+    assert left == {str(parts[0].id), str(parts[3].id)}
+    assert cache.stats()["used_bytes"] == 2 * 2**20
+
+
 async def test_slots_serve_urgent_requests_before_prefetch():
     slots = Slots(4, prefetch_max=2)
     release = trio.Event()

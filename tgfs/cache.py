@@ -7,12 +7,15 @@ beside it in `<part id>.map` (one byte per chunk) until the part is complete, wh
 goes. Properties:
 
 - a read waits only for the chunks that cover it, fetched in parallel (at hundreds of
-  milliseconds per request, one serial stream caps a bot at chunk/RTT); the rest of the
-  part keeps arriving in the background;
-- single flight per chunk: a read of a chunk being fetched waits for that fetch (and, if
-  it failed, fetches it itself);
-- bounded: total bytes present ≤ TGFS_CACHE_SIZE; least recently used parts go first,
-  never one being read or fetched;
+  milliseconds per request, one serial stream caps a bot at chunk/RTT); what the reader
+  will want next (the rest of a segment, read-ahead of a file, tgfs.prefetch) is fetched
+  in the background, at the priority the caller says (tgfs.store.slots);
+- single flight per chunk: a read of a chunk being fetched waits for that fetch, raising
+  its priority if it was a prefetch (and, if it failed, fetches it itself);
+- bounded: total bytes present ≤ TGFS_CACHE_SIZE, and the disk keeps TGFS_CACHE_MIN_FREE;
+  scan-resistant eviction (S3-FIFO, see `_evict`), never of a part being read or fetched;
+- a part whose blob was deleted leaves the cache at the collector's next pass
+  (`drop_unknown`: part ids are never reused);
 - survives restarts, partial parts included, without reading the cached data: a chunk is
   recorded in the map only after the data file was fdatasync'ed (`flush`, every
   `FLUSH_EVERY` seconds), so a recorded chunk is on disk; a chunk written but not yet
@@ -26,9 +29,11 @@ goes. Properties:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,9 @@ class _Entry:
     dirty: bool = False  # chunks arrived since the map was last written
     pins: int = 0  # reads in progress: not evicted
     fetching: int = 0  # chunk fetches in progress: not evicted
+    reads: int = 0  # open files that read it (a file's many reads count once)
+    main: bool = False  # in the main queue (else the small one), see _evict
+    ahead: set[int] = dataclasses.field(default_factory=set)  # chunks prefetched, unread
 
     @property
     def complete(self) -> bool:
@@ -90,12 +98,19 @@ def _chunk_size(size: int, index: int) -> int:
 
 
 class PartCache:
-    def __init__(self, root: Path, capacity: int, store: BlobStore) -> None:
+    def __init__(self, root: Path, capacity: int, store: BlobStore, min_free: int = 0) -> None:
         self.root = root
         self.capacity = capacity
+        self.min_free = min_free  # bytes the cache leaves free on its disk, whatever its size
         self.store = store
-        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # LRU
+        self._entries: dict[int, _Entry] = {}
+        # S3-FIFO queues (see _evict), oldest first, and the ghost: ids recently evicted
+        # from the small queue, so a part that comes back goes straight to the main one.
+        self._small: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self._main: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self._ghost: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._used = 0  # bytes present over all entries
+        self._small_used = 0  # of which in the small queue
         self._fetching: dict[tuple[int, int], _Fetch] = {}  # (part id, chunk) → its fetch
         self._slots = Slots(_FETCHES, _PREFETCH_FETCHES)
         self._nursery: trio.Nursery | None = None  # for fetches ahead, while run() runs
@@ -103,6 +118,10 @@ class PartCache:
         self.misses = 0  # reads that had to wait for a fetch
         self.fetched_bytes = 0
         self.prefetched_bytes = 0  # fetched while nobody waited for them
+        self.prefetch_hit_bytes = 0  # prefetched bytes a reader then read
+        self.prefetch_wasted_bytes = 0  # prefetched bytes evicted or deleted unread
+        self.served_bytes = 0  # bytes returned to readers
+        self.evicted_parts = 0
         root.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -129,8 +148,8 @@ class PartCache:
                     self._remove_files(part_id)
                     continue
                 present = bytearray(recorded)
-            entry = _Entry(part_id, size, present)
-            self._entries[part_id] = entry
+            entry = _Entry(part_id, size, present, main=True)  # they survived: keep them
+            self._entries[part_id] = self._main[part_id] = entry
             self._used += entry.bytes_present
         for orphan in maps:  # a map whose data file was never made
             (self.root / f"{orphan}{_MAP}").unlink(missing_ok=True)
@@ -158,22 +177,33 @@ class PartCache:
         return self.root / str(part_id)
 
     async def read(self, parts: list[PartRef], offset: int, length: int,
-                   ahead: int = 0, priority: Priority = URGENT) -> bytes:
+                   ahead: int = 0, priority: Priority = URGENT,
+                   seen: set[int] | None = None) -> bytes:
         """Bytes [offset, offset+length) of the blob made of `parts`; then, without
         waiting, makes sure the `ahead` bytes after them are on their way, fetched with
-        `priority` (see `fetch_ahead`)."""
+        `priority` (see `fetch_ahead`). `seen`: the part ids this open file has read
+        already, so that its many reads of one part count as one use for eviction."""
         pieces = []
         for part in overlapping(parts, offset, length):
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
             entry = self._entry(part)
+            if seen is None or part.id not in seen:
+                entry.reads += 1
+                if seen is not None:
+                    seen.add(entry.id)
             entry.pins += 1  # not evicted while we read it
             try:
-                await self._need(part, entry, start // CHUNK, (end - 1) // CHUNK)
+                first, last = start // CHUNK, (end - 1) // CHUNK
+                await self._need(part, entry, first, last)
                 pieces.append(await trio.to_thread.run_sync(
-                    _pread, self._path(part.id), start, end - start, limiter=_DISK_THREADS))
+                    _pread, self._path(entry.id), start, end - start, limiter=_DISK_THREADS))
+                for index in entry.ahead & set(range(first, last + 1)):
+                    entry.ahead.discard(index)
+                    self.prefetch_hit_bytes += _chunk_size(entry.size, index)
             finally:
                 entry.pins -= 1
+        self.served_bytes += length
         if ahead > 0:
             self.fetch_ahead(parts, offset + length, ahead, priority)
         return b"".join(pieces)
@@ -182,11 +212,16 @@ class PartCache:
                    priority: Priority) -> None:
         """Fetch bytes [offset, offset+length) of a blob into the cache without reading
         them (prefetch). Cancelling it cancels the fetches it started."""
-        for part in overlapping(parts, offset, length):
+        async def one(part: PartRef) -> None:
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
-            entry = self._entry(part, touch=False)
+            entry = self._entry(part)
             await self._need(part, entry, start // CHUNK, (end - 1) // CHUNK, priority)
+
+        with _store_error_unwrapped():
+            async with trio.open_nursery() as nursery:  # the stripes of a segment at once
+                for part in overlapping(parts, offset, length):
+                    nursery.start_soon(one, part)
 
     def fetch_ahead(self, parts: list[PartRef], offset: int, length: int,
                     priority: Priority) -> None:
@@ -198,7 +233,7 @@ class PartCache:
         for part in overlapping(parts, offset, length):
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
-            entry = self._entry(part, touch=False)
+            entry = self._entry(part)
             for index in range(start // CHUNK, (end - 1) // CHUNK + 1):
                 if entry.present[index]:
                     continue
@@ -208,9 +243,8 @@ class PartCache:
                 elif priority.urgent:
                     pending.priority.raise_to_urgent()
 
-    def _entry(self, part: PartRef, touch: bool = True) -> _Entry:
-        """The part's entry, made (map first, then a sparse data file) if it is new.
-        `touch`: a reader uses it now (for eviction; prefetch does not count)."""
+    def _entry(self, part: PartRef) -> _Entry:
+        """The part's entry, made (map first, then a sparse data file) if it is new."""
         assert part.id is not None
         entry = self._entries.get(part.id)
         if entry is not None and entry.size != part.size:
@@ -222,8 +256,12 @@ class PartCache:
             with open(self._path(part.id), "wb") as data:
                 data.truncate(part.size)
             self._entries[part.id] = entry
-        if touch:
-            self._entries.move_to_end(part.id)
+            if part.id in self._ghost:  # evicted early, and wanted again
+                del self._ghost[part.id]
+                entry.main = True
+                self._main[part.id] = entry
+            else:
+                self._small[part.id] = entry
         return entry
 
     async def _need(self, part: PartRef, entry: _Entry, first: int, last: int,
@@ -239,15 +277,10 @@ class PartCache:
             self.misses += 1
         entry.fetching += 1  # not evicted while we wait, even between two chunk fetches
         try:
-            async with trio.open_nursery() as nursery:
-                for index in missing:
-                    nursery.start_soon(self._chunk, part, entry, index, priority)
-        except BaseExceptionGroup as group:
-            # One failed chunk fails the read; say why as the store said it, not as a group.
-            first_error = _first_leaf(group)
-            if isinstance(first_error, (StoreError, OSError)):
-                raise first_error from None
-            raise
+            with _store_error_unwrapped():
+                async with trio.open_nursery() as nursery:
+                    for index in missing:
+                        nursery.start_soon(self._chunk, part, entry, index, priority)
         finally:
             entry.fetching -= 1
 
@@ -281,6 +314,8 @@ class PartCache:
             await self._chunk(part, entry, index, priority)
         except (StoreError, OSError) as exc:
             log.info("cache: fetching ahead in part %d stopped: %s", part.id, exc)
+        except Exception:  # never let a background fetch end the mount
+            log.exception("cache: fetching ahead in part %d failed", part.id)
 
     async def _fetch(self, part: PartRef, entry: _Entry, index: int,
                      priority: Priority) -> None:
@@ -296,9 +331,12 @@ class PartCache:
         entry.present[index] = 1
         entry.dirty = True
         self._used += want
+        if not entry.main:
+            self._small_used += want
         self.fetched_bytes += want
         if not priority.urgent:
             self.prefetched_bytes += want
+            entry.ahead.add(index)
         self._evict()
 
     # ---- bookkeeping ---------------------------------------------------------------------
@@ -325,35 +363,139 @@ class PartCache:
                 log.warning("cache: cannot record the chunks of part %d: %s", entry.id, exc)
 
     def _evict(self) -> None:
-        if self._used <= self.capacity:
-            return
-        for entry in list(self._entries.values()):  # least recently used first
-            if self._used <= self.capacity:
-                break
+        """Evict until the cache fits its bound and leaves its disk `min_free` bytes.
+
+        S3-FIFO (Yang et al., SOSP 2023), by part. New parts enter a small FIFO queue
+        (a tenth of the bytes); parts read by a second open file while there move to the
+        main FIFO queue, the others leave early and are remembered in a ghost list, so a
+        part that comes back enters the main queue directly. The main queue gives each
+        part one more round per use (up to 3) before it goes. Why this one: a film watched
+        once from start to end is a scan of parts each used once, and under LRU it would
+        flush everything else; here it passes through the small queue and leaves, while
+        the parts people come back to stay in the main one. It needs no reordering on a
+        hit (a counter), unlike LRU, SLRU or 2Q, and has one fixed knob (10 %).
+
+        A part being read or fetched is never evicted: it is skipped, and the cache may
+        stay over its bound until it is released.
+        """
+        while self._over():
+            if self._small_used > self.capacity // 10 and self._evict_small():
+                continue
+            if not self._evict_main() and not self._evict_small():
+                return  # everything left is in use
+
+    def _over(self) -> bool:
+        if self._used > self.capacity:
+            return True
+        if not self.min_free or not self._entries:
+            return False
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < self.min_free
+
+    def _evict_small(self) -> bool:
+        for entry in list(self._small.values()):
             if entry.pins or entry.fetching:
                 continue
+            del self._small[entry.id]
+            self._small_used -= entry.bytes_present
+            if entry.reads >= 2:  # used again since it came: keep it
+                entry.main = True
+                self._main[entry.id] = entry
+                return True
             self._drop(entry)
+            self._ghost[entry.id] = None
+            while len(self._ghost) > max(len(self._main), 64):
+                self._ghost.popitem(last=False)
+            return True
+        return False
+
+    def _evict_main(self) -> bool:
+        for _ in range(4 * len(self._main)):  # each part loses one round per pass
+            if not self._main:
+                return False
+            part_id, entry = next(iter(self._main.items()))
+            self._main.move_to_end(part_id)
+            if entry.pins or entry.fetching:
+                continue
+            if entry.reads > 1:
+                entry.reads = min(entry.reads, 4) - 1  # another round for a used part
+                continue
+            self._drop(entry)
+            return True
+        return False
 
     def _drop(self, entry: _Entry) -> None:
-        self._entries.pop(entry.id, None)
-        self._used -= entry.bytes_present
+        """Forget a part and delete its files (whichever queue it is in)."""
+        if self._entries.pop(entry.id, None) is None:
+            return
+        present = entry.bytes_present
+        self._used -= present
+        if self._small.pop(entry.id, None) is not None:
+            self._small_used -= present
+        self._main.pop(entry.id, None)
+        self.evicted_parts += 1
+        self.prefetch_wasted_bytes += sum(_chunk_size(entry.size, i) for i in entry.ahead)
         self._remove_files(entry.id)
+
+    def drop_unknown(self, known: Callable[[list[int]], set[int]]) -> int:
+        """Drop the parts whose blobs were deleted: `known` says which of some part ids
+        the catalog still has (ids are never reused, so an unknown id is gone for good).
+        Parts being read are left for the next sweep. Returns how many went."""
+        ids = [i for i, e in self._entries.items() if not (e.pins or e.fetching)]
+        alive = known(ids)
+        gone = [self._entries[i] for i in ids if i not in alive and i in self._entries]
+        for entry in gone:
+            self._drop(entry)
+        return len(gone)
+
+    async def clear(self) -> int:
+        """Drop every part nobody reads or fetches now (`tgfs cache clear`); returns the
+        bytes freed."""
+        before = self._used
+        for entry in [e for e in self._entries.values() if not (e.pins or e.fetching)]:
+            self._drop(entry)
+        self._ghost.clear()
+        return before - self._used
 
     def _remove_files(self, part_id: int) -> None:
         (self.root / f"{part_id}{_MAP}").unlink(missing_ok=True)  # first: see _load
         self._path(part_id).unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
+        reads = self.hits + self.misses
         return {
             "used_bytes": self._used,
             "capacity_bytes": self.capacity,
+            "min_free_bytes": self.min_free,
             "parts": len(self._entries),
             "partial_parts": sum(1 for e in self._entries.values() if not e.complete),
             "hits": self.hits,
             "misses": self.misses,
+            "hit_ratio": round(self.hits / reads, 4) if reads else None,
+            "served_bytes": self.served_bytes,
             "fetched_bytes": self.fetched_bytes,
+            "prefetched_bytes": self.prefetched_bytes,
+            "prefetch_hit_bytes": self.prefetch_hit_bytes,
+            "prefetch_wasted_bytes": self.prefetch_wasted_bytes,
+            "evicted_parts": self.evicted_parts,
             "fetches_in_flight": len(self._fetching),
         }
+
+
+@contextlib.contextmanager
+def _store_error_unwrapped() -> Iterator[None]:
+    """One failed chunk fails the whole read or warm: raise why as the store said it, not
+    as the group of a nursery."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first_error = _first_leaf(group)
+        if isinstance(first_error, (StoreError, OSError)):
+            raise first_error from None
+        raise
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -1,8 +1,9 @@
-"""The `tgfs` command: mount, umount, status, test-bots, config."""
+"""The `tgfs` command: mount, umount, status, cache, test-bots, config."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import click
 from tgfs import config as config_module
 from tgfs import logs
 from tgfs.catalog import SchemaMismatch
-from tgfs.config import ConfigError, Settings
-from tgfs.status import render
+from tgfs.config import ConfigError, Settings, format_size
+from tgfs.status import render, render_cache
 
 STATUS_PATH = Path(".tgfs") / "status.json"
+CACHE_PATH = Path(".tgfs") / "cache.json"
 
 
 def _settings() -> Settings:
@@ -85,6 +87,43 @@ def status(mountpoint: Path, as_json: bool, watch: bool) -> None:
         click.clear()
         click.echo(text, nl=False)
         time.sleep(1)
+
+
+@main.group()
+def cache() -> None:
+    """The read cache of a mount: figures, clearing."""
+
+
+@cache.command("stats")
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw cache.json.")
+def cache_stats(mountpoint: Path, as_json: bool) -> None:
+    """Size, hit ratio, bytes served and fetched, prefetch hits and waste, fetches in flight."""
+    data = _read_json(mountpoint, CACHE_PATH)
+    click.echo(json.dumps(data, indent=2) if as_json else render_cache(data))
+
+
+@cache.command("clear")
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def cache_clear(mountpoint: Path) -> None:
+    """Drop every cached part nobody is reading now. Safe while mounted and playing."""
+    before = _read_json(mountpoint, CACHE_PATH)["used_bytes"]
+    try:
+        os.truncate(mountpoint / CACHE_PATH, 0)  # the daemon takes this as "clear"
+    except OSError as exc:
+        raise click.ClickException(f"cannot clear the cache: {exc}") from None
+    after = _read_json(mountpoint, CACHE_PATH)["used_bytes"]
+    click.echo(f"cache cleared: {format_size(before - after)} freed, "
+               f"{format_size(after)} still in use")
+
+
+def _read_json(mountpoint: Path, path: Path) -> dict:
+    try:
+        return json.loads((mountpoint / path).read_text())
+    except FileNotFoundError:
+        raise click.ClickException(f"{mountpoint} is not a tgfs mount") from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read {mountpoint / path}: {exc}") from None
 
 
 @main.command("test-bots")

@@ -103,6 +103,7 @@ class Settings:
     cache_dir: Path
     spool_dir: Path
     cache_size: int
+    cache_min_free: int  # bytes the cache leaves free on its disk
     prefetch_segments: int  # most segments fetched ahead of a player; 0 = no prefetch
     max_upload_size: int  # 0 = no limit
     part_size: int
@@ -123,6 +124,7 @@ class Settings:
     replicas: int = 1
     bot_messages_per_minute: int = 20  # 0 = no pacing (rely on FloodWait alone)
     bot_transfers: int = 4  # per bot and direction: kurigram's max_concurrent_transmissions
+    stripe_width: int = 4  # bots an HLS segment is spread over (parts of ≥ 1 MiB)
     transfers: int = 32  # all bots together, per direction
     telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
     ladder: tuple[int, ...] = ()  # extra rendition heights below the source's (TGFS_LADDER)
@@ -163,6 +165,7 @@ class Settings:
             ("TGFS_CACHE_DIR", str(self.cache_dir)),
             ("TGFS_SPOOL_DIR", str(self.spool_dir)),
             ("TGFS_CACHE_SIZE", format_size(self.cache_size)),
+            ("TGFS_CACHE_MIN_FREE", format_size(self.cache_min_free)),
             ("TGFS_PREFETCH_SEGMENTS", str(self.prefetch_segments)),
             ("MAX_UPLOAD_SIZE", format_size(self.max_upload_size) if self.max_upload_size
              else "no limit"),
@@ -189,6 +192,7 @@ class Settings:
             ("TGFS_REPLICAS", str(self.replicas)),
             ("TGFS_BOT_MESSAGES_PER_MINUTE", str(self.bot_messages_per_minute)),
             ("TGFS_BOT_TRANSFERS", str(self.bot_transfers)),
+            ("TGFS_STRIPE_WIDTH", str(self.stripe_width)),
             ("TGFS_TRANSFERS", str(self.transfers)),
             ("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"),
             ("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"),
@@ -257,6 +261,24 @@ class _Reader:
             raise ConfigError(f"{name}={raw!r} is too small (minimum {format_size(minimum)})")
         return value
 
+    def size_or_share(self, name: str, default: int, of: Path, minimum: int = 0) -> int:
+        """A size ("2G"), or a percentage ("10%") of the filesystem that holds `of` (or
+        its nearest existing parent), resolved now."""
+        raw = self.values.get(name, "").strip()
+        if not raw.endswith("%"):
+            return self.size(name, default, minimum)
+        try:
+            share = float(raw[:-1])
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a size or a percentage") from None
+        if not 0 < share <= 100:
+            raise ConfigError(f"{name}={raw!r} must be a percentage between 0 and 100")
+        where = of
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        st = os.statvfs(where)
+        return max(minimum, int(st.f_blocks * st.f_frsize * share / 100))
+
     def number(self, name: str, default: float, low: float, high: float) -> float:
         raw = self.values.get(name, "").strip()
         if not raw:
@@ -314,11 +336,14 @@ def _build(r: _Reader) -> Settings:
         raise ConfigError(
             f"TELEGRAM_MAX_FILE_SIZE={format_size(part_size)} is over Telegram's 2000 MiB limit"
         )
+    cache_dir = r.path("TGFS_CACHE_DIR", xdg_cache / "tgfs")
     return Settings(
         data_dir=data_dir,
-        cache_dir=r.path("TGFS_CACHE_DIR", xdg_cache / "tgfs"),
+        cache_dir=cache_dir,
         spool_dir=r.path("TGFS_SPOOL_DIR", data_dir / "spool"),
-        cache_size=r.size("TGFS_CACHE_SIZE", 2 * 2**30, minimum=16 * 2**20),
+        cache_size=r.size_or_share("TGFS_CACHE_SIZE", 2 * 2**30, cache_dir,
+                                   minimum=16 * 2**20),
+        cache_min_free=r.size("TGFS_CACHE_MIN_FREE", 2**30),
         prefetch_segments=int(r.number("TGFS_PREFETCH_SEGMENTS", 4, 0, 64)),
         max_upload_size=r.size("MAX_UPLOAD_SIZE", 0),
         part_size=part_size,
@@ -339,6 +364,7 @@ def _build(r: _Reader) -> Settings:
         replicas=replicas,
         bot_messages_per_minute=int(r.number("TGFS_BOT_MESSAGES_PER_MINUTE", 20, 0, 6000)),
         bot_transfers=int(r.number("TGFS_BOT_TRANSFERS", 4, 1, 32)),
+        stripe_width=int(r.number("TGFS_STRIPE_WIDTH", 4, 1, 16)),
         transfers=int(r.number("TGFS_TRANSFERS", 32, 1, 256)),
         telegram_client=client,
         ladder=_ladder(r.text("TGFS_LADDER", "")),

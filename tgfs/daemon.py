@@ -71,7 +71,8 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         spool = Spool(settings.spool_dir)
         _recover()
         spool.sweep(jobs.live_spools() | {str(settings.spool_dir / LOCK_NAME)})
-        cache = PartCache(settings.cache_dir / _catalog_id(), settings.cache_size, store)
+        cache = PartCache(settings.cache_dir / _catalog_id(), settings.cache_size, store,
+                          settings.cache_min_free)
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
 
 
@@ -139,7 +140,8 @@ async def _collect_orphans(store: BlobStore) -> None:
 async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
                          spool: Spool, cache: PartCache, debug_fuse: bool) -> None:
     fs_ref: list[Filesystem] = []
-    collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc))
+    collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc),
+                                 lambda: cache.drop_unknown(blobs.known_parts))
     runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names),
                           lambda: fs_ref[0].writes.busy(), collector.wake)
     prefetch = Prefetcher(cache, settings.prefetch_segments)

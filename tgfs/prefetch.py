@@ -149,23 +149,30 @@ class Prefetcher:
 
     async def _follow(self, cursor: _Cursor) -> None:
         with cursor.scope:
-            while True:
-                end = min(cursor.next + cursor.window, len(cursor.track.segments))
-                if cursor.fetched_to >= end:
-                    cursor.moved = trio.Event()
-                    await cursor.moved.wait()
-                    continue
-                seq = max(cursor.fetched_to, cursor.next)
-                cursor.fetched_to = seq + 1
-                parts = cursor.track.segments[seq]
-                cursor.warming = True
-                try:
-                    await self.cache.warm(parts, 0, _size(parts), Priority(urgent=False))
-                except (StoreError, OSError) as exc:
-                    log.info("prefetch: segment %d of rendition %d: %s", seq,
-                             cursor.rendition_id, exc)
-                finally:
-                    cursor.warming = False
+            try:
+                await self._fetch_ahead_of(cursor)
+            except Exception:  # a bug here must cost this viewer's prefetch, not the mount
+                log.exception("prefetch: rendition %d stopped", cursor.rendition_id)
+                self._stop(cursor)
+
+    async def _fetch_ahead_of(self, cursor: _Cursor) -> None:
+        while True:
+            end = min(cursor.next + cursor.window, len(cursor.track.segments))
+            seq = max(cursor.fetched_to, cursor.next)
+            if seq >= end:
+                cursor.moved = trio.Event()
+                await cursor.moved.wait()
+                continue
+            cursor.fetched_to = seq + 1
+            parts = cursor.track.segments[seq]
+            cursor.warming = True
+            try:
+                await self.cache.warm(parts, 0, _size(parts), Priority(urgent=False))
+            except (StoreError, OSError) as exc:
+                log.info("prefetch: segment %d of rendition %d: %s", seq,
+                         cursor.rendition_id, exc)
+            finally:
+                cursor.warming = False
 
     def _stop(self, cursor: _Cursor) -> None:
         cursor.scope.cancel()
@@ -202,7 +209,8 @@ class Prefetcher:
 
     def stats(self) -> dict[str, int]:
         busy = sum(1 for c in self._cursors.values()
-                   if c.warming or c.fetched_to < min(c.next + c.window, len(c.track.segments)))
+                   if c.warming or max(c.fetched_to, c.next) < min(c.next + c.window,
+                                                                   len(c.track.segments)))
         return {"viewers": len(self._cursors), "viewers_fetching": busy, "seeks": self.seeks,
                 "window_max": self.max_window}
 

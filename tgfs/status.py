@@ -73,6 +73,25 @@ def bots_snapshot(store: dict[str, Any]) -> list[dict[str, Any]]:
     return bots
 
 
+def render_cache(cache: dict[str, Any]) -> str:
+    """The cache lines of `tgfs status`, and all of `tgfs cache stats`."""
+    ratio = cache.get("hit_ratio")
+    prefetch = cache.get("prefetch", {})
+    return "\n".join([
+        f"cache: {format_size(cache['used_bytes'])} of {format_size(cache['capacity_bytes'])}"
+        f" in {cache['parts']} part(s) ({cache['partial_parts']} partial)"
+        f"  hit ratio {'-' if ratio is None else f'{ratio:.1%}'}"
+        f" ({cache['hits']} hits, {cache['misses']} misses)",
+        f"  served {format_size(cache.get('served_bytes', 0))}"
+        f"  fetched {format_size(cache['fetched_bytes'])}"
+        f"  in flight {cache['fetches_in_flight']} chunk(s)",
+        f"  prefetched {format_size(cache.get('prefetched_bytes', 0))}:"
+        f" {format_size(cache.get('prefetch_hit_bytes', 0))} read,"
+        f" {format_size(cache.get('prefetch_wasted_bytes', 0))} wasted"
+        f"  viewers {prefetch.get('viewers', 0)}",
+    ])
+
+
 def render(status: dict[str, Any]) -> str:
     """The text `tgfs status MOUNTPOINT` prints."""
     store, cache = status["store"], status["cache"]
@@ -80,8 +99,7 @@ def render(status: dict[str, Any]) -> str:
         f"store: {store.get('kind')}  "
         + ("up" if store.get("up") else f"DOWN ({store.get('error', 'unknown')})")
         + (f"  free {format_size(store['free_bytes'])}" if "free_bytes" in store else ""),
-        f"cache: {format_size(cache['used_bytes'])} of {format_size(cache['capacity_bytes'])}"
-        f"  hits {cache['hits']}  misses {cache['misses']}",
+        render_cache(cache),
     ]
     if store.get("bots"):
         lines.append(f"{'BOT':>4}  {'STATE':<5} {'PARTS':>6} {'HELD':>10} {'SENT':>6} "

@@ -68,6 +68,15 @@ def parts_of_many(blob_ids: Iterable[int]) -> dict[int, list[PartRef]]:
     return found
 
 
+def known_parts(part_ids: list[int]) -> set[int]:
+    """Which of these part ids the catalog still has."""
+    found: set[int] = set()
+    for start in range(0, len(part_ids), 500):  # SQLite's limit on bound parameters
+        rows = Part.select(Part.id).where(Part.id.in_(part_ids[start:start + 500]))
+        found.update(p.id for p in rows)
+    return found
+
+
 def free(blob_ids: Iterable[int]) -> int:
     """Forget blobs; their parts' locations go to the garbage list for the store to delete.
 

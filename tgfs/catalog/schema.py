@@ -47,6 +47,7 @@ STATUS_FILE_ID = 3  # /.tgfs/status.json
 CONTROL_DIR_NAME = ".tgfs"
 STATUS_FILE_NAME = "status.json"
 BOTS_FILE_NAME = "bots.json"  # /.tgfs/bots.json (added after the first release: no fixed id)
+CACHE_FILE_NAME = "cache.json"  # /.tgfs/cache.json (likewise)
 
 
 class SchemaMismatch(RuntimeError):
@@ -120,6 +121,9 @@ class NodeKind(enum.StrEnum):
     SYMLINK = "symlink"  # a symbolic link the user made; its target is Node.target
     STATUS = "status"  # /.tgfs/status.json, rendered live
     BOTS = "bots"  # /.tgfs/bots.json: per-bot state of the Telegram store, rendered live
+    # /.tgfs/cache.json: read cache and prefetch figures, rendered live; truncating it to
+    # 0 bytes clears the cache (`tgfs cache clear`)
+    CACHE = "cache"
 
     @property
     def is_dir(self) -> bool:
@@ -128,7 +132,7 @@ class NodeKind(enum.StrEnum):
     @property
     def is_live(self) -> bool:
         """Control files: rendered from the daemon's state on every open, read-only."""
-        return self in (NodeKind.STATUS, NodeKind.BOTS)
+        return self in (NodeKind.STATUS, NodeKind.BOTS, NodeKind.CACHE)
 
     @property
     def in_video(self) -> bool:
@@ -358,6 +362,10 @@ def open_catalog(path: Path) -> None:
         db.create_tables(TABLES)
         Node.get_or_create(parent=CONTROL_DIR_ID, name=BOTS_FILE_NAME,
                            defaults={"kind": NodeKind.BOTS, "mode": 0o444})
+        # Writable by the daemon's user (the only write it takes is a truncation).
+        Node.get_or_create(parent=CONTROL_DIR_ID, name=CACHE_FILE_NAME,
+                           defaults={"kind": NodeKind.CACHE, "mode": 0o644,
+                                     "uid": os.getuid(), "gid": os.getgid()})
 
 
 def _migrate_from_1() -> None:

@@ -52,6 +52,7 @@ class BlobHandle:
     priority: Priority = dataclasses.field(default_factory=lambda: Priority(urgent=False))
     next_offset: int = 0  # where a sequential read would start
     read_ahead: int = 0
+    seen: set[int] = dataclasses.field(default_factory=set)  # part ids read (for eviction)
 
     def ahead(self, offset: int, length: int) -> int:
         """Bytes to fetch ahead after a read of [offset, offset+length)."""

@@ -136,6 +136,9 @@ class Filesystem(pyfuse3.Operations):
         """For the garbage collector: is an open handle still reading this part?"""
         return self._open_parts[location] > 0
 
+    def cache_stats(self) -> dict[str, Any]:
+        return {**self.cache.stats(), "prefetch": self.prefetch.stats()}
+
     def invalidate(self, parent_id: int, names: list[str]) -> None:
         """Make the kernel (and our playlist renders) forget names after the catalog
         changed under them."""
@@ -172,9 +175,10 @@ class Filesystem(pyfuse3.Operations):
         kind = node.node_kind
         if kind is NodeKind.STATUS:
             encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
-            cache = {**self.cache.stats(), "prefetch": self.prefetch.stats()}
-            return to_bytes(snapshot(self.runner.progress, cache,
+            return to_bytes(snapshot(self.runner.progress, self.cache_stats(),
                                      self.store_health, self.collector.pending(), encoder))
+        if kind is NodeKind.CACHE:
+            return to_bytes(self.cache_stats())
         if kind is NodeKind.BOTS:
             return to_bytes({"bots": bots_snapshot(self.store_health)})
         if node.id in self._rendered:
@@ -241,6 +245,10 @@ class Filesystem(pyfuse3.Operations):
         log.debug("setattr(%d)", inode)
         node = self._node(inode)
         kind = node.node_kind
+        if kind is NodeKind.CACHE and fields.update_size and attr.st_size == 0:
+            freed = await self.cache.clear()
+            log.info("cache cleared: %d bytes freed", freed)
+            return self._attrs(node)
         if kind not in (NodeKind.FILE, NodeKind.DIR, NodeKind.SYMLINK):
             raise pyfuse3.FUSEError(errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR
                                     else errno.EROFS)
@@ -548,7 +556,7 @@ class Filesystem(pyfuse3.Operations):
             return b""
         # StoreError → EIO (_guarded)
         return await self.cache.read(handle.parts, off, size, handle.ahead(off, size),
-                                     handle.priority)
+                                     handle.priority, handle.seen)
 
     @_guarded
     async def write(self, fh, off, buf):

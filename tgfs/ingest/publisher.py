@@ -166,7 +166,8 @@ class VideoPublisher:
 
         if batch:
             await self._put([Upload(path, size, f"job{self.job_id}-{path.parent.name}-"
-                                    f"{path.name}") for path, size in batch], landed)
+                                    f"{path.name}", stripe=True)
+                             for path, size in batch], landed)
         if failed:
             raise failed[0]
         self._publish()

@@ -2,7 +2,8 @@
 
 A failed delete is retried later, never forgotten: the row stays until the store confirms.
 Parts still being read through an open file handle (a player holding a file that was just
-deleted) are left alone until that handle is closed.
+deleted) are left alone until that handle is closed. After each pass the read cache drops
+its copies of parts the catalog no longer has.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ _RETRY_BACKOFF_MAX = 3600.0
 
 
 class GarbageCollector:
-    def __init__(self, store: BlobStore, in_use: Callable[[str], bool]) -> None:
+    def __init__(self, store: BlobStore, in_use: Callable[[str], bool],
+                 after_pass: Callable[[], object] = lambda: None) -> None:
         self.store = store
         self.in_use = in_use
+        self.after_pass = after_pass  # e.g. the read cache drops the parts that went
         self._wake = trio.Event()
         self.deleted = 0
 
@@ -40,6 +43,7 @@ class GarbageCollector:
         while True:
             self._wake = trio.Event()
             failed = await self.collect_once()
+            self.after_pass()
             failures = failures + 1 if failed else 0
             delay = min(_IDLE * 2**failures, _RETRY_BACKOFF_MAX) if failures else _IDLE
             with trio.move_on_after(delay):

@@ -10,11 +10,23 @@ import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
 
+# Stripes are whole read chunks (tgfs.cache.CHUNK), so a chunk never spans two stripes.
+STRIPE_UNIT = 2**20
 
-def plan(size: int, part_size: int) -> list[tuple[int, int]]:
-    """(offset, size) of each part of a blob of `size` bytes; one empty part for size 0."""
+
+def plan(size: int, part_size: int, stripes: int = 1) -> list[tuple[int, int]]:
+    """(offset, size) of each part of a blob of `size` bytes; one empty part for size 0.
+
+    `stripes` > 1 splits a blob smaller than that many parts into up to `stripes` parts
+    of whole 1 MiB units instead: a store that puts consecutive parts on different
+    backends (bots) then serves the blob from all of them at once.
+    """
     if size == 0:
         return [(0, 0)]
+    if stripes > 1:
+        units = -(-size // STRIPE_UNIT)
+        per_stripe = -(-units // min(stripes, units)) * STRIPE_UNIT
+        part_size = min(part_size, per_stripe)
     return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
 
 
@@ -25,6 +37,9 @@ class Upload:
     path: Path
     size: int
     key: str
+    # Read whole, and soon after a wait (an HLS segment): split over the store's backends
+    # (`BlobStore.stripe_width` parts) so its bytes come from several at once.
+    stripe: bool = False
 
 
 async def put_files(
@@ -46,7 +61,7 @@ async def put_files(
     results: dict[Path, list[PartRef | None]] = {}
     pieces = []
     for upload in files:
-        planned = plan(upload.size, part_size)
+        planned = plan(upload.size, part_size, store.stripe_width if upload.stripe else 1)
         results[upload.path] = [None] * len(planned)
         pieces += [(upload, index, offset, length)
                    for index, (offset, length) in enumerate(planned)]

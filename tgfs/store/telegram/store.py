@@ -85,6 +85,23 @@ def rank(bot_ids: list[int], key: str) -> list[int]:
     return sorted(bot_ids, key=score, reverse=True)
 
 
+_PART_KEY = re.compile(r"^(.*)\.part(\d+)$")
+
+
+def placement(bot_ids: list[int], key: str) -> list[int]:
+    """Bots in order of preference for the part named `key` ("<blob key>.part<N>").
+
+    The blob's rendezvous ranking, rotated by N: consecutive parts of one blob start on
+    consecutive bots, so a striped segment (or a large file) is read from several bots at
+    once, and each part still has a stable first choice."""
+    match = _PART_KEY.match(key)
+    if match is None:
+        return rank(bot_ids, key)
+    order = rank(bot_ids, match[1])
+    turn = int(match[2]) % len(order) if order else 0
+    return order[turn:] + order[:turn]
+
+
 class TelegramStore(BlobStore):
     kind = "telegram"
 
@@ -126,6 +143,10 @@ class TelegramStore(BlobStore):
             os.replace(tmp, self._marks_path)
         except OSError as exc:
             log.warning("store: cannot record the channel marks: %s", exc)
+
+    @property
+    def stripe_width(self) -> int:
+        return min(self.settings.stripe_width, len(self.links))
 
     @property
     def parallelism(self) -> int:
@@ -199,7 +220,7 @@ class TelegramStore(BlobStore):
         every bot is paced or flood-waiting, the one free first, and it is waited for
         (`patient`)."""
         now = trio.current_time()
-        candidates = [self.links[b] for b in rank(list(self.links), key)
+        candidates = [self.links[b] for b in placement(list(self.links), key)
                       if b not in exclude and self.links[b].available(now)]
         if not candidates:
             return None, False

@@ -1,0 +1,348 @@
+"""Streaming benchmarks through the real mount. Run: `make bench-stream`.
+
+1. Cold playback. A film (10 minutes at 8 Mbps by default, `--seconds`) is published
+   through a tgfs mount on the Telegram stand-in, then played with an empty cache by a
+   player paced in real time, as hls.js plays: it reads master.m3u8, the first variant's
+   playlist, the init segment and the first segment (start-up ends there), then keeps up
+   to 30 s buffered, reading each segment file whole, for `--play` seconds; then it seeks
+   to the middle (time until that segment is read). The stand-in then costs 300 ms per
+   request and 2 MB/s per bot. Runs: 8 bots, 1 bot, and 4 viewers of 4 different films at
+   once on 8 bots.
+   Peer: `rclone mount --vfs-cache-mode full` over the same HLS files, on a directory
+   slowed the same way (tests/slowfs.py: 300 ms per 1 MiB request, 2 MB/s per link, files
+   spread over 8 links or 1, as parts over bots).
+2. Warm reads: every segment of the film read in order through the mount, once the cache
+   holds them, against the same files read from local disk and through rclone (warm).
+   Each is read twice and the second pass is timed (page cache included for all three).
+3. Responsiveness: p99 of stat() and readdir() on the mount while a transcode and a cold
+   playback run.
+
+Nothing here talks to Telegram; the stand-in's physics are a model (see tests/standin.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import m3u8
+
+from tests.conftest import Mount, wait_for
+from tests.standin import StandIn
+
+REPO = Path(__file__).resolve().parent.parent
+BUFFER = 30.0  # seconds a player keeps buffered ahead (hls.js maxBufferLength)
+LATENCY, BANDWIDTH = 0.3, 2_000_000
+
+
+# ---- the player -----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Playback:
+    startup: float = 0.0
+    stalls: int = 0
+    stalled: float = 0.0
+    seek: float | None = None
+
+
+def _read(path: Path) -> int:
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def play(folder: Path, seconds: float, seek: bool = False,
+         barrier: threading.Barrier | None = None) -> Playback:
+    """Play `folder`'s first variant like hls.js for `seconds` of wall time."""
+    result = Playback()
+    if barrier is not None:
+        barrier.wait()
+    started = time.monotonic()
+    master = m3u8.loads((folder / "master.m3u8").read_text())
+    media_path = folder / master.playlists[0].uri
+    media = m3u8.loads(media_path.read_text())
+    base = media_path.parent
+    if media.segment_map:
+        _read(base / media.segment_map[0].uri)
+    segments = [(base / s.uri, s.duration) for s in media.segments]
+    _read(segments[0][0])
+    result.startup = time.monotonic() - started
+
+    playhead, buffered, index = 0.0, segments[0][1], 1
+    last = time.monotonic()
+    play_start = last
+
+    def advance() -> None:
+        nonlocal playhead, last
+        now = time.monotonic()
+        room, moved = buffered - playhead, now - last
+        last = now
+        if moved <= room:
+            playhead += moved
+            return
+        if index < len(segments):  # a stall: the player waits for data
+            result.stalls += 1
+            result.stalled += moved - room
+        playhead = buffered
+
+    while time.monotonic() - play_start < seconds and index < len(segments):
+        if buffered - playhead >= BUFFER:
+            time.sleep(min(buffered - playhead - BUFFER + 0.05,
+                           max(0.0, seconds - (time.monotonic() - play_start))))
+            advance()
+            continue
+        _read(segments[index][0])
+        advance()
+        buffered += segments[index][1]
+        index += 1
+    if seek:
+        t = time.monotonic()
+        _read(segments[len(segments) // 2][0])
+        result.seek = time.monotonic() - t
+    return result
+
+
+def play_many(folders: list[Path], seconds: float) -> list[Playback]:
+    barrier = threading.Barrier(len(folders))
+    results: list[Playback | None] = [None] * len(folders)
+
+    def run(i: int) -> None:
+        results[i] = play(folders[i], seconds, barrier=barrier)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(folders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [r for r in results if r is not None]
+
+
+def summary(results: list[Playback]) -> str:
+    start = max(r.startup for r in results)
+    text = (f"start-up {start:5.2f} s{' (slowest)' if len(results) > 1 else ''}"
+            f"  stalls {sum(r.stalls for r in results):3d}"
+            f"  stalled {sum(r.stalled for r in results):6.1f} s")
+    seeks = [r.seek for r in results if r.seek is not None]
+    return text + (f"  seek {seeks[0]:5.2f} s" if seeks else "")
+
+
+# ---- set-up -----------------------------------------------------------------------------
+
+def make_film(path: Path, seconds: int, title: str | None = None) -> Path:
+    """A 720p H.264 + AAC film at a constant 8 Mbps (x264 pads with filler data), with a
+    keyframe every 2 s as streaming encodes have. Variants differ only in a title tag,
+    which gives them different bytes (tgfs would deduplicate identical files)."""
+    if path.exists():
+        return path
+    if title is not None:
+        source = make_film(path.parent / "film0.mp4", seconds)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-c", "copy",
+                        "-metadata", f"title={title}", str(path)], check=True)
+        return path
+    print(f"making a {seconds} s 8 Mbps film …", flush=True)
+    subprocess.run([
+        "ffmpeg", "-v", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+        "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-b:v", "8M",
+        "-minrate", "8M", "-maxrate", "8M", "-bufsize", "4M",
+        "-x264-params", "nal-hrd=cbr:force-cfr=1",
+        "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path),
+    ], check=True)
+    return path
+
+
+def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
+                 extra: dict[str, str]) -> tuple[Mount, StandIn]:
+    """A mount on a fresh stand-in with `bots` bots, the films published (fast), the
+    cache empty, then the stand-in slowed down."""
+    root = work / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    standin = StandIn(root / "telegram", bots=bots)
+    os.environ["STANDIN_DIR"] = str(root / "telegram")
+    env = standin.env(PYTHONPATH=str(REPO), TGFS_BOT_MESSAGES_PER_MINUTE="0",
+                      TGFS_LOG_LEVEL="INFO", TGFS_CACHE_SIZE="8G",
+                      TGFS_CACHE_MIN_FREE="1G", COPY_MODE_MIN_SIZE="1M",
+                      TELEGRAM_MAX_FILE_SIZE="64M", TGFS_SEGMENT_SECONDS="6",
+                      TGFS_X264_PRESET="ultrafast", **extra)
+    m = Mount(root, env).start()  # env wins over the test suite's defaults
+    print(f"{name}: publishing {len(films)} film(s) on {bots} bot(s) …", flush=True)
+    for film in films:
+        shutil.copyfile(film, m.path / film.name)
+    m.wait_idle(timeout=3600)
+    m.stop()
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    m.start()
+    standin.config.update(latency=LATENCY, bandwidth=BANDWIDTH)
+    standin.write()
+    return m, standin
+
+
+class Peer:
+    """rclone mount --vfs-cache-mode full over a slowed copy of the HLS folders."""
+
+    def __init__(self, work: Path, source: Path, links: int) -> None:
+        self.work = work
+        self.slow = work / "slow"
+        self.mnt = work / "rclone"
+        self.cache = work / "rclone-cache"
+        for d in (self.slow, self.mnt):
+            d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.cache, ignore_errors=True)
+        self.slowfs = subprocess.Popen(
+            [sys.executable, "-m", "tests.slowfs", str(source), str(self.slow),
+             "--latency", str(LATENCY), "--bandwidth", str(BANDWIDTH), "--links", str(links)],
+            cwd=REPO)
+        wait_for(lambda: os.path.ismount(self.slow), 20, "slowfs")
+        self.rclone = subprocess.Popen(
+            ["rclone", "mount", str(self.slow), str(self.mnt), "--vfs-cache-mode", "full",
+             "--cache-dir", str(self.cache), "--read-only"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.ismount(self.mnt), 20, "rclone mount")
+
+    def close(self) -> None:
+        for mnt, proc in ((self.mnt, self.rclone), (self.slow, self.slowfs)):
+            subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def copy_out(m: Mount, folders: list[str], dest: Path) -> None:
+    """The HLS folders as plain files, for the peer and for local-disk reads."""
+    for name in folders:
+        if not (dest / name).exists():
+            shutil.copytree(m.path / name, dest / name)
+
+
+# ---- measurements ---------------------------------------------------------------------
+
+def segment_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".m4s", ".mp4", ".ts"))
+
+
+def read_rate(files: list[Path]) -> float:
+    """GB/s of reading every file in order, second pass of two."""
+    for _ in range(2):
+        started = time.monotonic()
+        total = sum(_read(p) for p in files)
+        elapsed = time.monotonic() - started
+    return total / elapsed / 1e9
+
+
+def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]:
+    """p99 (ms) of stat and readdir on the mount while a transcode and a playback run."""
+    busy = m.path / "busy.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=25:duration=60", "-c:v", "mpeg4",
+                    "-q:v", "3", str(m.root / "busy.mkv")], check=True)
+    shutil.copyfile(m.root / "busy.mkv", busy)  # MPEG-4 ASP: a transcode
+    player = threading.Thread(target=play, args=(m.path / folder, seconds))
+    player.start()
+    names = [p for p in (m.path / folder).rglob("*")][:200]
+    stats, lists = [], []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        path = random.choice(names)
+        t = time.monotonic()
+        os.stat(path)
+        stats.append(time.monotonic() - t)
+        t = time.monotonic()
+        os.listdir(path.parent)
+        lists.append(time.monotonic() - t)
+        time.sleep(0.01)
+    player.join()
+    state = (m.job("busy.mkv") or {}).get("state")
+    print(f"  (transcode state at the end: {state}; {len(stats)} samples)")
+    return (statistics.quantiles(stats, n=100)[98] * 1000,
+            statistics.quantiles(lists, n=100)[98] * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=600, help="film length")
+    parser.add_argument("--play", type=float, default=60.0, help="seconds of playback")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/tgfs-bench-stream"))
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    films = [make_film(work / "media" / f"film{k}.mp4", args.seconds, None if k == 0 else
+                       f"film {k}") for k in range(4)]
+    rows: list[tuple[str, str, str]] = []
+    results: dict[str, object] = {}
+
+    m8, _ = tgfs_library(work, "lib8", 8, films, {})
+    m1: Mount | None = None
+    peer: Peer | None = None
+    try:
+        plain = work / "plain"
+        copy_out(m8, [f.stem for f in films], plain)
+        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
+                       check=True, capture_output=True)
+
+        one = play(m8.path / "film0", args.play, seek=True)
+        peer = Peer(work, plain, links=8)
+        one_peer = play(peer.mnt / "film0", args.play, seek=True)
+        rows.append(("cold, 8 bots", summary([one]), summary([one_peer])))
+
+        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
+                       check=True, capture_output=True)
+        four = play_many([m8.path / f.stem for f in films], args.play)
+        peer.close()
+        peer = Peer(work, plain, links=8)  # its cache starts empty again
+        four_peer = play_many([peer.mnt / f.stem for f in films], args.play)
+        rows.append(("cold, 4 viewers, 8 bots", summary(four), summary(four_peer)))
+
+        warm = read_rate(segment_files(m8.path / "film0"))
+        local = read_rate(segment_files(plain / "film0"))
+        warm_peer = read_rate(segment_files(peer.mnt / "film0"))
+        peer.close()
+        peer = None
+
+        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
+                       check=True, capture_output=True)
+        stat_p99, readdir_p99 = responsiveness(m8, "film1", min(args.play, 30))
+        cache = json.loads((m8.path / ".tgfs" / "cache.json").read_text())
+        m8.stop()
+
+        m1, _ = tgfs_library(work, "lib1", 1, films[:1], {})
+        single = play(m1.path / "film0", args.play, seek=True)
+        m1.stop()
+        m1 = None
+        peer = Peer(work, plain, links=1)
+        single_peer = play(peer.mnt / "film0", args.play, seek=True)
+        rows.append(("cold, 1 bot", summary([single]), summary([single_peer])))
+    finally:
+        if peer is not None:
+            peer.close()
+        for m in (m8, m1):
+            if m is not None and m.proc is not None:
+                m.stop()
+
+    print(f"\nfilm: {args.seconds} s at 8 Mbps, 6 s segments; played {args.play:g} s; "
+          f"stand-in {LATENCY * 1000:.0f} ms per request, {BANDWIDTH / 1e6:g} MB/s per bot")
+    print(f"{'':26}{'tgfs':52}rclone --vfs-cache-mode full")
+    for name, ours, theirs in rows:
+        print(f"{name:26}{ours:52}{theirs}")
+    print(f"\nwarm reads of all segments: tgfs {warm:.2f} GB/s, local disk {local:.2f} GB/s "
+          f"({warm / local:.2f}x), rclone {warm_peer:.2f} GB/s (tgfs {warm / warm_peer:.1f}x)")
+    print(f"during a transcode and a cold playback: stat p99 {stat_p99:.1f} ms, "
+          f"readdir p99 {readdir_p99:.1f} ms")
+    results.update(prefetch_hit_bytes=cache["prefetch_hit_bytes"],
+                   prefetch_wasted_bytes=cache["prefetch_wasted_bytes"])
+    print(f"cache after the runs: {json.dumps(results)}")
+
+
+if __name__ == "__main__":
+    main()
