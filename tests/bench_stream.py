@@ -11,9 +11,12 @@
    Peer: `rclone mount --vfs-cache-mode full` over the same HLS files, on a directory
    slowed the same way (tests/slowfs.py: 300 ms per 1 MiB request, 2 MB/s per link, files
    spread over 8 links or 1, as parts over bots).
-2. Warm reads: every segment of the film read in order through the mount, once the cache
-   holds them, against the same files read from local disk and through rclone (warm).
-   Each is read twice and the second pass is timed (page cache included for all three).
+2. Warm reads: the first 40 files of the film (~240 MB) read in order through the mount,
+   once the cache holds them, against the same files read from local disk and through
+   rclone (warm; here rclone mounts the plain files directly: its cache path is measured,
+   not the slowed store).
+   Each is read once, then timed as the best of three more passes (the kernel's page cache
+   included for all three: that is the target).
 3. Responsiveness: p99 of stat() and readdir() on the mount while a transcode and a cold
    playback run.
 
@@ -43,6 +46,7 @@ from tests.standin import StandIn
 REPO = Path(__file__).resolve().parent.parent
 BUFFER = 30.0  # seconds a player keeps buffered ahead (hls.js maxBufferLength)
 LATENCY, BANDWIDTH = 0.3, 2_000_000
+WARM_FILES = 40  # init + 39 segments (~240 MB): every pass is then the same files
 
 
 # ---- the player -----------------------------------------------------------------------
@@ -149,6 +153,7 @@ def make_film(path: Path, seconds: int, title: str | None = None) -> Path:
                         "-metadata", f"title={title}", str(path)], check=True)
         return path
     print(f"making a {seconds} s 8 Mbps film …", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([
         "ffmpeg", "-v", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
@@ -162,9 +167,9 @@ def make_film(path: Path, seconds: int, title: str | None = None) -> Path:
 
 
 def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
-                 extra: dict[str, str]) -> tuple[Mount, StandIn]:
-    """A mount on a fresh stand-in with `bots` bots, the films published (fast), the
-    cache empty, then the stand-in slowed down."""
+                 extra: dict[str, str], plain: Path | None = None) -> tuple[Mount, StandIn]:
+    """A mount on a fresh stand-in with `bots` bots, the films published (fast) and
+    copied out to `plain`, the cache empty, then the stand-in slowed down."""
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -180,6 +185,8 @@ def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
     for film in films:
         shutil.copyfile(film, m.path / film.name)
     m.wait_idle(timeout=3600)
+    if plain is not None:
+        copy_out(m, [f.stem for f in films], plain)
     m.stop()
     shutil.rmtree(root / "cache", ignore_errors=True)
     m.start()
@@ -191,7 +198,8 @@ def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
 class Peer:
     """rclone mount --vfs-cache-mode full over a slowed copy of the HLS folders."""
 
-    def __init__(self, work: Path, source: Path, links: int) -> None:
+    def __init__(self, work: Path, source: Path, links: int, slow: bool = True) -> None:
+        """`slow=False`: rclone straight over `source` (for warm reads: its cache path)."""
         self.work = work
         self.slow = work / "slow"
         self.mnt = work / "rclone"
@@ -205,7 +213,8 @@ class Peer:
             cwd=REPO)
         wait_for(lambda: os.path.ismount(self.slow), 20, "slowfs")
         self.rclone = subprocess.Popen(
-            ["rclone", "mount", str(self.slow), str(self.mnt), "--vfs-cache-mode", "full",
+            ["rclone", "mount", str(self.slow if slow else source), str(self.mnt),
+             "--vfs-cache-mode", "full",
              "--cache-dir", str(self.cache), "--read-only"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: os.path.ismount(self.mnt), 20, "rclone mount")
@@ -233,12 +242,15 @@ def segment_files(folder: Path) -> list[Path]:
 
 
 def read_rate(files: list[Path]) -> float:
-    """GB/s of reading every file in order, second pass of two."""
-    for _ in range(2):
+    """GB/s of reading every file in order once everything is cached everywhere: the best
+    of three passes after a first one."""
+    sum(_read(p) for p in files)
+    best = 0.0
+    for _ in range(3):
         started = time.monotonic()
         total = sum(_read(p) for p in files)
-        elapsed = time.monotonic() - started
-    return total / elapsed / 1e9
+        best = max(best, total / (time.monotonic() - started) / 1e9)
+    return best
 
 
 def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]:
@@ -282,14 +294,11 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     results: dict[str, object] = {}
 
-    m8, _ = tgfs_library(work, "lib8", 8, films, {})
+    plain = work / "plain"
+    m8, _ = tgfs_library(work, "lib8", 8, films, {}, plain)
     m1: Mount | None = None
     peer: Peer | None = None
     try:
-        plain = work / "plain"
-        copy_out(m8, [f.stem for f in films], plain)
-        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
-                       check=True, capture_output=True)
 
         one = play(m8.path / "film0", args.play, seek=True)
         peer = Peer(work, plain, links=8)
@@ -304,9 +313,11 @@ def main() -> None:
         four_peer = play_many([peer.mnt / f.stem for f in films], args.play)
         rows.append(("cold, 4 viewers, 8 bots", summary(four), summary(four_peer)))
 
-        warm = read_rate(segment_files(m8.path / "film0"))
-        local = read_rate(segment_files(plain / "film0"))
-        warm_peer = read_rate(segment_files(peer.mnt / "film0"))
+        peer.close()
+        peer = Peer(work, plain, links=8, slow=False)
+        warm = read_rate(segment_files(m8.path / "film0")[:WARM_FILES])
+        local = read_rate(segment_files(plain / "film0")[:WARM_FILES])
+        warm_peer = read_rate(segment_files(peer.mnt / "film0")[:WARM_FILES])
         peer.close()
         peer = None
 
@@ -332,9 +343,9 @@ def main() -> None:
 
     print(f"\nfilm: {args.seconds} s at 8 Mbps, 6 s segments; played {args.play:g} s; "
           f"stand-in {LATENCY * 1000:.0f} ms per request, {BANDWIDTH / 1e6:g} MB/s per bot")
-    print(f"{'':26}{'tgfs':52}rclone --vfs-cache-mode full")
+    print(f"{'':25}| {'tgfs':70}| rclone --vfs-cache-mode full")
     for name, ours, theirs in rows:
-        print(f"{name:26}{ours:52}{theirs}")
+        print(f"{name:25}| {ours:70}| {theirs}")
     print(f"\nwarm reads of all segments: tgfs {warm:.2f} GB/s, local disk {local:.2f} GB/s "
           f"({warm / local:.2f}x), rclone {warm_peer:.2f} GB/s (tgfs {warm / warm_peer:.1f}x)")
     print(f"during a transcode and a cold playback: stat p99 {stat_p99:.1f} ms, "

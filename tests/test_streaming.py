@@ -153,3 +153,25 @@ def _tgfs(*args: str) -> str:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_a_warm_segment_opens_without_a_catalog_query(mount_factory, film):
+    # The hot path: once a segment was opened, opening it again needs nothing from the
+    # catalog (judged from the daemon's DEBUG log of every SQL statement it runs).
+    m = _publish(mount_factory, film)
+    path, ids = _segments(m)[3]
+    assert path.read_bytes() == _stored(m, ids)
+    _settled(m)
+    mark = len(m.log())
+    assert path.read_bytes() == _stored(m, ids)
+    _settled(m)
+    lines = m.log()[mark:].splitlines()
+    # The open handler's lines: from its own to the next request's (the kernel's getattr
+    # and release come after it; the garbage collector's pass may run meanwhile, but it
+    # reads only its own tables).
+    opened = next(i for i, line in enumerate(lines) if "tgfs.fs.operations: open(" in line)
+    after = next(i for i, line in enumerate(lines)
+                 if i > opened and "tgfs.fs.operations:" in line)
+    opening = [line for line in lines[opened:after] if "peewee:" in line
+               and ('"node"' in line or '"rendition"' in line or '"blob_id" = ?' in line)]
+    assert not opening, opening

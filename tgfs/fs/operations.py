@@ -21,6 +21,7 @@ Rules of the tree (see README "Using the mount"):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import functools
 import itertools
@@ -43,7 +44,7 @@ from tgfs.media import playlists
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
 from tgfs.status import bots_snapshot, snapshot, to_bytes
-from tgfs.store.base import BlobStore, StoreError
+from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.collector import GarbageCollector
 from tgfs.store.slots import URGENT
 
@@ -99,6 +100,17 @@ def _errno_for(name: str, exc: Exception) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
+_SEGMENTS_KEPT = 65536  # segments whose open needs no query (~200 bytes each)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Segment:
+    parts: list[PartRef]
+    size: int
+    rendition_id: int | None
+    blob_id: int
+
+
 def _name(raw: bytes) -> str:
     """A name from the kernel: any bytes but "/" and NUL, kept exactly (see NameField)."""
     if len(raw) > tree.NAME_MAX:
@@ -128,6 +140,10 @@ class Filesystem(pyfuse3.Operations):
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
         self._open_parts: collections.Counter[str] = collections.Counter()  # location → readers
         self._rendered: dict[int, bytes] = {}  # playlists of published (immutable) videos
+        # What opening a segment needs, after its first open and until the kernel forgets
+        # the inode: segments never change and inode numbers are never reused, so a warm
+        # open costs no catalog query.
+        self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
         self.store_health: dict[str, Any] = {"kind": store.kind, "up": True}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -479,6 +495,10 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def open(self, inode, flags, ctx):
         log.debug("open(%d, %#o)", inode, flags)
+        segment = self._segments.get(inode)
+        if segment is not None and inode not in self._hidden and \
+                flags & os.O_ACCMODE == os.O_RDONLY:
+            return self._open_segment(segment, inode, ctx.pid)  # no catalog query
         node = self._node(inode)
         kind = node.node_kind
         if kind.is_dir:
@@ -503,16 +523,23 @@ class Filesystem(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=not growing,
                                     direct_io=growing)
         reader = self._reader(node)
-        if kind is NodeKind.MEDIA:
+        if kind is NodeKind.MEDIA and isinstance(reader, BlobHandle):
             # A segment's folder is its rendition's (media nodes do not record it).
             folder = tree.get(node.parent_id)
-            if folder is not None and folder.rendition_id is not None:
-                self.prefetch.segment_opened(folder.rendition_id, node.blob_id, ctx.pid)
-            if isinstance(reader, BlobHandle):
-                reader.whole = True
-                reader.priority = URGENT
+            rendition_id = folder.rendition_id if folder is not None else None
+            self._segments[inode] = _Segment(reader.parts, reader.size, rendition_id,
+                                             node.blob_id)
+            if len(self._segments) > _SEGMENTS_KEPT:
+                self._segments.popitem(last=False)
+            return self._open_segment(self._segments[inode], inode, ctx.pid)
+        return pyfuse3.FileInfo(fh=self._add_handle(reader))
+
+    def _open_segment(self, segment: _Segment, inode: int, pid: int) -> pyfuse3.FileInfo:
+        if segment.rendition_id is not None:
+            self.prefetch.segment_opened(segment.rendition_id, segment.blob_id, pid)
+        handle = BlobHandle(inode, segment.parts, segment.size, whole=True, priority=URGENT)
         # Segments never change: let the page cache serve re-reads across opens.
-        return pyfuse3.FileInfo(fh=self._add_handle(reader), keep_cache=kind is NodeKind.MEDIA)
+        return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=True)
 
     def _reader(self, node: Node) -> Handle:
         """A read handle on the file's current content (see tgfs.fs.writes)."""
@@ -607,5 +634,7 @@ class Filesystem(pyfuse3.Operations):
         return out
 
     async def forget(self, inode_list):
-        # Inodes live in the catalog, not in memory: nothing to free.
-        pass
+        # Inodes live in the catalog; only what a segment's open needs is kept in memory,
+        # until the kernel forgets the inode (so a deleted video's segments go with it).
+        for inode, _ in inode_list:
+            self._segments.pop(inode, None)
