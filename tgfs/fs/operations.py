@@ -109,6 +109,7 @@ class _Segment:
     size: int
     rendition_id: int | None
     blob_id: int
+    attrs: pyfuse3.EntryAttributes  # a segment's attributes never change either
 
 
 def _name(raw: bytes) -> str:
@@ -254,6 +255,9 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def getattr(self, inode, ctx=None):
         log.debug("getattr(%d)", inode)
+        segment = self._segments.get(inode)
+        if segment is not None and inode not in self._hidden:
+            return segment.attrs  # no catalog query (see _segments)
         return self._attrs(self._node(inode))
 
     @_guarded
@@ -528,7 +532,7 @@ class Filesystem(pyfuse3.Operations):
             folder = tree.get(node.parent_id)
             rendition_id = folder.rendition_id if folder is not None else None
             self._segments[inode] = _Segment(reader.parts, reader.size, rendition_id,
-                                             node.blob_id)
+                                             node.blob_id, self._attrs(node))
             if len(self._segments) > _SEGMENTS_KEPT:
                 self._segments.popitem(last=False)
             return self._open_segment(self._segments[inode], inode, ctx.pid)
