@@ -22,7 +22,7 @@ import trio
 from tests.standin import StandIn, token
 from tgfs import config
 from tgfs.store.base import PartMissing, StoreError
-from tgfs.store.parts import plan
+from tgfs.store.parts import Upload, plan, put_files
 from tgfs.store.telegram.bridge import AsyncioBridge
 from tgfs.store.telegram.link import Pacer
 from tgfs.store.telegram.store import EMPTY, TelegramStore, parse_location, placement, rank
@@ -316,3 +316,26 @@ async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standi
         assert await store.delete_many(found) == {}
         assert await store.orphans(lambda location: location in known) == []
     assert sum(len(ids) for ids in standin.messages().values()) == len(known) + 1
+
+
+async def test_striped_segments_keep_their_stripes_on_distinct_bots_under_load(
+        standin, tmp_path):
+    # Many 3 MiB segments at once through one transfer slot per bot: every bot is busy,
+    # which makes ordinary parts move to less busy bots; stripes must not share a bot,
+    # or a seek would read two of them from one link.
+    standin.config.update(bandwidth=16_000_000)
+    standin.write()
+    uploads = []
+    for i in range(24):
+        path = tmp_path / f"seg{i}.m4s"
+        path.write_bytes(os.urandom(3 * 2**20))
+        uploads.append(Upload(path, 3 * 2**20, f"job1-720p-seg{i}", stripe=True))
+    async with running_store(standin, tmp_path, TGFS_BOT_TRANSFERS="1",
+                             TGFS_STRIPE_WIDTH="3") as store:
+        stored = await put_files(store, uploads, 64 * 2**20, lambda part: None)
+        for upload in uploads:
+            parts = stored[upload.path]
+            assert len(parts) == 3
+            assert len({bot_of(p.location) for p in parts}) == 3, upload.key
+            got = b"".join([await store.get(p.location, 0, p.size) for p in parts])
+            assert got == upload.path.read_bytes()

@@ -63,7 +63,8 @@ async def put_files(
     for upload in files:
         planned = plan(upload.size, part_size, store.stripe_width if upload.stripe else 1)
         results[upload.path] = [None] * len(planned)
-        pieces += [(upload, index, offset, length)
+        spread = upload.stripe and len(planned) > 1
+        pieces += [(upload, index, offset, length, spread)
                    for index, (offset, length) in enumerate(planned)]
     # A fixed pool of senders taking pieces in order: parts start in file order (a video
     # published while it uploads needs its first segments first), whatever order the
@@ -72,10 +73,10 @@ async def put_files(
     failure: list[StoreError] = []
 
     async def sender(scope: trio.CancelScope) -> None:
-        for upload, index, offset, length in queue:
+        for upload, index, offset, length, spread in queue:
             try:
                 location = await store.put(upload.path, offset, length,
-                                           f"{upload.key}.part{index}")
+                                           f"{upload.key}.part{index}", spread)
             except StoreError as exc:
                 failure.append(exc)
                 scope.cancel()

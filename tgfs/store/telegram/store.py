@@ -182,7 +182,8 @@ class TelegramStore(BlobStore):
 
     # ---- put ----------------------------------------------------------------------------
 
-    async def put(self, src: Path, offset: int, size: int, key: str) -> str:
+    async def put(self, src: Path, offset: int, size: int, key: str,
+                  spread: bool = False) -> str:
         if size == 0:
             return EMPTY
         placed: list[Replica] = []
@@ -190,7 +191,7 @@ class TelegramStore(BlobStore):
         reasons: list[str] = []
         while len(placed) < self.replicas:
             exclude = failed | {r.bot_id for r in placed}
-            link, patient = self._choose(key, exclude)
+            link, patient = self._choose(key, exclude, spread)
             if link is None:
                 if placed:
                     log.warning("%s: stored on %d of %d bots (%s)", key, len(placed),
@@ -213,12 +214,15 @@ class TelegramStore(BlobStore):
             self._mark(placed[-1])
         return ",".join(str(r) for r in placed)
 
-    def _choose(self, key: str, exclude: set[int]) -> tuple[BotLink | None, bool]:
+    def _choose(self, key: str, exclude: set[int],
+                spread: bool = False) -> tuple[BotLink | None, bool]:
         """(bot, patient): the first bot in the key's ranking that is up, can send soon
         and has a free transfer slot. Under load that is not the first-ranked bot for every
         key, which keeps all bots busy; the location records the bot actually used. If
         every bot is paced or flood-waiting, the one free first, and it is waited for
-        (`patient`)."""
+        (`patient`). A `spread` part (a stripe) skips the free-slot rule: its siblings
+        rank other bots first, and bending under load put two stripes of one segment on
+        one bot (a seek then read 4 MiB from one 2 MB/s link)."""
         now = trio.current_time()
         candidates = [self.links[b] for b in placement(list(self.links), key)
                       if b not in exclude and self.links[b].available(now)]
@@ -228,6 +232,8 @@ class TelegramStore(BlobStore):
         if not soon:
             return min(candidates, key=lambda link: link.ready_at(now)), True
         slots = self.settings.bot_transfers
+        if spread:
+            return soon[0], False
         return next((link for link in soon if link.inflight < slots),
                     min(soon, key=lambda link: link.inflight)), False
 
