@@ -451,7 +451,7 @@ class PartCache:
             self._drop(entry)
         return len(gone)
 
-    async def clear(self) -> int:
+    def clear(self) -> int:
         """Drop every part nobody reads or fetches now (`tgfs cache clear`); returns the
         bytes freed."""
         before = self._used

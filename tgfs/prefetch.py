@@ -103,12 +103,8 @@ class Prefetcher:
         track = self._track(rendition_id)
         if track is None:
             return
-        seq = track.index.get(blob_id)
-        if seq is None and not track.complete:  # a segment newer than our track
-            self._tracks.pop(rendition_id, None)
-            track = self._track(rendition_id)
-            seq = track.index.get(blob_id) if track else None
-        if track is None or seq is None:
+        seq = track.index.get(blob_id)  # (a growing video's track is read afresh)
+        if seq is None:
             return  # the init segment: the first segment was warmed with the playlist
         now = trio.current_time()
         cursor = self._cursors.get((rendition_id, pid))
@@ -157,9 +153,8 @@ class Prefetcher:
 
     async def _fetch_ahead_of(self, cursor: _Cursor) -> None:
         while True:
-            end = min(cursor.next + cursor.window, len(cursor.track.segments))
-            seq = max(cursor.fetched_to, cursor.next)
-            if seq >= end:
+            seq = _next_due(cursor)
+            if seq is None:
                 cursor.moved = trio.Event()
                 await cursor.moved.wait()
                 continue
@@ -200,19 +195,17 @@ class Prefetcher:
             self._tracks[rendition_id] = track
         return track
 
-    def forget_video(self, video_id: int) -> None:
-        """The video was deleted: stop its cursors, drop its tracks."""
-        for cursor in [c for c in self._cursors.values() if c.track.video_id == video_id]:
-            self._stop(cursor)
-        for rendition_id in [r for r, t in self._tracks.items() if t.video_id == video_id]:
-            del self._tracks[rendition_id]
-
     def stats(self) -> dict[str, int]:
         busy = sum(1 for c in self._cursors.values()
-                   if c.warming or max(c.fetched_to, c.next) < min(c.next + c.window,
-                                                                   len(c.track.segments)))
+                   if c.warming or _next_due(c) is not None)
         return {"viewers": len(self._cursors), "viewers_fetching": busy, "seeks": self.seeks,
                 "window_max": self.max_window}
+
+
+def _next_due(cursor: _Cursor) -> int | None:
+    """The next segment to fetch for a cursor, or None if its window is fetched."""
+    seq = max(cursor.fetched_to, cursor.next)
+    return seq if seq < min(cursor.next + cursor.window, len(cursor.track.segments)) else None
 
 
 def _size(parts: list[PartRef]) -> int:

@@ -46,12 +46,12 @@ def collect_landed() -> int:
     return len(rows)
 
 
+def _ref(p: Part) -> PartRef:
+    return PartRef(id=p.id, index=p.index, offset=p.offset, size=p.size, location=p.location)
+
+
 def parts_of(blob_id: int) -> list[PartRef]:
-    rows = Part.select().where(Part.blob == blob_id).order_by(Part.index)
-    return [
-        PartRef(id=p.id, index=p.index, offset=p.offset, size=p.size, location=p.location)
-        for p in rows
-    ]
+    return [_ref(p) for p in Part.select().where(Part.blob == blob_id).order_by(Part.index)]
 
 
 def parts_of_many(blob_ids: Iterable[int]) -> dict[int, list[PartRef]]:
@@ -63,8 +63,7 @@ def parts_of_many(blob_ids: Iterable[int]) -> dict[int, list[PartRef]]:
         rows = (Part.select().where(Part.blob.in_(ids[start:start + 500]))
                 .order_by(Part.blob, Part.index))
         for p in rows:
-            found[p.blob_id].append(PartRef(id=p.id, index=p.index, offset=p.offset,
-                                            size=p.size, location=p.location))
+            found[p.blob_id].append(_ref(p))
     return found
 
 

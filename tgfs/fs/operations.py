@@ -266,7 +266,7 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         kind = node.node_kind
         if kind is NodeKind.CACHE and fields.update_size and attr.st_size == 0:
-            freed = await self.cache.clear()
+            freed = self.cache.clear()
             log.info("cache cleared: %d bytes freed", freed)
             return self._attrs(node)
         if kind not in (NodeKind.FILE, NodeKind.DIR, NodeKind.SYMLINK):

@@ -19,6 +19,7 @@ holding a slot is not interrupted; its bytes are on the way.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +33,10 @@ class Priority:
     it raises them all."""
 
     urgent: bool = True
-    _waiting_in: set[Slots] = dataclasses.field(default_factory=set, repr=False)
+    # Slots where requests of this priority wait, with how many (several chunk fetches of
+    # one request may wait in the same Slots).
+    _waiting_in: collections.Counter[Slots] = dataclasses.field(
+        default_factory=collections.Counter, repr=False)
 
     def raise_to_urgent(self) -> None:
         if self.urgent:
@@ -64,7 +68,7 @@ class Slots:
     async def hold(self, priority: Priority = URGENT) -> AsyncIterator[None]:
         waiter = _Waiter(priority)
         self._waiters.append(waiter)
-        priority._waiting_in.add(self)
+        priority._waiting_in[self] += 1
         self._dispatch()
         try:
             await waiter.granted.wait()
@@ -75,7 +79,9 @@ class Slots:
                 self._waiters.remove(waiter)
             raise
         finally:
-            priority._waiting_in.discard(self)
+            priority._waiting_in[self] -= 1
+            if not priority._waiting_in[self]:
+                del priority._waiting_in[self]
         try:
             yield
         finally:
