@@ -137,3 +137,22 @@ def test_ladder_renditions_share_segment_boundaries(mount_factory, tmp_path, cod
     for timeline in timelines[1:]:
         assert len(timeline) == len(timelines[0])
         assert all(abs(a - b) <= 0.041 for a, b in zip(timeline, timelines[0], strict=True))
+
+
+@pytest.mark.parametrize(("codec", "mode"), [("libx264", "copy"), ("mpeg4", "transcode")])
+def test_first_segments_are_short(mount_factory, tmp_path, codec, mode):
+    # A player starts once it holds the first segment: 2 s of it arrive sooner than 6 s.
+    # Then each segment is twice as long up to the segment length, in every rendition.
+    src = make(tmp_path / f"ramp-{codec}.mkv",
+               Spec(seconds=20, width=640, height=360, video_codec=codec, bitrate=600_000,
+                    gop=25))  # keyframes every second: copy mode can cut on the ramp
+    mount = mount_factory(TGFS_SEGMENT_SECONDS="6", TGFS_LADDER="1080,240")
+    copy_in(src, mount.path / "ramp.mkv")
+    mount.wait_idle()
+    assert mount.job("ramp.mkv")["outcome"] == f"video ({mode})"
+    facts = check_video_folder(mount.path / "ramp", src, 6.0)
+    assert len(facts["renditions"]) == 2
+    for rendition in facts["renditions"]:
+        durations = [round(s.duration, 2) for s in rendition["media"].segments]
+        assert durations[:4] == [2.0, 4.0, 6.0, 6.0], durations
+        assert rendition["media"].target_duration == 6

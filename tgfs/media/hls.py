@@ -2,12 +2,19 @@
 
 Two ways, decided by the caller:
 - copy: the video packets are remuxed as they are (no re-encode, seconds for a film);
-  segments can then only be cut at the source's keyframes. MP3 audio is re-encoded to AAC
-  on the way, because MP3 in fMP4 does not play in browsers (hls.js); AAC is copied, with
-  `aac_adtstoasc` when it comes as ADTS (MPEG-TS sources).
+  segments can then only be cut at the source's keyframes (the first one at or after each
+  planned boundary; the others reach the muxer without their keyframe flag, so that it does
+  not cut there — the bitstream is unchanged, and decoders still see them as keyframes).
+  MP3 audio is re-encoded to AAC on the way, because MP3 in fMP4 does not play in browsers
+  (hls.js); AAC is copied, with `aac_adtstoasc` when it comes as ADTS (MPEG-TS sources).
 - transcode: decode once, encode H.264 (libx264) + AAC, and force an IDR frame exactly on
-  every segment boundary, so every segment starts with a keyframe and all segments are the
-  same length.
+  every segment boundary, so every segment starts with a keyframe and is exactly as long as
+  planned.
+
+Planned boundaries (`cut_plan`): the first segment is `FIRST_SEGMENT` long and each next one
+twice as long, up to the segment length (2, 4, 6, 6 … s), so that a player can start after
+a small fetch. The muxer runs with a tiny `hls_time` and so cuts at every keyframe it is
+given: where the cuts fall is decided here, for both ways.
 
 One audio track is muxed into every video rendition. Several tracks become an audio group
 instead: each its own audio-only rendition (video renditions then carry none), which is how
@@ -30,7 +37,7 @@ import dataclasses
 import io
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -50,6 +57,17 @@ AUDIO_RATES = (44100, 48000)  # keep these source rates; resample anything else 
 _REPORT_EVERY = 0.5  # seconds between progress reports
 
 ProgressFn = Callable[[float], None]  # media seconds done so far
+
+# A player starts only once it holds the whole first segment, and the store delivers a few
+# MB/s per bot after a few hundred ms: 2 s at 8 Mbit/s is 2 MB, 0.5 s of transfer striped
+# over two bots where a 6 s segment takes 1.5 s over three. Each next segment is twice as
+# long, up to TGFS_SEGMENT_SECONDS: the player has at least twice the time needed to fetch
+# the next segment (bandwidth at twice the bitrate, one bot included) while the previous one
+# plays. The cost is one or two more segments (messages) per rendition.
+FIRST_SEGMENT = Fraction(2)
+# The muxer's hls_time when we decide the cuts: it cuts at the first keyframe whose time is
+# at least hls_time × (segments so far), which is every keyframe we let through.
+_CUT_AT_EVERY_KEYFRAME = "0.001"
 
 
 @dataclasses.dataclass
@@ -76,6 +94,40 @@ def peak_video_rate(opts: EncodeOptions) -> int | None:
     seconds = opts.segment_seconds
     budget = 0.9 * opts.max_segment_bytes * 8 - 1.1 * AUDIO_BITRATE * seconds
     return max(100_000, int(budget / (2 * seconds)))
+
+
+def cut_plan(segment: float, after: list[float] | None = None) -> Iterator[Fraction]:
+    """Planned segment boundaries (seconds from the start, the start included): the ramp
+    from `FIRST_SEGMENT` up to `segment`, or the given cut times (those of a rendition made
+    before, so that this one lines up with it)."""
+    yield Fraction(0)
+    if after is not None:
+        yield from (Fraction(t).limit_denominator(100000) for t in after)
+        return
+    length = Fraction(segment).limit_denominator(1000)
+    step, at = min(FIRST_SEGMENT, length), Fraction(0)
+    while True:
+        at += step
+        yield at
+        step = min(step * 2, length)
+
+
+class _Cuts:
+    """Decides, frame by frame in time order, which frames start a segment: the first at
+    or after each planned boundary. Boundaries passed while waiting for a keyframe are
+    skipped, so a late cut (copy mode, long GOPs) is not followed by a short segment."""
+
+    def __init__(self, plan: Iterator[Fraction], slack: Fraction = Fraction(0)) -> None:
+        self.plan = plan
+        self.slack = slack  # a frame this close before a boundary is on it
+        self.next: Fraction | None = next(plan)
+
+    def due(self, elapsed: Fraction) -> bool:
+        if self.next is None or elapsed < self.next - self.slack:
+            return False
+        while self.next is not None and self.next - self.slack <= elapsed:
+            self.next = next(self.plan, None)
+        return True
 
 
 @dataclasses.dataclass
@@ -127,8 +179,8 @@ def make_rendition(
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
         tracks = _Tracks(source)
-        out = stack.enter_context(_hls_output(out_dir, f"{opts.segment_seconds:g}"))
-        video = _CopyVideo(tracks.video, out)
+        out = stack.enter_context(_hls_output(out_dir, _CUT_AT_EVERY_KEYFRAME))
+        video = _CopyVideo(tracks.video, out, _Cuts(cut_plan(opts.segment_seconds)))
         paths = {tracks.video.index: video}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _audio_path(tracks.muxed_audio, out, copy=True)
@@ -173,13 +225,12 @@ def make_ladder(
     cuts = list(itertools.accumulate(durations[:-1])) if durations else None
     for out_dir, _ in targets:
         out_dir.mkdir(parents=True, exist_ok=True)
-    # With explicit cuts the muxer must cut at every keyframe; we place only those.
-    hls_time = f"{opts.segment_seconds:g}" if cuts is None else "0.001"
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
         tracks = _Tracks(source)
         vin = tracks.video
-        outs = [stack.enter_context(_hls_output(out_dir, hls_time)) for out_dir, _ in targets]
+        outs = [stack.enter_context(_hls_output(out_dir, _CUT_AT_EVERY_KEYFRAME))
+                for out_dir, _ in targets]
         decoder = _Decoder(vin, opts)
         longest = max(durations) if durations else opts.segment_seconds
         # The size cap must hold for the longest segment these cuts make.
@@ -401,7 +452,7 @@ class _Output:
 
 
 class _CopyVideo:
-    def __init__(self, vin, out) -> None:
+    def __init__(self, vin, out, cuts: _Cuts) -> None:
         stream = out.add_stream_from_template(vin)
         if vin.codec_context.name == "hevc":
             # Apple players require hvc1 (parameter sets in the sample entry); the template
@@ -410,12 +461,21 @@ class _CopyVideo:
         self.output = _Output(out, stream)
         self.size = (vin.codec_context.width, vin.codec_context.height)
         self.rate = vin.average_rate or vin.guessed_rate
+        self.cuts = cuts
+        self.start: int | None = None
 
     def feed(self, packet: av.Packet) -> None:
         # Mux every packet with data; do not drop packets whose DTS is unset (some MKV
         # keyframes have none) — the muxer derives it.
         if packet.size == 0:
             return
+        # The muxer cuts at every keyframe with a PTS (see _CUT_AT_EVERY_KEYFRAME): let
+        # through only the flags of the keyframes that start a segment.
+        if packet.is_keyframe and packet.pts is not None:
+            if self.start is None:
+                self.start = packet.pts
+            if not self.cuts.due((packet.pts - self.start) * packet.time_base):
+                packet.is_keyframe = False
         self.output.mux(packet)
 
     def flush(self) -> None:
@@ -472,15 +532,23 @@ class _VideoFanout:
 
     def feed(self, packet: av.Packet) -> None:
         for frame in self.decoder.frames(packet):
-            for encoder in self.encoders:
-                encoder.encode(frame)
+            self._encode(frame)
 
     def flush(self) -> None:
         for frame in self.decoder.frames(None):
-            for encoder in self.encoders:
-                encoder.encode(frame)
+            self._encode(frame)
         for encoder in self.encoders:
             encoder.flush()
+
+
+    def _encode(self, frame: av.VideoFrame) -> None:
+        # Encoding rescales a frame's timestamp into the encoder's time base in place, so
+        # each encoder gets the decoder's timestamp back (the next one would read 1/25 s
+        # ticks as 1/12800 s ones and force no keyframe where it should).
+        pts, time_base = frame.pts, frame.time_base
+        for encoder in self.encoders:
+            frame.pts, frame.time_base = pts, time_base
+            encoder.encode(frame)
 
 
 class _EncodeVideo:
@@ -492,8 +560,9 @@ class _EncodeVideo:
         self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         self.size = size
         self.pix_fmt = encoders.PIX_FMT.get(opts.encoder, "yuv420p")
-        # Keyframes only where we force them: the GOP limit must not come first.
-        gop = max(1, round(longest * self.rate) + (1 if cuts else 0))
+        # Keyframes only where we force them: the GOP limit must not come first (cuts fall
+        # on frames, so one frame later than the boundary at most).
+        gop = max(1, round(longest * self.rate) + 1)
         self.stream = out.add_stream(opts.encoder, rate=self.rate,
                                      options=_encoder_options(opts, gop))
         self.stream.width, self.stream.height = size
@@ -503,23 +572,11 @@ class _EncodeVideo:
         self.stream.codec_context.thread_type = "FRAME"
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
-        self.segment = Fraction(opts.segment_seconds).limit_denominator(1000)
-        # Cut times come rounded from a playlist: match the frame within half a frame.
-        slack = Fraction(1, 2) / Fraction(self.rate)
-        self.cuts = ([Fraction(c).limit_denominator(100000) - slack for c in cuts]
-                     if cuts else None)
+        # Cut times from a playlist are rounded: match the frame within half a frame.
+        self.cuts = _Cuts(cut_plan(opts.segment_seconds, cuts),
+                          Fraction(1, 2) / Fraction(self.rate) if cuts else Fraction(0))
         self.start: int | None = None
-        self.next_cut = Fraction(0)
         self.last_pts: int | None = None
-
-    def _advance_cut(self, elapsed: Fraction) -> None:
-        if self.cuts is None:
-            while self.next_cut <= elapsed:
-                self.next_cut += self.segment
-            return
-        while self.cuts and self.cuts[0] <= elapsed:
-            self.cuts.pop(0)
-        self.next_cut = self.cuts[0] if self.cuts else Fraction(10**9)
 
     def encode(self, frame: av.VideoFrame) -> None:
         pts = frame.pts
@@ -533,14 +590,11 @@ class _EncodeVideo:
             out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
         out.pts = pts
         out.time_base = self.time_base
-        # The muxer cuts at the first keyframe at or after start + n·segment (or, with
-        # explicit cuts, at every keyframe); force exactly those frames to be IDRs and clear
-        # the source's frame types everywhere else (x264 would turn decoded I frames into
-        # extra keyframes).
-        elapsed = (pts - self.start) * self.time_base
-        if elapsed >= self.next_cut:
+        # The muxer cuts at every keyframe: force exactly the frames that start a segment
+        # to be IDRs and clear the source's frame types everywhere else (x264 would turn
+        # decoded I frames into extra keyframes).
+        if self.cuts.due((pts - self.start) * self.time_base):
             out.pict_type = PictureType.I
-            self._advance_cut(elapsed)
         else:
             out.pict_type = PictureType.NONE
         for packet in self.stream.encode(out):
