@@ -36,9 +36,11 @@ class _Open:
 
 
 class SlowFS(pyfuse3.Operations):
-    def __init__(self, root: Path, latency: float, bandwidth: float, links: int) -> None:
+    def __init__(self, root: Path, latency: float, bandwidth: float, links: int,
+                 keep_cache: bool = False) -> None:
         super().__init__()
         self.root = root
+        self.keep_cache = keep_cache
         self.latency, self.bandwidth, self.links = latency, bandwidth, links
         self._paths: dict[int, Path] = {pyfuse3.ROOT_INODE: root}
         self._inodes: dict[Path, int] = {root: pyfuse3.ROOT_INODE}
@@ -90,7 +92,7 @@ class SlowFS(pyfuse3.Operations):
         link = int.from_bytes(hashlib.blake2b(str(path).encode(), digest_size=4).digest(),
                               "big") % self.links
         self._open[fd] = _Open(fd, link, os.fstat(fd).st_size)
-        return pyfuse3.FileInfo(fh=fd)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=self.keep_cache)
 
     async def read(self, fh, off, size):
         f = self._open[fh]
@@ -125,8 +127,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--bandwidth", type=float, default=2e6)
     parser.add_argument("--links", type=int, default=8)
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="let the page cache serve re-reads (with --latency 0: the "
+                        "fastest a Python FUSE filesystem can be, for warm reads)")
     args = parser.parse_args()
-    fs = SlowFS(args.source.absolute(), args.latency, args.bandwidth, args.links)
+    fs = SlowFS(args.source.absolute(), args.latency, args.bandwidth, args.links,
+                args.keep_cache)
     options = set(pyfuse3.default_options) | {"fsname=slowfs", "ro"}
     pyfuse3.init(fs, str(args.mountpoint), options)
     try:

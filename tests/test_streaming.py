@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,35 @@ def test_a_seek_leaves_no_prefetch_running(mount_factory, film, telegram):
     # (one more may have started between our look and the seek)
     assert len(fetched - before_seek - {25, 26, 27}) <= 1, (before_seek, fetched)
     assert cache["prefetch"]["viewers"] == 1 and cache["fetches_in_flight"] == 0
+
+
+def test_prefetch_waits_for_the_segment_the_player_opened(mount_factory, film, telegram):
+    # After a seek the player waits for one segment: fetching the next ones meanwhile would
+    # share the bots' bandwidth with it. They start only once it has arrived.
+    m = _publish(mount_factory, film, **telegram_env(telegram))
+    telegram.config.update(latency=0.1, bandwidth=16_000)
+    telegram.write()
+    segments = _segments(m)
+    seen_while_reading: list[set[int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen_while_reading.append(_fetched(m, segments))
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        data = segments[20][0].read_bytes()  # ~1 s at 16 KB/s
+    finally:
+        done.set()
+        watcher.join()
+    assert data and len(data) == segments[20][0].stat().st_size
+    assert len(seen_while_reading) > 10 and {20} in seen_while_reading
+    assert all(fetched <= {20} for fetched in seen_while_reading), seen_while_reading[-1]
+    _settled(m)
+    assert _fetched(m, segments) == {20, 21, 22}  # then the window, as before
 
 
 def test_cache_figures_clearing_and_deleted_videos(mount_factory, film):

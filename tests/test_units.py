@@ -240,6 +240,32 @@ async def test_slots_serve_urgent_requests_before_prefetch():
         ["read"] + [f"prefetch {n}" for n in range(6)])
 
 
+@pytest.mark.parametrize("yield_to_urgent", [True, False])
+async def test_prefetch_on_a_link_waits_for_reads_to_finish(yield_to_urgent):
+    # A bot's transfers share its bandwidth: with yield_to_urgent no prefetch starts
+    # while a read holds a slot, and the queued prefetch starts when the read ends.
+    slots = Slots(4, prefetch_max=2, yield_to_urgent=yield_to_urgent)
+    read_done = trio.Event()
+    started: list[str] = []
+
+    async def hold(name: str, priority: Priority, until: trio.Event) -> None:
+        async with slots.hold(priority):
+            started.append(name)
+            await until.wait()
+
+    never = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, "read", URGENT, read_done)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "prefetch", Priority(urgent=False), never)
+        await trio.testing.wait_all_tasks_blocked()
+        assert started == (["read"] if yield_to_urgent else ["read", "prefetch"])
+        read_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert started == ["read", "prefetch"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_read_goes_before_heavy_prefetch(tmp_path):
     store, data, parts = await _stored(tmp_path, 64 * 2**20, 2**20)  # 64 parts of 1 MiB
     cache = PartCache(tmp_path / "cache", 256 * 2**20, store)

@@ -5,9 +5,9 @@ what they show. Each segment lives behind hundreds of milliseconds of store late
 tgfs follows each viewer and keeps the segments after the one it opened in the cache:
 
 - a *cursor* follows one process (a player, a web server worker) through one rendition.
-  Opening segment i of the rendition moves it: the next segments up to i + window are
-  fetched in the background, in order, at prefetch priority (tgfs.store.slots: a read a
-  player waits for always goes first);
+  Opening segment i of the rendition moves it: once segment i itself is in the cache, the
+  next segments up to i + window are fetched in the background, in order, at prefetch
+  priority (tgfs.store.slots: a read a player waits for always goes first);
 - the window starts at 2 segments and doubles, up to TGFS_PREFETCH_SEGMENTS, while the
   opens stay sequential (the same segment again, or one the cursor already fetched);
 - any other open is a seek: what was fetched for the old position and still in flight is
@@ -153,21 +153,28 @@ class Prefetcher:
 
     async def _fetch_ahead_of(self, cursor: _Cursor) -> None:
         while True:
+            # The segment the player opened comes first: until it is in, fetching ahead
+            # would take bandwidth from the read the player waits for (after a start or a
+            # seek). Joining its fetch costs nothing (single flight); once cached, a look.
+            await self._warm(cursor, cursor.next - 1)
             seq = _next_due(cursor)
             if seq is None:
                 cursor.moved = trio.Event()
                 await cursor.moved.wait()
                 continue
             cursor.fetched_to = seq + 1
-            parts = cursor.track.segments[seq]
-            cursor.warming = True
-            try:
-                await self.cache.warm(parts, 0, _size(parts), Priority(urgent=False))
-            except (StoreError, OSError) as exc:
-                log.info("prefetch: segment %d of rendition %d: %s", seq,
-                         cursor.rendition_id, exc)
-            finally:
-                cursor.warming = False
+            await self._warm(cursor, seq)
+
+    async def _warm(self, cursor: _Cursor, seq: int) -> None:
+        parts = cursor.track.segments[seq]
+        cursor.warming = True
+        try:
+            await self.cache.warm(parts, 0, _size(parts), Priority(urgent=False))
+        except (StoreError, OSError) as exc:
+            log.info("prefetch: segment %d of rendition %d: %s", seq, cursor.rendition_id,
+                     exc)
+        finally:
+            cursor.warming = False
 
     def _stop(self, cursor: _Cursor) -> None:
         cursor.scope.cancel()

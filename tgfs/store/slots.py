@@ -12,6 +12,10 @@ player's read; `Slots` serves in two classes instead:
   transfers share one bandwidth (a bot) it competes with at most `prefetch_max`
   prefetches in flight.
 
+With `yield_to_urgent` (a bot: its transfers share one link), a prefetch also waits while
+any urgent transfer holds a slot, so a read someone waits for gets the whole link instead
+of sharing it with bytes for later; prefetch then runs in the gaps between reads.
+
 A request's `Priority` can be raised while it waits (a reader starts waiting for a chunk
 that a prefetch was going to fetch): it is then served as urgent. A transfer already
 holding a slot is not interrupted; its bytes are on the way.
@@ -57,9 +61,10 @@ class _Waiter:
 
 
 class Slots:
-    def __init__(self, size: int, prefetch_max: int) -> None:
+    def __init__(self, size: int, prefetch_max: int, yield_to_urgent: bool = False) -> None:
         self.size = size
         self.prefetch_max = max(1, min(prefetch_max, size))
+        self.yield_to_urgent = yield_to_urgent
         self.busy = 0
         self.busy_prefetch = 0
         self._waiters: list[_Waiter] = []  # in arrival order
@@ -97,7 +102,8 @@ class Slots:
         while self.busy < self.size and self._waiters:
             waiter = next((w for w in self._waiters if w.priority.urgent), None)
             if waiter is None:
-                if self.busy_prefetch >= self.prefetch_max:
+                if self.busy_prefetch >= self.prefetch_max or (
+                        self.yield_to_urgent and self.busy > self.busy_prefetch):
                     return
                 waiter = self._waiters[0]
                 waiter.as_prefetch = True

@@ -151,7 +151,7 @@ class BotLink:
         self.pacer = Pacer(settings.bot_messages_per_minute)
         self.uploads = trio.Semaphore(settings.bot_transfers)
         self.inflight = 0  # uploads placed on this bot and not finished
-        self.downloads = Slots(settings.bot_transfers, PREFETCH_PER_BOT)
+        self.downloads = Slots(settings.bot_transfers, PREFETCH_PER_BOT, yield_to_urgent=True)
         self.counters = Counters()
         self._messages: collections.OrderedDict[tuple[int, int], Any] = (
             collections.OrderedDict())
