@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.standin import StandIn, token
+from tests.standin import StandIn, StandInClient, token
 from tgfs import config
 from tgfs.store.base import PartMissing, StoreError
 from tgfs.store.parts import Upload, plan, put_files
@@ -236,6 +236,33 @@ async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
         standin.message_path(replica.channel_id, replica.message_id).unlink()
         with pytest.raises(PartMissing, match="gone"):
             await store.get(gone, 0, 100)
+
+
+async def test_prepared_parts_are_read_without_a_look_up(standin, tmp_path, blob,
+                                                           monkeypatch):
+    # A player opening a video makes the store look up all its parts' messages in bulk:
+    # one GetMessages per bot (not per part), and then each read goes straight to GetFile.
+    path, data = blob
+    async with running_store(standin, tmp_path) as store:
+        locations = [await store.put(path, 0, 2**20, f"k{i}.part0") for i in range(12)]
+    looked_up: list[int] = []
+    get_messages = StandInClient.get_messages
+
+    async def counted(self, chat_id, message_ids):
+        looked_up.append(len(message_ids) if isinstance(message_ids, list) else 1)
+        return await get_messages(self, chat_id, message_ids)
+
+    monkeypatch.setattr(StandInClient, "get_messages", counted)
+    async with running_store(standin, tmp_path) as store:  # a restart: nothing kept
+        await store.prepare([*locations, EMPTY])
+        bots = {bot_of(location) for location in locations}
+        assert len(looked_up) == len(bots) > 1 and sum(looked_up) == len(locations)
+        for location in locations:
+            assert await store.get(location, 5, 100) == data[5:105]
+        assert len(looked_up) == len(bots)  # no look-up of its own for any read
+        looked_up.clear()
+        await store.prepare(locations)  # already known: nothing to ask
+        assert looked_up == []
 
 
 async def test_network_errors_are_retried(standin, tmp_path, blob):

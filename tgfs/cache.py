@@ -223,6 +223,22 @@ class PartCache:
                 for part in overlapping(parts, offset, length):
                     nursery.start_soon(one, part)
 
+    def prepare(self, parts: list[PartRef]) -> None:
+        """These parts may be read soon (a player opened their video): the store gets ready
+        for those not cached in full (`BlobStore.prepare`), in the background."""
+        if self._nursery is None:
+            return
+        locations = [p.location for p in parts
+                     if p.id not in self._entries or not self._entries[p.id].complete]
+        if locations:
+            self._nursery.start_soon(self._prepare_quietly, locations)
+
+    async def _prepare_quietly(self, locations: list[str]) -> None:
+        try:
+            await self.store.prepare(locations)
+        except Exception:  # best effort: the reads do it themselves
+            log.exception("cache: preparing %d part(s) failed", len(locations))
+
     def fetch_ahead(self, parts: list[PartRef], offset: int, length: int,
                     priority: Priority) -> None:
         """Start fetching the missing chunks of [offset, offset+length) that nobody fetches

@@ -17,7 +17,10 @@ tgfs follows each viewer and keeps the segments after the one it opened in the c
   for IDLE seconds stops too. So prefetch never runs for a rendition nobody watches;
 - opening a playlist warms what a player reads next: the init segment and the first
   segment of that rendition (of the first variant and the default audio, for
-  master.m3u8).
+  master.m3u8);
+- the first time a rendition is watched (its track loaded), the store is asked to get
+  ready for all its parts (`PartCache.prepare`: Telegram looks up their messages in bulk,
+  one call per bot per 200 parts), so a seek anywhere is one round trip shorter.
 
 Failure modes: a fetch that fails only ends that cursor's prefetch of that segment (the
 player's own read fetches it again and reports the error); a cursor's state is memory
@@ -200,6 +203,9 @@ class Prefetcher:
             self._tracks.pop(next(iter(self._tracks)))
         if track.complete:
             self._tracks[rendition_id] = track
+            # A viewer is starting on this rendition: let the store get ready for every
+            # part of it, so that a seek anywhere starts with its download.
+            self.cache.prepare(track.init + [p for parts in track.segments for p in parts])
         return track
 
     def stats(self) -> dict[str, int]:

@@ -73,6 +73,12 @@ class BlobStore(abc.ABC):
         tgfs.store.slots): a store with limited transfer slots serves urgent gets first.
         """
 
+    async def prepare(self, locations: list[str]) -> None:  # noqa: B027 - optional hook
+        """These parts are likely to be read soon (a player opened their video): do now,
+        in bulk, what a first read of each would do alone. Best effort: errors are the
+        caller's to log and ignore. The Telegram store looks up the parts' messages (one
+        call per bot per 200), so a seek's first read is one round trip shorter."""
+
     @abc.abstractmethod
     async def delete(self, location: str) -> None:
         """Remove a part. Deleting a part that is already gone is not an error."""

@@ -270,6 +270,29 @@ class TelegramStore(BlobStore):
             raise PartMissing("; ".join(missing))
         raise StoreError("; ".join(missing + problems))
 
+    async def prepare(self, locations: list[str]) -> None:
+        """Look up the messages of these parts in bulk, through the bot that made each
+        (first replica): a read then starts with its download, not a look-up."""
+        wanted: dict[tuple[int, int], list[int]] = {}  # (bot id, channel) → message ids
+        for location in locations:
+            if location == EMPTY:
+                continue
+            replica = parse_location(location)[0]
+            if replica.bot_id in self.links:
+                wanted.setdefault((replica.bot_id, replica.channel_id), []).append(
+                    replica.message_id)
+        async with trio.open_nursery() as nursery:
+            for (bot_id, channel_id), message_ids in wanted.items():
+                nursery.start_soon(self._prepare_on, self.links[bot_id], channel_id,
+                                   message_ids)
+
+    @staticmethod
+    async def _prepare_on(link: BotLink, channel_id: int, message_ids: list[int]) -> None:
+        try:
+            await link.look_up(channel_id, message_ids)
+        except (BotFlooded, BotFailed, StoreError) as exc:
+            log.info("store: looking up messages ahead on bot %d: %s", link.number, exc)
+
     # ---- delete -------------------------------------------------------------------------
 
     async def delete(self, location: str) -> None:
