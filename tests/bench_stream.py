@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import m3u8
@@ -245,16 +246,28 @@ def segment_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in (".m4s", ".mp4", ".ts"))
 
 
-def read_rate(files: list[Path]) -> float:
+def read_rate(files: list[Path], settle: Callable[[], object] | None = None) -> float:
     """GB/s of reading every file in order once everything is cached everywhere: the best
-    of three passes after a first one."""
+    of three passes after a first one (and after `settle`, which waits until the first
+    pass's background work is over)."""
     sum(_read(p) for p in files)
+    if settle is not None:
+        settle()
     best = 0.0
     for _ in range(3):
         started = time.monotonic()
         total = sum(_read(p) for p in files)
         best = max(best, total / (time.monotonic() - started) / 1e9)
     return best
+
+
+def settled(m: Mount) -> None:
+    """Wait until no prefetch runs and no fetch is in flight (the first pass of a warm read
+    fetched the segments the cold playback had not, and prefetched past them)."""
+    def quiet() -> bool:
+        cache = json.loads((m.path / ".tgfs" / "cache.json").read_text())
+        return cache["fetches_in_flight"] == 0 and cache["prefetch"]["viewers_fetching"] == 0
+    wait_for(quiet, 300, "the cache to settle")
 
 
 def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]:
@@ -319,7 +332,7 @@ def main() -> None:
 
         peer.close()
         peer = Peer(work, plain, links=8, slow=False)
-        warm = read_rate(segment_files(m8.path / "film0")[:WARM_FILES])
+        warm = read_rate(segment_files(m8.path / "film0")[:WARM_FILES], lambda: settled(m8))
         local = read_rate(segment_files(plain / "film0")[:WARM_FILES])
         warm_peer = read_rate(segment_files(peer.mnt / "film0")[:WARM_FILES])
         floor = read_rate(segment_files(peer.slow / "film0")[:WARM_FILES])

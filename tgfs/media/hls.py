@@ -11,9 +11,9 @@ Two ways, decided by the caller:
   every segment boundary, so every segment starts with a keyframe and is exactly as long as
   planned.
 
-Planned boundaries (`cut_plan`): the first segment is `FIRST_SEGMENT` long and each next one
-twice as long, up to the segment length (2, 4, 6, 6 … s), so that a player can start after
-a small fetch. The muxer runs with a tiny `hls_time` and so cuts at every keyframe it is
+Planned boundaries (`cut_plan`): the first two segments are `FIRST_SEGMENT` long and each
+next one twice as long, up to the segment length (2, 2, 4, 6, 6 … s), so that a player can
+start after a small fetch. The muxer runs with a tiny `hls_time` and so cuts at every keyframe it is
 given: where the cuts fall is decided here, for both ways.
 
 One audio track is muxed into every video rendition. Several tracks become an audio group
@@ -60,10 +60,12 @@ ProgressFn = Callable[[float], None]  # media seconds done so far
 
 # A player starts only once it holds the whole first segment, and the store delivers a few
 # MB/s per bot after a few hundred ms: 2 s at 8 Mbit/s is 2 MB, 0.5 s of transfer striped
-# over two bots where a 6 s segment takes 1.5 s over three. Each next segment is twice as
-# long, up to TGFS_SEGMENT_SECONDS: the player has at least twice the time needed to fetch
-# the next segment (bandwidth at twice the bitrate, one bot included) while the previous one
-# plays. The cost is one or two more segments (messages) per rendition.
+# over two bots where a 6 s segment takes 1.5 s over three. The next segments must then
+# arrive while the ones before play, also from one bot at 2 MB/s for 1 MB/s of video (a
+# segment is fetched once the one before is in): a second 2 s segment (1.3 s to fetch, 2 s
+# to play), then each twice as long up to TGFS_SEGMENT_SECONDS (4 s: 2.3 s for 2 s + the
+# time saved so far; 6 s: 3.3 s for 4 s + …). Going 2, 4 at once stalled that player in
+# the benchmark. The cost is two more segments (messages) per rendition: 2, 2, 4, 6 s.
 FIRST_SEGMENT = Fraction(2)
 # The muxer's hls_time when we decide the cuts: it cuts at the first keyframe whose time is
 # at least hls_time × (segments so far), which is every keyframe we let through.
@@ -97,19 +99,20 @@ def peak_video_rate(opts: EncodeOptions) -> int | None:
 
 
 def cut_plan(segment: float, after: list[float] | None = None) -> Iterator[Fraction]:
-    """Planned segment boundaries (seconds from the start, the start included): the ramp
-    from `FIRST_SEGMENT` up to `segment`, or the given cut times (those of a rendition made
-    before, so that this one lines up with it)."""
+    """Planned segment boundaries (seconds from the start, the start included): two of
+    `FIRST_SEGMENT`, then doubling up to `segment` (2, 2, 4, 6, 6 … for 6), or the given
+    cut times (those of a rendition made before, so that this one lines up with it)."""
     yield Fraction(0)
     if after is not None:
         yield from (Fraction(t).limit_denominator(100000) for t in after)
         return
     length = Fraction(segment).limit_denominator(1000)
     step, at = min(FIRST_SEGMENT, length), Fraction(0)
-    while True:
+    for n in itertools.count():
         at += step
         yield at
-        step = min(step * 2, length)
+        if n >= 1:  # two short ones, then doubling
+            step = min(step * 2, length)
 
 
 class _Cuts:
