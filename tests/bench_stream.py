@@ -246,18 +246,20 @@ def segment_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in (".m4s", ".mp4", ".ts"))
 
 
-def read_rate(files: list[Path], settle: Callable[[], object] | None = None) -> float:
-    """GB/s of reading every file in order once everything is cached everywhere: the best
-    of three passes after a first one (and after `settle`, which waits until the first
-    pass's background work is over)."""
-    sum(_read(p) for p in files)
-    if settle is not None:
-        settle()
-    best = 0.0
-    for _ in range(3):
-        started = time.monotonic()
-        total = sum(_read(p) for p in files)
-        best = max(best, total / (time.monotonic() - started) / 1e9)
+def read_rates(readers: dict[str, list[Path]], settle: Callable[[], object]) -> dict[str, float]:
+    """GB/s of reading every file in order once everything is cached everywhere, for each
+    set of files: a first pass over each, `settle` (waits until the first passes'
+    background work is over), then the best of seven passes each, taken in turns so that
+    the machine's drift (CPU clocks, other work) touches them all alike."""
+    for files in readers.values():
+        sum(_read(p) for p in files)
+    settle()
+    best = dict.fromkeys(readers, 0.0)
+    for _ in range(7):
+        for name, files in readers.items():
+            started = time.monotonic()
+            total = sum(_read(p) for p in files)
+            best[name] = max(best[name], total / (time.monotonic() - started) / 1e9)
     return best
 
 
@@ -332,10 +334,10 @@ def main() -> None:
 
         peer.close()
         peer = Peer(work, plain, links=8, slow=False)
-        warm = read_rate(segment_files(m8.path / "film0")[:WARM_FILES], lambda: settled(m8))
-        local = read_rate(segment_files(plain / "film0")[:WARM_FILES])
-        warm_peer = read_rate(segment_files(peer.mnt / "film0")[:WARM_FILES])
-        floor = read_rate(segment_files(peer.slow / "film0")[:WARM_FILES])
+        rates = read_rates({name: segment_files(root / "film0")[:WARM_FILES] for name, root in
+                            (("tgfs", m8.path), ("local", plain), ("rclone", peer.mnt),
+                             ("floor", peer.slow))}, lambda: settled(m8))
+        warm, local, warm_peer, floor = (rates[k] for k in ("tgfs", "local", "rclone", "floor"))
         peer.close()
         peer = None
 

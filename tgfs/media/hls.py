@@ -13,8 +13,8 @@ Two ways, decided by the caller:
 
 Planned boundaries (`cut_plan`): the first two segments are `FIRST_SEGMENT` long and each
 next one twice as long, up to the segment length (2, 2, 4, 6, 6 … s), so that a player can
-start after a small fetch. The muxer runs with a tiny `hls_time` and so cuts at every keyframe it is
-given: where the cuts fall is decided here, for both ways.
+start after a small fetch. The muxer runs with a tiny `hls_time` and so cuts at every
+keyframe it is given: where the cuts fall is decided here, for both ways.
 
 One audio track is muxed into every video rendition. Several tracks become an audio group
 instead: each its own audio-only rendition (video renditions then carry none), which is how
@@ -542,7 +542,6 @@ class _VideoFanout:
             self._encode(frame)
         for encoder in self.encoders:
             encoder.flush()
-
 
     def _encode(self, frame: av.VideoFrame) -> None:
         # Encoding rescales a frame's timestamp into the encoder's time base in place, so
