@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import av
 import pytest
 
 from tests.conftest import copy_in
@@ -137,3 +138,27 @@ def test_joined_recording_keeps_its_whole_length(mount_factory, corpus, tmp_path
     mount.wait_idle()
     assert mount.job("joined.ts")["outcome"] == f"video ({'copy' if copy else 'transcode'})"
     check_video_folder(mount.path / "joined", joined, SEGMENT, duration=6.0)
+
+
+def test_a_picture_held_at_the_end_plays_to_the_end(mount, tmp_path):
+    """A title card held for 3 s after 5 s of motion: the last frame's duration says so, and
+    players show it that long. It is no damage: the video is published, 8 s long."""
+    held = tmp_path / "held.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *PATTERN[:3], PATTERN[3].replace(
+        "duration=6", "duration=5"), "-c:v", "mpeg4", str(tmp_path / "pattern.mkv")],
+        check=True)  # 5 s of motion
+    with av.open(str(tmp_path / "pattern.mkv")) as src, av.open(str(held), "w") as out:
+        packets = [p for p in src.demux(video=0) if p.size]
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in packets:
+            packet.stream = stream
+        # the last picture is shown 3 s longer (Matroska keeps it as BlockDuration)
+        packets[-1].duration += round(3 / packets[-1].time_base)
+        for packet in packets:
+            out.mux(packet)
+    assert float(ffprobe(held, "-show_entries", "format=duration")["format"]["duration"]) == \
+        pytest.approx(8.0, abs=0.05)
+    copy_in(held, mount.path / "held.mkv")
+    mount.wait_idle()
+    assert mount.job("held.mkv")["outcome"] == "video (transcode)", mount.job("held.mkv")
+    check_video_folder(mount.path / "held", held, SEGMENT, duration=8.0)

@@ -241,7 +241,10 @@ def make_ladder(
         encoders_ = [_EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts,
                                   longest)
                      for out, (_, height) in zip(outs, targets, strict=True)]
-        paths = {vin.index: _VideoFanout(decoder, encoders_)}
+        # The container's end, in seconds on the streams' clock (AV_TIME_BASE units: µs).
+        container_end = (Fraction((source.start_time or 0) + source.duration, 1_000_000)
+                         if source.duration else None)
+        paths = {vin.index: _VideoFanout(decoder, encoders_, container_end)}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)
@@ -527,11 +530,21 @@ class _Decoder:
 
 
 class _VideoFanout:
-    """One decoder feeding one encoder per rendition."""
+    """One decoder feeding one encoder per rendition.
 
-    def __init__(self, decoder: _Decoder, encoders_: list[_EncodeVideo]) -> None:
+    A source may hold its last picture for a while (a title card at the end, a capture
+    that stopped changing): the last frame's duration says so, and players show it that
+    long. Encoded as one frame at the output rate it would be gone after 1/25 s, and the
+    video would end early (and look truncated), so it is repeated at the output rate up
+    to where it ends — never past the container's own duration."""
+
+    def __init__(self, decoder: _Decoder, encoders_: list[_EncodeVideo],
+                 container_end: Fraction | None) -> None:
         self.decoder = decoder
         self.encoders = encoders_
+        self.container_end = container_end  # seconds, from the container; None: unknown
+        self.last: tuple[av.VideoFrame, int, Fraction] | None = None  # frame, pts, tb
+        self.end = Fraction(0)  # seconds: where the last picture stops showing
 
     def feed(self, packet: av.Packet) -> None:
         for frame in self.decoder.frames(packet):
@@ -540,6 +553,7 @@ class _VideoFanout:
     def flush(self) -> None:
         for frame in self.decoder.frames(None):
             self._encode(frame)
+        self._hold_last()
         for encoder in self.encoders:
             encoder.flush()
 
@@ -548,9 +562,24 @@ class _VideoFanout:
         # each encoder gets the decoder's timestamp back (the next one would read 1/25 s
         # ticks as 1/12800 s ones and force no keyframe where it should).
         pts, time_base = frame.pts, frame.time_base
+        if pts is not None and time_base is not None:
+            self.last = (frame, pts, time_base)
+            self.end = max(self.end, (pts + (frame.duration or 0)) * time_base)
         for encoder in self.encoders:
             frame.pts, frame.time_base = pts, time_base
             encoder.encode(frame)
+
+    def _hold_last(self) -> None:
+        if self.last is None or not self.encoders or self.container_end is None:
+            return
+        frame, pts, time_base = self.last
+        end = min(self.end, self.container_end)
+        step = 1 / Fraction(self.encoders[0].rate)  # s per output frame
+        at = pts * time_base + step
+        while at + step / 2 <= end:
+            frame.pts, frame.time_base = round(at / time_base), time_base
+            self._encode(frame)
+            at += step
 
 
 class _EncodeVideo:
