@@ -162,3 +162,53 @@ def test_a_picture_held_at_the_end_plays_to_the_end(mount, tmp_path):
     mount.wait_idle()
     assert mount.job("held.mkv")["outcome"] == "video (transcode)", mount.job("held.mkv")
     check_video_folder(mount.path / "held", held, SEGMENT, duration=8.0)
+
+
+def _set_timestamp(data: bytearray, at: int, prefix: int, ticks: int) -> None:
+    """Write a 33-bit MPEG PES timestamp (PTS/DTS, 90 kHz) in its 5-byte form."""
+    data[at:at + 5] = bytes([(prefix << 4) | ((ticks >> 29) & 0xE) | 1, (ticks >> 22) & 0xFF,
+                             ((ticks >> 14) & 0xFE) | 1, (ticks >> 7) & 0xFF,
+                             ((ticks << 1) & 0xFE) | 1])
+
+
+def test_a_header_that_lies_about_the_duration_is_measured(mount, tmp_path):
+    """An MPEG-1 program stream whose second half has broken timestamps (all 18 ms after the
+    start): FFmpeg estimates the duration from the last timestamps and says 0.05 s for
+    5.4 s of pictures (162 frames). tgfs measures it instead of calling it a still."""
+    good = tmp_path / "good.mpg"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=352x288:rate=30:duration=5.4", "-c:v", "mpeg1video",
+                    "-b:v", "1M", "-f", "mpeg", str(good)], check=True)
+    data = bytearray(good.read_bytes())
+    stamps = []  # (offset, '0010' PTS only / '0011' PTS + DTS) of each video PES header
+    at = 0
+    while (at := data.find(b"\x00\x00\x01\xe0", at) + 1) > 0:
+        i = at + 5  # after the start code and the length: MPEG-1 stuffing, STD buffer
+        while data[i] == 0xFF:
+            i += 1
+        if data[i] & 0xC0 == 0x40:
+            i += 2
+        if data[i] >> 4 in (2, 3):
+            stamps.append((i, data[i] >> 4))
+    first = stamps[0][0]
+    start = (((data[first] >> 1) & 7) << 30 | data[first + 1] << 22
+             | (data[first + 2] >> 1) << 15 | data[first + 3] << 7 | data[first + 4] >> 1)
+    for i, kind in stamps[len(stamps) // 2:]:
+        _set_timestamp(data, i, kind, start + 1620)
+        if kind == 3:
+            _set_timestamp(data, i + 5, 1, start + 1620)
+    broken = tmp_path / "broken.mpg"
+    broken.write_bytes(bytes(data))
+    assert float(ffprobe(broken, "-show_entries", "format=duration")["format"]["duration"]) \
+        < 0.2
+    still = tmp_path / "still.mpg"  # one picture: measured too, and still a still
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=352x288:rate=30", "-frames:v", "1", "-c:v", "mpeg1video",
+                    "-f", "mpeg", str(still)], check=True)
+    copy_in(broken, mount.path / "broken.mpg")
+    copy_in(still, mount.path / "still.mpg")
+    mount.wait_idle()
+    assert mount.job("broken.mpg")["outcome"] == "video (transcode)", mount.job("broken.mpg")
+    check_video_folder(mount.path / "broken", broken, SEGMENT, duration=5.4)
+    assert mount.job("still.mpg")["outcome"] == "file"
+    assert "still image" in str(mount.job("still.mpg")), mount.job("still.mpg")

@@ -385,7 +385,7 @@ def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
     last_report = 0.0
     start = vin.start_time or 0
     damaged = 0
-    timeline = _Timeline() if source.format.flags & av.format.Flags.ts_discont.value else None
+    timeline = Timeline() if source.format.flags & av.format.Flags.ts_discont.value else None
     for packet in source.demux(*streams):
         if timeline is not None:
             timeline.fix(packet)
@@ -403,7 +403,7 @@ def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
     return damaged
 
 
-class _Timeline:
+class Timeline:
     """Timestamp discontinuities in MPEG-TS/PS (recordings cut and joined with `cat`, a
     tuner that reset its clock): a jump back, or far ahead, is closed up by shifting every
     later packet of every stream by one offset, so the content keeps its real length. The

@@ -8,9 +8,12 @@ expect them back as GIFs), with a measurable duration.
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from pathlib import Path
 
 import av
+
+from tgfs.media import hls
 
 # Demuxers that read single pictures or picture sequences; their "video" is a still.
 _IMAGE_FORMATS = {"image2", "gif", "apng", "webp", "ico", "tiff"}
@@ -49,12 +52,12 @@ def probe(path: Path) -> Probe:
     """Open the file with FFmpeg (through PyAV) and classify it. Never raises for bad input."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            return _classify(container)
+            return _classify(container, path)
     except av.FFmpegError as exc:
         return Probe(False, f"not a media file FFmpeg can read ({_ffmpeg_reason(exc)})")
 
 
-def _classify(container: av.container.InputContainer) -> Probe:
+def _classify(container: av.container.InputContainer, path: Path) -> Probe:
     fmt = container.format.name
     video = next(
         (s for s in container.streams.video
@@ -65,6 +68,11 @@ def _classify(container: av.container.InputContainer) -> Probe:
     duration = container.duration / 1_000_000 if container.duration else None
     if video is not None and video.duration and video.time_base:
         duration = max(duration or 0.0, float(video.duration * video.time_base))
+    if (video is not None and (not duration or duration < _MIN_DURATION)
+            and fmt not in _IMAGE_FORMATS and not fmt.endswith("_pipe")):
+        # No duration, or one too short to be a video: headers lie (an MPEG program stream
+        # whose last timestamps are broken says 18 ms for 5 s of pictures). Measure.
+        duration = _measured_duration(path) or duration
     found = Probe(
         False, "", format_name=fmt, duration=duration,
         video_codec=video.codec_context.name if video else None,
@@ -84,6 +92,41 @@ def _classify(container: av.container.InputContainer) -> Probe:
         found.is_video = True
         found.rotation, found.interlaced = _first_frame_facts(container, video)
     return found
+
+
+def _measured_duration(path: Path) -> float | None:
+    """How long the video stream's packets last, demuxed end to end (no decoding): the span
+    of their timestamps (jumps closed up as the segmenter closes them, `hls.Timeline`), or
+    the sum of their durations if more (timestamps that stand still say nothing)."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            video = next(s for s in container.streams.video
+                         if not s.disposition & av.stream.Disposition.attached_pic)
+            timeline = (hls.Timeline()
+                        if container.format.flags & av.format.Flags.ts_discont.value else None)
+            rate = video.average_rate or video.guessed_rate
+            frame = 1 / Fraction(rate) if rate else Fraction(0)
+            start = end = None
+            total = Fraction(0)
+            for packet in container.demux(video):
+                if not packet.size:
+                    continue
+                if packet.duration and packet.time_base is not None:
+                    length = packet.duration * packet.time_base
+                else:
+                    length = frame
+                total += length
+                if packet.pts is None or packet.time_base is None:
+                    continue
+                if timeline is not None:
+                    timeline.fix(packet)
+                at = packet.pts * packet.time_base
+                start = at if start is None else min(start, at)
+                end = max(end if end is not None else at, at + length)
+    except (av.FFmpegError, StopIteration):
+        return None
+    span = end - start if start is not None and end is not None else Fraction(0)
+    return float(max(span, total)) or None
 
 
 def _first_frame_facts(container: av.container.InputContainer,
