@@ -212,3 +212,21 @@ def test_a_header_that_lies_about_the_duration_is_measured(mount, tmp_path):
     check_video_folder(mount.path / "broken", broken, SEGMENT, duration=5.4)
     assert mount.job("still.mpg")["outcome"] == "file"
     assert "still image" in str(mount.job("still.mpg")), mount.job("still.mpg")
+
+
+def test_variable_frame_rate_frames_never_share_a_timestamp(mount_factory, tmp_path):
+    """A phone's variable frame rate: frames up to 12 ms early or late, some closer together
+    than one frame at the average rate. Transcoded with B-frames (the default preset), the
+    output's DTS must still increase for a reader counting in frames: `ffmpeg -v error`
+    through the playlist is silent (check_video_folder)."""
+    src = tmp_path / "phone-vfr.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=30:duration=3,"
+                    "setpts='(N/30+0.012*sin(N*1.7))/TB'", *TONE, "-fps_mode", "passthrough",
+                    "-video_track_timescale", "90000", "-c:v", "libx264", "-c:a", "aac",
+                    "-shortest", str(src)], check=True)
+    mount = mount_factory(TGFS_X264_PRESET="veryfast", COPY_MODE_MIN_SIZE="20M")
+    copy_in(src, mount.path / "phone-vfr.mp4")
+    mount.wait_idle()
+    assert mount.job("phone-vfr.mp4")["outcome"] == "video (transcode)"
+    check_video_folder(mount.path / "phone-vfr", src, SEGMENT)
