@@ -1,4 +1,4 @@
-"""The `tgfs` command: mount, umount, status, cache, test-bots, config."""
+"""The `tgfs` command: mount, umount, status, cache, check, test-bots, config."""
 
 from __future__ import annotations
 
@@ -149,6 +149,55 @@ def test_bots() -> None:
     failed = [r for r in results if not r.ok]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(results)} bot(s) failed")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def check(files: tuple[Path, ...]) -> None:
+    """Try FILES the way the mount would take them in, with no mount and no store.
+
+    Each goes through the same probe and media process as a dropped file, into a temporary
+    directory (in $TMPDIR) that is deleted afterwards. One line per file: published as a
+    video (copy or transcode, and why), or kept as a file (and why); the published duration
+    against the source's; notes. Exits non-zero if any video would not be published.
+    """
+    import tempfile
+
+    import trio
+
+    from tgfs.ingest.media_process import MediaFailed, run_worker, worker_options
+    from tgfs.media import encoders
+    from tgfs.media.probe import probe
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    encoder, _ = encoders.choose(settings.enable_hardware_acceleration,
+                                 settings.preferred_encoder, settings.cache_dir)
+    refused = 0
+    for path in files:
+        source = probe(path).duration
+        options = worker_options(settings, path.name, path.stat().st_size, encoder)
+        with tempfile.TemporaryDirectory(prefix="tgfs-check-") as work:
+            try:
+                result = trio.run(run_worker, path, Path(work) / "out", options,
+                                  lambda _event: None, settings.media_memory)
+            except MediaFailed as exc:
+                result = {"kind": "file", "reason": str(exc), "failed": True}
+        if result["kind"] == "file":
+            refused += bool(result.get("failed"))
+            verdict = ("NOT PUBLISHED, kept as a file" if result.get("failed")
+                       else "kept as a file")
+            click.echo(f"{path}: {verdict}: {result.get('reason', '')}")
+            continue
+        shown = [r for r in result["renditions"] if r.get("kind", "video") == "video"]
+        sizes = ", ".join(f"{r['width']}x{r['height']}" for r in shown)
+        line = f"{path}: video ({result['mode']}), {result['duration']:.1f} s"
+        line += f" of {source:.1f} s" if source else ""
+        line += f"; {len(shown)} rendition(s): {sizes}" if shown else ""
+        click.echo(line + (f"; {result['note']}" if result.get("note") else ""))
+    if refused:
+        raise click.ClickException(f"{refused} of {len(files)} video(s) would not be published")
 
 
 @main.command("config")

@@ -16,7 +16,8 @@ from typing import Any
 
 import trio
 
-from tgfs.config import format_size
+from tgfs.config import Settings, format_size
+from tgfs.media.hls import EncodeOptions
 from tgfs.media.worker import WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,22 @@ class MediaFailed(Exception):
     def __init__(self, message: str, kind: FailureKind = FailureKind.MEDIA) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def worker_options(settings: Settings, name: str, size: int, encoder: str,
+                   **extra: Any) -> WorkerOptions:
+    """What the media child is told for a file: the mount's jobs and `tgfs check` alike."""
+    s = settings
+    return WorkerOptions(
+        name=name, size=size, enable_copy_mode=s.enable_copy_mode,
+        ladder=list(s.ladder), audio_hls=s.audio_hls,
+        copy_mode_min_size=s.copy_mode_min_size,
+        max_pixels=s.media_max_pixels, max_duration=s.media_max_duration,
+        encode=EncodeOptions(segment_seconds=s.segment_seconds,
+                             x264_preset=s.x264_preset, x264_crf=s.x264_crf,
+                             encoder=encoder, max_segment_bytes=s.part_size),
+        **extra,
+    )
 
 
 def _limit_child(memory: int) -> None:

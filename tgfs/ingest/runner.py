@@ -42,11 +42,10 @@ import trio
 from tgfs.catalog import Job, Node, NodeKind, blobs, db, jobs, library, tree
 from tgfs.catalog.schema import display
 from tgfs.config import Settings
-from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker
+from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker, worker_options
 from tgfs.ingest.progress import Progress
 from tgfs.ingest.publisher import VideoPublisher
 from tgfs.media import encoders, subtitles
-from tgfs.media.hls import EncodeOptions
 from tgfs.media.playlists import MASTER_NAME
 from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import WorkerOptions
@@ -250,17 +249,7 @@ class IngestRunner:
         log.info("job %d (%s): %s", job.id, job.path, note)
 
     def _worker_options(self, job: Job, **extra: Any) -> WorkerOptions:
-        s = self.settings
-        return WorkerOptions(
-            name=job.path, size=job.size, enable_copy_mode=s.enable_copy_mode,
-            ladder=list(s.ladder), audio_hls=s.audio_hls,
-            copy_mode_min_size=s.copy_mode_min_size,
-            max_pixels=s.media_max_pixels, max_duration=s.media_max_duration,
-            encode=EncodeOptions(segment_seconds=s.segment_seconds,
-                                 x264_preset=s.x264_preset, x264_crf=s.x264_crf,
-                                 encoder=self.encoder, max_segment_bytes=s.part_size),
-            **extra,
-        )
+        return worker_options(self.settings, job.path, job.size, self.encoder, **extra)
 
     # ---- subtitle files dropped beside a video ---------------------------------------------
 

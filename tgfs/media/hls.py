@@ -610,16 +610,17 @@ class _EncodeVideo:
         self.start: int | None = None
         self.last_pts: int | None = None
         self.last_slot: int | None = None  # the frame slot (pts · rate) of the last frame
-        self.last_source_pts: int | None = None  # its timestamp as decoded
         self.first_source_pts: int | None = None  # slot 0
 
     def encode(self, frame: av.VideoFrame) -> None:
         # The encoder counts in frames (PyAV gives it a time base of 1/rate), and so does a
         # player reading the result. Frames of a variable-frame-rate source closer than one
-        # frame would share a slot, and their DTS would stand still: the first keeps the
-        # slot, the later ones are dropped, as `ffmpeg -fps_mode vfr` does. A frame without
-        # a timestamp, or with one that does not move forward (broken or MPEG program
-        # streams), takes the next slot instead, so that no picture is lost.
+        # frame would share a slot, and their DTS would stand still; so would frames without
+        # a timestamp, or with one going back (broken files, MPEG program streams). Each
+        # such frame takes the next free slot instead: no picture is lost, and the drift
+        # (a frame at most, for phone jitter) closes up at the next gap. Dropping them, as
+        # `ffmpeg -fps_mode vfr` does, lost a quarter of the frames of a jittery phone clip
+        # whose average rate FFmpeg misjudged.
         # Slots count from the first frame (a grid offset by half a frame would put every
         # other frame of a constant-rate source on the same slot).
         source_pts = frame.pts
@@ -628,18 +629,11 @@ class _EncodeVideo:
         slot = (math.floor((source_pts - self.first_source_pts) * self.time_base * self.rate
                            + Fraction(1, 2))
                 if source_pts is not None and self.first_source_pts is not None else None)
-        if self.last_slot is not None and (slot is None or slot <= self.last_slot):
-            moved_on = (source_pts is not None and self.last_source_pts is not None
-                        and source_pts > self.last_source_pts)
-            if moved_on and slot == self.last_slot:
-                self.last_source_pts = source_pts
-                return
-            slot = self.last_slot + 1
         if slot is None:
-            slot = 0
+            slot = 0 if self.last_slot is None else self.last_slot + 1
+        elif self.last_slot is not None and slot <= self.last_slot:
+            slot = self.last_slot + 1
         self.last_slot = slot
-        if source_pts is not None:
-            self.last_source_pts = source_pts
         pts = (self.first_source_pts or 0) + round(slot / (self.rate * self.time_base))
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1
