@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import av
 import pytest
 
-from tests.conftest import copy_in
+from tests.conftest import TEST_ENV, copy_in
 from tests.hls_checks import check_codecs_string, check_video_folder, ffprobe
 
 SEGMENT = 2.0
@@ -230,3 +231,34 @@ def test_variable_frame_rate_frames_never_share_a_timestamp(mount_factory, tmp_p
     mount.wait_idle()
     assert mount.job("phone-vfr.mp4")["outcome"] == "video (transcode)"
     check_video_folder(mount.path / "phone-vfr", src, SEGMENT)
+
+
+def test_check_tells_what_the_mount_would_do(tmp_path):
+    """`tgfs check` runs the mount's probe and media process on files, with no mount: a
+    video is published (how, how long), a picture is kept, a broken video is refused."""
+    film = tmp_path / "film.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *PATTERN, "-c:v", "mpeg4", str(film)],
+                   check=True)
+    photo = tmp_path / "photo.png"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *PATTERN, "-frames:v", "1", str(photo)],
+                   check=True)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(film.read_bytes()[:4000])  # the start of a film, cut off
+    env = {**os.environ, **TEST_ENV, "TGFS_ENV_FILE": "/dev/null",
+           "TGFS_DATA_DIR": str(tmp_path / "data"), "TGFS_CACHE_DIR": str(tmp_path / "cache")}
+
+    def check(*files: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tgfs", "check", *map(str, files)],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    done = check(film, photo)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{film}: video (transcode), 6.0 s of 6.0 s; 1 rendition(s): "
+                               "320x240"), lines
+    assert lines[1].startswith(f"{photo}: kept as a file: a still image"), lines
+    done = check(broken, film)
+    assert done.returncode == 1
+    assert done.stdout.startswith(f"{broken}: NOT PUBLISHED, kept as a file: "), done.stdout
+    assert "1 of 2 video(s) would not be published" in done.stderr
+    assert not list(tmp_path.glob("data/*"))  # nothing stored anywhere
