@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -262,3 +263,35 @@ def test_check_tells_what_the_mount_would_do(tmp_path):
     assert done.stdout.startswith(f"{broken}: NOT PUBLISHED, kept as a file: "), done.stdout
     assert "1 of 2 video(s) would not be published" in done.stderr
     assert not list(tmp_path.glob("data/*"))  # nothing stored anywhere
+
+
+def test_an_avi_that_repeats_its_last_picture_plays_to_the_end(mount, tmp_path):
+    """A capture-card style AVI: 5 s of MJPEG, then 3 s of index entries without data
+    ("repeat the previous frame"), which the demuxer skips. Published for all 8 s; the same
+    file cut off (its end and index lost) is still judged damaged."""
+    held = tmp_path / "capture.avi"
+    with av.open("testsrc2=size=320x240:rate=25:duration=5", format="lavfi") as src, \
+            av.open(str(held), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuvj420p"
+        for n, frame in enumerate(src.decode(video=0)):
+            frame = frame.reformat(format="yuvj420p")
+            frame.pts, frame.time_base = n, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        for n in range(125, 200):
+            repeat = av.Packet(b"")
+            repeat.stream, repeat.time_base = stream, Fraction(1, 25)
+            repeat.pts = repeat.dts = n
+            out.mux(repeat)
+    assert float(ffprobe(held, "-show_entries", "format=duration")["format"]["duration"]) \
+        == pytest.approx(8.0)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(held.read_bytes()[:held.stat().st_size * 6 // 10])
+    copy_in(held, mount.path / "capture.avi")
+    copy_in(cut, mount.path / "cut.avi")
+    mount.wait_idle()
+    assert mount.job("capture.avi")["outcome"] == "video (transcode)", mount.job("capture.avi")
+    check_video_folder(mount.path / "capture", held, SEGMENT, duration=8.0)
+    assert mount.job("cut.avi")["outcome"] == "file" and \
+        mount.job("cut.avi")["state"] == "failed", mount.job("cut.avi")

@@ -83,6 +83,9 @@ class EncodeOptions:
     # Facts about the source (from the probe) that a transcode must correct:
     rotation: int = 0  # degrees counter-clockwise: turn the picture upright
     deinterlace: bool = False
+    # The source repeats its last picture up to the container's end (AVI "repeat" entries:
+    # index entries without data, which the demuxer skips): hold it that long.
+    hold_to_end: bool = False
 
 
 def peak_video_rate(opts: EncodeOptions) -> int | None:
@@ -245,7 +248,10 @@ def make_ladder(
         # The container's end, in seconds on the streams' clock (AV_TIME_BASE units: µs).
         container_end = (Fraction((source.start_time or 0) + source.duration, 1_000_000)
                          if source.duration else None)
-        paths = {vin.index: _VideoFanout(decoder, encoders_, container_end)}
+        fanout = _VideoFanout(decoder, encoders_, container_end)
+        if opts.hold_to_end and container_end is not None:
+            fanout.end = container_end
+        paths = {vin.index: fanout}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)

@@ -8,6 +8,7 @@ expect them back as GIFs), with a measurable duration.
 from __future__ import annotations
 
 import dataclasses
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class Probe:
     height: int = 0
     rotation: int = 0  # degrees counter-clockwise the picture must be turned (phone videos)
     interlaced: bool = False  # fields, not frames (DVD/broadcast MPEG-2): deinterlace
+    # The last picture is repeated to the end of the file by entries without data (AVI
+    # "repeat" frames of capture cards and Cinepak/MJPEG encoders); see _repeats_at_end.
+    repeats_at_end: bool = False
 
     @property
     def audio_only(self) -> bool:
@@ -91,6 +95,7 @@ def _classify(container: av.container.InputContainer, path: Path) -> Probe:
     else:
         found.is_video = True
         found.rotation, found.interlaced = _first_frame_facts(container, video)
+        found.repeats_at_end = fmt == "avi" and _riff_complete(path)
     return found
 
 
@@ -127,6 +132,41 @@ def _measured_duration(path: Path) -> float | None:
         return None
     span = end - start if start is not None and end is not None else Fraction(0)
     return float(max(span, total)) or None
+
+
+def _riff_complete(path: Path) -> bool:
+    """Whether an AVI was written to its end: its top-level RIFF chunks (the AVI, and the
+    AVIX extensions of files over 1 GB) tile the file exactly, and one holds the index.
+
+    The demuxer skips index entries without data ("repeat the previous frame"), so a file
+    that ends on them decodes shorter than its declared length, like a truncated file.
+    A truncated file ends inside a chunk (and has lost its index, written last); a whole
+    one does not: then the missing time is pictures held, not lost."""
+    try:
+        with open(path, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            at, indexed = 0, False
+            while at + 12 <= end:
+                f.seek(at)
+                head = f.read(12)
+                if head[:4] != b"RIFF" or head[8:12] not in (b"AVI ", b"AVIX"):
+                    return False
+                size = int.from_bytes(head[4:8], "little")
+                chunk_end = at + 8 + size + (size & 1)
+                if chunk_end > end + (size & 1):
+                    return False  # cut off inside this chunk
+                inner = at + 12
+                while inner + 8 <= min(chunk_end, end):
+                    f.seek(inner)
+                    name, length = f.read(4), int.from_bytes(f.read(4), "little")
+                    indexed |= name in (b"idx1", b"indx")
+                    if name == b"LIST" and f.read(4) == b"hdrl":
+                        indexed |= b"indx" in f.read(min(length, 1 << 16))
+                    inner += 8 + length + (length & 1)
+                at = chunk_end
+            return indexed and at >= end
+    except OSError:
+        return False
 
 
 def _first_frame_facts(container: av.container.InputContainer,

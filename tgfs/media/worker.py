@@ -175,7 +175,8 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         return progress
 
     encode = dataclasses.replace(opts.encode, rotation=found.rotation,
-                                 deinterlace=found.interlaced)
+                                 deinterlace=found.interlaced,
+                                 hold_to_end=found.repeats_at_end)
     # The source rendition's height (upright, even); ladder heights below it are added, so
     # nothing is upscaled and no two renditions share a height (their folder names).
     top = (found.width if found.rotation in (90, 270) else found.height) & ~1
