@@ -168,7 +168,6 @@ def check(files: tuple[Path, ...]) -> None:
 
     from tgfs.ingest.media_process import MediaFailed, run_worker, worker_options
     from tgfs.media import encoders
-    from tgfs.media.probe import probe
 
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
@@ -176,7 +175,6 @@ def check(files: tuple[Path, ...]) -> None:
                                  settings.preferred_encoder, settings.cache_dir)
     refused = 0
     for path in files:
-        source = probe(path).duration
         options = worker_options(settings, path.name, path.stat().st_size, encoder)
         with tempfile.TemporaryDirectory(prefix="tgfs-check-") as work:
             try:
@@ -193,6 +191,8 @@ def check(files: tuple[Path, ...]) -> None:
         shown = [r for r in result["renditions"] if r.get("kind", "video") == "video"]
         sizes = ", ".join(f"{r['width']}x{r['height']}" for r in shown)
         line = f"{path}: video ({result['mode']}), {result['duration']:.1f} s"
+        # (the file is only ever opened by the media process, with its limits)
+        source = result.get("source_duration")
         line += f" of {source:.1f} s" if source else ""
         line += f"; {len(shown)} rendition(s): {sizes}" if shown else ""
         click.echo(line + (f"; {result['note']}" if result.get("note") else ""))

@@ -215,6 +215,7 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         kind="video",
         mode="copy" if copy else "transcode",
         duration=got,
+        source_duration=duration,  # as the probe found it (for `tgfs check`)
         note=note,
         start_time=start_time,
         renditions=[{"dir": folder.name, **dataclasses.asdict(r)} for folder, r in outputs],
