@@ -155,11 +155,14 @@ class Prefetcher:
                 self._stop(cursor)
 
     async def _fetch_ahead_of(self, cursor: _Cursor) -> None:
+        opened = None  # the opened segment last waited for
         while True:
             # The segment the player opened comes first: until it is in, fetching ahead
             # would take bandwidth from the read the player waits for (after a start or a
-            # seek). Joining its fetch costs nothing (single flight); once cached, a look.
-            await self._warm(cursor, cursor.next - 1)
+            # seek). Joining its fetch costs nothing (single flight).
+            if cursor.next - 1 != opened:
+                opened = cursor.next - 1
+                await self._warm(cursor, opened)
             seq = _next_due(cursor)
             if seq is None:
                 cursor.moved = trio.Event()

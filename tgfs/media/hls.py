@@ -248,10 +248,7 @@ def make_ladder(
         # The container's end, in seconds on the streams' clock (AV_TIME_BASE units: µs).
         container_end = (Fraction((source.start_time or 0) + source.duration, 1_000_000)
                          if source.duration else None)
-        fanout = _VideoFanout(decoder, encoders_, container_end)
-        if opts.hold_to_end and container_end is not None:
-            fanout.end = container_end
-        paths = {vin.index: fanout}
+        paths = {vin.index: _VideoFanout(decoder, encoders_, container_end, opts.hold_to_end)}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)
@@ -543,15 +540,17 @@ class _VideoFanout:
     that stopped changing): the last frame's duration says so, and players show it that
     long. Encoded as one frame at the output rate it would be gone after 1/25 s, and the
     video would end early (and look truncated), so it is repeated at the output rate up
-    to where it ends — never past the container's own duration."""
+    to where it ends — never past the container's own duration. With `hold_to_end` (see
+    EncodeOptions) it ends there."""
 
     def __init__(self, decoder: _Decoder, encoders_: list[_EncodeVideo],
-                 container_end: Fraction | None) -> None:
+                 container_end: Fraction | None, hold_to_end: bool = False) -> None:
         self.decoder = decoder
         self.encoders = encoders_
         self.container_end = container_end  # seconds, from the container; None: unknown
         self.last: tuple[av.VideoFrame, int, Fraction] | None = None  # frame, pts, tb
-        self.end = Fraction(0)  # seconds: where the last picture stops showing
+        # seconds: where the last picture stops showing
+        self.end = container_end if hold_to_end and container_end else Fraction(0)
 
     def feed(self, packet: av.Packet) -> None:
         for frame in self.decoder.frames(packet):
@@ -613,7 +612,6 @@ class _EncodeVideo:
         # Cut times from a playlist are rounded: match the frame within half a frame.
         self.cuts = _Cuts(cut_plan(opts.segment_seconds, cuts),
                           Fraction(1, 2) / Fraction(self.rate) if cuts else Fraction(0))
-        self.start: int | None = None
         self.last_pts: int | None = None
         self.last_slot: int | None = None  # the frame slot (pts · rate) of the last frame
         self.first_source_pts: int | None = None  # slot 0
@@ -644,8 +642,6 @@ class _EncodeVideo:
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1
         self.last_pts = pts
-        if self.start is None:
-            self.start = pts
         out = frame
         if (frame.width, frame.height) != self.size or frame.format.name != self.pix_fmt:
             out = frame.reformat(self.size[0], self.size[1], self.pix_fmt)
@@ -654,7 +650,7 @@ class _EncodeVideo:
         # The muxer cuts at every keyframe: force exactly the frames that start a segment
         # to be IDRs and clear the source's frame types everywhere else (x264 would turn
         # decoded I frames into extra keyframes).
-        if self.cuts.due((pts - self.start) * self.time_base):
+        if self.cuts.due(slot / Fraction(self.rate)):  # seconds since the first frame
             out.pict_type = PictureType.I
         else:
             out.pict_type = PictureType.NONE

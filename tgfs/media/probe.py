@@ -43,7 +43,7 @@ class Probe:
     rotation: int = 0  # degrees counter-clockwise the picture must be turned (phone videos)
     interlaced: bool = False  # fields, not frames (DVD/broadcast MPEG-2): deinterlace
     # The last picture is repeated to the end of the file by entries without data (AVI
-    # "repeat" frames of capture cards and Cinepak/MJPEG encoders); see _repeats_at_end.
+    # "repeat" frames of capture cards and Cinepak/MJPEG encoders); see _riff_complete.
     repeats_at_end: bool = False
 
     @property
@@ -63,11 +63,7 @@ def probe(path: Path) -> Probe:
 
 def _classify(container: av.container.InputContainer, path: Path) -> Probe:
     fmt = container.format.name
-    video = next(
-        (s for s in container.streams.video
-         if not s.disposition & av.stream.Disposition.attached_pic),
-        None,
-    )
+    video = _main_video(container)
     audio = container.streams.audio[0] if container.streams.audio else None
     duration = container.duration / 1_000_000 if container.duration else None
     if video is not None and video.duration and video.time_base:
@@ -99,14 +95,21 @@ def _classify(container: av.container.InputContainer, path: Path) -> Probe:
     return found
 
 
+def _main_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The video stream that is the moving picture (not cover art)."""
+    return next((s for s in container.streams.video
+                 if not s.disposition & av.stream.Disposition.attached_pic), None)
+
+
 def _measured_duration(path: Path) -> float | None:
     """How long the video stream's packets last, demuxed end to end (no decoding): the span
     of their timestamps (jumps closed up as the segmenter closes them, `hls.Timeline`), or
     the sum of their durations if more (timestamps that stand still say nothing)."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            video = next(s for s in container.streams.video
-                         if not s.disposition & av.stream.Disposition.attached_pic)
+            video = _main_video(container)
+            if video is None:
+                return None
             timeline = (hls.Timeline()
                         if container.format.flags & av.format.Flags.ts_discont.value else None)
             rate = video.average_rate or video.guessed_rate
@@ -128,7 +131,7 @@ def _measured_duration(path: Path) -> float | None:
                 at = packet.pts * packet.time_base
                 start = at if start is None else min(start, at)
                 end = max(end if end is not None else at, at + length)
-    except (av.FFmpegError, StopIteration):
+    except av.FFmpegError:
         return None
     span = end - start if start is not None and end is not None else Fraction(0)
     return float(max(span, total)) or None

@@ -390,13 +390,10 @@ class BotLink:
     async def look_up(self, channel_id: int, message_ids: list[int]) -> None:
         """Fetch and keep the messages among these ids that are not kept yet, ≤ 200 per
         call (see `prepare`): their reads then need no look-up of their own."""
-        await self._ready(new_work=False)
         todo = [m for m in dict.fromkeys(message_ids) if (channel_id, m) not in self._messages]
         todo = todo[:MESSAGE_CACHE]  # more would push out the first ones again
-        for start in range(0, len(todo), tg.GET_MESSAGES_MAX):
-            batch = todo[start:start + tg.GET_MESSAGES_MAX]
-            for message in await self._retried("look-up", tg.get_many, channel_id, batch):
-                self._remember(channel_id, message)
+        for message in await self.documents(channel_id, todo) if todo else []:
+            self._remember(channel_id, message)
 
     async def _retried(self, what: str, fn: Any, *args: Any) -> Any:
         """One short call, after any flood wait, retried as `_handle` decides."""

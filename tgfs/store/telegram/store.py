@@ -231,9 +231,9 @@ class TelegramStore(BlobStore):
         soon = [link for link in candidates if link.ready_at(now) - now <= DIVERT_AFTER]
         if not soon:
             return min(candidates, key=lambda link: link.ready_at(now)), True
-        slots = self.settings.bot_transfers
         if spread:
             return soon[0], False
+        slots = self.settings.bot_transfers
         return next((link for link in soon if link.inflight < slots),
                     min(soon, key=lambda link: link.inflight)), False
 
