@@ -17,6 +17,8 @@ import pytest
 
 from tests.media import Spec, make
 from tests.standin import StandIn
+from tgfs.catalog import close_catalog, open_catalog
+from tgfs.catalog.check import check
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,6 +154,20 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             assert code == 0, f"daemon exited with {code}:\n{m.log()[-3000:]}"
         log = m.log()
         assert "Traceback" not in log, log[-5000:]
+    for data in {m.data for m in mounts}:
+        assert_catalog_sound(data / "catalog.db")
+
+
+def assert_catalog_sound(path: Path) -> None:
+    """The catalog consistency check (tgfs.catalog.check), after every test that mounted."""
+    if not path.exists():
+        return  # the daemon was refused before it made one
+    open_catalog(path)
+    try:
+        problems = check()
+    finally:
+        close_catalog()
+    assert not problems, "catalog check:\n" + "\n".join(map(str, problems))
 
 
 @pytest.fixture

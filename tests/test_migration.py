@@ -1,5 +1,6 @@
-"""A catalog written by the previous schema (version 2: names as text) is upgraded in
-place at the first mount of this version, and everything in it still works."""
+"""A catalog written by an earlier schema (version 2: names as text; version 3: names in
+the node rows) is upgraded in place at the first mount of this version, and everything in
+it still works."""
 # ruff: noqa: E501 - the version 2 tables, verbatim
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
         db.execute("INSERT INTO part (blob_id, \"index\", \"offset\", size, location) "
                    "VALUES (1, 0, 0, ?, ?)", (len(content), f"{name[:2]}/{name}"))
         db.execute(node, (6, 5, "notes ü.txt", "file", 0o644, len(content), now, now, 1))
+        # Inodes up to 50 were handed out once (and deleted): never again.
+        db.execute("UPDATE sqlite_sequence SET seq = 50 WHERE name = 'node'")
     db.close()
 
     m = mount_factory()
@@ -67,6 +70,12 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
     (m.path / "Fïlms" / "new.txt").write_text("after the upgrade")
     m.wait_idle()
     assert sorted(os.listdir(m.path / "Fïlms")) == ["new.txt", "notes ü.txt"]
-    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
-    assert {t for (t,) in m.catalog("SELECT DISTINCT typeof(name) FROM node")} == {"blob"}
+    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert {t for (t,) in m.catalog("SELECT DISTINCT typeof(name) FROM entry")} == {"blob"}
+    old = m.path / "Fïlms" / "notes ü.txt"
+    assert old.stat().st_ino == 6 and old.stat().st_nlink == 1
+    assert (m.path / "Fïlms" / "new.txt").stat().st_ino > 50
+    os.link(old, m.path / "second name")  # names apart from inodes: hard links work
+    assert old.stat().st_nlink == 2
+    assert (m.path / "second name").read_bytes() == content
     m.store_matches_catalog()

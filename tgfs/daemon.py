@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from tgfs.cache import PartCache
-from tgfs.catalog import Meta, blobs, close_catalog, jobs, open_catalog
+from tgfs.catalog import Meta, blobs, close_catalog, jobs, library, open_catalog
 from tgfs.catalog.reserve import Reserve
 from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
@@ -77,12 +77,15 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
 
 
 def _recover() -> None:
-    """What a crash left: writes never closed (kept, and queued), parts stored for jobs
-    that never finished (to the garbage list: the jobs start over)."""
+    """What a crash left: writes never closed (kept, and queued), files unlinked while open
+    (deleted now), parts stored for jobs that never finished (to the garbage list: the jobs
+    start over)."""
     recovered = jobs.recover_writes()
     if recovered:
         log.warning("recovered %d file(s) that were being written when tgfs stopped",
                     len(recovered))
+    for path in library.purge_unlinked():
+        Spool.discard(path)
     if collected := blobs.collect_landed():
         log.info("store: %d part(s) stored by unfinished jobs will be deleted (the jobs "
                  "start over)", collected)

@@ -94,7 +94,7 @@ def recover_writes() -> list[Job]:
             size = os.stat(job.spool).st_size
         except OSError:
             size = None
-        if node is None or size is None:
+        if node is None or node.links == 0 or size is None:  # gone, or unlinked while open
             Job.delete().where(Job.id == job.id).execute()
             continue
         unused = accept(job.id, node, job.spool, size, None)

@@ -10,6 +10,7 @@ from peewee import fn
 from tgfs.catalog import blobs, tree
 from tgfs.catalog.schema import (
     Blob,
+    Entry,
     Node,
     NodeKind,
     Rendition,
@@ -174,10 +175,12 @@ def _owner(node: Node) -> dict:
 
 def published_copy(parent_id: int, source_hash: str) -> Node | None:
     """A video folder in `parent_id` made from a file with these very bytes, if any."""
-    return (Node.select().join(Video, on=(Node.video == Video.id))
-            .where((Node.parent == parent_id) & (Node.kind == NodeKind.VIDEO)
-                   & (Video.source_hash == source_hash))
-            .first())
+    folder = (Node.select().join(Entry, on=(Entry.node == Node.id))
+              .join(Video, on=(Node.video == Video.id), src=Node)
+              .where((Entry.parent == parent_id) & (Node.kind == NodeKind.VIDEO)
+                     & (Video.source_hash == source_hash))
+              .first())
+    return folder
 
 
 def incomplete_videos() -> list[int]:
@@ -192,6 +195,20 @@ def remove_file(node: Node) -> None:
         node.delete_instance()
         if blob_id is not None:
             blobs.free([blob_id])
+
+
+def purge(node: Node) -> str | None:
+    """Delete a node that has no name left, for good: its row, and its blob to the garbage
+    list. Returns its spool file, for the caller to delete."""
+    remove_file(node)
+    return node.spool
+
+
+def purge_unlinked() -> list[str]:
+    """At start-up: inodes the last daemon left without a name (unlinked while open) go;
+    returns their spool files, for the caller to delete."""
+    with db.atomic():
+        return [spool for node in tree.unlinked() if (spool := purge(node)) is not None]
 
 
 def remove_video(video_id: int) -> int:

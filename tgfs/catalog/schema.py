@@ -37,7 +37,8 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 # 2: audio/subtitle renditions, videos published while processing
 # 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
-SCHEMA_VERSION = 3
+# 4: names apart from inodes (Entry: hard links), atime, links, device numbers
+SCHEMA_VERSION = 4
 
 db = pw.SqliteDatabase(None)
 
@@ -124,6 +125,12 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/cache.json: read cache and prefetch figures, rendered live; truncating it to
     # 0 bytes clears the cache (`tgfs cache clear`)
     CACHE = "cache"
+    # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
+    # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR_DEVICE = "char_device"
+    BLOCK_DEVICE = "block_device"
 
     @property
     def is_dir(self) -> bool:
@@ -135,9 +142,18 @@ class NodeKind(enum.StrEnum):
         return self in (NodeKind.STATUS, NodeKind.BOTS, NodeKind.CACHE)
 
     @property
+    def is_user_entry(self) -> bool:
+        """What a user makes and changes as on any disk (everything else is tgfs's)."""
+        return self in _USER_KINDS
+
+    @property
     def in_video(self) -> bool:
         """Entries that make up a video folder: read-only, removed only with the folder."""
         return self in (NodeKind.RENDITION, NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.MEDIA)
+
+
+_USER_KINDS = frozenset({NodeKind.DIR, NodeKind.FILE, NodeKind.SYMLINK, NodeKind.FIFO,
+                         NodeKind.SOCKET, NodeKind.CHAR_DEVICE, NodeKind.BLOCK_DEVICE})
 
 
 class _Model(pw.Model):
@@ -265,20 +281,27 @@ class Segment(_Model):
 
 
 class Node(_Model):
-    """One entry of the mounted tree. `id` is its inode number."""
+    """One inode of the mounted tree: `id` is its inode number. Its names are Entry rows.
+
+    A directory has exactly one name, a file, symlink or special file one per hard link,
+    the root none. A node whose last name went (`links` 0) lives on while the kernel still
+    knows its inode (a file unlinked while open stays readable) and is purged at `forget`,
+    or at the next start (see tgfs.fs.operations and tree.orphans).
+    """
 
     # AUTOINCREMENT: a deleted entry's inode number is never handed out again, so the
     # kernel can never confuse a new file with one it still remembers.
     id = AutoIncrementField()
-    parent = pw.ForeignKeyField("self", null=True, backref="children")  # None only for root
-    name = NameField()  # the name in its parent: raw bytes; never ".", ".." or "" (but root)
     kind = pw.TextField()  # a NodeKind value
     mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
     uid = pw.IntegerField(default=0)
     gid = pw.IntegerField(default=0)
     size = pw.IntegerField(default=0)  # ordinary files: content length; others derive it
+    atime_ns = pw.IntegerField(default=now_ns)  # set by utimensat only (no atime updates)
     mtime_ns = pw.IntegerField(default=now_ns)
     ctime_ns = pw.IntegerField(default=now_ns)
+    # Entry rows naming it. Kept here (not counted) because every stat reports it.
+    links = pw.IntegerField(default=1)
     blob = pw.ForeignKeyField(Blob, null=True)  # stored content (ordinary file, HLS file)
     # A local file with the content while it is not (only) in the store: being written, or
     # waiting for ingest. Reads use it in preference to the blob.
@@ -286,13 +309,54 @@ class Node(_Model):
     video = pw.ForeignKeyField(Video, null=True, on_delete="CASCADE")  # folder + its insides
     rendition = pw.ForeignKeyField(Rendition, null=True, on_delete="CASCADE")
     target = NameField(null=True)  # symlinks: the target path, bytes as given
+    rdev = pw.IntegerField(default=0)  # device nodes: the device number (metadata only)
 
-    class Meta:
-        indexes = ((("parent", "name"), True),)
+    # The name this node was reached through, when a tree query found it by name; else
+    # looked up on first use (its oldest name). Not a column.
+    _entry: Entry | None = None
+    _entry_loaded = False
 
     @property
     def node_kind(self) -> NodeKind:
         return NodeKind(self.kind)
+
+    @property
+    def entry(self) -> Entry | None:
+        """The name it was found through, or its oldest; None for the root and orphans."""
+        if not self._entry_loaded:
+            self._entry = (Entry.select().where(Entry.node == self.id).order_by(Entry.id)
+                           .first())
+            self._entry_loaded = True
+        return self._entry
+
+    def found_as(self, entry: Entry | None) -> Node:
+        self._entry, self._entry_loaded = entry, True
+        return self
+
+    @property
+    def name(self) -> str:
+        """Its name in `parent_id` (see `entry`); "" for the root and orphans."""
+        entry = self.entry
+        return entry.name if entry is not None else ""
+
+    @property
+    def parent_id(self) -> int | None:
+        entry = self.entry
+        return entry.parent_id if entry is not None else None
+
+
+class Entry(_Model):
+    """A name in a directory: (parent, name) → node. What readdir lists and lookup finds."""
+
+    # AUTOINCREMENT: readdir resumes after an entry id, which must never move backwards.
+    id = AutoIncrementField()
+    parent = pw.ForeignKeyField(Node, backref="entries")  # the directory
+    name = NameField()  # raw bytes; never ".", ".." or ""
+    # The inode; its row goes with it (a video's insides are deleted by video).
+    node = pw.ForeignKeyField(Node, backref="names", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("parent", "name"), True),)
 
 
 class Job(_Model):
@@ -320,7 +384,7 @@ class Job(_Model):
     finished_ns = pw.IntegerField(null=True)
 
 
-TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Job]
+TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Entry, Job]
 
 
 def open_catalog(path: Path) -> None:
@@ -350,6 +414,9 @@ def open_catalog(path: Path) -> None:
         found = 2
     if found == 2:
         _migrate_from_2()
+        found = 3
+    if found == 3:
+        _migrate_from_3()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
@@ -360,12 +427,10 @@ def open_catalog(path: Path) -> None:
         # Tables added by a migration, after it: before it, SQLite would accept an index on
         # a column not added yet (a double-quoted unknown name is taken as a string).
         db.create_tables(TABLES)
-        Node.get_or_create(parent=CONTROL_DIR_ID, name=BOTS_FILE_NAME,
-                           defaults={"kind": NodeKind.BOTS, "mode": 0o444})
+        _fixed_file(BOTS_FILE_NAME, kind=NodeKind.BOTS, mode=0o444)
         # Writable by the daemon's user (the only write it takes is a truncation).
-        Node.get_or_create(parent=CONTROL_DIR_ID, name=CACHE_FILE_NAME,
-                           defaults={"kind": NodeKind.CACHE, "mode": 0o644,
-                                     "uid": os.getuid(), "gid": os.getgid()})
+        _fixed_file(CACHE_FILE_NAME, kind=NodeKind.CACHE, mode=0o644, uid=os.getuid(),
+                    gid=os.getgid())
 
 
 def _migrate_from_1() -> None:
@@ -399,7 +464,51 @@ def _migrate_from_2() -> None:
             m.add_column("job", "note", Job.note),
         )
         db.execute_sql("UPDATE node SET name = CAST(name AS BLOB)")
-        Meta.update(value=str(SCHEMA_VERSION)).where(Meta.key == "schema_version").execute()
+        Meta.update(value="3").where(Meta.key == "schema_version").execute()
+
+
+def _migrate_from_3() -> None:
+    """Version 3 kept each node's one name in the node row. Names move to Entry (so a file
+    can have several), the node table is rebuilt without them, with atime (= mtime), links
+    (1) and rdev (0).
+
+    The rebuild follows SQLite's recipe for schema changes ALTER TABLE cannot make: with
+    foreign keys off (dropping the old table must not cascade to videos' rows or jobs, and
+    the other tables' references must keep naming "node"), in one transaction, checked with
+    foreign_key_check before commit. The AUTOINCREMENT counter is carried over, so no inode
+    number is ever handed out twice.
+    """
+    db.execute_sql("PRAGMA foreign_keys=OFF")  # not inside a transaction: no effect there
+    db.execute_sql("PRAGMA legacy_alter_table=ON")  # RENAME leaves other tables' references
+    try:
+        with db.atomic():
+            for (index,) in db.execute_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = 'node' AND sql IS NOT NULL").fetchall():
+                db.execute_sql(f'DROP INDEX "{index}"')
+            db.execute_sql("ALTER TABLE node RENAME TO node_v3")
+            db.create_tables([Node, Entry])
+            db.execute_sql(
+                "INSERT INTO node (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, "
+                "ctime_ns, links, blob_id, spool, video_id, rendition_id, target, rdev) "
+                "SELECT id, kind, mode, uid, gid, size, mtime_ns, mtime_ns, ctime_ns, 1, "
+                "blob_id, spool, video_id, rendition_id, target, 0 FROM node_v3")
+            db.execute_sql(
+                "INSERT INTO entry (parent_id, name, node_id) SELECT parent_id, name, id "
+                "FROM node_v3 WHERE parent_id IS NOT NULL ORDER BY id")
+            db.execute_sql(
+                "UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence "
+                "WHERE name = 'node_v3')) WHERE name = 'node'")
+            db.execute_sql("DROP TABLE node_v3")
+            db.execute_sql("DELETE FROM sqlite_sequence WHERE name = 'node_v3'")
+            broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise SchemaMismatch(f"catalog upgrade to version 4 left broken references "
+                                     f"{broken[:5]}; the catalog was not changed")
+            Meta.update(value="4").where(Meta.key == "schema_version").execute()
+    finally:
+        db.execute_sql("PRAGMA legacy_alter_table=OFF")
+        db.execute_sql("PRAGMA foreign_keys=ON")
 
 
 def close_catalog() -> None:
@@ -408,12 +517,14 @@ def close_catalog() -> None:
 
 
 def _create_fixed_nodes() -> None:
-    Node.create(id=ROOT_ID, parent=None, name="", kind=NodeKind.DIR, mode=0o755)
-    Node.create(
-        id=CONTROL_DIR_ID, parent=ROOT_ID, name=CONTROL_DIR_NAME,
-        kind=NodeKind.CONTROL_DIR, mode=0o555,
-    )
-    Node.create(
-        id=STATUS_FILE_ID, parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME,
-        kind=NodeKind.STATUS, mode=0o444,
-    )
+    Node.create(id=ROOT_ID, kind=NodeKind.DIR, mode=0o755)  # no Entry: the mount names it
+    Node.create(id=CONTROL_DIR_ID, kind=NodeKind.CONTROL_DIR, mode=0o555)
+    Entry.create(parent=ROOT_ID, name=CONTROL_DIR_NAME, node=CONTROL_DIR_ID)
+    Node.create(id=STATUS_FILE_ID, kind=NodeKind.STATUS, mode=0o444)
+    Entry.create(parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME, node=STATUS_FILE_ID)
+
+
+def _fixed_file(name: str, **fields) -> None:
+    """A control file added after the first release (no fixed id), once."""
+    if not Entry.select().where((Entry.parent == CONTROL_DIR_ID) & (Entry.name == name)).exists():
+        Entry.create(parent=CONTROL_DIR_ID, name=name, node=Node.create(**fields))

@@ -1,45 +1,62 @@
-"""Queries on the mounted tree (Node rows)."""
+"""The mounted tree: nodes (inodes) and the entries (names) that make directories.
+
+Invariants (checked by tgfs.catalog.check):
+- every entry's parent is a directory node; a (parent, name) pair is unique;
+- a directory has exactly one entry (no hard links to directories), the root none;
+- `Node.links` is the number of the node's entries (the root counts 1, for its mount
+  point); a node with none is an orphan: unlinked, but still open or known to the kernel.
+  Orphans are purged when the kernel forgets them or at the next start (`unlinked`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import PurePosixPath
 
-from tgfs.catalog.schema import ROOT_ID, Node, NodeKind, name_upper_bound, now_ns
+from peewee import JOIN
+
+from tgfs.catalog.schema import ROOT_ID, Entry, Node, NodeKind, db, name_upper_bound, now_ns
 
 NAME_MAX = 255  # bytes in one name, as on ext4; longer names get ENAMETOOLONG
 
 
 def get(inode: int) -> Node | None:
+    """A node by inode number, orphans included."""
     return Node.get_or_none(Node.id == inode)
 
 
+def _named(query) -> list[Node]:
+    return [e.node.found_as(e) for e in query]
+
+
+def _entries():
+    return Entry.select(Entry, Node).join(Node, on=(Entry.node == Node.id))
+
+
 def child(parent_id: int, name: str) -> Node | None:
-    return Node.get_or_none((Node.parent == parent_id) & (Node.name == name))
+    """The node named `name` in a directory, found as that name."""
+    found = _named(_entries().where((Entry.parent == parent_id) & (Entry.name == name)))
+    return found[0] if found else None
 
 
-def children(parent_id: int, after_id: int = 0, limit: int = 1000) -> list[Node]:
-    """Entries of a directory in inode order, so `after_id` is a stable readdir offset."""
-    query = (
-        Node.select()
-        .where((Node.parent == parent_id) & (Node.id > after_id))
-        .order_by(Node.id)
-        .limit(limit)
-    )
-    return list(query)
+def children(parent_id: int, after: int = 0, limit: int = 1000) -> list[Node]:
+    """Entries of a directory in entry order, so `after` (an entry id, `node.entry.id`) is
+    a stable readdir offset."""
+    return _named(_entries().where((Entry.parent == parent_id) & (Entry.id > after))
+                  .order_by(Entry.id).limit(limit))
 
 
 def children_named_from(parent_id: int, prefix: str) -> list[Node]:
     """Entries of a directory whose names start with `prefix` (a range on the index)."""
-    query = (Node.parent == parent_id) & (Node.name >= prefix)
+    query = (Entry.parent == parent_id) & (Entry.name >= prefix)
     upper = name_upper_bound(prefix)
     if upper is not None:
-        query &= Node.name < upper
-    return list(Node.select().where(query))
+        query &= Entry.name < upper
+    return _named(_entries().where(query))
 
 
 def has_children(parent_id: int) -> bool:
-    return Node.select().where(Node.parent == parent_id).exists()
+    return Entry.select().where(Entry.parent == parent_id).exists()
 
 
 def path_of(node: Node) -> str:
@@ -47,6 +64,9 @@ def path_of(node: Node) -> str:
     parts: list[str] = []
     current: Node | None = node
     while current is not None and current.id != ROOT_ID:
+        if current.entry is None:
+            parts.append("(unlinked)")
+            break
         parts.append(current.name)
         current = get(current.parent_id) if current.parent_id else None
     return str(PurePosixPath(*reversed(parts))) if parts else "/"
@@ -86,16 +106,52 @@ def free_name(parent_id: int, wanted: str, ignore_id: int | None = None) -> str:
 def create(
     parent_id: int, name: str, kind: NodeKind, mode: int, uid: int = 0, gid: int = 0, **fields
 ) -> Node:
-    return Node.create(
-        parent=parent_id, name=name, kind=kind, mode=mode, uid=uid, gid=gid, **fields
-    )
+    """A new node with its one name."""
+    with db.atomic():
+        node = Node.create(kind=kind, mode=mode, uid=uid, gid=gid, **fields)
+        return node.found_as(Entry.create(parent=parent_id, name=name, node=node))
+
+
+def link(node: Node, parent_id: int, name: str) -> Node:
+    """Another name for `node` (a hard link); returns it found as that name."""
+    stamp = now_ns()
+    with db.atomic():
+        entry = Entry.create(parent=parent_id, name=name, node=node.id)
+        Node.update(links=Node.links + 1, ctime_ns=stamp).where(Node.id == node.id).execute()
+    node.links += 1
+    node.ctime_ns = stamp
+    return node.found_as(entry)
+
+
+def unlink(node: Node) -> bool:
+    """Remove the name `node` was found as; True if that was its last (an orphan now)."""
+    stamp = now_ns()
+    entry = node.entry
+    assert entry is not None, "unlink of a node without a name"
+    with db.atomic():
+        entry.delete_instance()
+        Node.update(links=Node.links - 1, ctime_ns=stamp).where(Node.id == node.id).execute()
+    node.links -= 1
+    node.ctime_ns = stamp
+    node.found_as(None)
+    return node.links <= 0
+
+
+def unlinked() -> list[Node]:
+    """Nodes without a name (the root aside): unlinked while open, left by a stop."""
+    query = (Node.select(Node).join(Entry, JOIN.LEFT_OUTER, on=(Entry.node == Node.id))
+             .where(Entry.id.is_null() & (Node.id != ROOT_ID)))
+    return [n.found_as(None) for n in query]
 
 
 def move(node: Node, new_parent_id: int, new_name: str) -> None:
-    node.parent = new_parent_id
-    node.name = new_name
+    """Rename the entry `node` was found as."""
+    entry = node.entry
+    assert entry is not None, "move of a node without a name"
+    entry.parent, entry.name = new_parent_id, new_name
+    entry.save()
     node.ctime_ns = now_ns()
-    node.save()
+    Node.update(ctime_ns=node.ctime_ns).where(Node.id == node.id).execute()
 
 
 def touch_dir(parent_id: int) -> None:

@@ -6,7 +6,11 @@ else into EIO with a log line, because any non-FUSEError exception escaping a ha
 would end the whole filesystem, and one bad file must never do that.
 
 Rules of the tree (see README "Using the mount"):
-- ordinary directories and files behave like on a local disk;
+- ordinary directories and files behave like on a local disk: hard links, symlinks, fifos,
+  sockets and device nodes (those three as entries only: the kernel opens them, not us);
+- an inode lives while it has a name or the kernel knows it: a file unlinked while open
+  stays readable and writable through its handles, and its content goes at `forget` (or at
+  the next start, if the daemon stopped first). Only `forget` purges an inode;
 - a released file is queued for ingest; it stays visible (and readable from the spool)
   under its own name until its video folder replaces it, or it is stored as it is;
 - a video folder appears while the video is still being made (EVENT playlists that grow),
@@ -27,6 +31,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -112,6 +117,12 @@ class _Segment:
     attrs: pyfuse3.EntryAttributes  # a segment's attributes never change either
 
 
+def _new_gid(parent: Node, ctx) -> int:
+    """A new entry's group: the directory's if it is set-group-ID (as on BSD, and on Linux
+    for such directories), else the caller's."""
+    return parent.gid if parent.mode & stat.S_ISGID else ctx.gid
+
+
 def _name(raw: bytes) -> str:
     """A name from the kernel: any bytes but "/" and NUL, kept exactly (see NameField)."""
     if len(raw) > tree.NAME_MAX:
@@ -139,6 +150,10 @@ class Filesystem(pyfuse3.Operations):
         self.writes = Writes(spool, cache, settings.max_upload_size, runner.wake,
                              lambda parent, name: self.invalidate(parent, [name]))
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
+        # Inode → how many times the kernel was told of it (every reply that carries its
+        # entry, readdir included), minus what `forget` gave back. An orphan (no name left)
+        # is purged when this reaches 0.
+        self._lookups: collections.Counter[int] = collections.Counter()
         self._open_parts: collections.Counter[str] = collections.Counter()  # location → readers
         self._rendered: dict[int, bytes] = {}  # playlists of published (immutable) videos
         # What opening a segment needs, after its first open and until the kernel forgets
@@ -181,6 +196,8 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         kind = node.node_kind
         if kind is NodeKind.DIR:
+            if node.links == 0 and node.id != ROOT_ID:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # removed (someone's cwd)
             return node
         if kind in (NodeKind.VIDEO, NodeKind.RENDITION):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -225,6 +242,25 @@ class Filesystem(pyfuse3.Operations):
             node.mtime_ns = session.mtime_ns  # a local copy: written to the catalog at close
         return attrs.entry(node, self._size(node))
 
+    def _known(self, node: Node) -> pyfuse3.EntryAttributes:
+        """`node`'s attributes for a reply that tells the kernel of it (one lookup more)."""
+        out = self._attrs(node)
+        self._lookups[node.id] += 1
+        return out
+
+    def _purge(self, node: Node) -> None:
+        """An inode with no name that the kernel has forgotten goes for good: its row, its
+        content (blob to the garbage list, spool file deleted)."""
+        self._segments.pop(node.id, None)
+        if self.writes.get(node.id) is not None:
+            # Cannot happen (the kernel forgets no inode it has open); the next start
+            # purges it if it does.
+            return
+        spool = library.purge(node)
+        Spool.discard(spool)
+        self.collector.wake()
+        log.debug("purged inode %d", node.id)
+
     def _add_handle(self, handle: Handle) -> int:
         fh = next(self._fh)
         self._handles[fh] = handle
@@ -247,10 +283,10 @@ class Filesystem(pyfuse3.Operations):
         log.debug("lookup(%d, %r)", parent_inode, name)
         parent = self._node(parent_inode)
         if name == ".":
-            return self._attrs(parent)
+            return self._known(parent)
         if name == "..":
-            return self._attrs(self._node(parent.parent_id or ROOT_ID))
-        return self._attrs(self._child(parent.id, name))
+            return self._known(self._node(parent.parent_id or ROOT_ID))
+        return self._known(self._child(parent.id, name))
 
     @_guarded
     async def getattr(self, inode, ctx=None):
@@ -269,7 +305,7 @@ class Filesystem(pyfuse3.Operations):
             freed = self.cache.clear()
             log.info("cache cleared: %d bytes freed", freed)
             return self._attrs(node)
-        if kind not in (NodeKind.FILE, NodeKind.DIR, NodeKind.SYMLINK):
+        if not kind.is_user_entry:
             raise pyfuse3.FUSEError(errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR
                                     else errno.EROFS)
         if fields.update_size:
@@ -283,6 +319,8 @@ class Filesystem(pyfuse3.Operations):
             node.uid = attr.st_uid
         if fields.update_gid:
             node.gid = attr.st_gid
+        if fields.update_atime:
+            node.atime_ns = attr.st_atime_ns
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
             if (session := self.writes.get(inode)) is not None:
@@ -317,15 +355,17 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def readdir(self, fh, start_id, token):
         log.debug("readdir(%d, %d)", fh, start_id)
-        after = start_id
-        while page := tree.children(fh, after_id=after, limit=_READDIR_PAGE):
+        after = start_id  # an entry id (see tree.children)
+        while page := tree.children(fh, after=after, limit=_READDIR_PAGE):
             for node in page:
-                after = node.id
+                assert node.entry is not None
+                after = node.entry.id
                 if node.id in self._hidden:
                     continue
                 if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attrs(node),
-                                             node.id):
+                                             after):
                     return
+                self._lookups[node.id] += 1  # readdirplus: the kernel now knows it
 
     async def releasedir(self, fh):
         log.debug("releasedir(%d)", fh)
@@ -334,26 +374,60 @@ class Filesystem(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         name = _name(name)
         log.debug("mkdir(%d, %r)", parent_inode, name)
-        return self._attrs(self._new_entry(parent_inode, name, NodeKind.DIR,
-                                           mode & ~ctx.umask & 0o7777, ctx))
+        mode = mode & ~ctx.umask & 0o7777
+        if self._node(parent_inode).mode & stat.S_ISGID:
+            mode |= stat.S_ISGID  # passed down, as Linux does (see _new_gid)
+        return self._known(self._new_entry(parent_inode, name, NodeKind.DIR, mode, ctx))
 
     @_guarded
     async def symlink(self, parent_inode, name, target, ctx):
         name = _name(name)
         log.debug("symlink(%d, %r)", parent_inode, name)
-        return self._attrs(self._new_entry(parent_inode, name, NodeKind.SYMLINK, 0o777, ctx,
+        return self._known(self._new_entry(parent_inode, name, NodeKind.SYMLINK, 0o777, ctx,
                                            target=os.fsdecode(target), size=len(target)))
+
+    @_guarded
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        name = _name(name)
+        log.debug("mknod(%d, %r, %#o)", parent_inode, name, mode)
+        kind = attrs.kind_of(mode)
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        # A regular file made by mknod(2) is an empty file with nothing to ingest.
+        return self._known(self._new_entry(parent_inode, name, kind,
+                                           mode & ~ctx.umask & 0o7777, ctx, rdev=rdev))
 
     def _new_entry(self, parent_inode: int, name: str, kind: NodeKind, mode: int, ctx,
                    **fields: Any) -> Node:
-        """A directory or symlink in an ordinary directory, with the parent's times."""
+        """A new node in an ordinary directory, which gets new times."""
         parent = self._changeable_dir(parent_inode)
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         with db.atomic():
-            node = tree.create(parent.id, name, kind, mode, ctx.uid, ctx.gid, **fields)
+            node = tree.create(parent.id, name, kind, mode, ctx.uid, _new_gid(parent, ctx),
+                               **fields)
             tree.touch_dir(parent.id)
         return node
+
+    @_guarded
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        new_name = _name(new_name)
+        log.debug("link(%d, %d, %r)", inode, new_parent_inode, new_name)
+        node = self._node(inode)
+        if node.node_kind.is_dir:
+            raise pyfuse3.FUSEError(errno.EPERM)  # POSIX allows refusing; Linux always does
+        if not node.node_kind.is_user_entry:
+            raise pyfuse3.FUSEError(errno.EROFS if node.node_kind.in_video else errno.EPERM)
+        if node.links == 0:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # linkat(AT_EMPTY_PATH) of an unlinked file
+        parent = self._changeable_dir(new_parent_inode)
+        if tree.child(parent.id, new_name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        with db.atomic():
+            tree.link(node, parent.id, new_name)
+            tree.touch_dir(parent.id)
+            jobs.settle(node.id)
+        return self._known(node)
 
     @_guarded
     async def readlink(self, inode, ctx):
@@ -387,24 +461,29 @@ class Filesystem(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EBUSY)
             self._remove_video(node)
         else:
-            node.delete_instance()
-            tree.touch_dir(parent_inode)
+            self._changeable_dir(parent_inode)
+            with db.atomic():
+                orphan = self._remove_name(node)
+                tree.touch_dir(parent_inode)
+            if orphan is not None:
+                self._purge(orphan)
 
     def _has_visible_children(self, inode: int) -> bool:
         after = 0
-        while page := tree.children(inode, after_id=after, limit=_READDIR_PAGE):
+        while page := tree.children(inode, after=after, limit=_READDIR_PAGE):
             if any(child.id not in self._hidden for child in page):
                 return True
-            after = page[-1].id
+            after = page[-1].entry.id
         return False
 
     def _remove_video(self, folder: Node) -> None:
         inside = [n.id for n in Node.select(Node.id).where(Node.video == folder.video_id)]
+        parent_id = folder.parent_id
         queued = library.remove_video(folder.video_id)
         self._hidden.difference_update(inside)
         for inode in inside:
             self._rendered.pop(inode, None)
-        tree.touch_dir(folder.parent_id)
+        tree.touch_dir(parent_id)
         log.info("removed video %s (%d store part(s) to delete)", folder.name, queued)
         self.collector.wake()
 
@@ -422,23 +501,26 @@ class Filesystem(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EBUSY)  # see rmdir
             self._hidden.add(node.id)  # see module doc: removal is per video folder
             return
-        if kind.is_live:
+        if not kind.is_user_entry:
             raise pyfuse3.FUSEError(errno.EPERM)
+        self._changeable_dir(parent_inode)
         with db.atomic():
-            spool = self._remove_file(node)
+            orphan = self._remove_name(node)
             tree.touch_dir(parent_inode)
-        Spool.discard(spool)
+        if orphan is not None:
+            self._purge(orphan)
 
-    def _remove_file(self, node: Node) -> str | None:
-        """Remove an ordinary file's row (inside the caller's transaction); returns its
-        spool file, for the caller to delete once that transaction is committed. Open
-        handles keep their descriptors (a write session discards its working file at its
-        last release); a running job notices and discards its results."""
-        with db.atomic():
+    def _remove_name(self, node: Node) -> Node | None:
+        """Remove the name `node` was found as (inside the caller's transaction). Its last
+        name gone, its queued versions are dropped (a running job notices by itself), and
+        the inode lives on until the kernel forgets it: open handles keep reading and
+        writing, and `forget` purges it. Returns the node if the kernel never knew of it:
+        the caller purges it after the commit."""
+        if tree.unlink(node):
             jobs.cancel(node.id)
-            library.remove_file(node)
-        self.collector.wake()
-        return node.spool
+            if self._lookups[node.id] <= 0:
+                return node
+        return None
 
     @_guarded
     @_frees_space
@@ -451,38 +533,41 @@ class Filesystem(pyfuse3.Operations):
         self._changeable_dir(parent_inode_old)
         target_dir = self._changeable_dir(parent_inode_new)
         node = self._child(parent_inode_old, name_old)
-        if node.node_kind is NodeKind.CONTROL_DIR or node.node_kind.is_live:
+        if not node.node_kind.is_user_entry and node.node_kind is not NodeKind.VIDEO:
             raise pyfuse3.FUSEError(errno.EPERM)
         moving_dir = node.node_kind.is_dir
         if moving_dir and tree.is_inside(target_dir.id, node.id):
             raise pyfuse3.FUSEError(errno.EINVAL)  # into itself
         existing = tree.child(target_dir.id, name_new)
-        replaced = None
-        if existing is not None and existing.id != node.id and flags & pyfuse3.RENAME_NOREPLACE:
+        if existing is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        # One transaction: a crash leaves the old name or the new one, never neither.
+        if existing is not None and existing.id == node.id:
+            return  # two names of one file: rename(2) does nothing and succeeds
+        if existing is not None:
+            self._check_replace(existing, moving_dir)
+        # One transaction: a crash leaves the old name or the new one, never neither, and
+        # the replaced file stays whole until the commit.
         with db.atomic():
-            if existing is not None and existing.id != node.id:
-                replaced = self._replace(existing, moving_dir)
+            orphan = self._remove_name(existing) if existing is not None else None
             tree.move(node, target_dir.id, name_new)
             tree.touch_dir(parent_inode_old)
             tree.touch_dir(target_dir.id)
             jobs.settle(node.id)
-        Spool.discard(replaced)
+        if orphan is not None:
+            self._purge(orphan)
 
-    def _replace(self, existing: Node, moving_dir: bool) -> str | None:
-        """Remove the entry a rename overwrites, with rename(2)'s rules; returns a spool
-        file to delete after the commit."""
+    def _check_replace(self, existing: Node, moving_dir: bool) -> None:
+        """rename(2)'s rules for the entry a rename overwrites."""
         if existing.node_kind.is_dir:
             if not moving_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            if existing.node_kind is not NodeKind.DIR or tree.has_children(existing.id):
+            if existing.node_kind is not NodeKind.DIR or self._has_visible_children(
+                    existing.id):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-            existing.delete_instance()
-            return None
-        if moving_dir:
+        elif moving_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return self._remove_file(existing)
+        elif not existing.node_kind.is_user_entry:
+            raise pyfuse3.FUSEError(errno.EPERM)
 
     @_guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -492,9 +577,9 @@ class Filesystem(pyfuse3.Operations):
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         node, session = self.writes.create(parent.id, name, mode & ~ctx.umask & 0o7777,
-                                           ctx.uid, ctx.gid)
+                                           ctx.uid, _new_gid(parent, ctx))
         fh = self._add_handle(WriteHandle(node.id, session))
-        return pyfuse3.FileInfo(fh=fh), self._attrs(node)
+        return pyfuse3.FileInfo(fh=fh), self._known(node)
 
     @_guarded
     async def open(self, inode, flags, ctx):
@@ -638,7 +723,18 @@ class Filesystem(pyfuse3.Operations):
         return out
 
     async def forget(self, inode_list):
-        # Inodes live in the catalog; only what a segment's open needs is kept in memory,
-        # until the kernel forgets the inode (so a deleted video's segments go with it).
-        for inode, _ in inode_list:
+        # Must not raise (pyfuse3). Inodes live in the catalog; what a segment's open needs
+        # is kept in memory until the kernel forgets the inode, and an inode without a name
+        # is purged once the kernel has forgotten it.
+        for inode, nlookup in inode_list:
             self._segments.pop(inode, None)
+            self._lookups[inode] -= nlookup
+            if self._lookups[inode] > 0:
+                continue
+            del self._lookups[inode]
+            try:
+                node = tree.get(inode)
+                if node is not None and node.links <= 0 and node.id != ROOT_ID:
+                    self._purge(node)
+            except Exception:
+                log.exception("forget(%d): purge failed; the next start purges it", inode)

@@ -246,7 +246,7 @@ class Writes:
         if not session.dirty or session.path is None or session.fd is None:
             return
         node = tree.get(session.node_id)
-        if node is None:
+        if node is None or node.links == 0:
             return  # unlinked while open: nothing to accept
         await trio.to_thread.run_sync(os.fdatasync, session.fd)
         assert session.job_id is not None
@@ -271,7 +271,8 @@ class Writes:
             if session.fd is not None:
                 os.close(session.fd)
         rolled_back = session.error is not None and not session.accepted
-        if session.path is not None and (rolled_back or tree.get(session.node_id) is None):
+        node = tree.get(session.node_id)
+        if session.path is not None and (rolled_back or node is None or node.links == 0):
             Spool.discard(session.path)  # rolled back, or its file was unlinked meanwhile
             if session.job_id is not None:
                 jobs.drop(session.job_id)

@@ -382,7 +382,8 @@ class IngestRunner:
         """The job's file as it is now; None if it is gone or has new content (accepted,
         or being written: see tgfs.fs.writes)."""
         node = tree.get(job.node_id) if job.node_id else None
-        if node is None or node.spool != job.spool or node.id in self.open_for_writing():
+        if (node is None or node.links == 0 or node.spool != job.spool
+                or node.id in self.open_for_writing()):
             return None
         return node
 
