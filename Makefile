@@ -33,8 +33,7 @@ run: setup
 	mkdir -p $(MNT)
 	$(VENV)/bin/tgfs mount $(MNT)
 
-test: setup
-	$(VENV)/bin/ruff check tgfs tests
+test: lint
 	$(VENV)/bin/pytest -q
 
 # Telegram store benchmarks against the client stand-in (a few minutes; prints figures).
@@ -52,8 +51,10 @@ bench-stream: setup
 	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
 	$(VENV)/bin/python -m tests.bench_stream $(BENCH_ARGS)
 
+# Lint, formatting and types: all three must be clean (CI runs them through `make test`).
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .apt-deps .pytest_cache

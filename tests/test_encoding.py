@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 
 from tests.conftest import copy_in
 from tests.media import Spec, make
+from tgfs.media import messages
 from tgfs.media.hls import EncodeOptions
 from tgfs.media.worker import WorkerOptions, make_hls
 
@@ -46,8 +47,9 @@ def test_copy_mode_cuts_shorter_or_transcodes_when_a_gop_is_too_big(tmp_path):
 
 
 def test_a_failing_hardware_encoder_falls_back_to_software_per_job(tmp_path, media):
-    # The media child is told NVENC works (as after a passing probe); on this machine it
-    # fails for real ("Cannot load libcuda.so.1"), and the job must still succeed.
+    # The media child is told NVENC works (as after a passing probe), and it fails for
+    # real: without the driver ("Cannot load libcuda.so.1"), and with it too, since
+    # CUDA_VISIBLE_DEVICES=-1 hides every GPU from CUDA. The job must still succeed.
     options = WorkerOptions(
         name="tiny.mp4", size=1, enable_copy_mode=False, copy_mode_min_size=0,
         encode=EncodeOptions(segment_seconds=2, x264_preset="ultrafast",
@@ -56,12 +58,14 @@ def test_a_failing_hardware_encoder_falls_back_to_software_per_job(tmp_path, med
     result = subprocess.run(
         [sys.executable, "-m", "tgfs.media.worker", str(media("tiny_h264.mp4")),
          str(tmp_path / "work"), options.to_json()],
-        capture_output=True, text=True, timeout=120)
-    events = [json.loads(line) for line in result.stdout.splitlines()]
-    final = events[-1]
-    assert result.returncode == 0 and final["kind"] == "video", events[-1]
-    assert final["mode"] == "transcode"
-    assert "h264_nvenc failed" in final["note"] and "libx264" in final["note"]
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+    said = [messages.decode(line) for line in result.stdout.splitlines()]
+    final = said[-1]
+    assert result.returncode == 0 and isinstance(final, messages.VideoResult), said[-1]
+    assert final.mode is messages.Mode.TRANSCODE
+    assert "h264_nvenc failed" in final.note and "libx264" in final.note
+    assert any(isinstance(m, messages.Restart) for m in said)  # what it announced, withdrawn
 
 
 def test_mount_reports_an_unavailable_hardware_encoder(mount_factory, media):

@@ -28,8 +28,9 @@ SEGMENT = 2.0
 def part_locations(mount, name: str) -> list[str]:
     """Store locations of the parts of the entry called `name`, from the catalog (names
     are kept as bytes)."""
-    rows = mount.catalog("SELECT p.location FROM node n JOIN part p ON p.blob_id = n.blob_id "
-                         "WHERE n.name = ? ORDER BY p.'index'", os.fsencode(name))
+    rows = mount.catalog("SELECT p.location FROM entry e JOIN node n ON n.id = e.node_id "
+                         "JOIN part p ON p.blob_id = n.blob_id WHERE e.name = ? "
+                         "ORDER BY p.'index'", os.fsencode(name))
     return [r[0] for r in rows]
 
 

@@ -130,14 +130,14 @@ class PartCache:
     def _load(self) -> None:
         found = []
         maps = set()
-        for entry in os.scandir(self.root):
-            name = entry.name
+        for item in os.scandir(self.root):
+            name = item.name
             if name.endswith(".tmp"):
-                os.unlink(entry.path)  # a map or a legacy fetch interrupted by a crash
+                os.unlink(item.path)  # a map or a legacy fetch interrupted by a crash
             elif name.endswith(_MAP):
                 maps.add(name.removesuffix(_MAP))
             elif name.isdigit():
-                st = entry.stat()
+                st = item.stat()
                 found.append((st.st_atime, int(name), st.st_size))
         for _, part_id, size in sorted(found):
             present = bytearray(b"\x01" * _chunks(size))

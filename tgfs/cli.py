@@ -167,7 +167,7 @@ def check(files: tuple[Path, ...]) -> None:
     import trio
 
     from tgfs.ingest.media_process import MediaFailed, run_worker, worker_options
-    from tgfs.media import encoders
+    from tgfs.media import encoders, messages
 
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
@@ -181,21 +181,22 @@ def check(files: tuple[Path, ...]) -> None:
                 result = trio.run(run_worker, path, Path(work) / "out", options,
                                   lambda _event: None, settings.media_memory)
             except MediaFailed as exc:
-                result = {"kind": "file", "reason": str(exc), "failed": True}
-        if result["kind"] == "file":
-            refused += bool(result.get("failed"))
-            verdict = ("NOT PUBLISHED, kept as a file" if result.get("failed")
-                       else "kept as a file")
-            click.echo(f"{path}: {verdict}: {result.get('reason', '')}")
+                result = messages.FileResult(reason=str(exc), failed=True)
+        if not isinstance(result, messages.VideoResult):
+            failed = not isinstance(result, messages.FileResult) or result.failed
+            refused += failed
+            verdict = "NOT PUBLISHED, kept as a file" if failed else "kept as a file"
+            reason = result.reason if isinstance(result, messages.FileResult) else ""
+            click.echo(f"{path}: {verdict}: {reason}")
             continue
-        shown = [r for r in result["renditions"] if r.get("kind", "video") == "video"]
-        sizes = ", ".join(f"{r['width']}x{r['height']}" for r in shown)
-        line = f"{path}: video ({result['mode']}), {result['duration']:.1f} s"
+        shown = [r for r in result.renditions if r.kind is messages.TrackKind.VIDEO]
+        sizes = ", ".join(f"{r.width}x{r.height}" for r in shown)
+        line = f"{path}: video ({result.mode}), {result.duration:.1f} s"
         # (the file is only ever opened by the media process, with its limits)
-        source = result.get("source_duration")
+        source = result.source_duration
         line += f" of {source:.1f} s" if source else ""
         line += f"; {len(shown)} rendition(s): {sizes}" if shown else ""
-        click.echo(line + (f"; {result['note']}" if result.get("note") else ""))
+        click.echo(line + (f"; {result.note}" if result.note else ""))
     if refused:
         raise click.ClickException(f"{refused} of {len(files)} video(s) would not be published")
 

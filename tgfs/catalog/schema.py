@@ -340,9 +340,15 @@ class Node(_Model):
         return entry.name if entry is not None else ""
 
     @property
-    def parent_id(self) -> int | None:
+    def parent_id(self) -> int:
+        """The directory it was found in (see `entry`); the root's is the root. Asking an
+        unlinked node is a bug (LookupError): check `links` first."""
+        if self.id == ROOT_ID:
+            return ROOT_ID
         entry = self.entry
-        return entry.parent_id if entry is not None else None
+        if entry is None:
+            raise LookupError(f"inode {self.id} has no name (unlinked)")
+        return entry.parent_id
 
 
 class Entry(_Model):

@@ -68,7 +68,7 @@ def path_of(node: Node) -> str:
             parts.append("(unlinked)")
             break
         parts.append(current.name)
-        current = get(current.parent_id) if current.parent_id else None
+        current = get(current.parent_id)
     return str(PurePosixPath(*reversed(parts))) if parts else "/"
 
 
@@ -148,8 +148,8 @@ def move(node: Node, new_parent_id: int, new_name: str) -> None:
     """Rename the entry `node` was found as."""
     entry = node.entry
     assert entry is not None, "move of a node without a name"
-    entry.parent, entry.name = new_parent_id, new_name
-    entry.save()
+    Entry.update(parent=new_parent_id, name=new_name).where(Entry.id == entry.id).execute()
+    node.found_as(Entry.get_by_id(entry.id))
     node.ctime_ns = now_ns()
     Node.update(ctime_ns=node.ctime_ns).where(Node.id == node.id).execute()
 
@@ -166,5 +166,7 @@ def is_inside(node_id: int, ancestor_id: int) -> bool:
     while current is not None:
         if current.id == ancestor_id:
             return True
-        current = get(current.parent_id) if current.parent_id else None
+        if current.id == ROOT_ID or current.entry is None:
+            return False
+        current = get(current.parent_id)
     return False

@@ -117,6 +117,12 @@ class _Segment:
     attrs: pyfuse3.EntryAttributes  # a segment's attributes never change either
 
 
+def _entry_id(node: Node) -> int:
+    """The id of the entry a directory listing found `node` as (a readdir offset)."""
+    assert node.entry is not None, "listed without an entry"
+    return node.entry.id
+
+
 def _new_gid(parent: Node, ctx) -> int:
     """A new entry's group: the directory's if it is set-group-ID (as on BSD, and on Linux
     for such directories), else the caller's."""
@@ -285,7 +291,9 @@ class Filesystem(pyfuse3.Operations):
         if name == ".":
             return self._known(parent)
         if name == "..":
-            return self._known(self._node(parent.parent_id or ROOT_ID))
+            if parent.links == 0:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # a removed directory
+            return self._known(self._node(parent.parent_id))
         return self._known(self._child(parent.id, name))
 
     @_guarded
@@ -358,8 +366,7 @@ class Filesystem(pyfuse3.Operations):
         after = start_id  # an entry id (see tree.children)
         while page := tree.children(fh, after=after, limit=_READDIR_PAGE):
             for node in page:
-                assert node.entry is not None
-                after = node.entry.id
+                after = _entry_id(node)
                 if node.id in self._hidden:
                     continue
                 if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attrs(node),
@@ -473,7 +480,7 @@ class Filesystem(pyfuse3.Operations):
         while page := tree.children(inode, after=after, limit=_READDIR_PAGE):
             if any(child.id not in self._hidden for child in page):
                 return True
-            after = page[-1].entry.id
+            after = _entry_id(page[-1])
         return False
 
     def _remove_video(self, folder: Node) -> None:

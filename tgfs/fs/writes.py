@@ -127,12 +127,13 @@ class Writes:
         self._sessions[node.id] = session
         return node, session
 
-    async def _materialise(self, session: Session, keep: int) -> None:
+    async def _materialise(self, session: Session, keep: int) -> int:
         """Give the session its working file with the first `keep` bytes of the content it
-        started from (copied back from the spool or the store), then its job row."""
+        started from (copied back from the spool or the store), then its job row. Returns
+        the working file's descriptor."""
         async with session.lock:
-            if session.path is not None:
-                return
+            if session.fd is not None:
+                return session.fd
             node = tree.get(session.node_id)
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -153,6 +154,7 @@ class Writes:
             finally:
                 session.copying = False
             session.path, session.fd, session.job_id, session.size = path, fd, job.id, keep
+            return fd
 
     async def _copy_base(self, node: Node, fd: int, length: int) -> None:
         if node.spool is not None:
@@ -177,8 +179,8 @@ class Writes:
         if self.max_size and end > self.max_size:
             self._fail(session, errno.EFBIG)
         try:
-            await self._materialise(session, session.base_size)
-            written = await Spool.pwrite(session.fd, data, offset)
+            fd = await self._materialise(session, session.base_size)
+            written = await Spool.pwrite(fd, data, offset)
         except OSError as exc:
             self._fail(session, exc.errno or errno.EIO)
         self._changed(session)
@@ -192,8 +194,8 @@ class Writes:
         if session.path is None and size == session.base_size and not session.new_file:
             return  # the same length: no change to the content
         try:
-            await self._materialise(session, size)
-            await trio.to_thread.run_sync(os.ftruncate, session.fd, size)
+            fd = await self._materialise(session, size)
+            await trio.to_thread.run_sync(os.ftruncate, fd, size)
         except OSError as exc:
             self._fail(session, exc.errno or errno.EIO)
         self._changed(session)

@@ -1,9 +1,8 @@
-"""Run the media child process (`tgfs.media.worker`) for one job and read its reports."""
+"""Run the media child process (`tgfs.media.worker`) for one job and read its messages
+(`tgfs.media.messages`)."""
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import os
 import resource
@@ -17,8 +16,21 @@ from typing import Any
 import trio
 
 from tgfs.config import Settings, format_size
+from tgfs.media import messages
 from tgfs.media.hls import EncodeOptions
+from tgfs.media.messages import (
+    Announcement,
+    Failure,
+    FailureKind,
+    FileResult,
+    Progress,
+    Result,
+    SubtitlesResult,
+    VideoResult,
+)
 from tgfs.media.worker import WorkerOptions
+
+RESULTS = (FileResult, VideoResult, SubtitlesResult)  # Result, for isinstance
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +40,6 @@ STALL_TIMEOUT = 300.0
 _STDERR_KEEP = 4000  # bytes of the child's stderr kept to explain a crash
 # How the child is started; a module constant so tests can substitute a crashing child.
 WORKER_COMMAND = [sys.executable, "-m", "tgfs.media.worker"]
-
-
-class FailureKind(enum.StrEnum):
-    MEDIA = "media"  # the file: judged, kept as an ordinary file
-    SPACE = "space"  # the spool's disk is full: try again later
-    MEMORY = "memory"  # over TGFS_MEDIA_MEMORY (or the machine's): judged, with that reason
-    KILLED = "killed"  # killed by a signal from outside (OOM killer, admin): try again
 
 
 class MediaFailed(Exception):
@@ -72,11 +77,11 @@ def _limit_child(memory: int) -> None:
 
 async def run_worker(
     src: Path, workdir: Path, options: WorkerOptions,
-    on_event: Callable[[dict[str, Any]], None], memory: int = 0,
-) -> dict[str, Any]:
-    """Run the worker to completion; returns its result event or raises MediaFailed.
-    Every other event (progress, announcements) goes to `on_event` as it comes.
-    `memory` caps the child's address space (0: no cap)."""
+    on_message: Callable[[Progress | Announcement], None], memory: int = 0,
+) -> Result:
+    """Run the worker to completion; returns its result or raises MediaFailed. Every other
+    message (progress, announcements) goes to `on_message` as it comes. `memory` caps the
+    child's address space (0: no cap)."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [*WORKER_COMMAND, str(src), str(workdir), options.to_json()]
     proc = await trio.lowlevel.open_process(
@@ -86,20 +91,25 @@ async def run_worker(
         # address-space cap that is room taken from real work.
         env={**os.environ, "MALLOC_ARENA_MAX": "2"},
     )
-    events: list[dict[str, Any]] = []
+    last: list[Result | Failure] = []
     stderr = bytearray()
     try:
+        assert proc.stdout is not None and proc.stderr is not None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, proc.stderr, stderr)
             with trio.CancelScope() as watchdog:
                 watchdog.deadline = trio.current_time() + STALL_TIMEOUT
                 async for line in _lines(proc.stdout):
                     watchdog.deadline = trio.current_time() + STALL_TIMEOUT
-                    event = json.loads(line)
-                    if event.get("event") in ("result", "error"):
-                        events.append(event)
+                    try:
+                        message = messages.decode(line)
+                    except ValueError as exc:
+                        proc.kill()
+                        raise MediaFailed(str(exc)[:500]) from None
+                    if isinstance(message, (*RESULTS, Failure)):
+                        last.append(message)
                     else:
-                        on_event(event)
+                        on_message(message)
             if watchdog.cancelled_caught:
                 proc.kill()
                 nursery.cancel_scope.cancel()
@@ -111,16 +121,14 @@ async def run_worker(
             proc.kill()
             with trio.CancelScope(shield=True):
                 await proc.wait()
-    for event in events:
-        if event.get("event") == "result":
-            return event
-        if event.get("event") == "error":
-            kind = FailureKind(event.get("kind", "media"))
-            message = event.get("message", "media process failed")
-            if kind is FailureKind.MEMORY and memory:
-                message = (f"the media process needed more memory than TGFS_MEDIA_MEMORY "
-                           f"({format_size(memory)})")
-            raise MediaFailed(message, kind)
+    for word in last:
+        if not isinstance(word, Failure):
+            return word
+        reason = word.message
+        if word.kind is FailureKind.MEMORY and memory:
+            reason = (f"the media process needed more memory than TGFS_MEDIA_MEMORY "
+                      f"({format_size(memory)})")
+        raise MediaFailed(reason, word.kind)
     raise MediaFailed(_crash_reason(code, bytes(stderr)),
                       FailureKind.KILLED if code < 0 else FailureKind.MEDIA)
 

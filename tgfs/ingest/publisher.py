@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from tgfs.catalog import Node, Rendition, blobs, library, tree
+from tgfs.media.messages import Announcement, Plan, Restart, Segment, SegmentFile, VideoResult
+from tgfs.media.messages import Rendition as Announced
 from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME, target_duration
 from tgfs.store.base import PartRef
 from tgfs.store.parts import Upload
@@ -52,9 +53,9 @@ class VideoPublisher:
         self._reset()
 
     def _reset(self) -> None:
-        self.plan: dict[str, Any] | None = None
-        self.infos: dict[str, dict[str, Any]] = {}  # dir → its "rendition" announcement
-        self.segments: dict[str, list[dict[str, Any]]] = {}  # dir → announced, in order
+        self.plan: Plan | None = None
+        self.infos: dict[str, Announced] = {}  # dir → its announcement
+        self.segments: dict[str, list[SegmentFile]] = {}  # dir → announced, in order
         self.stored: dict[Path, library.StoredFile] = {}
         self.folder: Node | None = None
         self.renditions: dict[str, Rendition] = {}
@@ -63,17 +64,17 @@ class VideoPublisher:
 
     # ---- from the worker -----------------------------------------------------------------
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        log.debug("job %d: worker says %s", self.job_id, event)
-        if kind == "plan":
-            self.plan = event
-        elif kind == "rendition":
-            self.infos[event["dir"]] = event
-            self.segments.setdefault(event["dir"], [])
-        elif kind == "segment":
-            self.segments.setdefault(event["dir"], []).append(event)
-        elif kind == "restart":
+    def on_message(self, message: Announcement) -> None:
+        log.debug("job %d: worker says %s", self.job_id, message)
+        if isinstance(message, Plan):
+            self.plan = message
+        elif isinstance(message, Announced):
+            self.infos[message.dir] = message
+            self.segments.setdefault(message.dir, [])
+        elif isinstance(message, Segment):
+            self.segments.setdefault(message.dir, []).append(
+                SegmentFile(message.name, message.duration, message.size))
+        elif isinstance(message, Restart):
             self._restart = True
         self.changed.set()
 
@@ -93,22 +94,23 @@ class VideoPublisher:
 
     # ---- at the end ----------------------------------------------------------------------
 
-    async def finish(self, result: dict[str, Any], progress_total: Callable[[int], None]
+    async def finish(self, result: VideoResult, progress_total: Callable[[int], None]
                      ) -> Node:
         """Store and publish whatever is left, then complete the video. Returns its folder."""
-        renditions = result["renditions"]
-        planned = (self.plan or {}).get("target_duration") or target_duration(
-            s["duration"] for r in renditions for s in r["segments"])
-        self.plan = {"mode": result["mode"], "dirs": [r["dir"] for r in renditions],
-                     "target_duration": planned}
+        renditions = result.renditions
+        planned = self.plan.target_duration if self.plan else target_duration(
+            s.duration for r in renditions for s in r.segments)
+        self.plan = Plan(mode=result.mode, dirs=[r.dir for r in renditions],
+                         target_duration=planned)
         for r in renditions:
-            self.infos.setdefault(r["dir"], r)
-            self.segments[r["dir"]] = r["segments"]
+            self.infos.setdefault(r.dir, r)
+            self.segments[r.dir] = r.segments
         progress_total(sum(size for _, size in self._unstored()))
         await self._step()
         source = self._source()
         old_parent, old_name = source.parent_id, source.name
-        library.complete_video(self.folder, source, result.get("start_time") or 0.0)
+        assert self.folder is not None  # _step published it: every rendition is stored
+        library.complete_video(self.folder, source, result.start_time)
         self._invalidate(old_parent, [old_name])
         self._invalidate(self.folder.id, [MASTER_NAME])
         for rendition in self.renditions.values():
@@ -123,7 +125,7 @@ class VideoPublisher:
         if self.folder is not None:
             for folder, rendition in self.renditions.items():
                 published.add(self.workdir / folder / rendition.init_name)
-                published.update(self.workdir / folder / s["name"]
+                published.update(self.workdir / folder / s.name
                                  for s in self.segments[folder][:self.published[folder]])
             library.remove_video(self.folder.video_id)
             self._invalidate(self.folder.parent_id, [self.folder.name])
@@ -140,12 +142,12 @@ class VideoPublisher:
         (path, size). Init segments first (only their size is not announced)."""
         out = []
         for folder, info in self.infos.items():
-            init = self.workdir / folder / info["init_name"] if info.get("init_name") else None
+            init = self.workdir / folder / info.init_name if info.init_name else None
             if init is not None and init not in self.stored:
                 out.append((0, init, init.stat().st_size))
-            out += [(n + 1, path, s["size"])
+            out += [(n + 1, path, s.size)
                     for n, s in enumerate(self.segments.get(folder, []))
-                    if (path := self.workdir / folder / s["name"]) not in self.stored]
+                    if (path := self.workdir / folder / s.name) not in self.stored]
         return [(path, size) for _, path, size in sorted(out, key=lambda f: f[0])]
 
     async def _step(self) -> None:
@@ -176,50 +178,49 @@ class VideoPublisher:
         """Every planned rendition has its init and first segment stored."""
         if self.plan is None:
             return False
-        for folder in self.plan["dirs"]:
+        for folder in self.plan.dirs:
             info = self.infos.get(folder)
             first = self.segments.get(folder)
             if info is None or not first:
                 return False
-            if info.get("init_name") and self.workdir / folder / info["init_name"] \
-                    not in self.stored:
+            if info.init_name and self.workdir / folder / info.init_name not in self.stored:
                 return False
-            if self.workdir / folder / first[0]["name"] not in self.stored:
+            if self.workdir / folder / first[0].name not in self.stored:
                 return False
         return True
 
     def _publish(self) -> None:
+        if self.plan is None:
+            return
         if self.folder is None:
             if not self._ready():
                 return
             source = self._source()
-            self.folder = library.create_video(source, self.plan["mode"],
-                                               self.plan["target_duration"], self.job_id,
+            self.folder = library.create_video(source, self.plan.mode,
+                                               self.plan.target_duration, self.job_id,
                                                self.source_hash)
             self._invalidate(source.parent_id, [self.folder.name])
             log.info("job %d: %s is playable while it is being made", self.job_id,
                      tree.path_of(self.folder))
-        for folder in self.plan["dirs"]:
+        for folder in self.plan.dirs:
             if folder not in self.renditions:
-                self._add_rendition(folder)
+                self._add_rendition(self.folder, folder)
             done = self.published[folder]
             ready = []
             for s in self.segments[folder][done:]:
-                stored = self.stored.get(self.workdir / folder / s["name"])
+                stored = self.stored.get(self.workdir / folder / s.name)
                 if stored is None:
                     break  # keep playback order: no gaps
-                stored.duration = s["duration"]
+                stored.duration = s.duration
                 ready.append(stored)
             library.add_segments(self.renditions[folder], ready)
             self.published[folder] = done + len(ready)
 
-    def _add_rendition(self, folder: str) -> None:
+    def _add_rendition(self, video_folder: Node, folder: str) -> None:
         info = self.infos[folder]
-        init = (self.stored[self.workdir / folder / info["init_name"]]
-                if info.get("init_name") else None)
-        self.renditions[folder] = library.add_rendition(self.folder, library.RenditionInfo(
-            name=info["name"], kind=info.get("kind", "video"), width=info["width"],
-            height=info["height"], frame_rate=info["frame_rate"], codecs=info["codecs"],
-            language=info.get("language"), title=info.get("title"),
-            default=info.get("default", False)), init)
+        init = self.stored[self.workdir / folder / info.init_name] if info.init_name else None
+        self.renditions[folder] = library.add_rendition(video_folder, library.RenditionInfo(
+            name=info.name, kind=info.kind, width=info.width, height=info.height,
+            frame_rate=info.frame_rate, codecs=info.codecs, language=info.language,
+            title=info.title, default=info.default), init)
         self.published[folder] = 0

@@ -45,10 +45,10 @@ from tgfs.config import Settings
 from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker, worker_options
 from tgfs.ingest.progress import Progress
 from tgfs.ingest.publisher import VideoPublisher
-from tgfs.media import encoders, subtitles
+from tgfs.media import encoders, messages, subtitles
 from tgfs.media.playlists import MASTER_NAME
 from tgfs.media.probe import VIDEO_EXTENSIONS
-from tgfs.media.worker import WorkerOptions
+from tgfs.media.worker import Sidecar, SubtitlesFor, WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import Upload, put_files
@@ -218,15 +218,16 @@ class IngestRunner:
                                    digest)
         try:
             result = await self._make_media(job, progress, workdir, publisher)
-            if result["kind"] == "video":
+            if isinstance(result, messages.VideoResult):
                 await self._publish_video(job, progress, publisher, result)
                 return
         except BaseException:
             publisher.withdraw()
             raise
         publisher.withdraw()  # a failed video may have been half published
-        failed = result.get("failed", False)
-        error = f"{result['reason']}; kept as an ordinary file" if failed else sidecar_note
+        failed = isinstance(result, messages.FileResult) and result.failed
+        error = (f"{result.reason}; kept as an ordinary file"
+                 if isinstance(result, messages.FileResult) and failed else sidecar_note)
         if failed:
             log.warning("job %d (%s): %s", job.id, job.path, error)
         progress.enter("store", job.size)
@@ -253,8 +254,8 @@ class IngestRunner:
 
     # ---- subtitle files dropped beside a video ---------------------------------------------
 
-    async def _sidecars(self, job: Job, workdir: Path) -> list[list]:
-        """[path, language] of the subtitle files already stored beside a video file.
+    async def _sidecars(self, job: Job, workdir: Path) -> list[Sidecar]:
+        """The subtitle files already stored beside a video file, fetched into `workdir`.
 
         Ones still being written or ingested are left to their own job, which adds them
         to the video once it is complete; so none is added twice."""
@@ -279,7 +280,7 @@ class IngestRunner:
                 continue
             workdir.mkdir(parents=True, exist_ok=True)
             await trio.to_thread.run_sync(path.write_bytes, b"".join(data))
-            found.append([str(path), match[1]])
+            found.append(Sidecar(str(path), match[1]))
         return found
 
     async def _attach_sidecar(self, job: Job, node: Node, workdir: Path
@@ -287,37 +288,41 @@ class IngestRunner:
         """A subtitle file dropped beside an already published video becomes one of its
         subtitle renditions (the file itself is kept too). Returns (waiting: its video is
         still being made and the job was put back, why the subtitles were not added)."""
-        stem, language = subtitles.sidecar_stem(node.name)
+        match = subtitles.sidecar_stem(node.name)
+        assert match is not None  # (the caller checked)
+        stem, language = match
         folder = tree.child(node.parent_id, stem)
         is_video = folder is not None and folder.node_kind is NodeKind.VIDEO
         # Its video is being made, or still queued (`cp Film.mkv Film.srt` closes the
         # video first): wait for it rather than miss it.
-        if (is_video and not folder.video.complete) or (not is_video and any(
+        if (folder is not None and is_video and not folder.video.complete) or (
+                not is_video and any(
                 library.video_name(n.name) == stem and n.node_kind is NodeKind.FILE
                 and Path(n.name).suffix.lower() in VIDEO_EXTENSIONS and jobs.active_for(n.id)
                 for n in tree.children_named_from(node.parent_id, stem))):
             jobs.mark(job, jobs.QUEUED, error=f"waiting for video {stem} to be complete",
                       not_before=time.time() + SIDECAR_WAIT)
             return True, None
-        if not is_video:
+        if folder is None or not is_video:
             return False, None
         video = folder.video
-        options = self._worker_options(job, subtitles_for={
-            "durations": library.video_segment_durations(video.id),
-            "start_time": video.start_time, "language": language})
+        options = self._worker_options(job, subtitles_for=SubtitlesFor(
+            durations=library.video_segment_durations(video.id),
+            start_time=video.start_time, language=language))
         try:
             result = await run_worker(Path(job.spool), workdir, options, lambda _: None,
                                       self.settings.media_memory)
         except MediaFailed as exc:
             self._resource_trouble(job, exc)
-            result = {"kind": "file", "reason": str(exc)}
-        if result["kind"] != "subtitles":
-            log.warning("job %d (%s): %s", job.id, job.path, result["reason"])
-            return False, result["reason"]
-        (r,) = result["renditions"]
-        files = [workdir / r["dir"] / s["name"] for s in r["segments"]]
+            result = messages.FileResult(reason=str(exc), failed=True)
+        if not isinstance(result, messages.SubtitlesResult):
+            reason = result.reason if isinstance(result, messages.FileResult) else "no subtitles"
+            log.warning("job %d (%s): %s", job.id, job.path, reason)
+            return False, reason
+        (r,) = result.renditions
+        files = [workdir / r.dir / s.name for s in r.segments]
         stored = await self._put(job, [Upload(path, path.stat().st_size,
-                                              f"job{job.id}-{r['dir']}-{path.name}")
+                                              f"job{job.id}-{r.dir}-{path.name}")
                                        for path in files])
         parts = [p for file_parts in stored.values() for p in file_parts]
         self._current_node(job, parts)  # the subtitle file itself still there?
@@ -325,29 +330,27 @@ class IngestRunner:
         if folder is None or folder.node_kind is not NodeKind.VIDEO:  # removed meanwhile
             blobs.queue_locations(p.location for p in parts)
             return False, None
-        name = tree.free_name(folder.id, tree.safe_name(r["name"]))
+        name = tree.free_name(folder.id, tree.safe_name(r.name))
         library.attach_rendition(folder, library.RenditionInfo(
-            name=name, kind=r["kind"], codecs=r["codecs"], language=r["language"],
-            title=r["title"]), [library.StoredFile(path.name, path.stat().st_size,
-                                                   stored[path], s["duration"])
-                                for path, s in zip(files, r["segments"], strict=True)])
+            name=name, kind=r.kind, codecs=r.codecs, language=r.language, title=r.title),
+            [library.StoredFile(path.name, path.stat().st_size, stored[path], s.duration)
+             for path, s in zip(files, r.segments, strict=True)])
         self.invalidate(folder.id, [MASTER_NAME, name])
         log.info("job %d (%s): added as subtitles to %s", job.id, job.path,
                  tree.path_of(folder))
         return False, None
 
     async def _make_media(self, job: Job, progress: Progress, workdir: Path,
-                          publisher: VideoPublisher) -> dict[str, Any]:
+                          publisher: VideoPublisher) -> messages.Result:
         """Run the media worker; meanwhile store and publish what it announces."""
 
-        def on_event(event: dict[str, Any]) -> None:
-            if event["event"] != "progress":
-                publisher.on_event(event)
-            elif progress.stage != event["stage"]:
-                progress.enter(event["stage"], event.get("duration") or 0.0)
-                progress.done = event["seconds"]
-            else:
-                progress.done = event["seconds"]
+        def on_message(message: messages.Progress | messages.Announcement) -> None:
+            if not isinstance(message, messages.Progress):
+                publisher.on_message(message)
+                return
+            if progress.stage != message.stage:
+                progress.enter(message.stage, message.duration)
+            progress.done = message.seconds
 
         failure: list[BaseException] = []
 
@@ -358,18 +361,18 @@ class IngestRunner:
                 failure.append(exc)
                 cancel.cancel()
 
-        result: dict[str, Any] = {}
+        result: messages.Result = messages.FileResult("media process not run", failed=True)
         trouble: MediaFailed | None = None
         options = self._worker_options(job, sidecars=await self._sidecars(job, workdir))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, nursery.cancel_scope)
             try:
-                result = await run_worker(Path(job.spool), workdir, options, on_event,
+                result = await run_worker(Path(job.spool), workdir, options, on_message,
                                           self.settings.media_memory)
             except MediaFailed as exc:
                 nursery.cancel_scope.cancel()
                 trouble = exc
-                result = {"kind": "file", "reason": str(exc), "failed": True}
+                result = messages.FileResult(reason=str(exc), failed=True)
             finally:
                 publisher.stop_following()  # after the batch in flight
         if failure:
@@ -436,14 +439,15 @@ class IngestRunner:
         log.info("job %d (%s): stored as an ordinary file", job.id, job.path)
 
     async def _publish_video(self, job: Job, progress: Progress, publisher: VideoPublisher,
-                             result: dict[str, Any]) -> None:
+                             result: messages.VideoResult) -> None:
         folder = await publisher.finish(result, lambda total: progress.enter("upload", total))
         Spool.discard(job.spool)
-        note = result.get("note") or None
-        outcome = "audio (HLS)" if result["mode"] == "audio" else f"video ({result['mode']})"
+        note = result.note or None
+        mode = result.mode
+        outcome = "audio (HLS)" if mode is messages.Mode.AUDIO else f"video ({mode})"
         jobs.mark(job, jobs.DONE, outcome=outcome, error=note)
         log.info("job %d (%s): published %s (%s, %d rendition(s))%s", job.id, job.path,
-                 tree.path_of(folder), result["mode"], len(result["renditions"]),
+                 tree.path_of(folder), mode, len(result.renditions),
                  f" — {note}" if note else "")
 
 

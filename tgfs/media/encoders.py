@@ -19,6 +19,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 SOFTWARE = "libx264"
 HARDWARE = {"nvenc": "h264_nvenc", "qsv": "h264_qsv", "vaapi": "h264_vaapi"}
@@ -95,7 +96,7 @@ def _test_encode(codec: str) -> str | None:
     av.logging.set_level(av.logging.ERROR)  # PyAV keeps FFmpeg quiet unless asked
     with av.logging.Capture() as logged:
         try:
-            context = av.CodecContext.create(codec, "w")
+            context = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))
             context.width, context.height = 256, 144
             context.pix_fmt = PIX_FMT.get(codec, "yuv420p")
             context.time_base = Fraction(1, 25)

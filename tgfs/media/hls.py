@@ -41,12 +41,13 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol, cast
 
 import av
 import m3u8
 from av.video.frame import PictureType
 
-from tgfs.media import codecs, encoders, subtitles
+from tgfs.media import codecs, encoders, messages, subtitles
 
 INIT_NAME = "init.mp4"
 SEGMENT_PATTERN = "seg_%05d.m4s"
@@ -137,11 +138,7 @@ class _Cuts:
         return True
 
 
-@dataclasses.dataclass
-class SegmentFile:
-    name: str
-    duration: float
-    size: int
+SegmentFile = messages.SegmentFile  # a finished segment on disk (named in messages)
 
 
 @dataclasses.dataclass
@@ -154,7 +151,8 @@ class RenditionOutput:
     init_name: str
     segments: list[SegmentFile]
     damaged_packets: int = 0  # packets the decoders rejected and that were skipped
-    kind: str = "video"  # or "audio" (one track of an audio group) or "subtitles"
+    # VIDEO, AUDIO (one track of an audio group) or SUBTITLES
+    kind: messages.TrackKind = messages.TrackKind.VIDEO
     language: str | None = None  # audio/subtitles: the track's language tag
     title: str | None = None  # audio/subtitles: the name players show
     default: bool = False  # audio/subtitles: DEFAULT=YES in its group
@@ -188,7 +186,7 @@ def make_rendition(
         tracks = _Tracks(source)
         out = stack.enter_context(_hls_output(out_dir, _CUT_AT_EVERY_KEYFRAME))
         video = _CopyVideo(tracks.video, out, _Cuts(cut_plan(opts.segment_seconds)))
-        paths = {tracks.video.index: video}
+        paths: Paths = {tracks.video.index: video}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _audio_path(tracks.muxed_audio, out, copy=True)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=True)
@@ -248,7 +246,8 @@ def make_ladder(
         # The container's end, in seconds on the streams' clock (AV_TIME_BASE units: µs).
         container_end = (Fraction((source.start_time or 0) + source.duration, 1_000_000)
                          if source.duration else None)
-        paths = {vin.index: _VideoFanout(decoder, encoders_, container_end, opts.hold_to_end)}
+        paths: Paths = {vin.index: _VideoFanout(decoder, encoders_, container_end,
+                                                opts.hold_to_end)}
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)
@@ -283,7 +282,7 @@ class _Tracks:
 
 
 def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks | None,
-                opts: EncodeOptions, paths: dict, copy: bool) -> Callable[[], None]:
+                opts: EncodeOptions, paths: Paths, copy: bool) -> Callable[[], None]:
     """Add the audio-group outputs and subtitle collectors to `paths`; returns what to call
     once the muxers are closed."""
     if side is None:
@@ -299,7 +298,7 @@ def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks |
         name = unique_name(f"audio-{language or n + 1}", names)
         pending.append((out_dir, RenditionOutput(
             name=name, width=0, height=0, frame_rate=None, codecs="", init_name=INIT_NAME,
-            segments=[], kind="audio", language=language, title=title,
+            segments=[], kind=messages.TrackKind.AUDIO, language=language, title=title,
             default=_is_default(ain, tracks.group_audio))))
     side.audio = pending
     collectors = []
@@ -378,7 +377,7 @@ def _target_size(source: tuple[int, int], height: int | None) -> tuple[int, int]
     return width & ~1, full & ~1
 
 
-def _pump(source, vin, paths: dict, report: ProgressFn) -> int:
+def _pump(source, vin, paths: Paths, report: ProgressFn) -> int:
     """Demux once, hand each packet to its stream's path (by stream index), then flush all.
 
     A packet a decoder rejects as invalid is skipped and counted, so one damaged spot does
@@ -438,6 +437,20 @@ class Timeline:
             if packet.pts is not None:
                 packet.pts += shift
         self.last[packet.stream.index] = at + (packet.duration or 0) * tb
+
+
+class StreamPath(Protocol):
+    """What `_pump` does with one input stream's packets: each path class (copy or encode,
+    video or audio, one output or a fan-out to several, subtitle cues) is one of these."""
+
+    def feed(self, packet: av.Packet) -> None:
+        """One packet of the stream, in demux order."""
+
+    def flush(self) -> None:
+        """The stream ended: drain decoders and encoders into the outputs."""
+
+
+Paths = dict[int, StreamPath]  # input stream index → what its packets go through
 
 
 class _Output:
@@ -687,10 +700,10 @@ class _Filters:
 
     def run(self, frame: av.VideoFrame | None) -> list[av.VideoFrame]:
         self.graph.push(frame)
-        out = []
+        out: list[av.VideoFrame] = []
         while True:
             try:
-                filtered = self.graph.pull()
+                filtered = cast(av.VideoFrame, self.graph.pull())
             except (av.BlockingIOError, av.EOFError):
                 return out
             # Deinterlacers halve the time base; the encoder works in the stream's.
@@ -738,7 +751,7 @@ class _EncodeAudio:
 
     def feed(self, packet: av.Packet) -> None:
         for frame in packet.decode():
-            self.encode_frame(frame)
+            self.encode_frame(cast(av.AudioFrame, frame))
 
     def encode_frame(self, frame: av.AudioFrame | None) -> None:
         for resampled in self.resampler.resample(frame):
@@ -761,7 +774,7 @@ class _AudioFanout:
     def feed(self, packet: av.Packet) -> None:
         for frame in packet.decode():
             for encoder in self.encoders:
-                encoder.encode_frame(frame)
+                encoder.encode_frame(cast(av.AudioFrame, frame))
 
     def flush(self) -> None:
         for encoder in self.encoders:
@@ -811,7 +824,7 @@ def _codecs_of(init_path: Path) -> str:
 def first_pts(out_dir: Path, first_segment: str) -> float:
     """Where the rendition's timestamps begin (seconds): subtitles are timed from there."""
     data = (out_dir / INIT_NAME).read_bytes() + (out_dir / first_segment).read_bytes()
-    with av.open(io.BytesIO(data)) as media:
+    with av.open(io.BytesIO(data), "r") as media:
         for packet in media.demux(media.streams.video[0]):
             if packet.pts is not None:
                 return float(packet.pts * packet.time_base)

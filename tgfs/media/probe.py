@@ -110,8 +110,8 @@ def _measured_duration(path: Path) -> float | None:
             video = _main_video(container)
             if video is None:
                 return None
-            timeline = (hls.Timeline()
-                        if container.format.flags & av.format.Flags.ts_discont.value else None)
+            discontinuous = av.format.Flags.ts_discont in av.format.Flags(container.format.flags)
+            timeline = hls.Timeline() if discontinuous else None
             rate = video.average_rate or video.guessed_rate
             frame = 1 / Fraction(rate) if rate else Fraction(0)
             start = end = None

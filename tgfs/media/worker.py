@@ -1,22 +1,10 @@
 """The media child process: probe one spooled file and, if it is a video, write its HLS.
 
 Run as `python -m tgfs.media.worker SRC WORKDIR OPTIONS_JSON`. It never touches the catalog
-or the store; it talks to the daemon through JSON lines on stdout:
-
-    {"event": "progress", "stage": "copy"|"transcode", "seconds": 12.5, "duration": 60.0}
-    {"event": "plan", "mode": "transcode", "target_duration": 6, "dirs": ["r0", "r1"]}
-    {"event": "rendition", "dir": "r0", "name": "720p", …, "codecs": "avc1.64001f,mp4a.40.2"}
-    {"event": "segment", "dir": "r0", "name": "seg_00000.m4s", "duration": 6.0, "size": 812}
-    {"event": "restart"}
-    {"event": "result", "kind": "file", "reason": "no video stream", "failed": false}
-    {"event": "result", "kind": "video", "mode": "copy", "duration": 60.0, "note": "",
-     "start_time": 0.0, "renditions": [{"name": "720p", "dir": "r0", …, "segments": [...]}]}
-    {"event": "error", "message": "…", "kind": "media"|"space"|"memory"}
-
-"plan", "rendition" and "segment" let the daemon publish a video while it is still being
-made: every file they name is complete on disk. "restart" withdraws everything announced
-so far (a hardware encoder failed mid-way and the job starts over in software). The
-"result" lists everything again, including what was never announced (subtitles).
+or the store; it talks to the daemon through typed messages, one JSON line each on stdout
+(`tgfs.media.messages`): progress, then a plan, renditions and segments as they are ready
+(so the daemon publishes while the video is being made), and one last word: a result or a
+failure.
 
 Being a separate process is the point: FFmpeg decoding a hostile file may crash or hang, and
 CPU-heavy encoding must not hold the daemon's GIL while FUSE requests wait. The daemon
@@ -27,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import resource
 import shutil
@@ -36,8 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import av
+import pydantic
 
-from tgfs.media import hls, subtitles
+from tgfs.media import hls, messages, subtitles
 from tgfs.media.encoders import SOFTWARE
 from tgfs.media.hls import (
     EncodeOptions,
@@ -59,7 +47,26 @@ class DamagedMedia(Exception):
 
 
 @dataclasses.dataclass
+class Sidecar:
+    """A subtitle file dropped beside the video, fetched into the work directory."""
+
+    path: str
+    language: str | None  # from its name ("Film.fr.srt"), if it says
+
+
+@dataclasses.dataclass
+class SubtitlesFor:
+    """The published video a subtitle file is made for: where its segments are cut."""
+
+    durations: list[float]  # of its first video rendition's segments
+    start_time: float  # where its timestamps begin, s
+    language: str | None
+
+
+@dataclasses.dataclass
 class WorkerOptions:
+    """What the daemon tells the media child (its third argument, as JSON)."""
+
     name: str  # the dropped file's name (only its extension is used)
     size: int
     enable_copy_mode: bool
@@ -67,35 +74,41 @@ class WorkerOptions:
     encode: EncodeOptions
     ladder: list[int] = dataclasses.field(default_factory=list)  # TGFS_LADDER heights
     audio_hls: bool = False  # TGFS_AUDIO_HLS: audio-only files become HLS too
-    # Subtitle files dropped beside the video: [path, language tag or None] each.
-    sidecars: list[list] = dataclasses.field(default_factory=list)
-    # Set when SRC is itself a subtitle file for a published video: its segment
-    # {"durations": […], "start_time": s, "language": tag}. Only WebVTT is written then.
-    subtitles_for: dict | None = None
+    sidecars: list[Sidecar] = dataclasses.field(default_factory=list)
+    # Set when SRC is itself a subtitle file for a published video: only WebVTT is
+    # written then.
+    subtitles_for: SubtitlesFor | None = None
     # Limits (0 = none): pixels per frame (TGFS_MEDIA_MAX_PIXELS), seconds of media
     # (TGFS_MEDIA_MAX_DURATION). A file over one is kept as an ordinary file, unread.
     max_pixels: int = 0
     max_duration: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return _OPTIONS.dump_json(self).decode()
 
     @classmethod
     def from_json(cls, text: str) -> WorkerOptions:
-        raw = json.loads(text)
-        raw["encode"] = EncodeOptions(**raw["encode"])
-        return cls(**raw)
+        return _OPTIONS.validate_json(text)
 
 
-def _emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
+_OPTIONS = pydantic.TypeAdapter(WorkerOptions)
+
+
+def _emit(message: messages.Message) -> None:
+    sys.stdout.write(messages.encode(message) + "\n")
     sys.stdout.flush()
+
+
+def _message(folder: Path, r: RenditionOutput, segments: bool = True) -> messages.Rendition:
+    fields = dataclasses.asdict(r)
+    fields["segments"] = list(r.segments) if segments else []
+    return messages.Rendition(dir=folder.name, **fields)
 
 
 class _Announcer:
     """Tells the daemon about renditions and segments as they are completed on disk."""
 
-    def __init__(self, emit: Callable[..., None] = _emit) -> None:
+    def __init__(self, emit: Callable[[messages.Message], None] = _emit) -> None:
         self.emit = emit
         self.pending: dict[Path, RenditionOutput] = {}  # started, no segment yet
         self.announced: dict[Path, int] = {}  # folder → segments announced so far
@@ -103,8 +116,8 @@ class _Announcer:
 
     def plan(self, mode: str, target: int, dirs: list[Path]) -> None:
         """Say which renditions there will be, and their one target duration."""
-        self.emit(event="plan", mode=mode, target_duration=target,
-              dirs=[d.name for d in dirs])
+        self.emit(messages.Plan(mode=messages.Mode(mode), target_duration=target,
+                                dirs=[d.name for d in dirs]))
 
     def started(self, outputs: list[tuple[Path, RenditionOutput]]) -> None:
         if self.next_plan is not None:
@@ -132,17 +145,16 @@ class _Announcer:
     def restart(self) -> None:
         self.pending.clear()
         self.announced.clear()
-        self.emit(event="restart")
+        self.emit(messages.Restart())
 
     def _announce(self, folder: Path, rendition: RenditionOutput) -> None:
-        fields = dataclasses.asdict(rendition)
-        del fields["segments"]
-        self.emit(event="rendition", dir=folder.name, **fields)
+        self.emit(_message(folder, rendition, segments=False))
         self.announced[folder] = 0
 
     def _segments(self, folder: Path, segments: list[SegmentFile]) -> None:
         for segment in segments[self.announced[folder]:]:
-            self.emit(event="segment", dir=folder.name, **dataclasses.asdict(segment))
+            self.emit(messages.Segment(dir=folder.name, name=segment.name,
+                                       duration=segment.duration, size=segment.size))
         self.announced[folder] = max(self.announced[folder], len(segments))
 
 
@@ -156,11 +168,11 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         # A file named like a video that isn't one is worth telling the user about; a PDF
         # is just a PDF.
         looks_like_video = Path(opts.name).suffix.lower() in VIDEO_EXTENSIONS
-        _emit(event="result", kind="file", reason=found.reason, failed=looks_like_video)
+        _emit(messages.FileResult(reason=found.reason, failed=looks_like_video))
         return 0
     duration = found.duration or 0.0
     if over := _over_limits(found.width, found.height, duration, opts):
-        _emit(event="result", kind="file", reason=over, failed=True)
+        _emit(messages.FileResult(reason=over, failed=True))
         return 0
     copy, why_not = copy_mode_allowed(found, opts.size, opts.enable_copy_mode,
                                       opts.copy_mode_min_size)
@@ -170,7 +182,7 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
 
     def report(stage: str):
         def progress(seconds: float) -> None:
-            _emit(event="progress", stage=stage, seconds=seconds, duration=duration)
+            _emit(messages.Progress(stage=stage, seconds=seconds, duration=duration))
             announcer.tick()
         return progress
 
@@ -198,9 +210,10 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         note = "; ".join(filter(None, [note, f"{rendition.damaged_packets} damaged "
                                        "packet(s) skipped"]))
     start_time = hls.first_pts(workdir / "r0", rendition.segments[0].name)
-    for path, language in opts.sidecars:
+    for sidecar in opts.sidecars:
+        language = sidecar.language
         try:
-            cues = subtitles.load_sidecar(Path(path))
+            cues = subtitles.load_sidecar(Path(sidecar.path))
         except (OSError, subtitles.SubtitleError) as exc:
             note = "; ".join(filter(None, [note, f"subtitle file skipped: {exc}"]))
             continue
@@ -210,16 +223,10 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     outputs = [(workdir / f"r{i}", r) for i, r in enumerate(renditions)]
     outputs += [(folder, r) for folder, r in side.audio if r.segments]
     outputs += _subtitle_renditions(side.subtitles, rendition.segments, workdir, start_time)
-    _emit(
-        event="result",
-        kind="video",
-        mode="copy" if copy else "transcode",
-        duration=got,
-        source_duration=duration,  # as the probe found it (for `tgfs check`)
-        note=note,
-        start_time=start_time,
-        renditions=[{"dir": folder.name, **dataclasses.asdict(r)} for folder, r in outputs],
-    )
+    _emit(messages.VideoResult(
+        mode=messages.Mode.COPY if copy else messages.Mode.TRANSCODE, duration=got,
+        source_duration=duration, note=note, start_time=start_time,
+        renditions=[_message(folder, r) for folder, r in outputs]))
     return 0
 
 
@@ -238,7 +245,7 @@ def _over_limits(width: int, height: int, duration: float, opts: WorkerOptions) 
 def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) -> int:
     """TGFS_AUDIO_HLS: one audio rendition (AAC copied, anything else encoded to AAC)."""
     def report(seconds: float) -> None:
-        _emit(event="progress", stage="audio", seconds=seconds, duration=duration)
+        _emit(messages.Progress(stage="audio", seconds=seconds, duration=duration))
 
     rendition = hls.make_audio_only(src, workdir / "r0", opts.encode, report)
     if not rendition.segments:
@@ -247,26 +254,26 @@ def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) 
     if duration and duration - got > max(opts.encode.segment_seconds / 2, 1.0):
         raise DamagedMedia(f"only {got:.1f} s of {duration:.1f} s could be decoded "
                            "(damaged or incomplete file)")
-    _emit(event="result", kind="video", mode="audio", duration=got, note="",
-          start_time=0.0, renditions=[{"dir": "r0", **dataclasses.asdict(rendition)}])
+    _emit(messages.VideoResult(mode=messages.Mode.AUDIO, duration=got, note="",
+                               start_time=0.0,
+                               renditions=[_message(workdir / "r0", rendition)]))
     return 0
 
 
-def _sidecar_only(src: Path, workdir: Path, timeline: dict) -> int:
+def _sidecar_only(src: Path, workdir: Path, timeline: SubtitlesFor) -> int:
     """A subtitle file for a video published before it arrived."""
     try:
         cues = subtitles.load_sidecar(src)
     except subtitles.SubtitleError as exc:
-        _emit(event="result", kind="file", reason=f"subtitles not added: {exc}", failed=True)
+        _emit(messages.FileResult(reason=f"subtitles not added: {exc}", failed=True))
         return 0
-    language = timeline.get("language")
+    language = timeline.language
     track = subtitles.Track(language=language, title=language or "Subtitles", default=False,
                             cues=cues)
-    video = [SegmentFile("", d, 0) for d in timeline["durations"]]
+    video = [SegmentFile("", d, 0) for d in timeline.durations]
     ((folder, rendition),) = _subtitle_renditions([track], video, workdir,
-                                                  timeline["start_time"])
-    _emit(event="result", kind="subtitles",
-          renditions=[{"dir": folder.name, **dataclasses.asdict(rendition)}])
+                                                  timeline.start_time)
+    _emit(messages.SubtitlesResult(renditions=[_message(folder, rendition)]))
     return 0
 
 
@@ -283,7 +290,7 @@ def _subtitle_renditions(tracks: list[subtitles.Track], video: list[SegmentFile]
         name = hls.unique_name(f"subtitles-{track.language or n + 1}", names)
         out.append((folder, RenditionOutput(
             name=name, width=0, height=0, frame_rate=None, codecs="wvtt", init_name="",
-            segments=[SegmentFile(*w) for w in written], kind="subtitles",
+            segments=[SegmentFile(*w) for w in written], kind=messages.TrackKind.SUBTITLES,
             language=track.language, title=track.title, default=track.default)))
     return out
 
@@ -300,7 +307,7 @@ def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
     With an `announcer`, renditions and segments are announced as they are completed: a
     copy-mode rendition once it is final (it may be cut again to fit), transcoded ones
     segment by segment."""
-    announcer = announcer or _Announcer(emit=lambda **event: None)
+    announcer = announcer or _Announcer(emit=lambda message: None)
     notes = [note] if note else []
 
     def audio_dirs() -> list[Path]:  # known once the first pass has set up its outputs
@@ -401,14 +408,15 @@ def main(argv: list[str]) -> int:
     except DamagedMedia as exc:  # already worded for the user
         # FFmpeg's HLS muxer logs a failed segment write and carries on, so a full disk
         # looks like a file with nothing decodable in it. The disk says which it was.
-        _emit(event="error", message=str(exc), kind="space" if _disk_full(workdir) else "media")
+        _emit(messages.Failure(message=str(exc), kind=messages.FailureKind.SPACE
+                               if _disk_full(workdir) else messages.FailureKind.MEDIA))
         return 1
     except MemoryError:
-        _emit(event="error", message="out of memory", kind="memory")
+        _emit(messages.Failure(message="out of memory", kind=messages.FailureKind.MEMORY))
         return 1
     except Exception as exc:  # anything else: report it as this job's failure, in one line
-        _emit(event="error", message=f"{type(exc).__name__}: {_reason(exc)}",
-              kind=_resource_kind(exc, workdir))
+        _emit(messages.Failure(message=f"{type(exc).__name__}: {_reason(exc)}",
+                               kind=_resource_kind(exc, workdir)))
         return 1
 
 
@@ -424,15 +432,15 @@ def _disk_full(workdir: Path) -> bool:
     return st.f_bavail * st.f_frsize < _FULL_BELOW
 
 
-def _resource_kind(exc: BaseException, workdir: Path) -> str:
-    """"space" or "memory" when the machine, not the file, is the problem (the daemon then
-    tries again later, or reports the memory limit); "media" otherwise."""
+def _resource_kind(exc: BaseException, workdir: Path) -> messages.FailureKind:
+    """SPACE or MEMORY when the machine, not the file, is the problem (the daemon then
+    tries again later, or reports the memory limit); MEDIA otherwise."""
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or _disk_full(workdir):
-        return "space"
+        return messages.FailureKind.SPACE
     if code == errno.ENOMEM or _near_memory_cap():
-        return "memory"
-    return "media"
+        return messages.FailureKind.MEMORY
+    return messages.FailureKind.MEDIA
 
 
 def _near_memory_cap() -> bool:

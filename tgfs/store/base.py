@@ -47,11 +47,19 @@ class BlobStore(abc.ABC):
     """Async part storage. Implementations must be safe to call concurrently."""
 
     kind: str = "abstract"
-    # How many puts the ingest runner keeps in flight; stores with many backends raise it.
-    parallelism: int = 4
-    # Into how many parts a striped blob is split (tgfs.store.parts.plan): stores that put
-    # consecutive parts of a blob on different backends, read in parallel, raise it.
-    stripe_width: int = 1
+
+    @property
+    def parallelism(self) -> int:
+        """How many puts the ingest runner keeps in flight; stores with many backends
+        raise it."""
+        return 4
+
+    @property
+    def stripe_width(self) -> int:
+        """Into how many parts a striped blob is split (tgfs.store.parts.plan): stores that
+        put consecutive parts of a blob on different backends, read in parallel, raise
+        it."""
+        return 1
 
     @abc.abstractmethod
     async def put(self, src: Path, offset: int, size: int, key: str,

@@ -86,7 +86,7 @@ async def put_files(
                                          location=location)
             on_part(ref)
             if on_file is not None and all(p is not None for p in parts):
-                on_file(upload.path, parts)
+                on_file(upload.path, [p for p in parts if p is not None])
 
     async with trio.open_nursery() as nursery:
         for _ in range(min(store.parallelism, len(pieces))):

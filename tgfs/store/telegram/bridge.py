@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import trio
@@ -58,7 +58,7 @@ class AsyncioBridge:
         ready.wait()
         self._loop = loop
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Await `fn(*args)` on the asyncio loop; its result or exception comes back here."""
         loop = self._loop
         if loop is None or loop.is_closed():
