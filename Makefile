@@ -54,6 +54,7 @@ bench-stream: setup
 # Lint, formatting and types: all three must be clean (CI runs them through `make test`).
 lint: setup
 	$(VENV)/bin/ruff check tgfs tests
+	$(VENV)/bin/ruff format --check tgfs tests
 	$(VENV)/bin/mypy
 
 clean:

@@ -52,6 +52,7 @@ WARM_FILES = 40  # init + 39 segments (~240 MB): every pass is then the same fil
 
 # ---- the player -----------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Playback:
     startup: float = 0.0
@@ -65,8 +66,9 @@ def _read(path: Path) -> int:
         return len(f.read())
 
 
-def play(folder: Path, seconds: float, seek: bool = False,
-         barrier: threading.Barrier | None = None) -> Playback:
+def play(
+    folder: Path, seconds: float, seek: bool = False, barrier: threading.Barrier | None = None
+) -> Playback:
     """Play `folder`'s first variant like hls.js for `seconds` of wall time."""
     result = Playback()
     if barrier is not None:
@@ -101,8 +103,12 @@ def play(folder: Path, seconds: float, seek: bool = False,
 
     while time.monotonic() - play_start < seconds and index < len(segments):
         if buffered - playhead >= BUFFER:
-            time.sleep(min(buffered - playhead - BUFFER + 0.05,
-                           max(0.0, seconds - (time.monotonic() - play_start))))
+            time.sleep(
+                min(
+                    buffered - playhead - BUFFER + 0.05,
+                    max(0.0, seconds - (time.monotonic() - play_start)),
+                )
+            )
             advance()
             continue
         _read(segments[index][0])
@@ -133,14 +139,17 @@ def play_many(folders: list[Path], seconds: float) -> list[Playback]:
 
 def summary(results: list[Playback]) -> str:
     start = max(r.startup for r in results)
-    text = (f"start-up {start:5.2f} s{' (slowest)' if len(results) > 1 else ''}"
-            f"  stalls {sum(r.stalls for r in results):3d}"
-            f"  stalled {sum(r.stalled for r in results):6.1f} s")
+    text = (
+        f"start-up {start:5.2f} s{' (slowest)' if len(results) > 1 else ''}"
+        f"  stalls {sum(r.stalls for r in results):3d}"
+        f"  stalled {sum(r.stalled for r in results):6.1f} s"
+    )
     seeks = [r.seek for r in results if r.seek is not None]
     return text + (f"  seek {seeks[0]:5.2f} s" if seeks else "")
 
 
 # ---- set-up -----------------------------------------------------------------------------
+
 
 def make_film(path: Path, seconds: int, title: str | None = None) -> Path:
     """A 720p H.264 + AAC film at a constant 8 Mbps (x264 pads with filler data), with a
@@ -150,25 +159,76 @@ def make_film(path: Path, seconds: int, title: str | None = None) -> Path:
         return path
     if title is not None:
         source = make_film(path.parent / "film0.mp4", seconds)
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-c", "copy",
-                        "-metadata", f"title={title}", str(path)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                "-c",
+                "copy",
+                "-metadata",
+                f"title={title}",
+                str(path),
+            ],
+            check=True,
+        )
         return path
     print(f"making a {seconds} s 8 Mbps film …", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([
-        "ffmpeg", "-v", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-        "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
-        "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-b:v", "8M",
-        "-minrate", "8M", "-maxrate", "8M", "-bufsize", "4M",
-        "-x264-params", "nal-hrd=cbr:force-cfr=1",
-        "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path),
-    ], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "50",
+            "-b:v",
+            "8M",
+            "-minrate",
+            "8M",
+            "-maxrate",
+            "8M",
+            "-bufsize",
+            "4M",
+            "-x264-params",
+            "nal-hrd=cbr:force-cfr=1",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
-def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
-                 extra: dict[str, str], plain: Path | None = None) -> tuple[Mount, StandIn]:
+def tgfs_library(
+    work: Path,
+    name: str,
+    bots: int,
+    films: list[Path],
+    extra: dict[str, str],
+    plain: Path | None = None,
+) -> tuple[Mount, StandIn]:
     """A mount on a fresh stand-in with `bots` bots, the films published (fast) and
     copied out to `plain`, the cache empty, then the stand-in slowed down."""
     root = work / name
@@ -176,11 +236,18 @@ def tgfs_library(work: Path, name: str, bots: int, films: list[Path],
     root.mkdir(parents=True)
     standin = StandIn(root / "telegram", bots=bots)
     os.environ["STANDIN_DIR"] = str(root / "telegram")
-    env = standin.env(PYTHONPATH=str(REPO), TGFS_BOT_MESSAGES_PER_MINUTE="0",
-                      TGFS_LOG_LEVEL="INFO", TGFS_CACHE_SIZE="8G",
-                      TGFS_CACHE_MIN_FREE="1G", COPY_MODE_MIN_SIZE="1M",
-                      TELEGRAM_MAX_FILE_SIZE="64M", TGFS_SEGMENT_SECONDS="6",
-                      TGFS_X264_PRESET="ultrafast", **extra)
+    env = standin.env(
+        PYTHONPATH=str(REPO),
+        TGFS_BOT_MESSAGES_PER_MINUTE="0",
+        TGFS_LOG_LEVEL="INFO",
+        TGFS_CACHE_SIZE="8G",
+        TGFS_CACHE_MIN_FREE="1G",
+        COPY_MODE_MIN_SIZE="1M",
+        TELEGRAM_MAX_FILE_SIZE="64M",
+        TGFS_SEGMENT_SECONDS="6",
+        TGFS_X264_PRESET="ultrafast",
+        **extra,
+    )
     m = Mount(root, env).start()  # env wins over the test suite's defaults
     print(f"{name}: publishing {len(films)} film(s) on {bots} bot(s) …", flush=True)
     for film in films:
@@ -211,17 +278,38 @@ class Peer:
             d.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.cache, ignore_errors=True)
         self.slowfs = subprocess.Popen(
-            [sys.executable, "-m", "tests.slowfs", str(source), str(self.slow),
-             "--links", str(links),
-             *(["--latency", str(LATENCY), "--bandwidth", str(BANDWIDTH)] if slow else
-               ["--latency", "0", "--bandwidth", "1e15", "--keep-cache"])],
-            cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "tests.slowfs",
+                str(source),
+                str(self.slow),
+                "--links",
+                str(links),
+                *(
+                    ["--latency", str(LATENCY), "--bandwidth", str(BANDWIDTH)]
+                    if slow
+                    else ["--latency", "0", "--bandwidth", "1e15", "--keep-cache"]
+                ),
+            ],
+            cwd=REPO,
+        )
         wait_for(lambda: os.path.ismount(self.slow), 20, "slowfs")
         self.rclone = subprocess.Popen(
-            ["rclone", "mount", str(self.slow if slow else source), str(self.mnt),
-             "--vfs-cache-mode", "full",
-             "--cache-dir", str(self.cache), "--read-only"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "rclone",
+                "mount",
+                str(self.slow if slow else source),
+                str(self.mnt),
+                "--vfs-cache-mode",
+                "full",
+                "--cache-dir",
+                str(self.cache),
+                "--read-only",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: os.path.ismount(self.mnt), 20, "rclone mount")
 
     def close(self) -> None:
@@ -241,6 +329,7 @@ def copy_out(m: Mount, folders: list[str], dest: Path) -> None:
 
 
 # ---- measurements ---------------------------------------------------------------------
+
 
 def segment_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in (".m4s", ".mp4", ".ts"))
@@ -266,18 +355,35 @@ def read_rates(readers: dict[str, list[Path]], settle: Callable[[], object]) -> 
 def settled(m: Mount) -> None:
     """Wait until no prefetch runs and no fetch is in flight (the first pass of a warm read
     fetched the segments the cold playback had not, and prefetched past them)."""
+
     def quiet() -> bool:
         cache = json.loads((m.path / ".tgfs" / "cache.json").read_text())
         return cache["fetches_in_flight"] == 0 and cache["prefetch"]["viewers_fetching"] == 0
+
     wait_for(quiet, 300, "the cache to settle")
 
 
 def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]:
     """p99 (ms) of stat and readdir on the mount while a transcode and a playback run."""
     busy = m.path / "busy.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=1280x720:rate=25:duration=60", "-c:v", "mpeg4",
-                    "-q:v", "3", str(m.root / "busy.mkv")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25:duration=60",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "3",
+            str(m.root / "busy.mkv"),
+        ],
+        check=True,
+    )
     shutil.copyfile(m.root / "busy.mkv", busy)  # MPEG-4 ASP: a transcode
     player = threading.Thread(target=play, args=(m.path / folder, seconds))
     player.start()
@@ -296,8 +402,10 @@ def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]
     player.join()
     state = (m.job("busy.mkv") or {}).get("state")
     print(f"  (transcode state at the end: {state}; {len(stats)} samples)")
-    return (statistics.quantiles(stats, n=100)[98] * 1000,
-            statistics.quantiles(lists, n=100)[98] * 1000)
+    return (
+        statistics.quantiles(stats, n=100)[98] * 1000,
+        statistics.quantiles(lists, n=100)[98] * 1000,
+    )
 
 
 def main() -> None:
@@ -308,8 +416,10 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    films = [make_film(work / "media" / f"film{k}.mp4", args.seconds, None if k == 0 else
-                       f"film {k}") for k in range(4)]
+    films = [
+        make_film(work / "media" / f"film{k}.mp4", args.seconds, None if k == 0 else f"film {k}")
+        for k in range(4)
+    ]
     rows: list[tuple[str, str, str]] = []
     results: dict[str, object] = {}
 
@@ -318,14 +428,16 @@ def main() -> None:
     m1: Mount | None = None
     peer: Peer | None = None
     try:
-
         one = play(m8.path / "film0", args.play, seek=True)
         peer = Peer(work, plain, links=8)
         one_peer = play(peer.mnt / "film0", args.play, seek=True)
         rows.append(("cold, 8 bots", summary([one]), summary([one_peer])))
 
-        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
+            check=True,
+            capture_output=True,
+        )
         four = play_many([m8.path / f.stem for f in films], args.play)
         peer.close()
         peer = Peer(work, plain, links=8)  # its cache starts empty again
@@ -334,15 +446,27 @@ def main() -> None:
 
         peer.close()
         peer = Peer(work, plain, links=8, slow=False)
-        rates = read_rates({name: segment_files(root / "film0")[:WARM_FILES] for name, root in
-                            (("tgfs", m8.path), ("local", plain), ("rclone", peer.mnt),
-                             ("floor", peer.slow))}, lambda: settled(m8))
+        rates = read_rates(
+            {
+                name: segment_files(root / "film0")[:WARM_FILES]
+                for name, root in (
+                    ("tgfs", m8.path),
+                    ("local", plain),
+                    ("rclone", peer.mnt),
+                    ("floor", peer.slow),
+                )
+            },
+            lambda: settled(m8),
+        )
         warm, local, warm_peer, floor = (rates[k] for k in ("tgfs", "local", "rclone", "floor"))
         peer.close()
         peer = None
 
-        subprocess.run([sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "tgfs", "cache", "clear", str(m8.path)],
+            check=True,
+            capture_output=True,
+        )
         stat_p99, readdir_p99 = responsiveness(m8, "film1", min(args.play, 30))
         cache = json.loads((m8.path / ".tgfs" / "cache.json").read_text())
         m8.stop()
@@ -361,18 +485,26 @@ def main() -> None:
             if m is not None and m.proc is not None:
                 m.stop()
 
-    print(f"\nfilm: {args.seconds} s at 8 Mbps, 6 s segments; played {args.play:g} s; "
-          f"stand-in {LATENCY * 1000:.0f} ms per request, {BANDWIDTH / 1e6:g} MB/s per bot")
+    print(
+        f"\nfilm: {args.seconds} s at 8 Mbps, 6 s segments; played {args.play:g} s; "
+        f"stand-in {LATENCY * 1000:.0f} ms per request, {BANDWIDTH / 1e6:g} MB/s per bot"
+    )
     print(f"{'':25}| {'tgfs':70}| rclone --vfs-cache-mode full")
     for name, ours, theirs in rows:
         print(f"{name:25}| {ours:70}| {theirs}")
-    print(f"\nwarm reads of all segments: tgfs {warm:.2f} GB/s, local disk {local:.2f} GB/s "
-          f"({warm / local:.2f}x), rclone {warm_peer:.2f} GB/s (tgfs {warm / warm_peer:.1f}x), "
-          f"a minimal Python FUSE mirror {floor:.2f} GB/s ({floor / local:.2f}x)")
-    print(f"during a transcode and a cold playback: stat p99 {stat_p99:.1f} ms, "
-          f"readdir p99 {readdir_p99:.1f} ms")
-    results.update(prefetch_hit_bytes=cache["prefetch_hit_bytes"],
-                   prefetch_wasted_bytes=cache["prefetch_wasted_bytes"])
+    print(
+        f"\nwarm reads of all segments: tgfs {warm:.2f} GB/s, local disk {local:.2f} GB/s "
+        f"({warm / local:.2f}x), rclone {warm_peer:.2f} GB/s (tgfs {warm / warm_peer:.1f}x), "
+        f"a minimal Python FUSE mirror {floor:.2f} GB/s ({floor / local:.2f}x)"
+    )
+    print(
+        f"during a transcode and a cold playback: stat p99 {stat_p99:.1f} ms, "
+        f"readdir p99 {readdir_p99:.1f} ms"
+    )
+    results.update(
+        prefetch_hit_bytes=cache["prefetch_hit_bytes"],
+        prefetch_wasted_bytes=cache["prefetch_wasted_bytes"],
+    )
     print(f"cache after the runs: {json.dumps(results)}")
 
 

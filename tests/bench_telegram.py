@@ -54,8 +54,9 @@ def make_film(folder: Path, count: int, size: int) -> list[Upload]:
     return uploads
 
 
-async def tgfs_upload(settings: config.Settings, uploads: list[Upload],
-                      pacing_window: float | None = None) -> tuple[float, dict]:
+async def tgfs_upload(
+    settings: config.Settings, uploads: list[Upload], pacing_window: float | None = None
+) -> tuple[float, dict]:
     store = TelegramStore(settings)
     await store.start()
     if pacing_window is not None:  # time-scaled simulation: the pacer's minute shrinks too
@@ -77,8 +78,13 @@ def serial_upload(standin: StandIn, uploads: list[Upload], workdir: Path) -> flo
     async def run() -> float:
         clients = []
         for bot_id in standin.bot_ids:
-            client = StandInClient(f"peer-{bot_id}", api_id=1, api_hash=API_HASH,
-                                   bot_token=token(bot_id), workdir=str(workdir))
+            client = StandInClient(
+                f"peer-{bot_id}",
+                api_id=1,
+                api_hash=API_HASH,
+                bot_token=token(bot_id),
+                workdir=str(workdir),
+            )
             await client.start()
             clients.append((client, standin.channel(bot_id)))
         started = time.perf_counter()
@@ -90,22 +96,24 @@ def serial_upload(standin: StandIn, uploads: list[Upload], workdir: Path) -> flo
     return asyncio.run(run())
 
 
-def throughput(root: Path, segments: int, segment_mib: float, latency: float,
-               bandwidth_mib: float) -> None:
+def throughput(
+    root: Path, segments: int, segment_mib: float, latency: float, bandwidth_mib: float
+) -> None:
     size = int(segment_mib * MiB)
     uploads = make_film(root / "film", segments, size)
     total = segments * size / MiB
-    print(f"\n1. Upload throughput: {segments} segments of {segment_mib:g} MiB "
-          f"({total:.0f} MiB), {latency * 1000:.0f} ms latency, "
-          f"{bandwidth_mib:g} MiB/s per bot")
+    print(
+        f"\n1. Upload throughput: {segments} segments of {segment_mib:g} MiB "
+        f"({total:.0f} MiB), {latency * 1000:.0f} ms latency, "
+        f"{bandwidth_mib:g} MiB/s per bot"
+    )
     print(f"{'bots':>4}  {'tgfs':>10}  {'vs 1 bot':>8}  {'serial peer':>11}  {'tgfs/peer':>9}")
     first = None
     for bots in (1, 2, 4, 8):
         params = {"latency": latency, "bandwidth": bandwidth_mib * MiB}
         standin = StandIn(root / f"tg-{bots}", bots=bots, **params)
         os.environ["STANDIN_DIR"] = str(standin.root)
-        settings = settings_for(standin, root / f"data-{bots}",
-                                TGFS_BOT_MESSAGES_PER_MINUTE="0")
+        settings = settings_for(standin, root / f"data-{bots}", TGFS_BOT_MESSAGES_PER_MINUTE="0")
         elapsed, _ = trio.run(tgfs_upload, settings, uploads)
         rate = total / elapsed
         first = first or rate
@@ -122,24 +130,36 @@ def two_hour_film(root: Path, scale: float, latency: float, bandwidth_mib: float
     segments = 2 * 3600 // 6 + 1  # six-second segments + the init segment
     size = int(3 * MiB / scale)  # ~4 Mbit/s video, scaled like everything else
     uploads = make_film(root / "film2h", segments, size)
-    print(f"\n2. A 2-hour film ({segments} messages) at 20 messages/minute per channel "
-          f"(simulated {scale:g}x faster)")
-    print(f"{'setup':<28} {'simulated':>9}  {'real time':>9}  {'floor':>7}  "
-          f"{'flood waits':>11}")
+    print(
+        f"\n2. A 2-hour film ({segments} messages) at 20 messages/minute per channel "
+        f"(simulated {scale:g}x faster)"
+    )
+    print(f"{'setup':<28} {'simulated':>9}  {'real time':>9}  {'floor':>7}  {'flood waits':>11}")
     for bots, paced in ((1, True), (8, True), (8, False)):
-        standin = StandIn(root / f"tg2h-{bots}-{paced}", bots=bots,
-                          latency=latency / scale, bandwidth=bandwidth_mib * MiB,
-                          messages_per_minute=20, time_scale=scale)
+        standin = StandIn(
+            root / f"tg2h-{bots}-{paced}",
+            bots=bots,
+            latency=latency / scale,
+            bandwidth=bandwidth_mib * MiB,
+            messages_per_minute=20,
+            time_scale=scale,
+        )
         os.environ["STANDIN_DIR"] = str(standin.root)
-        settings = settings_for(standin, root / f"data2h-{bots}-{paced}",
-                                TGFS_BOT_MESSAGES_PER_MINUTE="20" if paced else "0")
+        settings = settings_for(
+            standin,
+            root / f"data2h-{bots}-{paced}",
+            TGFS_BOT_MESSAGES_PER_MINUTE="20" if paced else "0",
+        )
         elapsed, health = trio.run(tgfs_upload, settings, uploads, 60 / scale)
         floods = sum(b["flood_waits"] for b in health["bots"])
         # The first minute's burst is free; every further 20 messages per bot need a minute.
         floor = math.ceil(segments / (bots * 20)) - 1
         label = f"{bots} bot(s), " + ("paced by tgfs" if paced else "unpaced (peer)")
-        print(f"{label:<28} {elapsed:>8.1f}s  {elapsed * scale / 60:>6.1f} min  "
-              f"{floor:>4d} min  {floods:>11}", flush=True)
+        print(
+            f"{label:<28} {elapsed:>8.1f}s  {elapsed * scale / 60:>6.1f} min  "
+            f"{floor:>4d} min  {floods:>11}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -148,8 +168,9 @@ def main() -> None:
     parser.add_argument("--segment-mib", type=float, default=2.0)
     parser.add_argument("--latency", type=float, default=0.3, help="seconds per request")
     parser.add_argument("--bandwidth-mib", type=float, default=4.0, help="per bot")
-    parser.add_argument("--scale", type=float, default=60.0,
-                        help="speed-up of the 2-hour-film simulation")
+    parser.add_argument(
+        "--scale", type=float, default=60.0, help="speed-up of the 2-hour-film simulation"
+    )
     args = parser.parse_args()
     logging.getLogger("tgfs").setLevel(logging.ERROR)  # flood waits are counted, not logged
     with tempfile.TemporaryDirectory(prefix="tgfs-bench-") as tmp:

@@ -69,11 +69,15 @@ class Mount:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tgfs", "mount", str(self.path)],
-            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
-        wait_for(lambda: os.path.ismount(self.path) or self.proc.poll() is not None,
-                 20, "the mount")
+        wait_for(
+            lambda: os.path.ismount(self.path) or self.proc.poll() is not None, 20, "the mount"
+        )
         if self.proc.poll() is not None:
             raise AssertionError(f"tgfs mount exited early:\n{self.log()}")
         return self
@@ -116,8 +120,10 @@ class Mount:
         wait_for(lambda: self.status()["garbage_pending"] == 0, 60, "garbage collection")
         stored = {f"{p.parent.name}/{p.name}" for p in self.blob_files()}
         referenced = {loc for (loc,) in self.catalog("SELECT location FROM part")}
-        assert stored == referenced, (f"orphans: {sorted(stored - referenced)[:5]}, "
-                                      f"missing: {sorted(referenced - stored)[:5]}")
+        assert stored == referenced, (
+            f"orphans: {sorted(stored - referenced)[:5]}, "
+            f"missing: {sorted(referenced - stored)[:5]}"
+        )
 
     def status(self) -> dict:
         return json.loads((self.path / ".tgfs" / "status.json").read_text())
@@ -127,10 +133,12 @@ class Mount:
 
     def wait_idle(self, timeout: float = 120.0) -> dict:
         """Wait until every job has finished; returns the final status."""
+
         def idle():
             status = self.status()
             busy = [j for j in status["jobs"] if j["state"] in ("queued", "running")]
             return status if not busy else None
+
         # No pause needed: close() returns only once the file's job is queued.
         return wait_for(idle, timeout, "ingest jobs to finish")
 
@@ -183,8 +191,9 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
     def make(name: str, size: str) -> Path:
         path = tmp_path / name
         path.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True
+        )
         made.append(path)
         return path
 
@@ -212,9 +221,12 @@ def write_until_killed(m: Mount, src: Path, dest: Path, mode: str, kill_after: i
     """Write (mode "truncate") or append `src` to `dest` in 32 KiB write() calls from
     another process; SIGKILL the daemon once `kill_after` bytes went in. Returns the bytes
     whose write() had returned."""
-    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(src), str(dest),
-                               str(32 * 1024), mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(src), str(dest), str(32 * 1024), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     written = 0
     assert writer.stdout is not None
     for line in writer.stdout:
@@ -257,10 +269,21 @@ MEDIA_SPECS = {
     "mpeg4_only.mkv": Spec(seconds=5, video_codec="mpeg4", audio_codec=None),
     # A "film" whose 2 s segments would be ~2 MB: over the test's 1 MiB
     # TELEGRAM_MAX_FILE_SIZE, so copy mode must cut them shorter (keyframes every 0.24 s).
-    "film.mp4": Spec(seconds=24, width=1280, height=720, bitrate=8_000_000, gop=6,
-                     video_options=(("preset", "veryfast"),)),
-    "hevc.mp4": Spec(seconds=6, video_codec="libx265", audio_codec="aac", bitrate=800_000,
-                     video_options=(("x265-params", "log-level=error"),)),
+    "film.mp4": Spec(
+        seconds=24,
+        width=1280,
+        height=720,
+        bitrate=8_000_000,
+        gop=6,
+        video_options=(("preset", "veryfast"),),
+    ),
+    "hevc.mp4": Spec(
+        seconds=6,
+        video_codec="libx265",
+        audio_codec="aac",
+        bitrate=800_000,
+        video_options=(("x265-params", "log-level=error"),),
+    ),
 }
 
 

@@ -39,9 +39,10 @@ class Ctx:
 
 class FsApi:
     def __init__(self, root: Path) -> None:
-        self.settings = config.load({"TGFS_DATA_DIR": str(root / "data"),
-                                     "TGFS_CACHE_DIR": str(root / "cache")},
-                                    env_file=Path("/dev/null"))
+        self.settings = config.load(
+            {"TGFS_DATA_DIR": str(root / "data"), "TGFS_CACHE_DIR": str(root / "cache")},
+            env_file=Path("/dev/null"),
+        )
         open_catalog(self.settings.catalog_path)
         self.store = LocalStore(self.settings.local_store_dir)
         spool = Spool(self.settings.spool_dir)
@@ -49,8 +50,9 @@ class FsApi:
         self.invalidated: list[tuple[int, bytes]] = []
         runner = IngestRunner(self.settings, self.store, spool, lambda p, n: None)
         collector = GarbageCollector(self.store, lambda loc: False)
-        self.fs = Filesystem(self.settings, spool, cache, self.store, runner, collector,
-                             Prefetcher(cache, 0))
+        self.fs = Filesystem(
+            self.settings, spool, cache, self.store, runner, collector, Prefetcher(cache, 0)
+        )
         self.ctx = Ctx()
 
     def close(self) -> None:
@@ -68,8 +70,9 @@ class FsApi:
 
     async def write_file(self, parent: int, name: str, data: bytes) -> int:
         """create, write, flush (close()), release: a whole `cp`."""
-        info, attrs = await self.fs.create(parent, os.fsencode(name), 0o644,
-                                           os.O_WRONLY | os.O_CREAT, self.ctx)
+        info, attrs = await self.fs.create(
+            parent, os.fsencode(name), 0o644, os.O_WRONLY | os.O_CREAT, self.ctx
+        )
         await self.fs.write(info.fh, 0, data)
         await self.fs.flush(info.fh)
         await self.fs.release(info.fh)

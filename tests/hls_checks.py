@@ -14,13 +14,24 @@ from pathlib import Path
 import m3u8
 
 # ffprobe profile names → H.264 profile_idc, to check the avc1 CODECS string independently.
-H264_PROFILE_IDC = {"Baseline": 66, "Constrained Baseline": 66, "Main": 77, "High": 100,
-                    "High 10": 110, "High 4:2:2": 122, "High 4:4:4 Predictive": 244}
+H264_PROFILE_IDC = {
+    "Baseline": 66,
+    "Constrained Baseline": 66,
+    "Main": 77,
+    "High": 100,
+    "High 10": 110,
+    "High 4:2:2": 122,
+    "High 4:4:4 Predictive": 244,
+}
 
 
 def ffprobe(path: Path, *args: str) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", *args, str(path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", *args, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -30,18 +41,25 @@ def source_duration(path: Path) -> float:
 
 def decode_errors(playlist: Path) -> str:
     """ffmpeg's complaints while decoding every stream of the playlist (empty = clean)."""
-    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(playlist),
-                          "-map", "0", "-f", "null", "-"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(playlist), "-map", "0", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     return out.stderr.strip()
 
 
 def video_span(playlist: Path) -> float:
     """Seconds from the first video packet to the end of the last, as ffprobe reads them."""
-    packets = ffprobe(playlist, "-select_streams", "v:0",
-                      "-show_entries", "packet=pts_time,duration_time")["packets"]
-    times = [(float(p["pts_time"]), float(p.get("duration_time") or 0)) for p in packets
-             if p.get("pts_time") not in (None, "N/A")]
+    packets = ffprobe(
+        playlist, "-select_streams", "v:0", "-show_entries", "packet=pts_time,duration_time"
+    )["packets"]
+    times = [
+        (float(p["pts_time"]), float(p.get("duration_time") or 0))
+        for p in packets
+        if p.get("pts_time") not in (None, "N/A")
+    ]
     start = min(t for t, _ in times)
     end = max(t + d for t, d in times)
     return end - start
@@ -56,8 +74,16 @@ def probe_segment(init: Path, segment: Path, *args: str) -> dict:
 
 
 def first_video_packet_is_key(init: Path, segment: Path) -> bool:
-    packets = probe_segment(init, segment, "-select_streams", "v:0", "-read_intervals",
-                            "%+#1", "-show_entries", "packet=flags")["packets"]
+    packets = probe_segment(
+        init,
+        segment,
+        "-select_streams",
+        "v:0",
+        "-read_intervals",
+        "%+#1",
+        "-show_entries",
+        "packet=flags",
+    )["packets"]
     return bool(packets) and packets[0]["flags"].startswith("K")
 
 
@@ -75,8 +101,9 @@ def check_media_playlist(media_path: Path) -> m3u8.M3U8:
     return media
 
 
-def check_video_folder(folder: Path, source: Path, segment_seconds: float,
-                       duration: float | None = None) -> dict:
+def check_video_folder(
+    folder: Path, source: Path, segment_seconds: float, duration: float | None = None
+) -> dict:
     """Assert every rule DESIGN.md lists; return facts for further assertions.
 
     Audio and subtitle renditions (EXT-X-MEDIA) are checked too: audio as fMP4 with its
@@ -108,8 +135,9 @@ def check_video_folder(folder: Path, source: Path, segment_seconds: float,
         for seg in media.segments:
             seg_path = media_path.parent / seg.uri
             assert first_video_packet_is_key(init, seg_path), f"{seg.uri} starts without IDR"
-        renditions.append({"variant": variant, "media": media, "init": init,
-                           "dir": media_path.parent})
+        renditions.append(
+            {"variant": variant, "media": media, "init": init, "dir": media_path.parent}
+        )
     for alt in master.media:
         assert alt.type in ("AUDIO", "SUBTITLES") and alt.uri and alt.name
         media_path = folder / alt.uri
@@ -126,8 +154,15 @@ def check_video_folder(folder: Path, source: Path, segment_seconds: float,
             init = None
             for seg in media.segments:
                 assert (media_path.parent / seg.uri).read_text().startswith("WEBVTT")
-        alternatives.append({"media_tag": alt, "media": media, "init": init,
-                             "first": first, "dir": media_path.parent})
+        alternatives.append(
+            {
+                "media_tag": alt,
+                "media": media,
+                "init": init,
+                "first": first,
+                "dir": media_path.parent,
+            }
+        )
     for type_ in ("AUDIO", "SUBTITLES"):
         defaults = [a for a in master.media if a.type == type_ and a.default == "YES"]
         assert len(defaults) <= 1
@@ -141,15 +176,18 @@ def check_video_folder(folder: Path, source: Path, segment_seconds: float,
     return {"renditions": renditions, "alternatives": alternatives, "span": span}
 
 
-def check_codecs_string(init: Path, segment: Path, codecs: str,
-                        audio: tuple[Path, Path] | None = None) -> None:
+def check_codecs_string(
+    init: Path, segment: Path, codecs: str, audio: tuple[Path, Path] | None = None
+) -> None:
     """CODECS in the master agrees with what ffprobe reads from the rendition's streams
     (plus, with an audio group, from an audio rendition's `(init, segment)`)."""
-    streams = probe_segment(init, segment, "-show_entries",
-                            "stream=codec_name,codec_tag_string,profile,level")["streams"]
+    streams = probe_segment(
+        init, segment, "-show_entries", "stream=codec_name,codec_tag_string,profile,level"
+    )["streams"]
     if audio is not None:
-        streams += probe_segment(*audio, "-show_entries",
-                                 "stream=codec_name,codec_tag_string,profile,level")["streams"]
+        streams += probe_segment(
+            *audio, "-show_entries", "stream=codec_name,codec_tag_string,profile,level"
+        )["streams"]
     entries = codecs.split(",")
     assert len(entries) == len(streams), (entries, streams)
     for stream, entry in zip(streams, entries, strict=True):

@@ -31,8 +31,11 @@ def make(path: Path, spec: Spec) -> Path:
     """Write a test file: a moving test pattern (+ a sine tone) in the given codecs."""
     frames = int(spec.seconds * spec.fps)
     with av.open(str(path), "w") as out:
-        video = out.add_stream(spec.video_codec, rate=spec.fps,
-                               options={"g": str(spec.gop), **dict(spec.video_options)})
+        video = out.add_stream(
+            spec.video_codec,
+            rate=spec.fps,
+            options={"g": str(spec.gop), **dict(spec.video_options)},
+        )
         video.width, video.height, video.pix_fmt = spec.width, spec.height, spec.pix_fmt
         if spec.bitrate:
             video.bit_rate = spec.bitrate
@@ -41,8 +44,7 @@ def make(path: Path, spec: Spec) -> Path:
             audio = out.add_stream(spec.audio_codec, rate=44100)
             audio.layout = "stereo"
         source = f"testsrc2=size={spec.width}x{spec.height}:rate={spec.fps}"
-        pattern = av.open(f"{source},{spec.filters}" if spec.filters else source,
-                          format="lavfi")
+        pattern = av.open(f"{source},{spec.filters}" if spec.filters else source, format="lavfi")
         for i, frame in enumerate(pattern.decode(video=0)):
             if i >= frames:
                 break
@@ -53,10 +55,15 @@ def make(path: Path, spec: Spec) -> Path:
         out.mux(video.encode(None))
         pattern.close()
         if audio is not None:
-            tone = av.open(f"sine=frequency=440:sample_rate=44100:duration={spec.seconds}",
-                           format="lavfi")
-            resampler = av.AudioResampler(format=audio.format.name, layout="stereo",
-                                          rate=44100, frame_size=audio.frame_size or 1024)
+            tone = av.open(
+                f"sine=frequency=440:sample_rate=44100:duration={spec.seconds}", format="lavfi"
+            )
+            resampler = av.AudioResampler(
+                format=audio.format.name,
+                layout="stereo",
+                rate=44100,
+                frame_size=audio.frame_size or 1024,
+            )
             for frame in tone.decode(audio=0):
                 for chunk in resampler.resample(frame):
                     out.mux(audio.encode(chunk))

@@ -36,8 +36,9 @@ class _Open:
 
 
 class SlowFS(pyfuse3.Operations):
-    def __init__(self, root: Path, latency: float, bandwidth: float, links: int,
-                 keep_cache: bool = False) -> None:
+    def __init__(
+        self, root: Path, latency: float, bandwidth: float, links: int, keep_cache: bool = False
+    ) -> None:
         super().__init__()
         self.root = root
         self.keep_cache = keep_cache
@@ -60,8 +61,9 @@ class SlowFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = self._inode(path)
-        attrs.st_mode = (stat.S_IFDIR | 0o555) if stat.S_ISDIR(st.st_mode) else (
-            stat.S_IFREG | 0o444)
+        attrs.st_mode = (
+            (stat.S_IFDIR | 0o555) if stat.S_ISDIR(st.st_mode) else (stat.S_IFREG | 0o444)
+        )
         attrs.st_nlink = 1
         attrs.st_size = st.st_size
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = st.st_mtime_ns
@@ -89,8 +91,10 @@ class SlowFS(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         path = self._paths[inode]
         fd = os.open(path, os.O_RDONLY)
-        link = int.from_bytes(hashlib.blake2b(str(path).encode(), digest_size=4).digest(),
-                              "big") % self.links
+        link = (
+            int.from_bytes(hashlib.blake2b(str(path).encode(), digest_size=4).digest(), "big")
+            % self.links
+        )
         self._open[fd] = _Open(fd, link, os.fstat(fd).st_size)
         return pyfuse3.FileInfo(fh=fd, keep_cache=self.keep_cache)
 
@@ -127,12 +131,14 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--bandwidth", type=float, default=2e6)
     parser.add_argument("--links", type=int, default=8)
-    parser.add_argument("--keep-cache", action="store_true",
-                        help="let the page cache serve re-reads (with --latency 0: the "
-                        "fastest a Python FUSE filesystem can be, for warm reads)")
+    parser.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="let the page cache serve re-reads (with --latency 0: the "
+        "fastest a Python FUSE filesystem can be, for warm reads)",
+    )
     args = parser.parse_args()
-    fs = SlowFS(args.source.absolute(), args.latency, args.bandwidth, args.links,
-                args.keep_cache)
+    fs = SlowFS(args.source.absolute(), args.latency, args.bandwidth, args.links, args.keep_cache)
     options = set(pyfuse3.default_options) | {"fsname=slowfs", "ro"}
     pyfuse3.init(fs, str(args.mountpoint), options)
     try:

@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
 
 # ---- what the client returns ------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class User:
     id: int
@@ -102,6 +103,7 @@ class Message:
 
 _WORLDS: dict[Path, _World] = {}
 
+
 class _World:
     """State shared by every client in this process, keyed by the state directory."""
 
@@ -111,7 +113,8 @@ class _World:
         self.config: dict[str, Any] = dict(DEFAULTS)
         self.rng = random.Random(1)
         self.sends: dict[int, collections.deque[float]] = collections.defaultdict(
-            collections.deque)  # chat → recent send times
+            collections.deque
+        )  # chat → recent send times
         self.wire_free: dict[int, float] = collections.defaultdict(float)  # bot → time
         self.sent_by: collections.Counter[int] = collections.Counter()
         self.lock = asyncio.Lock()
@@ -146,11 +149,19 @@ class _World:
 class StandInClient:
     """Same constructor as pyrogram.Client for the arguments tgfs passes."""
 
-    def __init__(self, name: str, api_id: int | None = None, api_hash: str | None = None,
-                 bot_token: str | None = None, workdir: str = ".",
-                 max_concurrent_transmissions: int = 1, sleep_threshold: int = 10,
-                 no_updates: bool | None = None, in_memory: bool | None = None,
-                 **_: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        api_id: int | None = None,
+        api_hash: str | None = None,
+        bot_token: str | None = None,
+        workdir: str = ".",
+        max_concurrent_transmissions: int = 1,
+        sleep_threshold: int = 10,
+        no_updates: bool | None = None,
+        in_memory: bool | None = None,
+        **_: Any,
+    ) -> None:
         self.name = name
         self.api_id = api_id
         self.api_hash = api_hash
@@ -166,8 +177,9 @@ class StandInClient:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    async def _request(self, rpc: str, chat_id: int | None = None,
-                       post: bool = False) -> dict[str, Any]:
+    async def _request(
+        self, rpc: str, chat_id: int | None = None, post: bool = False
+    ) -> dict[str, Any]:
         """One round trip: latency, faults, access checks. Returns this bot's config."""
         world = self._world
         world.refresh()
@@ -179,11 +191,13 @@ class StandInClient:
         if flood_until > time.time():
             raise errors.FloodWait(value=math.ceil(flood_until - time.time()), rpc_name=rpc)
         if world.rng.random() < world.config["failure_rate"]:
-            raise world.rng.choice([
-                OSError(f"[stand-in] connection reset during {rpc}"),
-                TimeoutError(f'Failed to invoke "{rpc}" after 3 retries'),
-                errors.ServiceUnavailable(value="[-503 Timeout]", rpc_name=rpc),
-            ])
+            raise world.rng.choice(
+                [
+                    OSError(f"[stand-in] connection reset during {rpc}"),
+                    TimeoutError(f'Failed to invoke "{rpc}" after 3 retries'),
+                    errors.ServiceUnavailable(value="[-503 Timeout]", rpc_name=rpc),
+                ]
+            )
         if chat_id is not None:
             if chat_id not in bot.get("channels", []):
                 raise errors.ChannelInvalid(rpc_name=rpc)
@@ -250,17 +264,24 @@ class StandInClient:
         await self._request("channels.GetChannels", chat_id)
         return Chat(id=chat_id, title=f"stand-in channel {chat_id}")
 
-    async def send_document(self, chat_id: int, document: Any, file_name: str | None = None,
-                            force_document: bool | None = None,
-                            disable_notification: bool | None = None, **_: Any) -> Message:
+    async def send_document(
+        self,
+        chat_id: int,
+        document: Any,
+        file_name: str | None = None,
+        force_document: bool | None = None,
+        disable_notification: bool | None = None,
+        **_: Any,
+    ) -> Message:
         self._check_started()
         if isinstance(document, (str, os.PathLike)):
             fp: Any = open(document, "rb")  # noqa: SIM115
         elif isinstance(document, io.IOBase):
             fp = document
         else:
-            raise ValueError("Invalid file. Expected a file path as string or a binary "
-                             "(not text) file pointer")
+            raise ValueError(
+                "Invalid file. Expected a file path as string or a binary (not text) file pointer"
+            )
         world = self._world
         async with self.save_file_semaphore:
             bot = await self._request("upload.SaveFilePart")
@@ -293,8 +314,9 @@ class StandInClient:
                 recent.popleft()
             if limit and len(recent) >= limit:
                 wait = recent[0] + window - now
-                raise errors.FloodWait(value=math.ceil(wait) if scale == 1 else wait,
-                                       rpc_name="messages.SendMedia")
+                raise errors.FloodWait(
+                    value=math.ceil(wait) if scale == 1 else wait, rpc_name="messages.SendMedia"
+                )
             recent.append(now)
             folder = world.channel_dir(chat_id)
             counter = folder / "next_id"
@@ -307,11 +329,16 @@ class StandInClient:
 
     def _message(self, chat_id: int, message_id: int, size: int, name: str) -> Message:
         return Message(
-            id=message_id, chat=Chat(id=chat_id, title=f"stand-in channel {chat_id}"),
-            document=Document(file_id=f"standin-{self._bot_id}-{chat_id}-{message_id}",
-                              file_unique_id=f"u{chat_id}{message_id}", file_size=size,
-                              file_name=name),
-            _bot_id=self._bot_id, _fetched_at=time.monotonic(),
+            id=message_id,
+            chat=Chat(id=chat_id, title=f"stand-in channel {chat_id}"),
+            document=Document(
+                file_id=f"standin-{self._bot_id}-{chat_id}-{message_id}",
+                file_unique_id=f"u{chat_id}{message_id}",
+                file_size=size,
+                file_name=name,
+            ),
+            _bot_id=self._bot_id,
+            _fetched_at=time.monotonic(),
         )
 
     async def get_messages(self, chat_id: int, message_ids: int | list[int]) -> Any:
@@ -327,14 +354,21 @@ class StandInClient:
             path = self._world.channel_dir(chat_id) / str(message_id)
             if path.exists():
                 name = path.with_name(f"{message_id}.name")
-                found.append(self._message(chat_id, message_id, path.stat().st_size,
-                                           name.read_text() if name.exists() else "document"))
+                found.append(
+                    self._message(
+                        chat_id,
+                        message_id,
+                        path.stat().st_size,
+                        name.read_text() if name.exists() else "document",
+                    )
+                )
             else:
                 found.append(Message(id=message_id, empty=True))
         return found if not isinstance(message_ids, int) else found[0]
 
-    async def stream_media(self, message: Any, limit: int = 0,
-                           offset: int = 0) -> AsyncGenerator[bytes, None]:
+    async def stream_media(
+        self, message: Any, limit: int = 0, offset: int = 0
+    ) -> AsyncGenerator[bytes, None]:
         if not isinstance(message, Message) or message.document is None:
             raise ValueError("This message doesn't contain any downloadable media")
         self._check_started()
@@ -363,8 +397,9 @@ class StandInClient:
                 if len(chunk) < CHUNK or (limit and sent >= limit):
                     return
 
-    async def delete_messages(self, chat_id: int, message_ids: int | list[int],
-                              revoke: bool = True) -> int:
+    async def delete_messages(
+        self, chat_id: int, message_ids: int | list[int], revoke: bool = True
+    ) -> int:
         self._check_started()
         ids = [message_ids] if isinstance(message_ids, int) else list(message_ids)
         if len(ids) > 100:
@@ -396,9 +431,12 @@ class StandIn:
         self.root = root
         self.bot_ids = [7000001 + i for i in range(bots)]
         self.config: dict[str, Any] = {
-            **DEFAULTS, **params,
-            "bots": {str(b): {"token": token(b), "channels": [self.channel(b)], "admin": True}
-                     for b in self.bot_ids},
+            **DEFAULTS,
+            **params,
+            "bots": {
+                str(b): {"token": token(b), "channels": [self.channel(b)], "admin": True}
+                for b in self.bot_ids
+            },
         }
         self.write()
 
@@ -437,9 +475,11 @@ class StandIn:
         found = {}
         for bot_id in ids:
             folder = self.root / "channels" / str(self.channel(bot_id))
-            found[self.channel(bot_id)] = sorted(
-                int(p.name) for p in folder.glob("*") if p.name.isdigit()
-            ) if folder.exists() else []
+            found[self.channel(bot_id)] = (
+                sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
+                if folder.exists()
+                else []
+            )
         return found
 
     def message_path(self, channel: int, message_id: int) -> Path:

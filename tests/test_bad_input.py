@@ -14,8 +14,13 @@ from tests.conftest import copy_in
 
 
 def tgfs_status(mount) -> str:
-    out = subprocess.run([sys.executable, "-m", "tgfs", "status", str(mount.path)],
-                         capture_output=True, text=True, env=mount.env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tgfs", "status", str(mount.path)],
+        capture_output=True,
+        text=True,
+        env=mount.env,
+        check=True,
+    )
     return out.stdout
 
 
@@ -30,8 +35,21 @@ def _kept_with_reason(mount, name: str, data: bytes, reason: str) -> None:
 def test_broken_files_are_kept_with_a_reason(mount, media, tmp_path):
     good = media("mpeg4_mp3.avi")
     faststart = tmp_path / "fs.mov"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(good), "-c", "copy", "-movflags",
-                    "+faststart", str(faststart)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(good),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(faststart),
+        ],
+        check=True,
+    )
     whole = faststart.read_bytes()
     cases = {
         "empty.mp4": (b"", "empty file"),
@@ -55,8 +73,9 @@ def test_file_over_max_upload_size_is_refused(mount_factory, tmp_path):
     m = mount_factory(MAX_UPLOAD_SIZE="1M")
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(2 * 2**20))
-    result = subprocess.run(["cp", str(src), str(m.path / "big.bin")], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["cp", str(src), str(m.path / "big.bin")], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "File too large" in result.stderr
     m.wait_idle()
     assert not (m.path / "big.bin").exists()  # nothing half-stored
@@ -65,14 +84,14 @@ def test_file_over_max_upload_size_is_refused(mount_factory, tmp_path):
     assert (m.path / "small.txt").read_text() == "fine"
 
 
-def test_full_spool_disk_gives_enospc_and_stores_nothing(small_disk, mount_factory,
-                                                         tmp_path):
+def test_full_spool_disk_gives_enospc_and_stores_nothing(small_disk, mount_factory, tmp_path):
     spool = small_disk("spool", "4m")
     m = mount_factory(TGFS_SPOOL_DIR=str(spool))
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(8 * 2**20))
-    result = subprocess.run(["cp", str(src), str(m.path / "big.bin")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["cp", str(src), str(m.path / "big.bin")], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "No space left" in result.stderr
     m.wait_idle()
     assert not (m.path / "big.bin").exists()

@@ -16,9 +16,12 @@ API_HASH = "0123456789abcdef0123456789abcdef"
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tgfs", *args], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp",
-                                          "TGFS_ENV_FILE": "/dev/null", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "tgfs", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TGFS_ENV_FILE": "/dev/null", **env},
+    )
 
 
 def test_defaults_use_local_store(tmp_path):
@@ -29,14 +32,17 @@ def test_defaults_use_local_store(tmp_path):
     assert settings.segment_seconds == 6.0
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("TGFS_CACHE_SIZE", "-5G", "must not be negative"),
-    ("PREFERRED_ENCODER", "quantum", "is not one of"),
-    ("TGFS_SEGMENT_SECONDS", "0", "must be between"),
-    ("ENABLE_COPY_MODE", "perhaps", "must be true or false"),
-    ("TELEGRAM_MAX_FILE_SIZE", "3G", "2000 MiB"),
-    ("COPY_MODE_MIN_SIZE", "lots", "is not a size"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TGFS_CACHE_SIZE", "-5G", "must not be negative"),
+        ("PREFERRED_ENCODER", "quantum", "is not one of"),
+        ("TGFS_SEGMENT_SECONDS", "0", "must be between"),
+        ("ENABLE_COPY_MODE", "perhaps", "must be true or false"),
+        ("TELEGRAM_MAX_FILE_SIZE", "3G", "2000 MiB"),
+        ("COPY_MODE_MIN_SIZE", "lots", "is not a size"),
+    ],
+)
 def test_invalid_value_stops_with_one_line(name, value, message):
     result = run_cli("config", **{name: value})
     assert result.returncode != 0
@@ -46,10 +52,14 @@ def test_invalid_value_stops_with_one_line(name, value, message):
 
 def test_config_masks_secrets_and_reports_bad_bots():
     env = {
-        "TELEGRAM_BOT_TOKEN_1": TOKEN, "TELEGRAM_CHANNEL_ID_1": "-1001234567890",
-        "TELEGRAM_BOT_TOKEN_2": "your_bot_token", "TELEGRAM_CHANNEL_ID_2": "-1001234567891",
-        "TELEGRAM_BOT_TOKEN_3": TOKEN, "TELEGRAM_CHANNEL_ID_3": "-1001234567892",
-        "TELEGRAM_API_ID": "12345", "TELEGRAM_API_HASH": API_HASH,
+        "TELEGRAM_BOT_TOKEN_1": TOKEN,
+        "TELEGRAM_CHANNEL_ID_1": "-1001234567890",
+        "TELEGRAM_BOT_TOKEN_2": "your_bot_token",
+        "TELEGRAM_CHANNEL_ID_2": "-1001234567891",
+        "TELEGRAM_BOT_TOKEN_3": TOKEN,
+        "TELEGRAM_CHANNEL_ID_3": "-1001234567892",
+        "TELEGRAM_API_ID": "12345",
+        "TELEGRAM_API_HASH": API_HASH,
     }
     result = run_cli("config", **env)
     assert result.returncode == 0, result.stderr
@@ -71,8 +81,9 @@ def test_bots_need_an_api_id_and_enough_bots_for_the_replicas():
     assert result.returncode != 0
     assert "TELEGRAM_API_ID and TELEGRAM_API_HASH are required" in result.stderr
     assert TOKEN not in result.stderr + result.stdout
-    result = run_cli("config", **bot, TELEGRAM_API_ID="12345", TELEGRAM_API_HASH=API_HASH,
-                     TGFS_REPLICAS="2")
+    result = run_cli(
+        "config", **bot, TELEGRAM_API_ID="12345", TELEGRAM_API_HASH=API_HASH, TGFS_REPLICAS="2"
+    )
     assert result.returncode != 0 and "TGFS_REPLICAS=2 needs at least 2 bots" in result.stderr
 
 

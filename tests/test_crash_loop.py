@@ -24,6 +24,7 @@ from tests.hls_checks import check_video_folder
 
 KILLS_PER_PLACE = 10
 
+
 class Library:
     """What the test has given the mount, and what each file may look like now."""
 
@@ -40,9 +41,9 @@ class Library:
             assert (root / name).read_bytes() == data, name
         for name, (kept, writing, written) in self.prefix.items():
             got = (root / name).read_bytes()
-            assert got[:len(kept)] == kept, name
+            assert got[: len(kept)] == kept, name
             assert len(got) >= len(kept) + written, (name, len(got), len(kept), written)
-            assert got[len(kept):] == writing[:len(got) - len(kept)], name
+            assert got[len(kept) :] == writing[: len(got) - len(kept)], name
         for name, src in self.videos.items():
             folder = (root / name).parent / Path(name).stem
             if (root / name).exists():  # not published yet (or being published)
@@ -57,8 +58,11 @@ class Library:
 
 def _kill_during_job(m: Mount, name: str, rng: random.Random) -> None:
     """Kill while the file's job runs (the media step or the upload), at a random time."""
-    wait_for(lambda: (j := m.job(name)) and j["state"] in ("running", "done"), 60,
-             f"{name}'s job to start")
+    wait_for(
+        lambda: (j := m.job(name)) and j["state"] in ("running", "done"),
+        60,
+        f"{name}'s job to start",
+    )
     time.sleep(rng.uniform(0.0, 2.5))  # a random point of the job: that is the test
     m.kill()
 
@@ -84,8 +88,9 @@ def test_random_kills_lose_nothing_and_leave_nothing(mount_factory, media, tmp_p
     # 1. During a cp: a prefix of what was written is kept.
     for n in range(KILLS_PER_PLACE):
         name = f"copying{n}.bin"
-        written = write_until_killed(m, source, m.path / name, "truncate",
-                              rng.randrange(32 * 1024, len(data)))
+        written = write_until_killed(
+            m, source, m.path / name, "truncate", rng.randrange(32 * 1024, len(data))
+        )
         lib.prefix[name] = (b"", data, written)
         restart()
     # 2. Right after cp returned: everything.
@@ -98,8 +103,7 @@ def test_random_kills_lose_nothing_and_leave_nothing(mount_factory, media, tmp_p
         else:
             name = f"copied{n}.bin"
             size = rng.randrange(1, len(data))
-            subprocess.run(["cp", "/dev/stdin", str(m.path / name)], input=data[:size],
-                           check=True)
+            subprocess.run(["cp", "/dev/stdin", str(m.path / name)], input=data[:size], check=True)
             lib.whole[name] = data[:size]
         m.kill()
         restart()
@@ -113,8 +117,9 @@ def test_random_kills_lose_nothing_and_leave_nothing(mount_factory, media, tmp_p
         lib.whole.pop(name, None)
         more = os.urandom(rng.randrange(64 * 1024, 2**20))
         (tmp_path / "more.bin").write_bytes(more)
-        written = write_until_killed(m, tmp_path / "more.bin", m.path / name, "append",
-                              rng.randrange(1, len(more)))
+        written = write_until_killed(
+            m, tmp_path / "more.bin", m.path / name, "append", rng.randrange(1, len(more))
+        )
         lib.prefix[name] = (kept, more, written)
         restart()
         lib.prefix.pop(name)

@@ -35,8 +35,10 @@ def test_close_or_fsync_then_kill_keeps_the_bytes(mount_factory, tmp_path):
         src.write_bytes(os.urandom(300_000 + n * 250_000))
         name = f"f{n}.bin"
         if n % 4 == 3:  # dd with fsync before close
-            subprocess.run(["dd", f"if={src}", f"of={m.path / name}", "bs=64k",
-                            "conv=fsync", "status=none"], check=True)
+            subprocess.run(
+                ["dd", f"if={src}", f"of={m.path / name}", "bs=64k", "conv=fsync", "status=none"],
+                check=True,
+            )
         elif n % 4 == 2:  # fsync while still open: the daemon dies before close()
             fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, src.read_bytes())
@@ -89,9 +91,9 @@ def test_kill_during_an_append_keeps_both_parts(mount_factory, tmp_path):
     written = write_until_killed(m, more, m.path / "log.bin", "append", 2**20)
     m.start()
     data = (m.path / "log.bin").read_bytes()
-    assert data[:len(first)] == first
+    assert data[: len(first)] == first
     assert len(data) >= len(first) + written
-    assert data[len(first):] == more.read_bytes()[:len(data) - len(first)]
+    assert data[len(first) :] == more.read_bytes()[: len(data) - len(first)]
     m.wait_idle()
     assert (m.path / "log.bin").read_bytes() == data  # stored again, as it was
     m.store_matches_catalog()
@@ -138,8 +140,13 @@ def test_a_second_daemon_on_the_same_data_is_refused(mount_factory, tmp_path):
     (m.path / "a.txt").write_text("a")
     other = tmp_path / "mnt2"
     other.mkdir()
-    result = subprocess.run([sys.executable, "-m", "tgfs", "mount", str(other)], env=m.env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "tgfs", "mount", str(other)],
+        env=m.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert f"pid {m.proc.pid}" in result.stderr and str(m.path) in result.stderr
     assert not os.path.ismount(other)
@@ -168,13 +175,21 @@ def test_names_that_are_not_utf8_come_back_byte_exact(mount_factory, media):
     with open(root + b"/" + bad, "wb") as f:
         f.write(b"latin-1 era")
     os.mkdir(root + b"/caf\xe9")
-    subprocess.run([b"cp", os.fsencode(media("tiny_h264.mp4")), root + b"/caf\xe9/v\xff.mp4"],
-                   check=True)
+    subprocess.run(
+        [b"cp", os.fsencode(media("tiny_h264.mp4")), root + b"/caf\xe9/v\xff.mp4"], check=True
+    )
     m.wait_idle()
     assert sorted(os.listdir(root)) == [b".tgfs", bad, b"caf\xe9"]
     assert os.listdir(root + b"/caf\xe9") == [b"v\xff"]
-    assert "\\xff" in subprocess.run([sys.executable, "-m", "tgfs", "status", str(m.path)],
-                                     env=m.env, capture_output=True, text=True).stdout
+    assert (
+        "\\xff"
+        in subprocess.run(
+            [sys.executable, "-m", "tgfs", "status", str(m.path)],
+            env=m.env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     m.stop()
     m.start()
     assert Path(os.fsdecode(root + b"/" + bad)).read_bytes() == b"latin-1 era"
@@ -193,12 +208,13 @@ def test_times_set_by_tools_are_kept_and_touch_stores_nothing(mount, tmp_path):
     assert int((mount.path / "old.bin").stat().st_mtime) == int(old)
     mount.wait_idle()
     assert int((mount.path / "old.bin").stat().st_mtime) == int(old)
-    subprocess.run(["touch", "-d", "2001-02-03 04:05:06", str(mount.path / "old.bin")],
-                   check=True)
+    subprocess.run(["touch", "-d", "2001-02-03 04:05:06", str(mount.path / "old.bin")], check=True)
     jobs_before = len(mount.status()["jobs"])
     stored_before = sorted(mount.blob_files())
-    assert time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(
-        (mount.path / "old.bin").stat().st_mtime)) == "2001-02-03 04:05:06"
+    assert (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((mount.path / "old.bin").stat().st_mtime))
+        == "2001-02-03 04:05:06"
+    )
     subprocess.run(["touch", str(mount.path / "old.bin")], check=True)
     mount.wait_idle()
     assert len(mount.status()["jobs"]) == jobs_before  # no new job: nothing re-stored
@@ -208,22 +224,23 @@ def test_times_set_by_tools_are_kept_and_touch_stores_nothing(mount, tmp_path):
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "a.txt").write_text("a")
     for _ in range(2):
-        out = subprocess.run(["rsync", "-rt", "--itemize-changes", f"{tmp_path}/tree/",
-                              str(mount.path / "tree")], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["rsync", "-rt", "--itemize-changes", f"{tmp_path}/tree/", str(mount.path / "tree")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     assert out == ""
 
 
-def test_full_catalog_disk_gives_enospc_and_rm_still_works(small_disk, mount_factory,
-                                                           tmp_path):
+def test_full_catalog_disk_gives_enospc_and_rm_still_works(small_disk, mount_factory, tmp_path):
     data = small_disk("data", "24m")
     m = mount_factory(TGFS_SPOOL_DIR=str(tmp_path / "spool"))
     for n in range(3):
         (m.path / f"keep{n}.bin").write_bytes(os.urandom(500_000))
     m.wait_idle()
     wait_for(lambda: (data / "catalog.reserve").exists(), 10, "the catalog's reserve")
-    subprocess.run(["dd", "if=/dev/zero", f"of={data / 'filler'}", "bs=1M"],
-                   capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={data / 'filler'}", "bs=1M"], capture_output=True)
     fds = len(os.listdir(f"/proc/{m.proc.pid}/fd"))
     failed = None
     for n in range(3000):  # until SQLite needs a page it cannot have
@@ -291,8 +308,13 @@ def test_a_spool_shared_by_two_data_directories_is_refused(mount_factory, tmp_pa
         other = tmp_path / "mnt2"
         other.mkdir()
         env = {**m.env, "TGFS_DATA_DIR": str(tmp_path / "data2")}
-        result = subprocess.run([sys.executable, "-m", "tgfs", "mount", str(other)], env=env,
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "tgfs", "mount", str(other)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode != 0 and f"pid {m.proc.pid}" in result.stderr
         assert len(list(spool.iterdir())) == 2  # the lock and the open file's spool file
     m.wait_idle()
@@ -311,7 +333,7 @@ def test_a_kill_while_parts_are_half_cached_serves_the_right_bytes(mount_factory
     m.start()  # nothing cached in memory, and the spool copy is gone: reads go to the store
     fd = os.open(m.path / "big.bin", os.O_RDONLY)
     for offset in (3 * 2**20, 9 * 2**20 + 77, 20 * 2**20):  # one chunk in each part
-        assert os.pread(fd, 100, offset) == src.read_bytes()[offset:offset + 100]
+        assert os.pread(fd, 100, offset) == src.read_bytes()[offset : offset + 100]
     m.kill()  # the rest of each part is still arriving in the background
     with contextlib.suppress(OSError):  # the mount is gone: ENOTCONN
         os.close(fd)

@@ -21,27 +21,47 @@ def no_report(stage):
 
 def test_transcode_keeps_every_segment_under_the_cap(tmp_path):
     # Noisy 720p: libx264 at CRF 21 spends far more than 256 KiB on 2 s of it.
-    src = make(tmp_path / "noisy.mkv", Spec(seconds=6, width=1280, height=720,
-                                            video_codec="mpeg4", bitrate=20_000_000,
-                                            filters="noise=alls=60:allf=t"))
+    src = make(
+        tmp_path / "noisy.mkv",
+        Spec(
+            seconds=6,
+            width=1280,
+            height=720,
+            video_codec="mpeg4",
+            bitrate=20_000_000,
+            filters="noise=alls=60:allf=t",
+        ),
+    )
     encode = EncodeOptions(segment_seconds=2, x264_preset="ultrafast")
     (free,), _, _ = make_hls(src, tmp_path / "free", False, encode, "", no_report)
     assert max(s.size for s in free.segments) > CAP  # the cap below is doing the work
-    (capped,), _, _ = make_hls(src, tmp_path / "capped", False,
-                            EncodeOptions(segment_seconds=2, x264_preset="ultrafast",
-                                          max_segment_bytes=CAP), "", no_report)
+    (capped,), _, _ = make_hls(
+        src,
+        tmp_path / "capped",
+        False,
+        EncodeOptions(segment_seconds=2, x264_preset="ultrafast", max_segment_bytes=CAP),
+        "",
+        no_report,
+    )
     sizes = [p.stat().st_size for p in (tmp_path / "capped").glob("seg_*.m4s")]
     assert len(sizes) == len(capped.segments) >= 3 and max(sizes) <= CAP, sizes
 
 
 def test_copy_mode_cuts_shorter_or_transcodes_when_a_gop_is_too_big(tmp_path):
     # Keyframes every 2 s at ~1.5 MB per GOP: no cut can make a segment fit 256 KiB.
-    src = make(tmp_path / "longgop.mp4", Spec(seconds=6, width=640, height=360,
-                                              bitrate=6_000_000, gop=50,
-                                              filters="noise=alls=40:allf=t"))
+    src = make(
+        tmp_path / "longgop.mp4",
+        Spec(
+            seconds=6,
+            width=640,
+            height=360,
+            bitrate=6_000_000,
+            gop=50,
+            filters="noise=alls=40:allf=t",
+        ),
+    )
     encode = EncodeOptions(segment_seconds=2, x264_preset="ultrafast", max_segment_bytes=CAP)
-    (rendition,), copied, note = make_hls(src, tmp_path / "out", True, encode, "",
-                                          no_report)
+    (rendition,), copied, note = make_hls(src, tmp_path / "out", True, encode, "", no_report)
     assert not copied and "keyframe interval" in note and "transcoded" in note
     assert max(s.size for s in rendition.segments) <= CAP
 
@@ -51,15 +71,26 @@ def test_a_failing_hardware_encoder_falls_back_to_software_per_job(tmp_path, med
     # real: without the driver ("Cannot load libcuda.so.1"), and with it too, since
     # CUDA_VISIBLE_DEVICES=-1 hides every GPU from CUDA. The job must still succeed.
     options = WorkerOptions(
-        name="tiny.mp4", size=1, enable_copy_mode=False, copy_mode_min_size=0,
-        encode=EncodeOptions(segment_seconds=2, x264_preset="ultrafast",
-                             encoder="h264_nvenc"),
+        name="tiny.mp4",
+        size=1,
+        enable_copy_mode=False,
+        copy_mode_min_size=0,
+        encode=EncodeOptions(segment_seconds=2, x264_preset="ultrafast", encoder="h264_nvenc"),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "tgfs.media.worker", str(media("tiny_h264.mp4")),
-         str(tmp_path / "work"), options.to_json()],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+        [
+            sys.executable,
+            "-m",
+            "tgfs.media.worker",
+            str(media("tiny_h264.mp4")),
+            str(tmp_path / "work"),
+            options.to_json(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+    )
     said = [messages.decode(line) for line in result.stdout.splitlines()]
     final = said[-1]
     assert result.returncode == 0 and isinstance(final, messages.VideoResult), said[-1]

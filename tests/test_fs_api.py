@@ -72,8 +72,9 @@ async def test_unlinked_stored_file_frees_its_parts_at_forget(api):
     ino = await api.write_file(ROOT, "f", b"")
     node = tree.get(ino)
     with db.atomic():  # as the ingest runner leaves a stored file
-        node.blob = library.blobs.add(3, [PartRef(id=0, index=0, offset=0, size=3,
-                                                  location="aa/stored")])
+        node.blob = library.blobs.add(
+            3, [PartRef(id=0, index=0, offset=0, size=3, location="aa/stored")]
+        )
         node.size, node.spool = 3, None
         node.save()
     await api.fs.unlink(ROOT, b"f", api.ctx)
@@ -90,8 +91,12 @@ async def test_a_name_never_looked_up_is_purged_at_once(api):
 
 
 async def test_special_files_are_entries_with_attributes(api):
-    kinds = {"fifo": (stat.S_IFIFO, 0), "sock": (stat.S_IFSOCK, 0),
-             "chr": (stat.S_IFCHR, os.makedev(1, 3)), "blk": (stat.S_IFBLK, os.makedev(8, 1))}
+    kinds = {
+        "fifo": (stat.S_IFIFO, 0),
+        "sock": (stat.S_IFSOCK, 0),
+        "chr": (stat.S_IFCHR, os.makedev(1, 3)),
+        "blk": (stat.S_IFBLK, os.makedev(8, 1)),
+    }
     for name, (kind, rdev) in kinds.items():
         attrs = await api.fs.mknod(ROOT, name.encode(), kind | 0o640, rdev, api.ctx)
         assert stat.S_IFMT(attrs.st_mode) == kind and attrs.st_rdev == rdev
@@ -103,15 +108,16 @@ async def test_special_files_are_entries_with_attributes(api):
     await api.fs.link(fifo, ROOT, b"fifo2", api.ctx)
     await api.fs.rename(ROOT, b"fifo2", ROOT, b"chr", 0, api.ctx)  # replaces the device
     assert (await api.lookup(ROOT, "chr")).st_ino == fifo
-    assert sorted(await api.listdir(ROOT)) == [".tgfs", "blk", "chr", "fifo", "plain",
-                                               "sock"]
+    assert sorted(await api.listdir(ROOT)) == [".tgfs", "blk", "chr", "fifo", "plain", "sock"]
 
 
 async def test_names_longer_than_255_bytes_are_refused(api):
-    for call in (lambda n: api.fs.mkdir(ROOT, n, 0o755, api.ctx),
-                 lambda n: api.fs.lookup(ROOT, n, api.ctx),
-                 lambda n: api.fs.create(ROOT, n, 0o644, os.O_WRONLY, api.ctx),
-                 lambda n: api.fs.symlink(ROOT, n, b"target", api.ctx)):
+    for call in (
+        lambda n: api.fs.mkdir(ROOT, n, 0o755, api.ctx),
+        lambda n: api.fs.lookup(ROOT, n, api.ctx),
+        lambda n: api.fs.create(ROOT, n, 0o644, os.O_WRONLY, api.ctx),
+        lambda n: api.fs.symlink(ROOT, n, b"target", api.ctx),
+    ):
         with pytest.raises(pyfuse3.FUSEError) as e:
             await call(b"n" * 256)
         assert _errno(e) == errno.ENAMETOOLONG
@@ -181,12 +187,12 @@ async def test_video_folders_stay_read_only(api):
     folder = library.create_video(source, "copy", 6, job_id=None)
     library.complete_video(folder, None, 0.0)
     master = (await api.lookup(folder.id, "master.m3u8")).st_ino
-    for call, err in ((api.fs.link(master, ROOT, b"m", api.ctx), errno.EROFS),
-                      (api.fs.link(source.id, folder.id, b"x", api.ctx), errno.EROFS),
-                      (api.fs.mknod(folder.id, b"p", stat.S_IFIFO | 0o644, 0, api.ctx),
-                       errno.EROFS),
-                      (api.fs.rename(folder.id, b"master.m3u8", ROOT, b"m", 0, api.ctx),
-                       errno.EROFS)):
+    for call, err in (
+        (api.fs.link(master, ROOT, b"m", api.ctx), errno.EROFS),
+        (api.fs.link(source.id, folder.id, b"x", api.ctx), errno.EROFS),
+        (api.fs.mknod(folder.id, b"p", stat.S_IFIFO | 0o644, 0, api.ctx), errno.EROFS),
+        (api.fs.rename(folder.id, b"master.m3u8", ROOT, b"m", 0, api.ctx), errno.EROFS),
+    ):
         with pytest.raises(pyfuse3.FUSEError) as e:
             await call
         assert _errno(e) == err
@@ -219,34 +225,54 @@ async def test_readdir_offsets_survive_changes_between_pages(api):
         await api.fs.readdir(ROOT, seen[1][1], None)
     finally:
         pyfuse3.readdir_reply = real
-    assert [n for n, _ in seen[:2]] + rest == [".tgfs", "f0", "f1", "f2", "f3", "f4", "f5",
-                                               "f6", "g"]
+    assert [n for n, _ in seen[:2]] + rest == [
+        ".tgfs",
+        "f0",
+        "f1",
+        "f2",
+        "f3",
+        "f4",
+        "f5",
+        "f6",
+        "g",
+    ]
 
 
 # ---- the consistency check itself -------------------------------------------------------
 
-@pytest.mark.parametrize("damage, rule", [
-    ("UPDATE node SET links = 5 WHERE kind = 'file'", "links counts"),
-    ("UPDATE entry SET parent_id = (SELECT id FROM node WHERE kind = 'file') "
-     "WHERE node_id = (SELECT id FROM node WHERE kind = 'dir' AND id != 1)",
-     "parent is a directory"),
-    ("UPDATE entry SET parent_id = node_id WHERE node_id = "
-     "(SELECT id FROM node WHERE kind = 'dir' AND id != 1)", "reached from the root"),
-    ("UPDATE entry SET name = CAST('a/b' AS BLOB) WHERE name = CAST('f' AS BLOB)",
-     "no '/'"),
-    ("UPDATE blob SET size = size + 1", "sum of its parts"),
-    ("DELETE FROM node WHERE kind = 'file'", "every blob is used"),
-    ("INSERT INTO garbage (location, attempts) SELECT location, 0 FROM part",
-     "not on the garbage list"),
-    ("UPDATE job SET state = 'lost'", "job state is known"),
-])
+
+@pytest.mark.parametrize(
+    "damage, rule",
+    [
+        ("UPDATE node SET links = 5 WHERE kind = 'file'", "links counts"),
+        (
+            "UPDATE entry SET parent_id = (SELECT id FROM node WHERE kind = 'file') "
+            "WHERE node_id = (SELECT id FROM node WHERE kind = 'dir' AND id != 1)",
+            "parent is a directory",
+        ),
+        (
+            "UPDATE entry SET parent_id = node_id WHERE node_id = "
+            "(SELECT id FROM node WHERE kind = 'dir' AND id != 1)",
+            "reached from the root",
+        ),
+        ("UPDATE entry SET name = CAST('a/b' AS BLOB) WHERE name = CAST('f' AS BLOB)", "no '/'"),
+        ("UPDATE blob SET size = size + 1", "sum of its parts"),
+        ("DELETE FROM node WHERE kind = 'file'", "every blob is used"),
+        (
+            "INSERT INTO garbage (location, attempts) SELECT location, 0 FROM part",
+            "not on the garbage list",
+        ),
+        ("UPDATE job SET state = 'lost'", "job state is known"),
+    ],
+)
 async def test_the_check_finds_damage(api, damage, rule):
     d = await api.mkdir(ROOT, "d")
     ino = await api.write_file(d, "f", b"")
     node = tree.get(ino)
     with db.atomic():
-        node.blob = library.blobs.add(3, [PartRef(id=0, index=0, offset=0, size=3,
-                                                  location="aa/stored")])
+        node.blob = library.blobs.add(
+            3, [PartRef(id=0, index=0, offset=0, size=3, location="aa/stored")]
+        )
         node.save()
     assert check() == []
     db.execute_sql("PRAGMA foreign_keys=OFF")
@@ -259,10 +285,16 @@ async def test_the_check_finds_damage(api, damage, rule):
         db.execute_sql(f"DELETE FROM {table} WHERE 1")
     db.execute_sql("DELETE FROM node WHERE id > 5 OR kind = 'file'")
     db.execute_sql("UPDATE node SET links = 1")
-    for parent, name, node_id in ((1, ".tgfs", 2), (2, "status.json", 3), (2, "bots.json", 4),
-                                  (2, "cache.json", 5)):
-        db.execute_sql("INSERT INTO entry (parent_id, name, node_id) VALUES (?, ?, ?)",
-                       (parent, os.fsencode(name), node_id))
+    for parent, name, node_id in (
+        (1, ".tgfs", 2),
+        (2, "status.json", 3),
+        (2, "bots.json", 4),
+        (2, "cache.json", 5),
+    ):
+        db.execute_sql(
+            "INSERT INTO entry (parent_id, name, node_id) VALUES (?, ?, ?)",
+            (parent, os.fsencode(name), node_id),
+        )
     db.execute_sql("PRAGMA foreign_keys=ON")
     assert Node.get_by_id(2).node_kind is NodeKind.CONTROL_DIR
 
@@ -275,6 +307,13 @@ def _mode(mode: int) -> pyfuse3.EntryAttributes:
 
 def _fields(**set_: bool) -> SimpleNamespace:
     """What pyfuse3.SetattrFields says (its attributes cannot be set from Python)."""
-    names = ("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid",
-             "update_gid", "update_size")
+    names = (
+        "update_atime",
+        "update_mtime",
+        "update_ctime",
+        "update_mode",
+        "update_uid",
+        "update_gid",
+        "update_size",
+    )
     return SimpleNamespace(**{name: set_.get(name, False) for name in names})

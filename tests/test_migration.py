@@ -46,8 +46,10 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
     db = sqlite3.connect(data / "catalog.db")
     db.executescript(SCHEMA_2)
     now = 1_700_000_000_000_000_000
-    node = ("INSERT INTO node (id, parent_id, name, kind, mode, uid, gid, size, mtime_ns, "
-            "ctime_ns, blob_id) VALUES (?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)")
+    node = (
+        "INSERT INTO node (id, parent_id, name, kind, mode, uid, gid, size, mtime_ns, "
+        "ctime_ns, blob_id) VALUES (?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)"
+    )
     with db:
         db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
         db.execute(node, (1, None, "", "dir", 0o755, 0, now, now, None))
@@ -56,8 +58,10 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
         db.execute(node, (4, 2, "bots.json", "bots", 0o444, 0, now, now, None))
         db.execute(node, (5, 1, "Fïlms", "dir", 0o755, 0, now, now, None))
         db.execute("INSERT INTO blob (id, size) VALUES (1, ?)", (len(content),))
-        db.execute("INSERT INTO part (blob_id, \"index\", \"offset\", size, location) "
-                   "VALUES (1, 0, 0, ?, ?)", (len(content), f"{name[:2]}/{name}"))
+        db.execute(
+            'INSERT INTO part (blob_id, "index", "offset", size, location) VALUES (1, 0, 0, ?, ?)',
+            (len(content), f"{name[:2]}/{name}"),
+        )
         db.execute(node, (6, 5, "notes ü.txt", "file", 0o644, len(content), now, now, 1))
         # Inodes up to 50 were handed out once (and deleted): never again.
         db.execute("UPDATE sqlite_sequence SET seq = 50 WHERE name = 'node'")

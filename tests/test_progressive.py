@@ -24,10 +24,28 @@ SEGMENT = 2.0
 def _slow_store(tmp_path, monkeypatch) -> tuple[Path, StandIn, dict[str, str]]:
     """A 16 s MPEG-4 + MP3 source (transcoded), and a store that takes seconds for it."""
     src = tmp_path / "live.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-y",
-                    "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=16",
-                    "-f", "lavfi", "-i", "sine=frequency=440:duration=16",
-                    "-c:v", "mpeg4", "-c:a", "libmp3lame", str(src)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=16",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=16",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "libmp3lame",
+            str(src),
+        ],
+        check=True,
+    )
     monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
     standin = StandIn(tmp_path / "telegram", bots=1, latency=0.4)
     return src, standin, telegram_env(standin, TGFS_BOT_TRANSFERS="1", TGFS_TRANSFERS="1")
@@ -43,9 +61,25 @@ def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monke
 
     # A player started now plays through to the end.
     played = tmp_path / "played.mkv"
-    player = subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", "-prefer_x_start", "1",
-                               "-i", str(folder / "master.m3u8"), "-map", "0", "-c", "copy",
-                               str(played)], stderr=subprocess.PIPE, text=True)
+    player = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-prefer_x_start",
+            "1",
+            "-i",
+            str(folder / "master.m3u8"),
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            str(played),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     try:
         _watch_it_grow(mount, folder, playlist, src, player, played)
@@ -92,8 +126,9 @@ def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
 
 
 @pytest.mark.parametrize("how", ["unmount", "kill"])
-def test_a_stop_while_a_video_is_being_made_leaves_nothing_behind(mount_factory, tmp_path,
-                                                                   monkeypatch, how):
+def test_a_stop_while_a_video_is_being_made_leaves_nothing_behind(
+    mount_factory, tmp_path, monkeypatch, how
+):
     src, standin, env = _slow_store(tmp_path, monkeypatch)
     mount = mount_factory(**env)
     copy_in(src, mount.path / "live.avi")
@@ -115,5 +150,8 @@ def test_a_stop_while_a_video_is_being_made_leaves_nothing_behind(mount_factory,
     # Every message in the channel belongs to the catalog: the withdrawn half was deleted.
     with sqlite3.connect(f"file:{mount.data / 'catalog.db'}?mode=ro", uri=True) as db:
         catalog = {r[0] for r in db.execute("SELECT location FROM part")}
-    wait_for(lambda: sum(len(ids) for ids in standin.messages().values()) == len(catalog), 30,
-             "the withdrawn parts to be deleted")
+    wait_for(
+        lambda: sum(len(ids) for ids in standin.messages().values()) == len(catalog),
+        30,
+        "the withdrawn parts to be deleted",
+    )

@@ -46,7 +46,8 @@ def _segments(m: Mount) -> list[tuple[Path, list[int]]]:
     rows = m.catalog(
         "SELECT s.seq, s.name, r.name, p.id FROM segment s "
         "JOIN rendition r ON s.rendition_id = r.id JOIN part p ON p.blob_id = s.blob_id "
-        "WHERE r.kind = 'video' ORDER BY s.seq, p.id")
+        "WHERE r.kind = 'video' ORDER BY s.seq, p.id"
+    )
     segments: dict[int, tuple[Path, list[int]]] = {}
     for seq, name, rendition, part_id in rows:
         path = m.path / "film" / rendition / name
@@ -69,10 +70,12 @@ def _stored(m: Mount, part_ids: list[int]) -> bytes:
 
 def _settled(m: Mount) -> dict:
     """Wait until no viewer's prefetch is running and no fetch is in flight."""
+
     def quiet():
         cache = m.status()["cache"]
         idle = cache["prefetch"]["viewers_fetching"] == 0 and cache["fetches_in_flight"] == 0
         return cache if idle else None
+
     return wait_for(quiet, 30, "prefetch to settle")
 
 
@@ -181,8 +184,9 @@ def test_cache_figures_clearing_and_deleted_videos(mount_factory, film):
 
 
 def _tgfs(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tgfs", *args], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "tgfs", *args], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -202,8 +206,11 @@ def test_a_warm_segment_opens_without_a_catalog_query(mount_factory, film):
     # and release come after it; the garbage collector's pass may run meanwhile, but it
     # reads only its own tables).
     opened = next(i for i, line in enumerate(lines) if "tgfs.fs.operations: open(" in line)
-    after = next(i for i, line in enumerate(lines)
-                 if i > opened and "tgfs.fs.operations:" in line)
-    opening = [line for line in lines[opened:after] if "peewee:" in line
-               and ('"node"' in line or '"rendition"' in line or '"blob_id" = ?' in line)]
+    after = next(i for i, line in enumerate(lines) if i > opened and "tgfs.fs.operations:" in line)
+    opening = [
+        line
+        for line in lines[opened:after]
+        if "peewee:" in line
+        and ('"node"' in line or '"rendition"' in line or '"blob_id" = ?' in line)
+    ]
     assert not opening, opening

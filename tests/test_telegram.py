@@ -28,14 +28,18 @@ SEGMENT = 2.0
 def part_locations(mount, name: str) -> list[str]:
     """Store locations of the parts of the entry called `name`, from the catalog (names
     are kept as bytes)."""
-    rows = mount.catalog("SELECT p.location FROM entry e JOIN node n ON n.id = e.node_id "
-                         "JOIN part p ON p.blob_id = n.blob_id WHERE e.name = ? "
-                         "ORDER BY p.'index'", os.fsencode(name))
+    rows = mount.catalog(
+        "SELECT p.location FROM entry e JOIN node n ON n.id = e.node_id "
+        "JOIN part p ON p.blob_id = n.blob_id WHERE e.name = ? "
+        "ORDER BY p.'index'",
+        os.fsencode(name),
+    )
     return [r[0] for r in rows]
 
 
 def test_film_is_spread_over_bots_plays_back_identical_and_rm_deletes_every_message(
-        mount_factory, telegram, media, tmp_path):
+    mount_factory, telegram, media, tmp_path
+):
     telegram.config["failure_rate"] = 0.05  # network errors on 5 % of calls, all through
     telegram.write()
     mount = mount_factory(**telegram_env(telegram))
@@ -53,8 +57,11 @@ def test_film_is_spread_over_bots_plays_back_identical_and_rm_deletes_every_mess
     assert all(stored[telegram.channel(b)] for b in telegram.bot_ids), stored
     # Held counts are refreshed every 10 s (HELD_TTL): wait for them to catch up.
     messages = sum(len(ids) for ids in stored.values())
-    wait_for(lambda: sum(b["parts_held"] for b in mount.status()["store"]["bots"]) == messages,
-             15, "held counts to match the channels")
+    wait_for(
+        lambda: sum(b["parts_held"] for b in mount.status()["store"]["bots"]) == messages,
+        15,
+        "held counts to match the channels",
+    )
     assert sum(b["retries"] for b in bots) > 0  # the injected failures happened
 
     # Plays back: independent checks, then byte-identical to a local remux of the source
@@ -62,9 +69,14 @@ def test_film_is_spread_over_bots_plays_back_identical_and_rm_deletes_every_mess
     folder = mount.path / "Films" / "Film"
     check_video_folder(folder, src, SEGMENT)
     reference = tmp_path / "reference"
-    _, copied, _ = make_hls(src, reference, True,
-                         EncodeOptions(segment_seconds=SEGMENT, max_segment_bytes=2**20), "",
-                         lambda stage: lambda seconds: None)
+    _, copied, _ = make_hls(
+        src,
+        reference,
+        True,
+        EncodeOptions(segment_seconds=SEGMENT, max_segment_bytes=2**20),
+        "",
+        lambda stage: lambda seconds: None,
+    )
     assert copied
     (rendition,) = [p for p in folder.iterdir() if p.is_dir()]
     names = sorted(p.name for p in reference.iterdir())
@@ -75,8 +87,12 @@ def test_film_is_spread_over_bots_plays_back_identical_and_rm_deletes_every_mess
 
     # Status and bots.json show the bots; nothing secret in them.
     bots_json = (mount.path / ".tgfs" / "bots.json").read_text()
-    cli = subprocess.run([sys.executable, "-m", "tgfs", "status", str(mount.path)],
-                         capture_output=True, text=True, env=mount.env)
+    cli = subprocess.run(
+        [sys.executable, "-m", "tgfs", "status", str(mount.path)],
+        capture_output=True,
+        text=True,
+        env=mount.env,
+    )
     assert cli.returncode == 0 and "BOT" in cli.stdout and "@standin" in cli.stdout
     for bot_id in telegram.bot_ids:
         assert token(bot_id) not in bots_json + cli.stdout + mount.log()
@@ -121,10 +137,19 @@ def test_test_bots_and_a_mount_with_broken_bots(mount_factory, telegram, tmp_pat
     telegram.bot(1)["token"] = "revoked"  # bot 2: wrong token
     telegram.bot(2)["admin"] = False  # bot 3: in its channel, but may not post
     telegram.write()
-    env = {**os.environ, **telegram_env(telegram), "TGFS_ENV_FILE": "/dev/null",
-           "TGFS_DATA_DIR": str(tmp_path / "check")}
-    result = subprocess.run([sys.executable, "-m", "tgfs", "test-bots"], env=env,
-                            capture_output=True, text=True, cwd=REPO)
+    env = {
+        **os.environ,
+        **telegram_env(telegram),
+        "TGFS_ENV_FILE": "/dev/null",
+        "TGFS_DATA_DIR": str(tmp_path / "check"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tgfs", "test-bots"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     lines = result.stdout.splitlines()
     assert result.returncode == 1, result.stdout + result.stderr
     assert len(lines) == 4 and lines[0].startswith("bot 1 @standin") and ": ok (" in lines[0]
@@ -154,10 +179,20 @@ def test_mount_refuses_to_start_when_no_bot_can_work(telegram, tmp_path):
         telegram.bot(index)["token"] = "revoked"
     telegram.write()
     (tmp_path / "mnt").mkdir()
-    env = {**os.environ, **telegram_env(telegram), "TGFS_ENV_FILE": "/dev/null",
-           "TGFS_DATA_DIR": str(tmp_path / "data")}
-    result = subprocess.run([sys.executable, "-m", "tgfs", "mount", str(tmp_path / "mnt")],
-                            env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    env = {
+        **os.environ,
+        **telegram_env(telegram),
+        "TGFS_ENV_FILE": "/dev/null",
+        "TGFS_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tgfs", "mount", str(tmp_path / "mnt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode != 0
     assert "no Telegram bot can be used" in result.stderr
     assert "bot 3: login: the bot token was rejected" in result.stderr

@@ -42,8 +42,9 @@ def settings_for(standin: StandIn, tmp_path: Path, **extra: str) -> config.Setti
 
 
 @contextlib.asynccontextmanager
-async def running_store(standin: StandIn, tmp_path: Path,
-                        **extra: str) -> AsyncIterator[TelegramStore]:
+async def running_store(
+    standin: StandIn, tmp_path: Path, **extra: str
+) -> AsyncIterator[TelegramStore]:
     store = TelegramStore(settings_for(standin, tmp_path, **extra))
     await store.start()
     try:
@@ -66,18 +67,21 @@ def bot_of(location: str) -> int:
 
 # ---- pure parts -------------------------------------------------------------------------
 
+
 def test_a_striped_segment_spreads_over_distinct_bots():
     bots = list(range(1, 9))
     for blob in range(200):
         planned = plan(6 * 2**20 - 1000, 64 * 2**20, stripes=4)
         assert [size for _, size in planned] == [2 * 2**20, 2 * 2**20, 2 * 2**20 - 1000]
-        firsts = [placement(bots, f"job1-720p-seg{blob}.part{i}")[0]
-                  for i in range(len(planned))]
+        firsts = [placement(bots, f"job1-720p-seg{blob}.part{i}")[0] for i in range(len(planned))]
         assert len(set(firsts)) == len(firsts)  # every stripe on a bot of its own
         assert sorted(placement(bots, f"k{blob}.part3")) == bots
     assert plan(500_000, 64 * 2**20, stripes=4) == [(0, 500_000)]  # one unit: one part
-    assert plan(3 * 2**20, 2**20, stripes=2) == [(0, 2**20), (2**20, 2**20),
-                                                 (2 * 2**20, 2**20)]  # parts stay ≤ size
+    assert plan(3 * 2**20, 2**20, stripes=2) == [
+        (0, 2**20),
+        (2**20, 2**20),
+        (2 * 2**20, 2**20),
+    ]  # parts stay ≤ size
 
 
 def test_rendezvous_is_deterministic_even_and_moves_little_when_a_bot_is_added():
@@ -138,15 +142,20 @@ async def test_bridge_returns_raises_and_cancels():
 
 # ---- the store ----------------------------------------------------------------------------
 
+
 async def test_round_trip_ranges_spread_and_batched_delete(standin, tmp_path, blob):
     path, data = blob
     async with running_store(standin, tmp_path) as store:
         locations = [await store.put(path, 0, len(data), f"job1-{i}.part0") for i in range(40)]
         held = collections.Counter(bot_of(loc) for loc in locations)
         assert len(held) == 4 and min(held.values()) >= 4, held  # spread over every bot
-        for offset, length in [(0, len(data)), (2**20 - 7, 20), (1000, 2 * 2**20 + 5),
-                               (len(data) - 10, 10)]:
-            assert await store.get(locations[0], offset, length) == data[offset:offset + length]
+        for offset, length in [
+            (0, len(data)),
+            (2**20 - 7, 20),
+            (1000, 2 * 2**20 + 5),
+            (len(data) - 10, 10),
+        ]:
+            assert await store.get(locations[0], offset, length) == data[offset : offset + length]
         assert await store.put(path, 0, 0, "empty.part0") == EMPTY
         assert await store.get(EMPTY, 0, 0) == b""
         # 250 messages on one bot: deletes must go in batches of ≤ 100 (the stand-in refuses
@@ -174,8 +183,7 @@ async def test_flood_wait_on_one_bot_does_not_hold_up_the_others(standin, tmp_pa
         assert bots[flooded]["flood_wait_s"] > 10 and bots[flooded]["up"]
 
 
-async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blob,
-                                                          monkeypatch):
+async def test_when_every_bot_is_flooded_the_upload_waits(standin, tmp_path, blob, monkeypatch):
     path, _ = blob
     # Divert after 0.2 s instead of 5 s, so a 2 s flood wait counts as long.
     monkeypatch.setattr("tgfs.store.telegram.link.DIVERT_AFTER", 0.2)
@@ -196,12 +204,12 @@ async def test_bot_that_dies_mid_upload_loses_nothing(standin, tmp_path, blob):
     standin.bot(1)["die_after_sends"] = 2
     standin.write()
     # Keys whose first choice is the bot that dies: two land, then it dies mid-upload.
-    keys = [k for k in (f"k{i}.part0" for i in range(200))
-            if placement(standin.bot_ids, k)[0] == dead][:5] + [f"other{i}.part0" for i in range(8)]
+    keys = [
+        k for k in (f"k{i}.part0" for i in range(200)) if placement(standin.bot_ids, k)[0] == dead
+    ][:5] + [f"other{i}.part0" for i in range(8)]
     async with running_store(standin, tmp_path) as store:
         locations = [await store.put(path, 0, len(data), key) for key in keys]
-        assert [bot_of(loc) == dead for loc in locations[:5]] == [True, True, False, False,
-                                                                  False]
+        assert [bot_of(loc) == dead for loc in locations[:5]] == [True, True, False, False, False]
         bots = {b["bot_id"]: b for b in (await store.health())["bots"]}
         assert not bots[dead]["up"] and "network" in bots[dead]["reason"]
         for loc in locations[2:]:
@@ -221,7 +229,7 @@ async def test_replicas_serve_reads_when_a_bot_is_down(standin, tmp_path, blob):
         for loc in locations:
             if {r.bot_id for r in parse_location(loc)} <= set(standin.bot_ids[:2]):
                 continue  # both copies on dead bots
-            assert await store.get(loc, 5, 2**20) == data[5:5 + 2**20]
+            assert await store.get(loc, 5, 2**20) == data[5 : 5 + 2**20]
 
 
 async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
@@ -238,8 +246,7 @@ async def test_missing_message_and_expired_reference(standin, tmp_path, blob):
             await store.get(gone, 0, 100)
 
 
-async def test_prepared_parts_are_read_without_a_look_up(standin, tmp_path, blob,
-                                                           monkeypatch):
+async def test_prepared_parts_are_read_without_a_look_up(standin, tmp_path, blob, monkeypatch):
     # A player opening a video makes the store look up all its parts' messages in bulk:
     # one GetMessages per bot (not per part), and then each read goes straight to GetFile.
     path, data = blob
@@ -321,8 +328,7 @@ async def test_slow_logins_do_not_hold_up_the_mount(standin, tmp_path, blob, mon
         await store.aclose()
 
 
-async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standin, tmp_path,
-                                                                         blob):
+async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standin, tmp_path, blob):
     """An upload Telegram accepted as the daemon died leaves a message whose id tgfs never
     learned; bots cannot list a channel. The next start finds it near the channel's mark,
     and leaves alone what the catalog names and what tgfs did not send."""
@@ -333,8 +339,7 @@ async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standi
         known = [await store.put(path, 0, 1000, f"job1-r0-seg{n}.part0") for n in range(3)]
         link = store.links[bot_of(known[0])]
         for name in ("job1-r0-seg9.part0", "holiday.jpg"):  # sent, answer lost / not ours
-            await link._bridge.run(tg.send_part, link._client, link.channel_id, path, 0,
-                                   1000, name)
+            await link._bridge.run(tg.send_part, link._client, link.channel_id, path, 0, 1000, name)
     async with running_store(standin, tmp_path) as store:  # the next start
         found = await store.orphans(lambda location: location in known)
         assert len(found) == 1 and bot_of(found[0]) == link.bot_id, found
@@ -345,8 +350,7 @@ async def test_parts_a_crash_left_in_a_channel_are_found_and_nothing_else(standi
     assert sum(len(ids) for ids in standin.messages().values()) == len(known) + 1
 
 
-async def test_striped_segments_keep_their_stripes_on_distinct_bots_under_load(
-        standin, tmp_path):
+async def test_striped_segments_keep_their_stripes_on_distinct_bots_under_load(standin, tmp_path):
     # Many 3 MiB segments at once through one transfer slot per bot: every bot is busy,
     # which makes ordinary parts move to less busy bots; stripes must not share a bot,
     # or a seek would read two of them from one link.
@@ -357,8 +361,9 @@ async def test_striped_segments_keep_their_stripes_on_distinct_bots_under_load(
         path = tmp_path / f"seg{i}.m4s"
         path.write_bytes(os.urandom(3 * 2**20))
         uploads.append(Upload(path, 3 * 2**20, f"job1-720p-seg{i}", stripe=True))
-    async with running_store(standin, tmp_path, TGFS_BOT_TRANSFERS="1",
-                             TGFS_STRIPE_WIDTH="3") as store:
+    async with running_store(
+        standin, tmp_path, TGFS_BOT_TRANSFERS="1", TGFS_STRIPE_WIDTH="3"
+    ) as store:
         stored = await put_files(store, uploads, 64 * 2**20, lambda part: None)
         for upload in uploads:
             parts = stored[upload.path]

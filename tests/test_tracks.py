@@ -41,23 +41,75 @@ def _film(folder: Path, video_codec: str) -> Path:
     """6 s: video, English at 440 Hz, French at 660 Hz, English subtitles."""
     (folder / "eng.srt").write_text(SRT)
     out = folder / f"film-{video_codec}.mkv"
-    subprocess.run([
-        "ffmpeg", "-v", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=6",
-        "-f", "lavfi", "-i", "sine=frequency=440:duration=6",
-        "-f", "lavfi", "-i", "sine=frequency=660:duration=6",
-        "-i", str(folder / "eng.srt"),
-        "-map", "0", "-map", "1", "-map", "2", "-map", "3",
-        "-c:v", video_codec, "-b:v", "1M", "-c:a", "aac", "-c:s", "srt",
-        "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra",
-        "-metadata:s:s:0", "language=eng", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=6",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=6",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=660:duration=6",
+            "-i",
+            str(folder / "eng.srt"),
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-map",
+            "2",
+            "-map",
+            "3",
+            "-c:v",
+            video_codec,
+            "-b:v",
+            "1M",
+            "-c:a",
+            "aac",
+            "-c:s",
+            "srt",
+            "-metadata:s:a:0",
+            "language=eng",
+            "-metadata:s:a:1",
+            "language=fra",
+            "-metadata:s:s:0",
+            "language=eng",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
 def _tone(playlist: Path) -> float:
     """The dominant frequency of an audio playlist, from zero crossings (Hz)."""
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist), "-f", "s16le", "-ac",
-                          "1", "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    pcm = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(playlist),
+            "-f",
+            "s16le",
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     samples = array.array("h", pcm)
     crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
     return crossings / 2 / (len(samples) / 48000)
@@ -68,8 +120,12 @@ def _cues(playlist: Path) -> str:
     media = m3u8.load(str(playlist))
     text = []
     for seg in media.segments:
-        out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist.parent / seg.uri),
-                              "-f", "srt", "-"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(playlist.parent / seg.uri), "-f", "srt", "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         text.append(out.stdout)
     return "\n".join(text)
 
@@ -101,8 +157,9 @@ def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
         info = rendition["variant"].stream_info
         assert info.audio == "audio" and info.subtitles == "subs"
         first = rendition["dir"] / rendition["media"].segments[0].uri
-        check_codecs_string(rendition["init"], first, info.codecs,
-                            (first_audio["init"], first_audio["first"]))
+        check_codecs_string(
+            rendition["init"], first, info.codecs, (first_audio["init"], first_audio["first"])
+        )
 
     subs = {m.language: m for m in master.media if m.type == "SUBTITLES"}
     assert set(subs) == {"eng", "de"}
@@ -113,8 +170,9 @@ def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
     # Each subtitle segment follows the video's cuts: the same count and durations.
     video_media = facts["renditions"][0]["media"]
     sub_media = m3u8.load(str(folder / subs["eng"].uri))
-    assert [round(s.duration, 3) for s in sub_media.segments] == \
-        [round(s.duration, 3) for s in video_media.segments]
+    assert [round(s.duration, 3) for s in sub_media.segments] == [
+        round(s.duration, 3) for s in video_media.segments
+    ]
 
 
 def test_sidecar_after_the_video_and_a_broken_one(mount, media, tmp_path):
@@ -141,9 +199,22 @@ def test_sidecar_after_the_video_and_a_broken_one(mount, media, tmp_path):
 
 def test_audio_only_files_become_hls_when_asked(mount_factory, tmp_path):
     song = tmp_path / "song.mp3"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "sine=frequency=440:duration=10", "-c:a", "libmp3lame", str(song)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=10",
+            "-c:a",
+            "libmp3lame",
+            str(song),
+        ],
+        check=True,
+    )
     mount = mount_factory(TGFS_AUDIO_HLS="true")
     copy_in(song, mount.path / "song.mp3")
     mount.wait_idle()
@@ -163,8 +234,20 @@ def test_audio_only_files_become_hls_when_asked(mount_factory, tmp_path):
 
 def test_audio_only_files_stay_files_by_default(mount, tmp_path):
     song = tmp_path / "song.flac"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "sine=frequency=440:duration=3", str(song)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=3",
+            str(song),
+        ],
+        check=True,
+    )
     copy_in(song, mount.path / "song.flac")
     mount.wait_idle()
     assert mount.job("song.flac")["outcome"] == "file"

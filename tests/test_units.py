@@ -44,11 +44,23 @@ def test_playlists_follow_the_rules():
     assert parsed.target_duration == 6 and parsed.is_endlist and parsed.playlist_type == "vod"
     assert [s.duration for s in parsed.segments] == [6.006, 6.006, 2.5]
     assert parsed.segment_map[0].uri == "init.mp4"
-    master = m3u8.loads(playlists.master([playlists.Variant(
-        "720p/playlist.m3u8", 3_000_000, 2_000_000, "avc1.64001f,mp4a.40.2", 1280, 720, 24.0)]))
+    master = m3u8.loads(
+        playlists.master(
+            [
+                playlists.Variant(
+                    "720p/playlist.m3u8",
+                    3_000_000,
+                    2_000_000,
+                    "avc1.64001f,mp4a.40.2",
+                    1280,
+                    720,
+                    24.0,
+                )
+            ]
+        )
+    )
     info = master.playlists[0].stream_info
-    assert (info.bandwidth, info.average_bandwidth, info.frame_rate) == (3_000_000, 2_000_000,
-                                                                         24.0)
+    assert (info.bandwidth, info.average_bandwidth, info.frame_rate) == (3_000_000, 2_000_000, 24.0)
     assert playlists.bandwidths([(750_000, 6.0), (1_500_000, 6.0)]) == (2_000_000, 1_500_000)
 
 
@@ -72,8 +84,9 @@ class CountingStore(LocalStore):
         self.most_in_flight = 0
         self.held: dict[tuple[str, int], trio.Event] = {}
 
-    async def get(self, location: str, offset: int, length: int,
-                  priority: Priority = URGENT) -> bytes:
+    async def get(
+        self, location: str, offset: int, length: int, priority: Priority = URGENT
+    ) -> bytes:
         self.gets.append((offset, length))
         self.urgent.append(priority.urgent)
         self.in_flight += 1
@@ -87,16 +100,19 @@ class CountingStore(LocalStore):
             self.in_flight -= 1
 
 
-async def _stored(tmp_path: Path, size: int, part_size: int
-                  ) -> tuple[CountingStore, bytes, list[PartRef]]:
+async def _stored(
+    tmp_path: Path, size: int, part_size: int
+) -> tuple[CountingStore, bytes, list[PartRef]]:
     store = CountingStore(tmp_path / "store")
     src = tmp_path / "blob"
     data = os.urandom(size)
     src.write_bytes(data)
-    refs = (await put_files(store, [Upload(src, len(data), "k")], part_size,
-                            lambda *_: None))[src]
-    return store, data, [PartRef(i + 1, p.index, p.offset, p.size, p.location)
-                         for i, p in enumerate(refs)]
+    refs = (await put_files(store, [Upload(src, len(data), "k")], part_size, lambda *_: None))[src]
+    return (
+        store,
+        data,
+        [PartRef(i + 1, p.index, p.offset, p.size, p.location) for i, p in enumerate(refs)],
+    )
 
 
 async def test_cache_single_flight_per_chunk_and_bounds(tmp_path):
@@ -112,7 +128,7 @@ async def test_cache_single_flight_per_chunk_and_bounds(tmp_path):
             nursery.start_soon(reader)
     assert results == [data[10:110]] * 5
     assert store.gets == [(0, 2**20)]  # five readers, one fetch of one chunk
-    assert await cache.read(parts, 2**20 - 5, 10) == data[2**20 - 5: 2**20 + 5]
+    assert await cache.read(parts, 2**20 - 5, 10) == data[2**20 - 5 : 2**20 + 5]
     assert await cache.read(parts, 0, len(data)) == data
     assert cache.stats()["used_bytes"] <= 2 * 2**20  # evicted down to capacity
 
@@ -125,11 +141,11 @@ async def test_a_read_waits_only_for_its_chunks_fetched_in_parallel(tmp_path):
         await nursery.start(cache.run)  # fetches ahead run in its nursery
         # A read inside chunk 1 returns although the part is far from complete.
         with trio.fail_after(5):
-            assert await cache.read(parts, 2**20 + 7, 1000) == data[2**20 + 7: 2**20 + 1007]
+            assert await cache.read(parts, 2**20 + 7, 1000) == data[2**20 + 7 : 2**20 + 1007]
         assert cache.stats()["partial_parts"] == 1
         # A read across four chunks fetches them at once, not one after another.
         store.most_in_flight = 0
-        assert await cache.read(parts, 0, 4 * 2**20) == data[:4 * 2**20]
+        assert await cache.read(parts, 0, 4 * 2**20) == data[: 4 * 2**20]
         assert store.most_in_flight >= 3
         # Asked to, the cache fetches the rest ahead of the reader (a segment is read
         # whole): the read returns while the last chunk is still held back.
@@ -147,12 +163,12 @@ async def test_partial_parts_survive_a_restart(tmp_path):
     store, data, parts = await _stored(tmp_path, 4 * 2**20, 8 * 2**20)
     cache = PartCache(tmp_path / "cache", 64 * 2**20, store)
     assert await cache.read(parts, 0, 10) == data[:10]
-    assert await cache.read(parts, 2 * 2**20, 10) == data[2 * 2**20: 2 * 2**20 + 10]
+    assert await cache.read(parts, 2 * 2**20, 10) == data[2 * 2**20 : 2 * 2**20 + 10]
     await cache.flush()
     again = PartCache(tmp_path / "cache", 64 * 2**20, store)  # a restart
     assert again.stats()["partial_parts"] == 1 and again.stats()["used_bytes"] == 2 * 2**20
     fetched = len(store.gets)
-    assert await again.read(parts, 2 * 2**20, 2**20) == data[2 * 2**20: 3 * 2**20]
+    assert await again.read(parts, 2 * 2**20, 2**20) == data[2 * 2**20 : 3 * 2**20]
     assert len(store.gets) == fetched  # served from the recorded chunk
     assert await again.read(parts, 0, len(data)) == data
     assert len(store.gets) == fetched + 2  # only the two chunks never fetched
@@ -172,9 +188,9 @@ async def test_eviction_spares_parts_being_read(tmp_path):
         with trio.fail_after(5):
             while not cache.stats()["fetches_in_flight"]:  # its fetch has started
                 await trio.sleep(0.01)
-        assert await cache.read(parts, 2**20, 3 * 2**20) == data[2**20:]  # over capacity
+        assert await cache.read(parts, 2**20, 3 * 2**20) == data[2**20 :]  # over capacity
         gate.set()
-    assert got == [data[:2**20]]  # its part was not evicted under it
+    assert got == [data[: 2**20]]  # its part was not evicted under it
 
 
 async def test_a_film_watched_once_does_not_flush_what_people_come_back_to(tmp_path):
@@ -186,7 +202,7 @@ async def test_a_film_watched_once_does_not_flush_what_people_come_back_to(tmp_p
         seen: set[int] = set()
         for k in range(4):
             off = part.offset + k * 2**18
-            assert await cache.read(parts, off, 2**18, seen=seen) == data[off:off + 2**18]
+            assert await cache.read(parts, off, 2**18, seen=seen) == data[off : off + 2**18]
 
     for _ in range(2):  # the hot parts are opened twice: used again
         for part in hot:
@@ -237,7 +253,8 @@ async def test_slots_serve_urgent_requests_before_prefetch():
         assert holding[-1] == f"prefetch {queued}" and slots.busy == 4
         release.set()
     assert slots.busy == 0 and sorted(holding) == sorted(
-        ["read"] + [f"prefetch {n}" for n in range(6)])
+        ["read"] + [f"prefetch {n}" for n in range(6)]
+    )
 
 
 @pytest.mark.parametrize("yield_to_urgent", [True, False])
@@ -276,7 +293,7 @@ async def test_a_read_goes_before_heavy_prefetch(tmp_path):
         await trio.testing.wait_all_tasks_blocked()
         started_before = len(store.gets)
         with trio.fail_after(5):
-            assert await cache.read(parts, 63 * 2**20, 100) == data[63 * 2**20:][:100]
+            assert await cache.read(parts, 63 * 2**20, 100) == data[63 * 2**20 :][:100]
         # Prefetch holds only its share of the fetch slots, and the read's fetch starts
         # next, not behind the 52 prefetch fetches still queued.
         assert started_before == 8
@@ -293,11 +310,10 @@ async def test_media_child_crash_fails_the_job_only(tmp_path, monkeypatch):
 
 
 async def test_media_child_that_hangs_is_killed(tmp_path, monkeypatch):
-    monkeypatch.setattr(media_process, "WORKER_COMMAND",
-                        [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(
+        media_process, "WORKER_COMMAND", [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     monkeypatch.setattr(media_process, "STALL_TIMEOUT", 0.5)
     options = WorkerOptions("x.mp4", 1, True, 0, EncodeOptions())
     with trio.fail_after(10), pytest.raises(media_process.MediaFailed, match="no progress"):
         await media_process.run_worker(tmp_path / "x", tmp_path / "w", options, print)
-
-

@@ -121,9 +121,10 @@ def test_special_characters_in_names(mount, media):
 
 @pytest.mark.parametrize(("codec", "mode"), [("libx264", "copy"), ("mpeg4", "transcode")])
 def test_ladder_renditions_share_segment_boundaries(mount_factory, tmp_path, codec, mode):
-    src = make(tmp_path / f"wide-{codec}.mkv",
-               Spec(seconds=9, width=640, height=360, video_codec=codec, bitrate=1_500_000,
-                    gop=35))  # keyframes every 1.4 s: copy-mode cuts are not every 2 s
+    src = make(
+        tmp_path / f"wide-{codec}.mkv",
+        Spec(seconds=9, width=640, height=360, video_codec=codec, bitrate=1_500_000, gop=35),
+    )  # keyframes every 1.4 s: copy-mode cuts are not every 2 s
     mount = mount_factory(TGFS_LADDER="1080,360,240,144")  # 1080: never upscaled
     copy_in(src, mount.path / "wide.mkv")
     mount.wait_idle()
@@ -144,9 +145,10 @@ def test_first_segments_are_short(mount_factory, tmp_path, codec, mode):
     # A player starts once it holds the first segment: 2 s of it arrive sooner than 6 s.
     # A second short one, then each twice as long up to the segment length, in every
     # rendition.
-    src = make(tmp_path / f"ramp-{codec}.mkv",
-               Spec(seconds=20, width=640, height=360, video_codec=codec, bitrate=600_000,
-                    gop=25))  # keyframes every second: copy mode can cut on the ramp
+    src = make(
+        tmp_path / f"ramp-{codec}.mkv",
+        Spec(seconds=20, width=640, height=360, video_codec=codec, bitrate=600_000, gop=25),
+    )  # keyframes every second: copy mode can cut on the ramp
     mount = mount_factory(TGFS_SEGMENT_SECONDS="6", TGFS_LADDER="1080,240")
     copy_in(src, mount.path / "ramp.mkv")
     mount.wait_idle()

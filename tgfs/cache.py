@@ -155,8 +155,7 @@ class PartCache:
             (self.root / f"{orphan}{_MAP}").unlink(missing_ok=True)
         self._evict()
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: fetches ahead, writing the chunk maps. Runs for the mount's
         life (reads work without it, only nothing is fetched ahead)."""
         try:
@@ -176,9 +175,15 @@ class PartCache:
     def _path(self, part_id: int) -> Path:
         return self.root / str(part_id)
 
-    async def read(self, parts: list[PartRef], offset: int, length: int,
-                   ahead: int = 0, priority: Priority = URGENT,
-                   seen: set[int] | None = None) -> bytes:
+    async def read(
+        self,
+        parts: list[PartRef],
+        offset: int,
+        length: int,
+        ahead: int = 0,
+        priority: Priority = URGENT,
+        seen: set[int] | None = None,
+    ) -> bytes:
         """Bytes [offset, offset+length) of the blob made of `parts`; then, without
         waiting, makes sure the `ahead` bytes after them are on their way, fetched with
         `priority` (see `fetch_ahead`). `seen`: the part ids this open file has read
@@ -196,8 +201,11 @@ class PartCache:
             try:
                 first, last = start // CHUNK, (end - 1) // CHUNK
                 await self._need(part, entry, first, last)
-                pieces.append(await trio.to_thread.run_sync(
-                    _pread, self._path(entry.id), start, end - start, limiter=_DISK_THREADS))
+                pieces.append(
+                    await trio.to_thread.run_sync(
+                        _pread, self._path(entry.id), start, end - start, limiter=_DISK_THREADS
+                    )
+                )
                 for index in entry.ahead & set(range(first, last + 1)):
                     entry.ahead.discard(index)
                     self.prefetch_hit_bytes += _chunk_size(entry.size, index)
@@ -208,10 +216,12 @@ class PartCache:
             self.fetch_ahead(parts, offset + length, ahead, priority)
         return b"".join(pieces)
 
-    async def warm(self, parts: list[PartRef], offset: int, length: int,
-                   priority: Priority) -> None:
+    async def warm(
+        self, parts: list[PartRef], offset: int, length: int, priority: Priority
+    ) -> None:
         """Fetch bytes [offset, offset+length) of a blob into the cache without reading
         them (prefetch). Cancelling it cancels the fetches it started."""
+
         async def one(part: PartRef) -> None:
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
@@ -228,8 +238,11 @@ class PartCache:
         for those not cached in full (`BlobStore.prepare`), in the background."""
         if self._nursery is None:
             return
-        locations = [p.location for p in parts
-                     if p.id not in self._entries or not self._entries[p.id].complete]
+        locations = [
+            p.location
+            for p in parts
+            if p.id not in self._entries or not self._entries[p.id].complete
+        ]
         if locations:
             self._nursery.start_soon(self._prepare_quietly, locations)
 
@@ -239,8 +252,9 @@ class PartCache:
         except Exception:  # best effort: the reads do it themselves
             log.exception("cache: preparing %d part(s) failed", len(locations))
 
-    def fetch_ahead(self, parts: list[PartRef], offset: int, length: int,
-                    priority: Priority) -> None:
+    def fetch_ahead(
+        self, parts: list[PartRef], offset: int, length: int, priority: Priority
+    ) -> None:
         """Start fetching the missing chunks of [offset, offset+length) that nobody fetches
         yet, in the background (while run() runs); raise the ones already on their way to
         `priority` if it is urgent."""
@@ -280,8 +294,9 @@ class PartCache:
                 self._small[part.id] = entry
         return entry
 
-    async def _need(self, part: PartRef, entry: _Entry, first: int, last: int,
-                    priority: Priority = URGENT) -> None:
+    async def _need(
+        self, part: PartRef, entry: _Entry, first: int, last: int, priority: Priority = URGENT
+    ) -> None:
         """Wait until chunks first..last of the part are present, fetching the missing
         ones in parallel."""
         missing = [i for i in range(first, last + 1) if not entry.present[i]]
@@ -300,8 +315,7 @@ class PartCache:
         finally:
             entry.fetching -= 1
 
-    async def _chunk(self, part: PartRef, entry: _Entry, index: int,
-                     priority: Priority) -> None:
+    async def _chunk(self, part: PartRef, entry: _Entry, index: int, priority: Priority) -> None:
         """Make chunk `index` present: fetch it, or wait for the fetch already running
         (raising its priority if ours is higher; fetching again if that one failed)."""
         key = (entry.id, index)
@@ -322,8 +336,9 @@ class PartCache:
                 del self._fetching[key]
                 fetch.done.set()
 
-    async def _chunk_quietly(self, part: PartRef, entry: _Entry, index: int,
-                             priority: Priority) -> None:
+    async def _chunk_quietly(
+        self, part: PartRef, entry: _Entry, index: int, priority: Priority
+    ) -> None:
         """A chunk fetched ahead: nobody waits for it, so a failure is only logged (the
         reader that needs the chunk fetches it again and gets the error)."""
         try:
@@ -333,17 +348,18 @@ class PartCache:
         except Exception:  # never let a background fetch end the mount
             log.exception("cache: fetching ahead in part %d failed", part.id)
 
-    async def _fetch(self, part: PartRef, entry: _Entry, index: int,
-                     priority: Priority) -> None:
+    async def _fetch(self, part: PartRef, entry: _Entry, index: int, priority: Priority) -> None:
         offset, want = index * CHUNK, _chunk_size(part.size, index)
         data = await self.store.get(part.location, offset, want, priority)
         if len(data) != want:
-            raise StoreError(f"part {part.id}: the store returned {len(data)} of {want} "
-                             f"bytes at {offset}")
+            raise StoreError(
+                f"part {part.id}: the store returned {len(data)} of {want} bytes at {offset}"
+            )
         if self._entries.get(entry.id) is not entry:
             return  # evicted or dropped meanwhile (only possible when nobody reads it)
-        await trio.to_thread.run_sync(_pwrite, self._path(entry.id), data, offset,
-                                      limiter=_DISK_THREADS)
+        await trio.to_thread.run_sync(
+            _pwrite, self._path(entry.id), data, offset, limiter=_DISK_THREADS
+        )
         entry.present[index] = 1
         entry.dirty = True
         self._used += want
@@ -370,8 +386,9 @@ class PartCache:
                 if all(present):
                     map_path.unlink(missing_ok=True)
                 else:
-                    await trio.to_thread.run_sync(_write_map, map_path, present,
-                                                  limiter=_DISK_THREADS)
+                    await trio.to_thread.run_sync(
+                        _write_map, map_path, present, limiter=_DISK_THREADS
+                    )
             except FileNotFoundError:
                 pass  # evicted meanwhile
             except OSError as exc:

@@ -113,8 +113,9 @@ def cache_clear(mountpoint: Path) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot clear the cache: {exc}") from None
     after = _read_json(mountpoint, CACHE_PATH)["used_bytes"]
-    click.echo(f"cache cleared: {format_size(before - after)} freed, "
-               f"{format_size(after)} still in use")
+    click.echo(
+        f"cache cleared: {format_size(before - after)} freed, {format_size(after)} still in use"
+    )
 
 
 def _read_json(mountpoint: Path, path: Path) -> dict:
@@ -140,7 +141,8 @@ def test_bots() -> None:
     logs.setup("CRITICAL", settings.secrets())  # each bot's line says what went wrong
     if not settings.bots:
         raise click.ClickException(
-            "no Telegram bots configured (set TELEGRAM_BOT_TOKEN_1 and TELEGRAM_CHANNEL_ID_1)")
+            "no Telegram bots configured (set TELEGRAM_BOT_TOKEN_1 and TELEGRAM_CHANNEL_ID_1)"
+        )
     for skipped in settings.skipped_bots:
         click.echo(f"skipped: {skipped}")
     results = trio.run(check_bots, settings)
@@ -152,8 +154,9 @@ def test_bots() -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 def check(files: tuple[Path, ...]) -> None:
     """Try FILES the way the mount would take them in, with no mount and no store.
 
@@ -171,15 +174,22 @@ def check(files: tuple[Path, ...]) -> None:
 
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
-    encoder, _ = encoders.choose(settings.enable_hardware_acceleration,
-                                 settings.preferred_encoder, settings.cache_dir)
+    encoder, _ = encoders.choose(
+        settings.enable_hardware_acceleration, settings.preferred_encoder, settings.cache_dir
+    )
     refused = 0
     for path in files:
         options = worker_options(settings, path.name, path.stat().st_size, encoder)
         with tempfile.TemporaryDirectory(prefix="tgfs-check-") as work:
             try:
-                result = trio.run(run_worker, path, Path(work) / "out", options,
-                                  lambda _event: None, settings.media_memory)
+                result = trio.run(
+                    run_worker,
+                    path,
+                    Path(work) / "out",
+                    options,
+                    lambda _event: None,
+                    settings.media_memory,
+                )
             except MediaFailed as exc:
                 result = messages.FileResult(reason=str(exc), failed=True)
         if not isinstance(result, messages.VideoResult):
@@ -208,8 +218,9 @@ def show_config() -> None:
 
     settings = _settings()
     rows = settings.describe()
-    encoder, why = encoders.choose(settings.enable_hardware_acceleration,
-                                   settings.preferred_encoder, settings.cache_dir)
+    encoder, why = encoders.choose(
+        settings.enable_hardware_acceleration, settings.preferred_encoder, settings.cache_dir
+    )
     rows.append(("encoder", encoder + (f" ({why})" if why else "")))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -23,8 +23,15 @@ from dotenv import dotenv_values
 
 ENCODERS = ("software", "nvenc", "qsv", "vaapi")
 X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast",
-    "medium", "slow", "slower", "veryslow",
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -167,8 +174,10 @@ class Settings:
             ("TGFS_CACHE_SIZE", format_size(self.cache_size)),
             ("TGFS_CACHE_MIN_FREE", format_size(self.cache_min_free)),
             ("TGFS_PREFETCH_SEGMENTS", str(self.prefetch_segments)),
-            ("MAX_UPLOAD_SIZE", format_size(self.max_upload_size) if self.max_upload_size
-             else "no limit"),
+            (
+                "MAX_UPLOAD_SIZE",
+                format_size(self.max_upload_size) if self.max_upload_size else "no limit",
+            ),
             ("TELEGRAM_MAX_FILE_SIZE", format_size(self.part_size)),
             ("ENABLE_COPY_MODE", str(self.enable_copy_mode).lower()),
             ("COPY_MODE_MIN_SIZE", format_size(self.copy_mode_min_size)),
@@ -179,12 +188,18 @@ class Settings:
             ("TGFS_X264_CRF", str(self.x264_crf)),
             ("TGFS_LADDER", ",".join(map(str, self.ladder)) or "(source only)"),
             ("TGFS_AUDIO_HLS", str(self.audio_hls).lower()),
-            ("TGFS_MEDIA_MEMORY", format_size(self.media_memory) if self.media_memory
-             else "no limit"),
-            ("TGFS_MEDIA_MAX_PIXELS", str(self.media_max_pixels) if self.media_max_pixels
-             else "no limit"),
-            ("TGFS_MEDIA_MAX_DURATION", f"{self.media_max_duration:g} s"
-             if self.media_max_duration else "no limit"),
+            (
+                "TGFS_MEDIA_MEMORY",
+                format_size(self.media_memory) if self.media_memory else "no limit",
+            ),
+            (
+                "TGFS_MEDIA_MAX_PIXELS",
+                str(self.media_max_pixels) if self.media_max_pixels else "no limit",
+            ),
+            (
+                "TGFS_MEDIA_MAX_DURATION",
+                f"{self.media_max_duration:g} s" if self.media_max_duration else "no limit",
+            ),
             ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
             ("TGFS_RETRY_DELAY", f"{self.retry_delay:g} s"),
             ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
@@ -326,8 +341,9 @@ def _build(r: _Reader) -> Settings:
         )
     replicas = int(r.number("TGFS_REPLICAS", 1, 1, 10))
     if bots and replicas > len(bots):
-        raise ConfigError(f"TGFS_REPLICAS={replicas} needs at least {replicas} bots "
-                          f"({len(bots)} configured)")
+        raise ConfigError(
+            f"TGFS_REPLICAS={replicas} needs at least {replicas} bots ({len(bots)} configured)"
+        )
     client = r.text("TGFS_TELEGRAM_CLIENT", "pyrogram:Client")
     if not re.fullmatch(r"[\w.]+:[\w.]+", client):
         raise ConfigError(f"TGFS_TELEGRAM_CLIENT={client!r} must look like module:callable")
@@ -341,8 +357,7 @@ def _build(r: _Reader) -> Settings:
         data_dir=data_dir,
         cache_dir=cache_dir,
         spool_dir=r.path("TGFS_SPOOL_DIR", data_dir / "spool"),
-        cache_size=r.size_or_share("TGFS_CACHE_SIZE", 2 * 2**30, cache_dir,
-                                   minimum=16 * 2**20),
+        cache_size=r.size_or_share("TGFS_CACHE_SIZE", 2 * 2**30, cache_dir, minimum=16 * 2**20),
         cache_min_free=r.size("TGFS_CACHE_MIN_FREE", 2**30),
         prefetch_segments=int(r.number("TGFS_PREFETCH_SEGMENTS", 4, 0, 64)),
         max_upload_size=r.size("MAX_UPLOAD_SIZE", 0),
@@ -370,11 +385,13 @@ def _build(r: _Reader) -> Settings:
         ladder=_ladder(r.text("TGFS_LADDER", "")),
         audio_hls=r.flag("TGFS_AUDIO_HLS", False),
         media_memory=r.size("TGFS_MEDIA_MEMORY", DEFAULT_MEDIA_MEMORY, minimum=64 * 2**20)
-        if r.text("TGFS_MEDIA_MEMORY", "") != "0" else 0,
+        if r.text("TGFS_MEDIA_MEMORY", "") != "0"
+        else 0,
         media_max_pixels=_pixels(r.text("TGFS_MEDIA_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
         retry_delay=r.number("TGFS_RETRY_DELAY", 30.0, 0.1, 3600.0),
-        media_max_duration=r.number("TGFS_MEDIA_MAX_DURATION", DEFAULT_MAX_DURATION, 0,
-                                    10 * 365 * 86400),
+        media_max_duration=r.number(
+            "TGFS_MEDIA_MAX_DURATION", DEFAULT_MAX_DURATION, 0, 10 * 365 * 86400
+        ),
     )
 
 
@@ -386,8 +403,10 @@ def _pixels(raw: str) -> int:
         return int(width) * int(height)
     if text.isdigit():
         return int(text)
-    raise ConfigError(f"TGFS_MEDIA_MAX_PIXELS={raw!r} must be WIDTHxHEIGHT (e.g. 4096x2160) "
-                      "or a number of pixels; 0 = no limit")
+    raise ConfigError(
+        f"TGFS_MEDIA_MAX_PIXELS={raw!r} must be WIDTHxHEIGHT (e.g. 4096x2160) "
+        "or a number of pixels; 0 = no limit"
+    )
 
 
 def _ladder(raw: str) -> tuple[int, ...]:
@@ -397,8 +416,10 @@ def _ladder(raw: str) -> tuple[int, ...]:
     heights = set()
     for item in raw.replace(" ", "").split(","):
         if not item.removesuffix("p").isdigit() or not 144 <= int(item.removesuffix("p")) <= 4320:
-            raise ConfigError(f"TGFS_LADDER={raw!r}: each entry must be a height from 144 to "
-                              "4320 (example: 1080,720,480)")
+            raise ConfigError(
+                f"TGFS_LADDER={raw!r}: each entry must be a height from 144 to "
+                "4320 (example: 1080,720,480)"
+            )
         heights.add(int(item.removesuffix("p")))
     return tuple(sorted(heights, reverse=True))
 
@@ -414,9 +435,7 @@ def _bots(r: _Reader) -> tuple[tuple[Bot, ...], tuple[str, ...]]:
     skipped: list[str] = []
     seen: set[str] = set()
     numbers = sorted(
-        int(m.group(1))
-        for key in r.values
-        if (m := re.fullmatch(r"TELEGRAM_BOT_TOKEN_(\d+)", key))
+        int(m.group(1)) for key in r.values if (m := re.fullmatch(r"TELEGRAM_BOT_TOKEN_(\d+)", key))
     )
     for n in numbers:
         token = r.values[f"TELEGRAM_BOT_TOKEN_{n}"].strip()

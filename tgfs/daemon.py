@@ -40,11 +40,13 @@ log = logging.getLogger(__name__)
 
 def make_store(settings: Settings) -> BlobStore:
     if settings.store_kind == "telegram":
-        log.info("store: Telegram, %d bot(s), %d replica(s) per part", len(settings.bots),
-                 settings.replicas)
+        log.info(
+            "store: Telegram, %d bot(s), %d replica(s) per part",
+            len(settings.bots),
+            settings.replicas,
+        )
         return TelegramStore(settings)
-    log.info("store: local directory %s (no Telegram bots configured)",
-             settings.local_store_dir)
+    log.info("store: local directory %s (no Telegram bots configured)", settings.local_store_dir)
     return LocalStore(settings.local_store_dir)
 
 
@@ -71,8 +73,9 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         spool = Spool(settings.spool_dir)
         _recover()
         spool.sweep(jobs.live_spools() | {str(settings.spool_dir / LOCK_NAME)})
-        cache = PartCache(settings.cache_dir / _catalog_id(), settings.cache_size, store,
-                          settings.cache_min_free)
+        cache = PartCache(
+            settings.cache_dir / _catalog_id(), settings.cache_size, store, settings.cache_min_free
+        )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
 
 
@@ -82,17 +85,26 @@ def _recover() -> None:
     start over)."""
     recovered = jobs.recover_writes()
     if recovered:
-        log.warning("recovered %d file(s) that were being written when tgfs stopped",
-                    len(recovered))
+        log.warning(
+            "recovered %d file(s) that were being written when tgfs stopped", len(recovered)
+        )
     for path in library.purge_unlinked():
         Spool.discard(path)
     if collected := blobs.collect_landed():
-        log.info("store: %d part(s) stored by unfinished jobs will be deleted (the jobs "
-                 "start over)", collected)
+        log.info(
+            "store: %d part(s) stored by unfinished jobs will be deleted (the jobs start over)",
+            collected,
+        )
 
 
-async def _serve(settings: Settings, mountpoint: Path, store: BlobStore, spool: Spool,
-                 cache: PartCache, debug_fuse: bool) -> None:
+async def _serve(
+    settings: Settings,
+    mountpoint: Path,
+    store: BlobStore,
+    spool: Spool,
+    cache: PartCache,
+    debug_fuse: bool,
+) -> None:
     try:
         await store.start()
     except StoreError as exc:
@@ -131,8 +143,11 @@ async def _collect_orphans(store: BlobStore) -> None:
         with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
             found = await store.orphans(blobs.known_locations().__contains__)
     except (StoreError, OSError, trio.TooSlowError) as exc:
-        log.warning("store: could not look for parts left by the last crash (%s); will "
-                    "look again at the next start", exc or "timed out")
+        log.warning(
+            "store: could not look for parts left by the last crash (%s); will "
+            "look again at the next start",
+            exc or "timed out",
+        )
         return
     _set_meta(ORPHAN_SCAN_DUE, "0")
     if found:
@@ -140,13 +155,26 @@ async def _collect_orphans(store: BlobStore) -> None:
         log.info("store: %d part(s) left by the last crash will be deleted", len(found))
 
 
-async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
-                         spool: Spool, cache: PartCache, debug_fuse: bool) -> None:
+async def _serve_mounted(
+    settings: Settings,
+    mountpoint: Path,
+    store: BlobStore,
+    spool: Spool,
+    cache: PartCache,
+    debug_fuse: bool,
+) -> None:
     fs_ref: list[Filesystem] = []
-    collector = GarbageCollector(store, lambda loc: fs_ref[0].part_in_use(loc),
-                                 lambda: cache.drop_unknown(blobs.known_parts))
-    runner = IngestRunner(settings, store, spool, lambda p, names: fs_ref[0].invalidate(p, names),
-                          lambda: fs_ref[0].writes.busy(), collector.wake)
+    collector = GarbageCollector(
+        store, lambda loc: fs_ref[0].part_in_use(loc), lambda: cache.drop_unknown(blobs.known_parts)
+    )
+    runner = IngestRunner(
+        settings,
+        store,
+        spool,
+        lambda p, names: fs_ref[0].invalidate(p, names),
+        lambda: fs_ref[0].writes.busy(),
+        collector.wake,
+    )
     prefetch = Prefetcher(cache, settings.prefetch_segments)
     fs = Filesystem(settings, spool, cache, store, runner, collector, prefetch)
     fs_ref.append(fs)
@@ -157,10 +185,15 @@ async def _serve_mounted(settings: Settings, mountpoint: Path, store: BlobStore,
     if debug_fuse:
         options.add("debug")
     pyfuse3.init(fs, str(mountpoint), options)
-    log.info("mounted %s (store: %s); Ctrl-C or `tgfs umount %s` to unmount",
-             mountpoint, store.kind, mountpoint)
+    log.info(
+        "mounted %s (store: %s); Ctrl-C or `tgfs umount %s` to unmount",
+        mountpoint,
+        store.kind,
+        mountpoint,
+    )
     try:
         async with trio.open_nursery() as nursery:
+
             async def fuse_main() -> None:
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()  # unmounted from outside

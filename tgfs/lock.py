@@ -34,10 +34,11 @@ class DirectoryLock:
             os.close(fd)
             pid = holder[0] or "?"
             where = holder[1] if len(holder) > 1 and holder[1] else "an unknown mount point"
-            raise ConfigError(f"{self.path.parent} is in use by another tgfs daemon (pid "
-                              f"{pid}, mounted on {where}); one daemon per data "
-                              "directory: unmount it first, or set another TGFS_DATA_DIR"
-                              ) from None
+            raise ConfigError(
+                f"{self.path.parent} is in use by another tgfs daemon (pid "
+                f"{pid}, mounted on {where}); one daemon per data "
+                "directory: unmount it first, or set another TGFS_DATA_DIR"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{self.mountpoint}\n".encode(), 0)
         self._fd = fd

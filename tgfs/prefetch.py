@@ -84,8 +84,7 @@ class Prefetcher:
         self._nursery: trio.Nursery | None = None
         self.seeks = 0
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Runs the cursors for the mount's life, and stops idle ones."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -122,12 +121,21 @@ class Prefetcher:
         if cursor is not None:
             self.seeks += 1
             self._stop(cursor)
-        for other in [c for c in self._cursors.values() if c.pid == pid
-                      and (c.track.video_id != track.video_id or c.track.kind == track.kind)]:
+        for other in [
+            c
+            for c in self._cursors.values()
+            if c.pid == pid and (c.track.video_id != track.video_id or c.track.kind == track.kind)
+        ]:
             self._stop(other)  # moved to another video, or switched quality
-        cursor = _Cursor(rendition_id, pid, track, next=seq + 1,
-                         window=min(FIRST_WINDOW, self.max_window), fetched_to=seq + 1,
-                         last_moved=now)
+        cursor = _Cursor(
+            rendition_id,
+            pid,
+            track,
+            next=seq + 1,
+            window=min(FIRST_WINDOW, self.max_window),
+            fetched_to=seq + 1,
+            last_moved=now,
+        )
         self._cursors[rendition_id, pid] = cursor
         self._nursery.start_soon(self._follow, cursor)
 
@@ -177,8 +185,7 @@ class Prefetcher:
         try:
             await self.cache.warm(parts, 0, _size(parts), Priority(urgent=False))
         except (StoreError, OSError) as exc:
-            log.info("prefetch: segment %d of rendition %d: %s", seq, cursor.rendition_id,
-                     exc)
+            log.info("prefetch: segment %d of rendition %d: %s", seq, cursor.rendition_id, exc)
         finally:
             cursor.warming = False
 
@@ -197,11 +204,13 @@ class Prefetcher:
         ids = files.segment_blobs + ([files.init_blob] if files.init_blob else [])
         parts = blobs.parts_of_many(ids)
         track = _Track(
-            video_id=files.video_id, kind=files.kind,
+            video_id=files.video_id,
+            kind=files.kind,
             init=parts[files.init_blob] if files.init_blob else [],
             segments=[parts[b] for b in files.segment_blobs],
             index={b: seq for seq, b in enumerate(files.segment_blobs)},
-            complete=files.complete)
+            complete=files.complete,
+        )
         if len(self._tracks) >= _TRACKS_KEPT:
             self._tracks.pop(next(iter(self._tracks)))
         if track.complete:
@@ -212,10 +221,13 @@ class Prefetcher:
         return track
 
     def stats(self) -> dict[str, int]:
-        busy = sum(1 for c in self._cursors.values()
-                   if c.warming or _next_due(c) is not None)
-        return {"viewers": len(self._cursors), "viewers_fetching": busy, "seeks": self.seeks,
-                "window_max": self.max_window}
+        busy = sum(1 for c in self._cursors.values() if c.warming or _next_due(c) is not None)
+        return {
+            "viewers": len(self._cursors),
+            "viewers_fetching": busy,
+            "seeks": self.seeks,
+            "window_max": self.max_window,
+        }
 
 
 def _next_due(cursor: _Cursor) -> int | None:

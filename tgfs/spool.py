@@ -39,13 +39,11 @@ class Spool:
 
     @staticmethod
     async def pwrite(fd: int, data: bytes, offset: int) -> int:
-        return await trio.to_thread.run_sync(os.pwrite, fd, data, offset,
-                                             limiter=_DISK_THREADS)
+        return await trio.to_thread.run_sync(os.pwrite, fd, data, offset, limiter=_DISK_THREADS)
 
     @staticmethod
     async def pread(fd: int, size: int, offset: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, fd, size, offset,
-                                             limiter=_DISK_THREADS)
+        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=_DISK_THREADS)
 
     @staticmethod
     def discard(path: str | None) -> None:

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tgfs.catalog import blobs, jobs
+from tgfs.catalog import JobState, blobs, jobs
 from tgfs.config import format_size
 from tgfs.ingest.progress import Progress
 
@@ -38,8 +38,15 @@ def snapshot(
         if live is not None:
             row.update(live.snapshot())
         else:
-            row.update({"stage": job.state, "percent": 100.0 if job.state == "done" else None,
-                        "bytes_per_s": None, "speed": None, "eta_s": None})
+            row.update(
+                {
+                    "stage": job.state,
+                    "percent": 100.0 if job.state == JobState.DONE else None,
+                    "bytes_per_s": None,
+                    "speed": None,
+                    "eta_s": None,
+                }
+            )
         rows.append(row)
     if "bots" in store:
         store = {**store, "bots": bots_snapshot(store)}
@@ -77,19 +84,21 @@ def render_cache(cache: dict[str, Any]) -> str:
     """The cache lines of `tgfs status`, and all of `tgfs cache stats`."""
     ratio = cache.get("hit_ratio")
     prefetch = cache.get("prefetch", {})
-    return "\n".join([
-        f"cache: {format_size(cache['used_bytes'])} of {format_size(cache['capacity_bytes'])}"
-        f" in {cache['parts']} part(s) ({cache['partial_parts']} partial)"
-        f"  hit ratio {'-' if ratio is None else f'{ratio:.1%}'}"
-        f" ({cache['hits']} hits, {cache['misses']} misses)",
-        f"  served {format_size(cache.get('served_bytes', 0))}"
-        f"  fetched {format_size(cache['fetched_bytes'])}"
-        f"  in flight {cache['fetches_in_flight']} chunk(s)",
-        f"  prefetched {format_size(cache.get('prefetched_bytes', 0))}:"
-        f" {format_size(cache.get('prefetch_hit_bytes', 0))} read,"
-        f" {format_size(cache.get('prefetch_wasted_bytes', 0))} wasted"
-        f"  viewers {prefetch.get('viewers', 0)}",
-    ])
+    return "\n".join(
+        [
+            f"cache: {format_size(cache['used_bytes'])} of {format_size(cache['capacity_bytes'])}"
+            f" in {cache['parts']} part(s) ({cache['partial_parts']} partial)"
+            f"  hit ratio {'-' if ratio is None else f'{ratio:.1%}'}"
+            f" ({cache['hits']} hits, {cache['misses']} misses)",
+            f"  served {format_size(cache.get('served_bytes', 0))}"
+            f"  fetched {format_size(cache['fetched_bytes'])}"
+            f"  in flight {cache['fetches_in_flight']} chunk(s)",
+            f"  prefetched {format_size(cache.get('prefetched_bytes', 0))}:"
+            f" {format_size(cache.get('prefetch_hit_bytes', 0))} read,"
+            f" {format_size(cache.get('prefetch_wasted_bytes', 0))} wasted"
+            f"  viewers {prefetch.get('viewers', 0)}",
+        ]
+    )
 
 
 def render(status: dict[str, Any]) -> str:
@@ -102,37 +111,45 @@ def render(status: dict[str, Any]) -> str:
         render_cache(cache),
     ]
     if store.get("bots"):
-        lines.append(f"{'BOT':>4}  {'STATE':<5} {'PARTS':>6} {'HELD':>10} {'SENT':>6} "
-                     f"{'FLOOD':>6}  ACCOUNT")
+        lines.append(
+            f"{'BOT':>4}  {'STATE':<5} {'PARTS':>6} {'HELD':>10} {'SENT':>6} {'FLOOD':>6}  ACCOUNT"
+        )
         for bot in store["bots"]:
             flood = f"{bot['flood_wait_s']:.0f}s" if bot.get("flood_wait_s") else "-"
             account = f"@{bot['username']}" if bot.get("username") else f"id {bot['bot_id']}"
-            lines.append(f"{bot['number']:>4}  {'up' if bot['up'] else 'DOWN':<5} "
-                         f"{bot.get('parts_held', 0):>6} "
-                         f"{format_size(bot.get('bytes_held', 0)):>10} "
-                         f"{bot['messages_sent']:>6} {flood:>6}  {account}")
+            lines.append(
+                f"{bot['number']:>4}  {'up' if bot['up'] else 'DOWN':<5} "
+                f"{bot.get('parts_held', 0):>6} "
+                f"{format_size(bot.get('bytes_held', 0)):>10} "
+                f"{bot['messages_sent']:>6} {flood:>6}  {account}"
+            )
             if bot.get("reason"):
                 lines.append(f"{'':>6}{bot['reason']}")
     encoder = status.get("encoder") or {}
     if encoder.get("name"):
-        lines.append(f"encoder: {encoder['name']}"
-                     + (f" ({encoder['note']})" if encoder.get("note") else ""))
+        lines.append(
+            f"encoder: {encoder['name']}" + (f" ({encoder['note']})" if encoder.get("note") else "")
+        )
     if status.get("garbage_pending"):
         lines.append(f"store parts waiting to be deleted: {status['garbage_pending']}")
     if not status["jobs"]:
         lines.append("no jobs")
         return "\n".join(lines) + "\n"
     lines.append("")
-    lines.append(f"{'JOB':>4}  {'STATE':<8} {'STAGE':<9} {'DONE':>6} {'SPEED':>7} "
-                 f"{'RATE':>10} {'ETA':>6}  FILE")
+    lines.append(
+        f"{'JOB':>4}  {'STATE':<8} {'STAGE':<9} {'DONE':>6} {'SPEED':>7} "
+        f"{'RATE':>10} {'ETA':>6}  FILE"
+    )
     for job in status["jobs"]:
         percent = f"{job['percent']:.0f}%" if job.get("percent") is not None else "-"
         speed = f"{job['speed']:.1f}x" if job.get("speed") else "-"
         rate = f"{format_size(job['bytes_per_s'])}/s" if job.get("bytes_per_s") else "-"
         eta = _clock(job["eta_s"]) if job.get("eta_s") is not None else "-"
-        lines.append(f"{job['id']:>4}  {job['state']:<8} {job['stage']:<9} {percent:>6} "
-                     f"{speed:>7} {rate:>10} {eta:>6}  {job['path']}")
-        if job["state"] == "running" and job.get("percent") is not None:
+        lines.append(
+            f"{job['id']:>4}  {job['state']:<8} {job['stage']:<9} {percent:>6} "
+            f"{speed:>7} {rate:>10} {eta:>6}  {job['path']}"
+        )
+        if job["state"] == JobState.RUNNING and job.get("percent") is not None:
             lines.append(f"{'':>6}{_bar(job['percent'])}")
         for said in (job.get("error"), job.get("note")):
             if said:

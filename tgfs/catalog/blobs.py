@@ -22,7 +22,10 @@ def add(size: int, parts: list[PartRef]) -> Blob:
         blob = Blob.create(size=size)
         for part in parts:
             Part.create(
-                blob=blob, index=part.index, offset=part.offset, size=part.size,
+                blob=blob,
+                index=part.index,
+                offset=part.offset,
+                size=part.size,
                 location=part.location,
             )
         _unland(p.location for p in parts)
@@ -32,7 +35,7 @@ def add(size: int, parts: list[PartRef]) -> Blob:
 def _unland(locations: Iterable[str]) -> None:
     wanted = list(locations)
     for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-        Landed.delete().where(Landed.location.in_(wanted[start:start + 500])).execute()
+        Landed.delete().where(Landed.location.in_(wanted[start : start + 500])).execute()
 
 
 def collect_landed() -> int:
@@ -60,8 +63,11 @@ def parts_of_many(blob_ids: Iterable[int]) -> dict[int, list[PartRef]]:
     ids = list(blob_ids)
     found: dict[int, list[PartRef]] = {blob_id: [] for blob_id in ids}
     for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-        rows = (Part.select().where(Part.blob.in_(ids[start:start + 500]))
-                .order_by(Part.blob, Part.index))
+        rows = (
+            Part.select()
+            .where(Part.blob.in_(ids[start : start + 500]))
+            .order_by(Part.blob, Part.index)
+        )
         for p in rows:
             found[p.blob_id].append(_ref(p))
     return found
@@ -71,7 +77,7 @@ def known_parts(part_ids: list[int]) -> set[int]:
     """Which of these part ids the catalog still has."""
     found: set[int] = set()
     for start in range(0, len(part_ids), 500):  # SQLite's limit on bound parameters
-        rows = Part.select(Part.id).where(Part.id.in_(part_ids[start:start + 500]))
+        rows = Part.select(Part.id).where(Part.id.in_(part_ids[start : start + 500]))
         found.update(p.id for p in rows)
     return found
 
@@ -101,9 +107,10 @@ def queue_locations(locations: Iterable[str]) -> None:
     with db.atomic():
         still = []
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            still += [r.location for r in Landed.select(Landed.location)
-                      .where(Landed.location.in_(chunk))]
+            chunk = wanted[start : start + 500]
+            still += [
+                r.location for r in Landed.select(Landed.location).where(Landed.location.in_(chunk))
+            ]
         if still:
             Garbage.insert_many([{"location": loc} for loc in still]).execute()
         _unland(still)
@@ -114,7 +121,7 @@ def queue_orphans(locations: Iterable[str]) -> None:
     rows = [{"location": loc} for loc in locations]
     with db.atomic():
         for start in range(0, len(rows), 500):
-            Garbage.insert_many(rows[start:start + 500]).execute()
+            Garbage.insert_many(rows[start : start + 500]).execute()
 
 
 def known_locations() -> set[str]:
@@ -135,8 +142,7 @@ def held_by(location_prefix: str) -> tuple[int, int]:
     A scan of the part table: it serves status output only.
     """
     query = Part.select(fn.COUNT(Part.id), fn.COALESCE(fn.SUM(Part.size), 0)).where(
-        Part.location.startswith(location_prefix)
-        | Part.location.contains("," + location_prefix)
+        Part.location.startswith(location_prefix) | Part.location.contains("," + location_prefix)
     )
     count, size = query.scalar(as_tuple=True)
     return int(count), int(size)

@@ -8,23 +8,14 @@ and never while their file is open for writing again.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import time
 from collections.abc import Iterable
 
-from tgfs.catalog.schema import Job, Node, db, display, durable, now_ns
+from tgfs.catalog.schema import Job, JobState, Node, db, display, durable, now_ns
 
 log = logging.getLogger(__name__)
-
-
-class JobState(enum.StrEnum):
-    WRITING = "writing"
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 # A queued job waits until its file has been left alone this long (seconds). Tools finish
@@ -32,8 +23,13 @@ class JobState(enum.StrEnum):
 # a temporary name. Ingesting at once would race them (and take the temporary name).
 SETTLE = 1.0
 
-WRITING, QUEUED, RUNNING, DONE, FAILED = (JobState.WRITING, JobState.QUEUED, JobState.RUNNING,
-                                          JobState.DONE, JobState.FAILED)
+WRITING, QUEUED, RUNNING, DONE, FAILED = (
+    JobState.WRITING,
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.DONE,
+    JobState.FAILED,
+)
 
 
 def start_version(node: Node, path: str, spool: str) -> Job:
@@ -42,8 +38,7 @@ def start_version(node: Node, path: str, spool: str) -> Job:
     return Job.create(node=node, path=display(path), spool=spool, size=0, state=WRITING)
 
 
-def accept(job_id: int, node: Node, spool: str, size: int, mtime_ns: int | None
-           ) -> list[str]:
+def accept(job_id: int, node: Node, spool: str, size: int, mtime_ns: int | None) -> list[str]:
     """close()/fsync() accepted `spool` as `node`'s content, in one durable transaction: the
     node points at it with its size, its job is queued, and the versions it supersedes
     (queued, not yet running) are dropped. Returns the spool files nothing refers to now."""
@@ -53,11 +48,18 @@ def accept(job_id: int, node: Node, spool: str, size: int, mtime_ns: int | None
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
         node.save()
-        superseded = list(Job.select().where((Job.node == node.id) & (Job.state == QUEUED)
-                                             & (Job.id != job_id)))
+        superseded = list(
+            Job.select().where((Job.node == node.id) & (Job.state == QUEUED) & (Job.id != job_id))
+        )
         Job.delete().where(Job.id.in_([j.id for j in superseded] or [0])).execute()
-        Job.update(state=QUEUED, size=size, not_before=time.time() + SETTLE, attempts=0,
-                   error=None, spool=spool).where(Job.id == job_id).execute()
+        Job.update(
+            state=QUEUED,
+            size=size,
+            not_before=time.time() + SETTLE,
+            attempts=0,
+            error=None,
+            spool=spool,
+        ).where(Job.id == job_id).execute()
     unused = {j.spool for j in superseded} | {old_spool}
     return [p for p in unused if p and p != spool and not _spool_in_use(p)]
 
@@ -65,7 +67,8 @@ def accept(job_id: int, node: Node, spool: str, size: int, mtime_ns: int | None
 def settle(node_id: int) -> None:
     """The file was renamed or its attributes changed: give the tool more time (SETTLE)."""
     Job.update(not_before=time.time() + SETTLE).where(
-        (Job.node == node_id) & (Job.state == QUEUED) & (Job.attempts == 0)).execute()
+        (Job.node == node_id) & (Job.state == QUEUED) & (Job.attempts == 0)
+    ).execute()
 
 
 def reopen(job_id: int) -> None:
@@ -79,9 +82,12 @@ def drop(job_id: int) -> None:
 
 
 def _spool_in_use(path: str) -> bool:
-    return (Node.select().where(Node.spool == path).exists()
-            or Job.select().where((Job.spool == path)
-                                  & Job.state.in_([WRITING, QUEUED, RUNNING])).exists())
+    return (
+        Node.select().where(Node.spool == path).exists()
+        or Job.select()
+        .where((Job.spool == path) & Job.state.in_([WRITING, QUEUED, RUNNING]))
+        .exists()
+    )
 
 
 def recover_writes() -> list[Job]:
@@ -98,8 +104,10 @@ def recover_writes() -> list[Job]:
             Job.delete().where(Job.id == job.id).execute()
             continue
         unused = accept(job.id, node, job.spool, size, None)
-        note = (f"the daemon stopped while this file was being written; kept the {size} "
-                "byte(s) that had arrived")
+        note = (
+            f"the daemon stopped while this file was being written; kept the {size} "
+            "byte(s) that had arrived"
+        )
         Job.update(note=note).where(Job.id == job.id).execute()
         for path in unused:
             _unlink(path)
@@ -129,9 +137,12 @@ def next_ready(exclude_jobs: Iterable[int], exclude_nodes: Iterable[int]) -> Job
     writing (None if there is none)."""
     return (
         Job.select()
-        .where((Job.state == QUEUED) & (Job.not_before <= time.time())
-               & Job.id.not_in(list(exclude_jobs) or [0])
-               & (Job.node.is_null() | Job.node.not_in(list(exclude_nodes) or [0])))
+        .where(
+            (Job.state == QUEUED)
+            & (Job.not_before <= time.time())
+            & Job.id.not_in(list(exclude_jobs) or [0])
+            & (Job.node.is_null() | Job.node.not_in(list(exclude_nodes) or [0]))
+        )
         .order_by(Job.id)
         .first()
     )
@@ -171,14 +182,16 @@ def live_spools() -> set[str]:
     """Spool files some node or unfinished job refers to (the rest is a crash's litter)."""
     with db.atomic():
         keep = {n.spool for n in Node.select(Node.spool).where(Node.spool.is_null(False))}
-        keep |= {j.spool for j in Job.select(Job.spool).where(
-            Job.state.in_([WRITING, QUEUED, RUNNING]))}
+        keep |= {
+            j.spool for j in Job.select(Job.spool).where(Job.state.in_([WRITING, QUEUED, RUNNING]))
+        }
     return keep
 
 
 def recent(limit: int = 50) -> list[Job]:
     """Unfinished jobs first, then the latest finished ones (not files being written)."""
     active = list(Job.select().where(Job.state.in_([QUEUED, RUNNING])).order_by(Job.id))
-    finished = list(Job.select().where(Job.state.in_([DONE, FAILED]))
-                    .order_by(Job.id.desc()).limit(limit))
+    finished = list(
+        Job.select().where(Job.state.in_([DONE, FAILED])).order_by(Job.id.desc()).limit(limit)
+    )
     return active + finished

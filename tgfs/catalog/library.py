@@ -71,22 +71,29 @@ def video_name(source_name: str) -> str:
 # dropped file removed). A job that finishes at once does all steps in one go.
 
 
-def create_video(source: Node, mode: str, target: int, job_id: int | None,
-                 source_hash: str | None = None) -> Node:
+def create_video(
+    source: Node, mode: str, target: int, job_id: int | None, source_hash: str | None = None
+) -> Node:
     """The folder for the video `source` is becoming, next to it; returns the folder node.
 
     It takes the file's name without extension, or "Name (2)" … if that is taken.
     """
     with db.atomic():
-        video = Video.create(source_name=display(source.name), duration=0.0, mode=mode,
-                             target_duration=target, complete=False, job_id=job_id,
-                             source_hash=source_hash)
+        video = Video.create(
+            source_name=display(source.name),
+            duration=0.0,
+            mode=mode,
+            target_duration=target,
+            complete=False,
+            job_id=job_id,
+            source_hash=source_hash,
+        )
         name = tree.free_name(source.parent_id, video_name(source.name))
         owner = _owner(source)
-        folder = tree.create(source.parent_id, name, NodeKind.VIDEO, READ_ONLY_DIR,
-                             video=video, **owner)
-        tree.create(folder.id, MASTER_NAME, NodeKind.MASTER, READ_ONLY_FILE, video=video,
-                    **owner)
+        folder = tree.create(
+            source.parent_id, name, NodeKind.VIDEO, READ_ONLY_DIR, video=video, **owner
+        )
+        tree.create(folder.id, MASTER_NAME, NodeKind.MASTER, READ_ONLY_FILE, video=video, **owner)
         tree.touch_dir(source.parent_id)
     return folder
 
@@ -97,19 +104,51 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
         init_blob = blobs.add(init.size, init.parts) if init else None
         name = tree.free_name(folder.id, tree.safe_name(info.name))  # from a track's tags
         rendition = Rendition.create(
-            video=folder.video_id, name=name, kind=info.kind, language=info.language,
-            title=info.title, is_default=info.default, width=info.width, height=info.height,
-            frame_rate=info.frame_rate, codecs=info.codecs, bandwidth=0, average_bandwidth=0,
-            init_name=init.name if init else "", init_blob=init_blob,
+            video=folder.video_id,
+            name=name,
+            kind=info.kind,
+            language=info.language,
+            title=info.title,
+            is_default=info.default,
+            width=info.width,
+            height=info.height,
+            frame_rate=info.frame_rate,
+            codecs=info.codecs,
+            bandwidth=0,
+            average_bandwidth=0,
+            init_name=init.name if init else "",
+            init_blob=init_blob,
         )
         owner = _owner(folder)
-        rdir = tree.create(folder.id, name, NodeKind.RENDITION, READ_ONLY_DIR,
-                           video=folder.video_id, rendition=rendition, **owner)
-        tree.create(rdir.id, MEDIA_PLAYLIST_NAME, NodeKind.PLAYLIST, READ_ONLY_FILE,
-                    video=folder.video_id, rendition=rendition, **owner)
+        rdir = tree.create(
+            folder.id,
+            name,
+            NodeKind.RENDITION,
+            READ_ONLY_DIR,
+            video=folder.video_id,
+            rendition=rendition,
+            **owner,
+        )
+        tree.create(
+            rdir.id,
+            MEDIA_PLAYLIST_NAME,
+            NodeKind.PLAYLIST,
+            READ_ONLY_FILE,
+            video=folder.video_id,
+            rendition=rendition,
+            **owner,
+        )
         if init:
-            tree.create(rdir.id, init.name, NodeKind.MEDIA, READ_ONLY_FILE,
-                        video=folder.video_id, blob=init_blob, size=init.size, **owner)
+            tree.create(
+                rdir.id,
+                init.name,
+                NodeKind.MEDIA,
+                READ_ONLY_FILE,
+                video=folder.video_id,
+                blob=init_blob,
+                size=init.size,
+                **owner,
+            )
     return rendition
 
 
@@ -122,12 +161,25 @@ def add_segments(rendition: Rendition, segments: list[StoredFile]) -> None:
         seq = Segment.select().where(Segment.rendition == rendition.id).count()
         for n, seg in enumerate(segments, start=seq):
             blob = blobs.add(seg.size, seg.parts)
-            Segment.create(rendition=rendition, seq=n, duration=seg.duration, name=seg.name,
-                           blob=blob)
-            tree.create(rdir.id, seg.name, NodeKind.MEDIA, READ_ONLY_FILE,
-                        video=rendition.video_id, blob=blob, size=seg.size, **_owner(rdir))
-        sizes = (Segment.select(Blob.size, Segment.duration).join(Blob)
-                 .where(Segment.rendition == rendition.id).tuples())
+            Segment.create(
+                rendition=rendition, seq=n, duration=seg.duration, name=seg.name, blob=blob
+            )
+            tree.create(
+                rdir.id,
+                seg.name,
+                NodeKind.MEDIA,
+                READ_ONLY_FILE,
+                video=rendition.video_id,
+                blob=blob,
+                size=seg.size,
+                **_owner(rdir),
+            )
+        sizes = (
+            Segment.select(Blob.size, Segment.duration)
+            .join(Blob)
+            .where(Segment.rendition == rendition.id)
+            .tuples()
+        )
         rendition.bandwidth, rendition.average_bandwidth = bandwidths(sizes)
         rendition.save()
 
@@ -138,14 +190,20 @@ def complete_video(folder: Node, source: Node | None, start_time: float) -> None
     The target duration only grows here if a segment came out longer than planned."""
     with db.atomic():
         video = Video.get_by_id(folder.video_id)
-        durations = (Segment.select(Segment.duration).join(Rendition)
-                     .where(Rendition.video == video.id).tuples())
-        video.target_duration = max(video.target_duration,
-                                    target_duration(d for (d,) in durations))
-        per_rendition = (Segment.select(Rendition.id, fn.SUM(Segment.duration)).join(Rendition)
-                         .where((Rendition.video == video.id)
-                                & (Rendition.kind == RenditionKind.VIDEO))
-                         .group_by(Rendition.id).tuples())
+        durations = (
+            Segment.select(Segment.duration)
+            .join(Rendition)
+            .where(Rendition.video == video.id)
+            .tuples()
+        )
+        video.target_duration = max(video.target_duration, target_duration(d for (d,) in durations))
+        per_rendition = (
+            Segment.select(Rendition.id, fn.SUM(Segment.duration))
+            .join(Rendition)
+            .where((Rendition.video == video.id) & (Rendition.kind == RenditionKind.VIDEO))
+            .group_by(Rendition.id)
+            .tuples()
+        )
         video.duration = max((total for _, total in per_rendition), default=0.0)
         video.start_time = start_time
         video.complete, video.job_id = True, None
@@ -163,9 +221,12 @@ def attach_rendition(folder: Node, info: RenditionInfo, segments: list[StoredFil
 
 def video_segment_durations(video_id: int) -> list[float]:
     """Segment durations of a video's first video rendition: where every cut is."""
-    first = (Rendition.select().where((Rendition.video == video_id)
-                                      & (Rendition.kind == RenditionKind.VIDEO))
-             .order_by(Rendition.id).first())
+    first = (
+        Rendition.select()
+        .where((Rendition.video == video_id) & (Rendition.kind == RenditionKind.VIDEO))
+        .order_by(Rendition.id)
+        .first()
+    )
     return [d for _, d in segments(first.id)] if first else []
 
 
@@ -175,11 +236,17 @@ def _owner(node: Node) -> dict:
 
 def published_copy(parent_id: int, source_hash: str) -> Node | None:
     """A video folder in `parent_id` made from a file with these very bytes, if any."""
-    folder = (Node.select().join(Entry, on=(Entry.node == Node.id))
-              .join(Video, on=(Node.video == Video.id), src=Node)
-              .where((Entry.parent == parent_id) & (Node.kind == NodeKind.VIDEO)
-                     & (Video.source_hash == source_hash))
-              .first())
+    folder = (
+        Node.select()
+        .join(Entry, on=(Entry.node == Node.id))
+        .join(Video, on=(Node.video == Video.id), src=Node)
+        .where(
+            (Entry.parent == parent_id)
+            & (Node.kind == NodeKind.VIDEO)
+            & (Video.source_hash == source_hash)
+        )
+        .first()
+    )
     return folder
 
 
@@ -217,8 +284,9 @@ def remove_video(video_id: int) -> int:
         renditions = list(Rendition.select().where(Rendition.video == video_id))
         blob_ids = [r.init_blob_id for r in renditions if r.init_blob_id is not None]
         for r in renditions:
-            blob_ids += [s.blob_id for s in Segment.select(Segment.blob).where(
-                Segment.rendition == r.id)]
+            blob_ids += [
+                s.blob_id for s in Segment.select(Segment.blob).where(Segment.rendition == r.id)
+            ]
         # Children before parents (rendition folders hold files): deepest nodes first.
         Node.delete().where((Node.video == video_id) & (Node.kind == NodeKind.MEDIA)).execute()
         Node.delete().where((Node.video == video_id) & (Node.kind == NodeKind.PLAYLIST)).execute()
@@ -237,22 +305,40 @@ def master_entries(video_id: int) -> tuple[list[Variant], list[Alternative]]:
     for r in rows:
         uri = f"{r.name}/{MEDIA_PLAYLIST_NAME}"
         if r.kind == RenditionKind.VIDEO:
-            variants.append(Variant(
-                uri=uri, bandwidth=r.bandwidth, average_bandwidth=r.average_bandwidth,
-                codecs=r.codecs, width=r.width, height=r.height, frame_rate=r.frame_rate))
+            variants.append(
+                Variant(
+                    uri=uri,
+                    bandwidth=r.bandwidth,
+                    average_bandwidth=r.average_bandwidth,
+                    codecs=r.codecs,
+                    width=r.width,
+                    height=r.height,
+                    frame_rate=r.frame_rate,
+                )
+            )
         else:
             audio = r.kind == RenditionKind.AUDIO
-            alternatives.append(Alternative(
-                type="AUDIO" if audio else "SUBTITLES", uri=uri, name=r.title or r.name,
-                language=r.language, default=r.is_default,
-                codecs=r.codecs if audio else "", bandwidth=r.bandwidth if audio else 0,
-                average_bandwidth=r.average_bandwidth if audio else 0))
+            alternatives.append(
+                Alternative(
+                    type="AUDIO" if audio else "SUBTITLES",
+                    uri=uri,
+                    name=r.title or r.name,
+                    language=r.language,
+                    default=r.is_default,
+                    codecs=r.codecs if audio else "",
+                    bandwidth=r.bandwidth if audio else 0,
+                    average_bandwidth=r.average_bandwidth if audio else 0,
+                )
+            )
     return variants, alternatives
 
 
 def segments(rendition_id: int) -> list[tuple[str, float]]:
-    rows = (Segment.select(Segment.name, Segment.duration)
-            .where(Segment.rendition == rendition_id).order_by(Segment.seq))
+    rows = (
+        Segment.select(Segment.name, Segment.duration)
+        .where(Segment.rendition == rendition_id)
+        .order_by(Segment.seq)
+    )
     return [(s.name, s.duration) for s in rows]
 
 
@@ -271,19 +357,28 @@ def track_files(rendition_id: int) -> TrackFiles | None:
     r = Rendition.get_or_none(Rendition.id == rendition_id)
     if r is None:
         return None
-    rows = (Segment.select(Segment.blob).where(Segment.rendition == rendition_id)
-            .order_by(Segment.seq))
-    return TrackFiles(video_id=r.video_id, kind=RenditionKind(r.kind),
-                      init_blob=r.init_blob_id, segment_blobs=[s.blob_id for s in rows],
-                      complete=r.video.complete)
+    rows = (
+        Segment.select(Segment.blob).where(Segment.rendition == rendition_id).order_by(Segment.seq)
+    )
+    return TrackFiles(
+        video_id=r.video_id,
+        kind=RenditionKind(r.kind),
+        init_blob=r.init_blob_id,
+        segment_blobs=[s.blob_id for s in rows],
+        complete=r.video.complete,
+    )
 
 
 def first_renditions(video_id: int) -> list[int]:
     """The renditions a player starting `video_id` reads first: the first variant listed
     in the master playlist and the default audio rendition, if any."""
-    rows = list(Rendition.select(Rendition.id, Rendition.kind, Rendition.is_default)
-                .where(Rendition.video == video_id).order_by(Rendition.id))
-    first = [next((r.id for r in rows if r.kind == RenditionKind.VIDEO), None),
-             next((r.id for r in rows if r.kind == RenditionKind.AUDIO and r.is_default),
-                  None)]
+    rows = list(
+        Rendition.select(Rendition.id, Rendition.kind, Rendition.is_default)
+        .where(Rendition.video == video_id)
+        .order_by(Rendition.id)
+    )
+    first = [
+        next((r.id for r in rows if r.kind == RenditionKind.VIDEO), None),
+        next((r.id for r in rows if r.kind == RenditionKind.AUDIO and r.is_default), None),
+    ]
     return [r for r in first if r is not None]

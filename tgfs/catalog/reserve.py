@@ -63,6 +63,8 @@ class Reserve:
             self.path.unlink()
         except FileNotFoundError:
             return False
-        log.warning("the catalog's disk is full: its reserve was released so that files "
-                    "can be deleted; free some space")
+        log.warning(
+            "the catalog's disk is full: its reserve was released so that files "
+            "can be deleted; free some space"
+        )
         return True

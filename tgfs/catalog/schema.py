@@ -152,8 +152,17 @@ class NodeKind(enum.StrEnum):
         return self in (NodeKind.RENDITION, NodeKind.MASTER, NodeKind.PLAYLIST, NodeKind.MEDIA)
 
 
-_USER_KINDS = frozenset({NodeKind.DIR, NodeKind.FILE, NodeKind.SYMLINK, NodeKind.FIFO,
-                         NodeKind.SOCKET, NodeKind.CHAR_DEVICE, NodeKind.BLOCK_DEVICE})
+_USER_KINDS = frozenset(
+    {
+        NodeKind.DIR,
+        NodeKind.FILE,
+        NodeKind.SYMLINK,
+        NodeKind.FIFO,
+        NodeKind.SOCKET,
+        NodeKind.CHAR_DEVICE,
+        NodeKind.BLOCK_DEVICE,
+    }
+)
 
 
 class _Model(pw.Model):
@@ -324,8 +333,7 @@ class Node(_Model):
     def entry(self) -> Entry | None:
         """The name it was found through, or its oldest; None for the root and orphans."""
         if not self._entry_loaded:
-            self._entry = (Entry.select().where(Entry.node == self.id).order_by(Entry.id)
-                           .first())
+            self._entry = Entry.select().where(Entry.node == self.id).order_by(Entry.id).first()
             self._entry_loaded = True
         return self._entry
 
@@ -365,6 +373,16 @@ class Entry(_Model):
         indexes = ((("parent", "name"), True),)
 
 
+class JobState(enum.StrEnum):
+    """Where a version of a file is on its way to the store (see Job)."""
+
+    WRITING = "writing"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Job(_Model):
     """One version of a file between the spool and the store. The queue survives restarts.
 
@@ -378,7 +396,7 @@ class Job(_Model):
     path = pw.TextField()  # mount-relative path when dropped (`display`ed), for status
     spool = pw.TextField()  # the spooled copy the job works from
     size = pw.IntegerField()  # bytes of the dropped file
-    state = pw.TextField(default="queued")  # writing | queued | running | done | failed
+    state = pw.TextField(default=JobState.QUEUED)  # a JobState value
     outcome = pw.TextField(null=True)  # "video" or "file" once known
     error = pw.TextField(null=True)  # why the media step failed (the file is kept as-is)
     # Said about the file whatever the outcome: a write the daemon never finished, a copy
@@ -435,8 +453,9 @@ def open_catalog(path: Path) -> None:
         db.create_tables(TABLES)
         _fixed_file(BOTS_FILE_NAME, kind=NodeKind.BOTS, mode=0o444)
         # Writable by the daemon's user (the only write it takes is a truncation).
-        _fixed_file(CACHE_FILE_NAME, kind=NodeKind.CACHE, mode=0o644, uid=os.getuid(),
-                    gid=os.getgid())
+        _fixed_file(
+            CACHE_FILE_NAME, kind=NodeKind.CACHE, mode=0o644, uid=os.getuid(), gid=os.getgid()
+        )
 
 
 def _migrate_from_1() -> None:
@@ -489,8 +508,9 @@ def _migrate_from_3() -> None:
     try:
         with db.atomic():
             for (index,) in db.execute_sql(
-                    "SELECT name FROM sqlite_master WHERE type = 'index' "
-                    "AND tbl_name = 'node' AND sql IS NOT NULL").fetchall():
+                "SELECT name FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'node' AND sql IS NOT NULL"
+            ).fetchall():
                 db.execute_sql(f'DROP INDEX "{index}"')
             db.execute_sql("ALTER TABLE node RENAME TO node_v3")
             db.create_tables([Node, Entry])
@@ -498,19 +518,24 @@ def _migrate_from_3() -> None:
                 "INSERT INTO node (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, "
                 "ctime_ns, links, blob_id, spool, video_id, rendition_id, target, rdev) "
                 "SELECT id, kind, mode, uid, gid, size, mtime_ns, mtime_ns, ctime_ns, 1, "
-                "blob_id, spool, video_id, rendition_id, target, 0 FROM node_v3")
+                "blob_id, spool, video_id, rendition_id, target, 0 FROM node_v3"
+            )
             db.execute_sql(
                 "INSERT INTO entry (parent_id, name, node_id) SELECT parent_id, name, id "
-                "FROM node_v3 WHERE parent_id IS NOT NULL ORDER BY id")
+                "FROM node_v3 WHERE parent_id IS NOT NULL ORDER BY id"
+            )
             db.execute_sql(
                 "UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence "
-                "WHERE name = 'node_v3')) WHERE name = 'node'")
+                "WHERE name = 'node_v3')) WHERE name = 'node'"
+            )
             db.execute_sql("DROP TABLE node_v3")
             db.execute_sql("DELETE FROM sqlite_sequence WHERE name = 'node_v3'")
             broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise SchemaMismatch(f"catalog upgrade to version 4 left broken references "
-                                     f"{broken[:5]}; the catalog was not changed")
+                raise SchemaMismatch(
+                    f"catalog upgrade to version 4 left broken references "
+                    f"{broken[:5]}; the catalog was not changed"
+                )
             Meta.update(value="4").where(Meta.key == "schema_version").execute()
     finally:
         db.execute_sql("PRAGMA legacy_alter_table=OFF")

@@ -42,8 +42,12 @@ def child(parent_id: int, name: str) -> Node | None:
 def children(parent_id: int, after: int = 0, limit: int = 1000) -> list[Node]:
     """Entries of a directory in entry order, so `after` (an entry id, `node.entry.id`) is
     a stable readdir offset."""
-    return _named(_entries().where((Entry.parent == parent_id) & (Entry.id > after))
-                  .order_by(Entry.id).limit(limit))
+    return _named(
+        _entries()
+        .where((Entry.parent == parent_id) & (Entry.id > after))
+        .order_by(Entry.id)
+        .limit(limit)
+    )
 
 
 def children_named_from(parent_id: int, prefix: str) -> list[Node]:
@@ -139,8 +143,11 @@ def unlink(node: Node) -> bool:
 
 def unlinked() -> list[Node]:
     """Nodes without a name (the root aside): unlinked while open, left by a stop."""
-    query = (Node.select(Node).join(Entry, JOIN.LEFT_OUTER, on=(Entry.node == Node.id))
-             .where(Entry.id.is_null() & (Node.id != ROOT_ID)))
+    query = (
+        Node.select(Node)
+        .join(Entry, JOIN.LEFT_OUTER, on=(Entry.node == Node.id))
+        .where(Entry.id.is_null() & (Node.id != ROOT_ID))
+    )
     return [n.found_as(None) for n in query]
 
 

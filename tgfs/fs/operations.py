@@ -68,8 +68,11 @@ def _guarded(handler: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
-            if not (getattr(handler, "frees_space", False) and reserve.is_full(exc)
-                    and self.reserve.release()):
+            if not (
+                getattr(handler, "frees_space", False)
+                and reserve.is_full(exc)
+                and self.reserve.release()
+            ):
                 raise _errno_for(handler.__name__, exc) from None
         try:  # once more, with the catalog's reserve given up (see _frees_space)
             return await handler(self, *args)
@@ -139,9 +142,16 @@ def _name(raw: bytes) -> str:
 class Filesystem(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, settings: Settings, spool: Spool, cache: PartCache, store: BlobStore,
-                 runner: IngestRunner, collector: GarbageCollector,
-                 prefetch: Prefetcher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        cache: PartCache,
+        store: BlobStore,
+        runner: IngestRunner,
+        collector: GarbageCollector,
+        prefetch: Prefetcher | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.spool = spool
@@ -153,8 +163,13 @@ class Filesystem(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self.reserve = reserve.Reserve(settings.data_dir)
-        self.writes = Writes(spool, cache, settings.max_upload_size, runner.wake,
-                             lambda parent, name: self.invalidate(parent, [name]))
+        self.writes = Writes(
+            spool,
+            cache,
+            settings.max_upload_size,
+            runner.wake,
+            lambda parent, name: self.invalidate(parent, [name]),
+        )
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
         # Inode → how many times the kernel was told of it (every reply that carries its
         # entry, readdir included), minus what `forget` gave back. An orphan (no name left)
@@ -215,8 +230,15 @@ class Filesystem(pyfuse3.Operations):
         kind = node.node_kind
         if kind is NodeKind.STATUS:
             encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
-            return to_bytes(snapshot(self.runner.progress, self.cache_stats(),
-                                     self.store_health, self.collector.pending(), encoder))
+            return to_bytes(
+                snapshot(
+                    self.runner.progress,
+                    self.cache_stats(),
+                    self.store_health,
+                    self.collector.pending(),
+                    encoder,
+                )
+            )
         if kind is NodeKind.CACHE:
             return to_bytes(self.cache_stats())
         if kind is NodeKind.BOTS:
@@ -227,8 +249,12 @@ class Filesystem(pyfuse3.Operations):
         if kind is NodeKind.MASTER:
             text = playlists.master(*library.master_entries(node.video_id))
         else:
-            text = playlists.media(video.target_duration, node.rendition.init_name or None,
-                                   library.segments(node.rendition_id), video.complete)
+            text = playlists.media(
+                video.target_duration,
+                node.rendition.init_name or None,
+                library.segments(node.rendition_id),
+                video.complete,
+            )
         data = text.encode()
         if video.complete:  # a video still being made has playlists that grow
             self._rendered[node.id] = data
@@ -314,8 +340,9 @@ class Filesystem(pyfuse3.Operations):
             log.info("cache cleared: %d bytes freed", freed)
             return self._attrs(node)
         if not kind.is_user_entry:
-            raise pyfuse3.FUSEError(errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR
-                                    else errno.EROFS)
+            raise pyfuse3.FUSEError(
+                errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR else errno.EROFS
+            )
         if fields.update_size:
             if kind is not NodeKind.FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR if kind is NodeKind.DIR else errno.EINVAL)
@@ -369,8 +396,9 @@ class Filesystem(pyfuse3.Operations):
                 after = _entry_id(node)
                 if node.id in self._hidden:
                     continue
-                if not pyfuse3.readdir_reply(token, os.fsencode(node.name), self._attrs(node),
-                                             after):
+                if not pyfuse3.readdir_reply(
+                    token, os.fsencode(node.name), self._attrs(node), after
+                ):
                     return
                 self._lookups[node.id] += 1  # readdirplus: the kernel now knows it
 
@@ -390,8 +418,17 @@ class Filesystem(pyfuse3.Operations):
     async def symlink(self, parent_inode, name, target, ctx):
         name = _name(name)
         log.debug("symlink(%d, %r)", parent_inode, name)
-        return self._known(self._new_entry(parent_inode, name, NodeKind.SYMLINK, 0o777, ctx,
-                                           target=os.fsdecode(target), size=len(target)))
+        return self._known(
+            self._new_entry(
+                parent_inode,
+                name,
+                NodeKind.SYMLINK,
+                0o777,
+                ctx,
+                target=os.fsdecode(target),
+                size=len(target),
+            )
+        )
 
     @_guarded
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -401,18 +438,21 @@ class Filesystem(pyfuse3.Operations):
         if kind is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         # A regular file made by mknod(2) is an empty file with nothing to ingest.
-        return self._known(self._new_entry(parent_inode, name, kind,
-                                           mode & ~ctx.umask & 0o7777, ctx, rdev=rdev))
+        return self._known(
+            self._new_entry(parent_inode, name, kind, mode & ~ctx.umask & 0o7777, ctx, rdev=rdev)
+        )
 
-    def _new_entry(self, parent_inode: int, name: str, kind: NodeKind, mode: int, ctx,
-                   **fields: Any) -> Node:
+    def _new_entry(
+        self, parent_inode: int, name: str, kind: NodeKind, mode: int, ctx, **fields: Any
+    ) -> Node:
         """A new node in an ordinary directory, which gets new times."""
         parent = self._changeable_dir(parent_inode)
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         with db.atomic():
-            node = tree.create(parent.id, name, kind, mode, ctx.uid, _new_gid(parent, ctx),
-                               **fields)
+            node = tree.create(
+                parent.id, name, kind, mode, ctx.uid, _new_gid(parent, ctx), **fields
+            )
             tree.touch_dir(parent.id)
         return node
 
@@ -533,8 +573,7 @@ class Filesystem(pyfuse3.Operations):
     @_frees_space
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         name_old, name_new = _name(name_old), _name(name_new)
-        log.debug("rename(%d, %r, %d, %r)", parent_inode_old, name_old, parent_inode_new,
-                  name_new)
+        log.debug("rename(%d, %r, %d, %r)", parent_inode_old, name_old, parent_inode_new, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         self._changeable_dir(parent_inode_old)
@@ -568,8 +607,7 @@ class Filesystem(pyfuse3.Operations):
         if existing.node_kind.is_dir:
             if not moving_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            if existing.node_kind is not NodeKind.DIR or self._has_visible_children(
-                    existing.id):
+            if existing.node_kind is not NodeKind.DIR or self._has_visible_children(existing.id):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         elif moving_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -583,8 +621,9 @@ class Filesystem(pyfuse3.Operations):
         parent = self._changeable_dir(parent_inode)
         if tree.child(parent.id, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        node, session = self.writes.create(parent.id, name, mode & ~ctx.umask & 0o7777,
-                                           ctx.uid, _new_gid(parent, ctx))
+        node, session = self.writes.create(
+            parent.id, name, mode & ~ctx.umask & 0o7777, ctx.uid, _new_gid(parent, ctx)
+        )
         fh = self._add_handle(WriteHandle(node.id, session))
         return pyfuse3.FileInfo(fh=fh), self._known(node)
 
@@ -592,8 +631,11 @@ class Filesystem(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         log.debug("open(%d, %#o)", inode, flags)
         segment = self._segments.get(inode)
-        if segment is not None and inode not in self._hidden and \
-                flags & os.O_ACCMODE == os.O_RDONLY:
+        if (
+            segment is not None
+            and inode not in self._hidden
+            and flags & os.O_ACCMODE == os.O_RDONLY
+        ):
             return self._open_segment(segment, inode, ctx.pid)  # no catalog query
         node = self._node(inode)
         kind = node.node_kind
@@ -611,20 +653,24 @@ class Filesystem(pyfuse3.Operations):
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST):
             handle = BytesHandle(node.id, self._render(node))
             self.prefetch.playlist_opened(
-                [node.rendition_id] if kind is NodeKind.PLAYLIST
-                else library.first_renditions(node.video_id))
+                [node.rendition_id]
+                if kind is NodeKind.PLAYLIST
+                else library.first_renditions(node.video_id)
+            )
             # A growing playlist must not come from the page cache (nor be cut at a size
             # the kernel remembers): direct I/O until the video is complete.
             growing = not node.video.complete
-            return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=not growing,
-                                    direct_io=growing)
+            return pyfuse3.FileInfo(
+                fh=self._add_handle(handle), keep_cache=not growing, direct_io=growing
+            )
         reader = self._reader(node)
         if kind is NodeKind.MEDIA and isinstance(reader, BlobHandle):
             # A segment's folder is its rendition's (media nodes do not record it).
             folder = tree.get(node.parent_id)
             rendition_id = folder.rendition_id if folder is not None else None
-            self._segments[inode] = _Segment(reader.parts, reader.size, rendition_id,
-                                             node.blob_id, self._attrs(node))
+            self._segments[inode] = _Segment(
+                reader.parts, reader.size, rendition_id, node.blob_id, self._attrs(node)
+            )
             if len(self._segments) > _SEGMENTS_KEPT:
                 self._segments.popitem(last=False)
             return self._open_segment(self._segments[inode], inode, ctx.pid)
@@ -672,14 +718,15 @@ class Filesystem(pyfuse3.Operations):
         if isinstance(handle, SpoolHandle):
             return await Spool.pread(handle.fd, size, off)
         if isinstance(handle, BytesHandle):
-            return handle.data[off:off + size]
+            return handle.data[off : off + size]
         assert isinstance(handle, BlobHandle)
         size = max(0, min(size, handle.size - off))
         if size == 0:
             return b""
         # StoreError → EIO (_guarded)
-        return await self.cache.read(handle.parts, off, size, handle.ahead(off, size),
-                                     handle.priority, handle.seen)
+        return await self.cache.read(
+            handle.parts, off, size, handle.ahead(off, size), handle.priority, handle.seen
+        )
 
     @_guarded
     async def write(self, fh, off, buf):

@@ -73,9 +73,14 @@ class Session:
 class Writes:
     """The open write sessions, by inode."""
 
-    def __init__(self, spool: Spool, cache: PartCache, max_size: int,
-                 on_accepted: Callable[[], None],
-                 on_removed: Callable[[int, str], None]) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        cache: PartCache,
+        max_size: int,
+        on_accepted: Callable[[], None],
+        on_removed: Callable[[int, str], None],
+    ) -> None:
         self.spool = spool
         self.cache = cache
         self.max_size = max_size  # MAX_UPLOAD_SIZE; 0 = no limit
@@ -108,8 +113,9 @@ class Writes:
                 raise
         return session
 
-    def create(self, parent_id: int, name: str, mode: int, uid: int, gid: int
-               ) -> tuple[Node, Session]:
+    def create(
+        self, parent_id: int, name: str, mode: int, uid: int, gid: int
+    ) -> tuple[Node, Session]:
         """A new empty file, open for writing, in one transaction with its working file's
         job row (close() accepts it even if nothing is written)."""
         path, fd = self.spool.new_file()
@@ -122,8 +128,17 @@ class Writes:
             os.close(fd)
             Spool.discard(path)
             raise
-        session = Session(node.id, 0, new_file=True, writers=1, path=path, fd=fd,
-                          job_id=job.id, mtime_ns=node.mtime_ns, dirty=True)
+        session = Session(
+            node.id,
+            0,
+            new_file=True,
+            writers=1,
+            path=path,
+            fd=fd,
+            job_id=job.id,
+            mtime_ns=node.mtime_ns,
+            dirty=True,
+        )
         self._sessions[node.id] = session
         return node, session
 
@@ -221,8 +236,9 @@ class Writes:
         node = tree.get(session.node_id)
         name = tree.path_of(node) if node else f"inode {session.node_id}"
         if session.accepted:
-            log.warning("write to %s failed (%s); it keeps what was written before",
-                        name, os.strerror(err))
+            log.warning(
+                "write to %s failed (%s); it keeps what was written before", name, os.strerror(err)
+            )
         else:
             if session.job_id is not None:
                 jobs.drop(session.job_id)
@@ -230,11 +246,13 @@ class Writes:
                 library.remove_file(node)
                 tree.touch_dir(node.parent_id)
                 self._on_removed(node.parent_id, node.name)
-                log.warning("write to new file %s failed (%s); it was removed", name,
-                            os.strerror(err))
+                log.warning(
+                    "write to new file %s failed (%s); it was removed", name, os.strerror(err)
+                )
             else:
-                log.warning("write to %s failed (%s); it keeps its previous content", name,
-                            os.strerror(err))
+                log.warning(
+                    "write to %s failed (%s); it keeps its previous content", name, os.strerror(err)
+                )
         raise pyfuse3.FUSEError(err)
 
     # ---- accepting and closing --------------------------------------------------------------
@@ -252,8 +270,7 @@ class Writes:
             return  # unlinked while open: nothing to accept
         await trio.to_thread.run_sync(os.fdatasync, session.fd)
         assert session.job_id is not None
-        unused = jobs.accept(session.job_id, node, session.path, session.size,
-                             session.mtime_ns)
+        unused = jobs.accept(session.job_id, node, session.path, session.size, session.mtime_ns)
         for path in unused:
             Spool.discard(path)
         session.dirty, session.accepted = False, True

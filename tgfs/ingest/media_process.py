@@ -50,18 +50,27 @@ class MediaFailed(Exception):
         self.kind = kind
 
 
-def worker_options(settings: Settings, name: str, size: int, encoder: str,
-                   **extra: Any) -> WorkerOptions:
+def worker_options(
+    settings: Settings, name: str, size: int, encoder: str, **extra: Any
+) -> WorkerOptions:
     """What the media child is told for a file: the mount's jobs and `tgfs check` alike."""
     s = settings
     return WorkerOptions(
-        name=name, size=size, enable_copy_mode=s.enable_copy_mode,
-        ladder=list(s.ladder), audio_hls=s.audio_hls,
+        name=name,
+        size=size,
+        enable_copy_mode=s.enable_copy_mode,
+        ladder=list(s.ladder),
+        audio_hls=s.audio_hls,
         copy_mode_min_size=s.copy_mode_min_size,
-        max_pixels=s.media_max_pixels, max_duration=s.media_max_duration,
-        encode=EncodeOptions(segment_seconds=s.segment_seconds,
-                             x264_preset=s.x264_preset, x264_crf=s.x264_crf,
-                             encoder=encoder, max_segment_bytes=s.part_size),
+        max_pixels=s.media_max_pixels,
+        max_duration=s.media_max_duration,
+        encode=EncodeOptions(
+            segment_seconds=s.segment_seconds,
+            x264_preset=s.x264_preset,
+            x264_crf=s.x264_crf,
+            encoder=encoder,
+            max_segment_bytes=s.part_size,
+        ),
         **extra,
     )
 
@@ -76,8 +85,11 @@ def _limit_child(memory: int) -> None:
 
 
 async def run_worker(
-    src: Path, workdir: Path, options: WorkerOptions,
-    on_message: Callable[[Progress | Announcement], None], memory: int = 0,
+    src: Path,
+    workdir: Path,
+    options: WorkerOptions,
+    on_message: Callable[[Progress | Announcement], None],
+    memory: int = 0,
 ) -> Result:
     """Run the worker to completion; returns its result or raises MediaFailed. Every other
     message (progress, announcements) goes to `on_message` as it comes. `memory` caps the
@@ -85,7 +97,10 @@ async def run_worker(
     workdir.mkdir(parents=True, exist_ok=True)
     command = [*WORKER_COMMAND, str(src), str(workdir), options.to_json()]
     proc = await trio.lowlevel.open_process(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         preexec_fn=lambda: _limit_child(memory),
         # glibc gives each thread a malloc arena with 64 MiB of address space; under an
         # address-space cap that is room taken from real work.
@@ -126,11 +141,14 @@ async def run_worker(
             return word
         reason = word.message
         if word.kind is FailureKind.MEMORY and memory:
-            reason = (f"the media process needed more memory than TGFS_MEDIA_MEMORY "
-                      f"({format_size(memory)})")
+            reason = (
+                f"the media process needed more memory than TGFS_MEDIA_MEMORY "
+                f"({format_size(memory)})"
+            )
         raise MediaFailed(reason, word.kind)
-    raise MediaFailed(_crash_reason(code, bytes(stderr)),
-                      FailureKind.KILLED if code < 0 else FailureKind.MEDIA)
+    raise MediaFailed(
+        _crash_reason(code, bytes(stderr)), FailureKind.KILLED if code < 0 else FailureKind.MEDIA
+    )
 
 
 def _crash_reason(code: int, stderr: bytes) -> str:

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from typing import Any
 
 
+class Stage(enum.StrEnum):
+    """Where a running job is (status.json's "stage")."""
+
+    QUEUED = "queued"
+    PROBE = "probe"  # hashing and probing the file
+    COPY = "copy"  # the media child remuxes (messages.Progress stages)
+    TRANSCODE = "transcode"  # … or encodes
+    AUDIO = "audio"  # … or makes an audio-only file HLS
+    UPLOAD = "upload"  # storing what is left of a video's files
+    STORE = "store"  # storing the file as it is
+
+
+_MEDIA_STAGES = (Stage.COPY, Stage.TRANSCODE, Stage.AUDIO)  # done/total in media seconds
+
+
 @dataclasses.dataclass
 class Progress:
-    stage: str = "queued"  # queued, probe, copy, transcode, upload, store, done, failed
+    stage: str = Stage.QUEUED  # a Stage (the media child's stage names are the same)
     done: float = 0.0  # media seconds (copy/transcode) or bytes (upload/store)
     total: float = 0.0
     size: int = 0  # bytes of the dropped file, for media-stage bytes/s
@@ -22,12 +38,17 @@ class Progress:
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.stage_started, 1e-6)
         fraction = min(self.done / self.total, 1.0) if self.total else None
-        out: dict[str, Any] = {"stage": self.stage, "percent": None, "bytes_per_s": None,
-                               "speed": None, "eta_s": None}
+        out: dict[str, Any] = {
+            "stage": self.stage,
+            "percent": None,
+            "bytes_per_s": None,
+            "speed": None,
+            "eta_s": None,
+        }
         if fraction is None:
             return out
         out["percent"] = round(100 * fraction, 1)
-        if self.stage in ("copy", "transcode", "audio"):
+        if self.stage in _MEDIA_STAGES:
             out["speed"] = round(self.done / elapsed, 2)  # × realtime
             out["bytes_per_s"] = round(self.size * fraction / elapsed)
         else:

@@ -33,15 +33,23 @@ from tgfs.store.parts import Upload
 log = logging.getLogger(__name__)
 
 # Store files, reporting each one as soon as all its parts are stored.
-PutFn = Callable[[list[Upload], Callable[[Path, list[PartRef]], None]],
-                 Awaitable[dict[Path, list[PartRef]]]]
+PutFn = Callable[
+    [list[Upload], Callable[[Path, list[PartRef]], None]], Awaitable[dict[Path, list[PartRef]]]
+]
 SourceFn = Callable[[], Node]  # the dropped file as it is now; raises if it is gone
 InvalidateFn = Callable[[int, list[str]], None]
 
 
 class VideoPublisher:
-    def __init__(self, job_id: int, workdir: Path, put: PutFn, source: SourceFn,
-                 invalidate: InvalidateFn, source_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        workdir: Path,
+        put: PutFn,
+        source: SourceFn,
+        invalidate: InvalidateFn,
+        source_hash: str | None = None,
+    ) -> None:
         self.job_id = job_id
         self.source_hash = source_hash  # recorded with the video (duplicate drops)
         self.workdir = workdir
@@ -73,7 +81,8 @@ class VideoPublisher:
             self.segments.setdefault(message.dir, [])
         elif isinstance(message, Segment):
             self.segments.setdefault(message.dir, []).append(
-                SegmentFile(message.name, message.duration, message.size))
+                SegmentFile(message.name, message.duration, message.size)
+            )
         elif isinstance(message, Restart):
             self._restart = True
         self.changed.set()
@@ -94,14 +103,17 @@ class VideoPublisher:
 
     # ---- at the end ----------------------------------------------------------------------
 
-    async def finish(self, result: VideoResult, progress_total: Callable[[int], None]
-                     ) -> Node:
+    async def finish(self, result: VideoResult, progress_total: Callable[[int], None]) -> Node:
         """Store and publish whatever is left, then complete the video. Returns its folder."""
         renditions = result.renditions
-        planned = self.plan.target_duration if self.plan else target_duration(
-            s.duration for r in renditions for s in r.segments)
-        self.plan = Plan(mode=result.mode, dirs=[r.dir for r in renditions],
-                         target_duration=planned)
+        planned = (
+            self.plan.target_duration
+            if self.plan
+            else target_duration(s.duration for r in renditions for s in r.segments)
+        )
+        self.plan = Plan(
+            mode=result.mode, dirs=[r.dir for r in renditions], target_duration=planned
+        )
         for r in renditions:
             self.infos.setdefault(r.dir, r)
             self.segments[r.dir] = r.segments
@@ -125,14 +137,16 @@ class VideoPublisher:
         if self.folder is not None:
             for folder, rendition in self.renditions.items():
                 published.add(self.workdir / folder / rendition.init_name)
-                published.update(self.workdir / folder / s.name
-                                 for s in self.segments[folder][:self.published[folder]])
+                published.update(
+                    self.workdir / folder / s.name
+                    for s in self.segments[folder][: self.published[folder]]
+                )
             library.remove_video(self.folder.video_id)
             self._invalidate(self.folder.parent_id, [self.folder.name])
-            log.info("job %d: withdrew the half-published video %s", self.job_id,
-                     self.folder.name)
-        blobs.queue_locations(p.location for path, f in self.stored.items()
-                              if path not in published for p in f.parts)
+            log.info("job %d: withdrew the half-published video %s", self.job_id, self.folder.name)
+        blobs.queue_locations(
+            p.location for path, f in self.stored.items() if path not in published for p in f.parts
+        )
         self.folder = None
 
     # ---- the work ------------------------------------------------------------------------
@@ -145,9 +159,11 @@ class VideoPublisher:
             init = self.workdir / folder / info.init_name if info.init_name else None
             if init is not None and init not in self.stored:
                 out.append((0, init, init.stat().st_size))
-            out += [(n + 1, path, s.size)
-                    for n, s in enumerate(self.segments.get(folder, []))
-                    if (path := self.workdir / folder / s.name) not in self.stored]
+            out += [
+                (n + 1, path, s.size)
+                for n, s in enumerate(self.segments.get(folder, []))
+                if (path := self.workdir / folder / s.name) not in self.stored
+            ]
         return [(path, size) for _, path, size in sorted(out, key=lambda f: f[0])]
 
     async def _step(self) -> None:
@@ -158,8 +174,7 @@ class VideoPublisher:
 
         def landed(path: Path, parts: list[PartRef]) -> None:
             log.debug("job %d: stored %s/%s", self.job_id, path.parent.name, path.name)
-            self.stored[path] = library.StoredFile(name=path.name, size=sizes[path],
-                                                   parts=parts)
+            self.stored[path] = library.StoredFile(name=path.name, size=sizes[path], parts=parts)
             if not failed:
                 try:
                     self._publish()
@@ -167,9 +182,15 @@ class VideoPublisher:
                     failed.append(exc)
 
         if batch:
-            await self._put([Upload(path, size, f"job{self.job_id}-{path.parent.name}-"
-                                    f"{path.name}", stripe=True)
-                             for path, size in batch], landed)
+            await self._put(
+                [
+                    Upload(
+                        path, size, f"job{self.job_id}-{path.parent.name}-{path.name}", stripe=True
+                    )
+                    for path, size in batch
+                ],
+                landed,
+            )
         if failed:
             raise failed[0]
         self._publish()
@@ -196,12 +217,15 @@ class VideoPublisher:
             if not self._ready():
                 return
             source = self._source()
-            self.folder = library.create_video(source, self.plan.mode,
-                                               self.plan.target_duration, self.job_id,
-                                               self.source_hash)
+            self.folder = library.create_video(
+                source, self.plan.mode, self.plan.target_duration, self.job_id, self.source_hash
+            )
             self._invalidate(source.parent_id, [self.folder.name])
-            log.info("job %d: %s is playable while it is being made", self.job_id,
-                     tree.path_of(self.folder))
+            log.info(
+                "job %d: %s is playable while it is being made",
+                self.job_id,
+                tree.path_of(self.folder),
+            )
         for folder in self.plan.dirs:
             if folder not in self.renditions:
                 self._add_rendition(self.folder, folder)
@@ -219,8 +243,19 @@ class VideoPublisher:
     def _add_rendition(self, video_folder: Node, folder: str) -> None:
         info = self.infos[folder]
         init = self.stored[self.workdir / folder / info.init_name] if info.init_name else None
-        self.renditions[folder] = library.add_rendition(video_folder, library.RenditionInfo(
-            name=info.name, kind=info.kind, width=info.width, height=info.height,
-            frame_rate=info.frame_rate, codecs=info.codecs, language=info.language,
-            title=info.title, default=info.default), init)
+        self.renditions[folder] = library.add_rendition(
+            video_folder,
+            library.RenditionInfo(
+                name=info.name,
+                kind=info.kind,
+                width=info.width,
+                height=info.height,
+                frame_rate=info.frame_rate,
+                codecs=info.codecs,
+                language=info.language,
+                title=info.title,
+                default=info.default,
+            ),
+            init,
+        )
         self.published[folder] = 0

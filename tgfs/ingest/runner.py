@@ -43,7 +43,7 @@ from tgfs.catalog import Job, Node, NodeKind, blobs, db, jobs, library, tree
 from tgfs.catalog.schema import display
 from tgfs.config import Settings
 from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker, worker_options
-from tgfs.ingest.progress import Progress
+from tgfs.ingest.progress import Progress, Stage
 from tgfs.ingest.publisher import VideoPublisher
 from tgfs.media import encoders, messages, subtitles
 from tgfs.media.playlists import MASTER_NAME
@@ -80,10 +80,15 @@ class _TryLater(Exception):
 
 
 class IngestRunner:
-    def __init__(self, settings: Settings, store: BlobStore, spool: Spool,
-                 invalidate: InvalidateFn,
-                 open_for_writing: Callable[[], set[int]] = set,
-                 freed: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: BlobStore,
+        spool: Spool,
+        invalidate: InvalidateFn,
+        open_for_writing: Callable[[], set[int]] = set,
+        freed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
@@ -104,15 +109,19 @@ class IngestRunner:
     async def run(self) -> None:
         s = self.settings
         self.encoder, self.encoder_note = await trio.to_thread.run_sync(
-            encoders.choose, s.enable_hardware_acceleration, s.preferred_encoder,
-            s.cache_dir)
-        log.info("ingest: transcodes use %s%s", self.encoder,
-                 f" ({self.encoder_note})" if self.encoder_note else "")
+            encoders.choose, s.enable_hardware_acceleration, s.preferred_encoder, s.cache_dir
+        )
+        log.info(
+            "ingest: transcodes use %s%s",
+            self.encoder,
+            f" ({self.encoder_note})" if self.encoder_note else "",
+        )
         if half_made := library.incomplete_videos():
             for video_id in half_made:
                 library.remove_video(video_id)  # its job starts over below
-            log.info("ingest: removed %d video(s) left half-made by the last shutdown",
-                     len(half_made))
+            log.info(
+                "ingest: removed %d video(s) left half-made by the last shutdown", len(half_made)
+            )
         requeued = jobs.requeue_interrupted()
         if requeued:
             log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
@@ -156,8 +165,9 @@ class IngestRunner:
                 self._discarded(job)  # its file went away mid-upload: that was the cause
                 return
             delay = self._retry_delay(job)
-            log.warning("job %d (%s): store failed, retrying in %.0f s: %s",
-                        job.id, job.path, delay, exc)
+            log.warning(
+                "job %d (%s): store failed, retrying in %.0f s: %s", job.id, job.path, delay, exc
+            )
             jobs.retry_later(job, f"store: {exc} (retrying in {delay:.0f} s)", delay)
         except _Discarded:
             self._discarded(job)
@@ -181,8 +191,9 @@ class IngestRunner:
 
     @staticmethod
     def _discarded(job: Job) -> None:
-        log.info("job %d (%s): file deleted or rewritten meanwhile; result dropped",
-                 job.id, job.path)
+        log.info(
+            "job %d (%s): file deleted or rewritten meanwhile; result dropped", job.id, job.path
+        )
         jobs.mark(job, jobs.DONE, outcome="discarded")
         if job.spool not in jobs.live_spools():
             Spool.discard(job.spool)
@@ -194,10 +205,11 @@ class IngestRunner:
         progress = self.progress[job.id]
         if job.size == 0:
             empty_video = Path(job.path).suffix.lower() in VIDEO_EXTENSIONS
-            self._finish_as_file(job, node, [], "empty file; kept as an ordinary file"
-                                 if empty_video else None)
+            self._finish_as_file(
+                job, node, [], "empty file; kept as an ordinary file" if empty_video else None
+            )
             return
-        progress.enter("probe")
+        progress.enter(Stage.PROBE)
         workdir = self.spool.work_dir(job.id)
         sidecar_note = None
         if subtitles.sidecar_stem(node.name):
@@ -212,10 +224,14 @@ class IngestRunner:
         if (copy := library.published_copy(node.parent_id, digest)) is not None:
             self._drop_copy(job, node, copy)
             return
-        publisher = VideoPublisher(job.id, workdir,
-                                   lambda uploads, on_file: self._put(job, uploads, on_file),
-                                   lambda: self._current_node(job), self.invalidate,
-                                   digest)
+        publisher = VideoPublisher(
+            job.id,
+            workdir,
+            lambda uploads, on_file: self._put(job, uploads, on_file),
+            lambda: self._current_node(job),
+            self.invalidate,
+            digest,
+        )
         try:
             result = await self._make_media(job, progress, workdir, publisher)
             if isinstance(result, messages.VideoResult):
@@ -226,11 +242,14 @@ class IngestRunner:
             raise
         publisher.withdraw()  # a failed video may have been half published
         failed = isinstance(result, messages.FileResult) and result.failed
-        error = (f"{result.reason}; kept as an ordinary file"
-                 if isinstance(result, messages.FileResult) and failed else sidecar_note)
+        error = (
+            f"{result.reason}; kept as an ordinary file"
+            if isinstance(result, messages.FileResult) and failed
+            else sidecar_note
+        )
         if failed:
             log.warning("job %d (%s): %s", job.id, job.path, error)
-        progress.enter("store", job.size)
+        progress.enter(Stage.STORE, job.size)
         upload = Upload(Path(job.spool), job.size, f"file-{job.id}")
         parts = (await self._put(job, [upload]))[upload.path]
         self._finish_as_file(job, self._current_node(job, parts), parts, error)
@@ -242,8 +261,10 @@ class IngestRunner:
         with db.atomic():
             library.remove_file(node)
             tree.touch_dir(parent)
-            note = (f"same content as the video {display(video.name)!r} already in this "
-                    "folder; not published again")
+            note = (
+                f"same content as the video {display(video.name)!r} already in this "
+                "folder; not published again"
+            )
             jobs.mark(job, jobs.DONE, outcome="duplicate", note=note)
         self.invalidate(parent, [name])
         Spool.discard(job.spool)
@@ -266,15 +287,22 @@ class IngestRunner:
         found = []
         for sibling in tree.children_named_from(node.parent_id, stem):
             match = subtitles.sidecar_stem(sibling.name)
-            if (match is None or match[0] != stem or sibling.node_kind is not NodeKind.FILE
-                    or sibling.blob_id is None or sibling.spool is not None
-                    or sibling.size > subtitles.MAX_SIDECAR_BYTES
-                    or jobs.active_for(sibling.id)):
+            if (
+                match is None
+                or match[0] != stem
+                or sibling.node_kind is not NodeKind.FILE
+                or sibling.blob_id is None
+                or sibling.spool is not None
+                or sibling.size > subtitles.MAX_SIDECAR_BYTES
+                or jobs.active_for(sibling.id)
+            ):
                 continue
             path = workdir / f"sidecar-{sibling.id}{Path(sibling.name).suffix}"
             try:
-                data = [await self.store.get(p.location, 0, p.size)
-                        for p in blobs.parts_of(sibling.blob_id)]
+                data = [
+                    await self.store.get(p.location, 0, p.size)
+                    for p in blobs.parts_of(sibling.blob_id)
+                ]
             except StoreError as exc:
                 log.warning("job %d: subtitle file %s left out: %s", job.id, sibling.name, exc)
                 continue
@@ -283,8 +311,7 @@ class IngestRunner:
             found.append(Sidecar(str(path), match[1]))
         return found
 
-    async def _attach_sidecar(self, job: Job, node: Node, workdir: Path
-                              ) -> tuple[bool, str | None]:
+    async def _attach_sidecar(self, job: Job, node: Node, workdir: Path) -> tuple[bool, str | None]:
         """A subtitle file dropped beside an already published video becomes one of its
         subtitle renditions (the file itself is kept too). Returns (waiting: its video is
         still being made and the job was put back, why the subtitles were not added)."""
@@ -296,22 +323,37 @@ class IngestRunner:
         # Its video is being made, or still queued (`cp Film.mkv Film.srt` closes the
         # video first): wait for it rather than miss it.
         if (folder is not None and is_video and not folder.video.complete) or (
-                not is_video and any(
-                library.video_name(n.name) == stem and n.node_kind is NodeKind.FILE
-                and Path(n.name).suffix.lower() in VIDEO_EXTENSIONS and jobs.active_for(n.id)
-                for n in tree.children_named_from(node.parent_id, stem))):
-            jobs.mark(job, jobs.QUEUED, error=f"waiting for video {stem} to be complete",
-                      not_before=time.time() + SIDECAR_WAIT)
+            not is_video
+            and any(
+                library.video_name(n.name) == stem
+                and n.node_kind is NodeKind.FILE
+                and Path(n.name).suffix.lower() in VIDEO_EXTENSIONS
+                and jobs.active_for(n.id)
+                for n in tree.children_named_from(node.parent_id, stem)
+            )
+        ):
+            jobs.mark(
+                job,
+                jobs.QUEUED,
+                error=f"waiting for video {stem} to be complete",
+                not_before=time.time() + SIDECAR_WAIT,
+            )
             return True, None
         if folder is None or not is_video:
             return False, None
         video = folder.video
-        options = self._worker_options(job, subtitles_for=SubtitlesFor(
-            durations=library.video_segment_durations(video.id),
-            start_time=video.start_time, language=language))
+        options = self._worker_options(
+            job,
+            subtitles_for=SubtitlesFor(
+                durations=library.video_segment_durations(video.id),
+                start_time=video.start_time,
+                language=language,
+            ),
+        )
         try:
-            result = await run_worker(Path(job.spool), workdir, options, lambda _: None,
-                                      self.settings.media_memory)
+            result = await run_worker(
+                Path(job.spool), workdir, options, lambda _: None, self.settings.media_memory
+            )
         except MediaFailed as exc:
             self._resource_trouble(job, exc)
             result = messages.FileResult(reason=str(exc), failed=True)
@@ -321,9 +363,13 @@ class IngestRunner:
             return False, reason
         (r,) = result.renditions
         files = [workdir / r.dir / s.name for s in r.segments]
-        stored = await self._put(job, [Upload(path, path.stat().st_size,
-                                              f"job{job.id}-{r.dir}-{path.name}")
-                                       for path in files])
+        stored = await self._put(
+            job,
+            [
+                Upload(path, path.stat().st_size, f"job{job.id}-{r.dir}-{path.name}")
+                for path in files
+            ],
+        )
         parts = [p for file_parts in stored.values() for p in file_parts]
         self._current_node(job, parts)  # the subtitle file itself still there?
         folder = tree.child(node.parent_id, stem)
@@ -331,17 +377,23 @@ class IngestRunner:
             blobs.queue_locations(p.location for p in parts)
             return False, None
         name = tree.free_name(folder.id, tree.safe_name(r.name))
-        library.attach_rendition(folder, library.RenditionInfo(
-            name=name, kind=r.kind, codecs=r.codecs, language=r.language, title=r.title),
-            [library.StoredFile(path.name, path.stat().st_size, stored[path], s.duration)
-             for path, s in zip(files, r.segments, strict=True)])
+        library.attach_rendition(
+            folder,
+            library.RenditionInfo(
+                name=name, kind=r.kind, codecs=r.codecs, language=r.language, title=r.title
+            ),
+            [
+                library.StoredFile(path.name, path.stat().st_size, stored[path], s.duration)
+                for path, s in zip(files, r.segments, strict=True)
+            ],
+        )
         self.invalidate(folder.id, [MASTER_NAME, name])
-        log.info("job %d (%s): added as subtitles to %s", job.id, job.path,
-                 tree.path_of(folder))
+        log.info("job %d (%s): added as subtitles to %s", job.id, job.path, tree.path_of(folder))
         return False, None
 
-    async def _make_media(self, job: Job, progress: Progress, workdir: Path,
-                          publisher: VideoPublisher) -> messages.Result:
+    async def _make_media(
+        self, job: Job, progress: Progress, workdir: Path, publisher: VideoPublisher
+    ) -> messages.Result:
         """Run the media worker; meanwhile store and publish what it announces."""
 
         def on_message(message: messages.Progress | messages.Announcement) -> None:
@@ -367,8 +419,9 @@ class IngestRunner:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, nursery.cancel_scope)
             try:
-                result = await run_worker(Path(job.spool), workdir, options, on_message,
-                                          self.settings.media_memory)
+                result = await run_worker(
+                    Path(job.spool), workdir, options, on_message, self.settings.media_memory
+                )
             except MediaFailed as exc:
                 nursery.cancel_scope.cancel()
                 trouble = exc
@@ -385,8 +438,12 @@ class IngestRunner:
         """The job's file as it is now; None if it is gone or has new content (accepted,
         or being written: see tgfs.fs.writes)."""
         node = tree.get(job.node_id) if job.node_id else None
-        if (node is None or node.links == 0 or node.spool != job.spool
-                or node.id in self.open_for_writing()):
+        if (
+            node is None
+            or node.links == 0
+            or node.spool != job.spool
+            or node.id in self.open_for_writing()
+        ):
             return None
         return node
 
@@ -399,9 +456,12 @@ class IngestRunner:
             raise _Discarded
         return node
 
-    async def _put(self, job: Job, uploads: list[Upload],
-                   on_file: Callable[[Path, list[PartRef]], None] | None = None,
-                   ) -> dict[Path, list[PartRef]]:
+    async def _put(
+        self,
+        job: Job,
+        uploads: list[Upload],
+        on_file: Callable[[Path, list[PartRef]], None] | None = None,
+    ) -> dict[Path, list[PartRef]]:
         """Store files; if that fails or is cancelled, what got stored is queued for
         deletion (synchronously, so even a cancelled upload leaves nothing behind). Each
         part is in the catalog (Landed) from the moment the store confirms it, so a crash
@@ -412,18 +472,18 @@ class IngestRunner:
         def landed(part: PartRef) -> None:
             blobs.landed(part.location, job.id)
             stored.append(part)
-            if progress.stage in ("upload", "store"):  # not while the media step runs
+            if progress.stage in (Stage.UPLOAD, Stage.STORE):  # not while the media step runs
                 progress.done += part.size
 
         try:
-            return await put_files(self.store, uploads, self.settings.part_size, landed,
-                                   on_file)
+            return await put_files(self.store, uploads, self.settings.part_size, landed, on_file)
         except BaseException:
             blobs.queue_locations(p.location for p in stored)
             raise
 
-    def _finish_as_file(self, job: Job, node: Node, parts: list[PartRef],
-                        error: str | None) -> None:
+    def _finish_as_file(
+        self, job: Job, node: Node, parts: list[PartRef], error: str | None
+    ) -> None:
         # The stored version replaces the previous one in one transaction: a crash leaves
         # one or the other, whole (see tgfs.fs.writes).
         with db.atomic():
@@ -438,17 +498,24 @@ class IngestRunner:
         jobs.mark(job, jobs.FAILED if error else jobs.DONE, outcome="file", error=error)
         log.info("job %d (%s): stored as an ordinary file", job.id, job.path)
 
-    async def _publish_video(self, job: Job, progress: Progress, publisher: VideoPublisher,
-                             result: messages.VideoResult) -> None:
-        folder = await publisher.finish(result, lambda total: progress.enter("upload", total))
+    async def _publish_video(
+        self, job: Job, progress: Progress, publisher: VideoPublisher, result: messages.VideoResult
+    ) -> None:
+        folder = await publisher.finish(result, lambda total: progress.enter(Stage.UPLOAD, total))
         Spool.discard(job.spool)
         note = result.note or None
         mode = result.mode
         outcome = "audio (HLS)" if mode is messages.Mode.AUDIO else f"video ({mode})"
         jobs.mark(job, jobs.DONE, outcome=outcome, error=note)
-        log.info("job %d (%s): published %s (%s, %d rendition(s))%s", job.id, job.path,
-                 tree.path_of(folder), mode, len(result.renditions),
-                 f" — {note}" if note else "")
+        log.info(
+            "job %d (%s): published %s (%s, %d rendition(s))%s",
+            job.id,
+            job.path,
+            tree.path_of(folder),
+            mode,
+            len(result.renditions),
+            f" — {note}" if note else "",
+        )
 
 
 def _sha256(path: str) -> str:

@@ -42,8 +42,10 @@ def choose(enabled: bool, preferred: str, cache_dir: Path) -> tuple[str, str | N
 def detect(kind: str, cache_dir: Path) -> tuple[bool, str]:
     """Does the `kind` ("nvenc", "qsv", "vaapi") encoder work here? (works, reason)."""
     if kind == "vaapi":
-        return False, ("not in PyAV's bundled FFmpeg (tgfs does not use a system FFmpeg); "
-                       "use nvenc, qsv or software")
+        return False, (
+            "not in PyAV's bundled FFmpeg (tgfs does not use a system FFmpeg); "
+            "use nvenc, qsv or software"
+        )
     cache = _cache_file(cache_dir)
     known = _read_cache(cache)
     if kind in known:
@@ -77,7 +79,9 @@ def _probe_in_child(codec: str) -> tuple[bool, str]:
     try:
         result = subprocess.run(
             [sys.executable, "-m", "tgfs.media.encoders", codec],
-            capture_output=True, text=True, timeout=_PROBE_TIMEOUT,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -112,8 +116,11 @@ def _test_encode(codec: str) -> str | None:
                 return "the encoder produced no output"
             return None
         except Exception as exc:
-            details = [message for level, _, message in logged
-                       if level <= av.logging.ERROR and message.strip()]
+            details = [
+                message
+                for level, _, message in logged
+                if level <= av.logging.ERROR and message.strip()
+            ]
             reason = details[-1].strip() if details else (str(exc) or type(exc).__name__)
             return reason
 

@@ -174,7 +174,11 @@ StartFn = Callable[[list[tuple[Path, RenditionOutput]]], None]
 
 
 def make_rendition(
-    src: Path, out_dir: Path, copy: bool, opts: EncodeOptions, report: ProgressFn,
+    src: Path,
+    out_dir: Path,
+    copy: bool,
+    opts: EncodeOptions,
+    report: ProgressFn,
     side: SideTracks | None = None,
 ) -> RenditionOutput:
     """Write init.mp4 + seg_NNNNN.m4s for `src` into `out_dir`; describe what was written."""
@@ -195,8 +199,9 @@ def make_rendition(
     return _describe(out_dir, video.size, video.rate, damaged)
 
 
-def make_audio_only(src: Path, out_dir: Path, opts: EncodeOptions, report: ProgressFn
-                    ) -> RenditionOutput:
+def make_audio_only(
+    src: Path, out_dir: Path, opts: EncodeOptions, report: ProgressFn
+) -> RenditionOutput:
     """An audio-only rendition of the first audio track (TGFS_AUDIO_HLS): AAC is copied,
     anything else (MP3, FLAC, Opus …) encoded to AAC, which every HLS player decodes."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,9 +210,16 @@ def make_audio_only(src: Path, out_dir: Path, opts: EncodeOptions, report: Progr
         ain = source.streams.audio[0]
         out = stack.enter_context(_hls_output(out_dir, f"{opts.segment_seconds:g}"))
         damaged = _pump(source, ain, {ain.index: _audio_path(ain, out, copy=True)}, report)
-    rendition = RenditionOutput(name="audio", width=0, height=0, frame_rate=None,
-                                codecs=_codecs_of(out_dir / INIT_NAME), init_name=INIT_NAME,
-                                segments=_segments_of(out_dir), damaged_packets=damaged)
+    rendition = RenditionOutput(
+        name="audio",
+        width=0,
+        height=0,
+        frame_rate=None,
+        codecs=_codecs_of(out_dir / INIT_NAME),
+        init_name=INIT_NAME,
+        segments=_segments_of(out_dir),
+        damaged_packets=damaged,
+    )
     return rendition
 
 
@@ -234,37 +246,65 @@ def make_ladder(
         source = stack.enter_context(av.open(str(src), metadata_errors="ignore"))
         tracks = _Tracks(source)
         vin = tracks.video
-        outs = [stack.enter_context(_hls_output(out_dir, _CUT_AT_EVERY_KEYFRAME))
-                for out_dir, _ in targets]
+        outs = [
+            stack.enter_context(_hls_output(out_dir, _CUT_AT_EVERY_KEYFRAME))
+            for out_dir, _ in targets
+        ]
         decoder = _Decoder(vin, opts)
         longest = max(durations) if durations else opts.segment_seconds
         # The size cap must hold for the longest segment these cuts make.
         opts = dataclasses.replace(opts, segment_seconds=max(longest, opts.segment_seconds))
-        encoders_ = [_EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts,
-                                  longest)
-                     for out, (_, height) in zip(outs, targets, strict=True)]
+        encoders_ = [
+            _EncodeVideo(vin, out, opts, _target_size(decoder.size, height), cuts, longest)
+            for out, (_, height) in zip(outs, targets, strict=True)
+        ]
         # The container's end, in seconds on the streams' clock (AV_TIME_BASE units: µs).
-        container_end = (Fraction((source.start_time or 0) + source.duration, 1_000_000)
-                         if source.duration else None)
-        paths: Paths = {vin.index: _VideoFanout(decoder, encoders_, container_end,
-                                                opts.hold_to_end)}
+        container_end = (
+            Fraction((source.start_time or 0) + source.duration, 1_000_000)
+            if source.duration
+            else None
+        )
+        paths: Paths = {
+            vin.index: _VideoFanout(decoder, encoders_, container_end, opts.hold_to_end)
+        }
         if tracks.muxed_audio is not None:
             paths[tracks.muxed_audio.index] = _AudioFanout(tracks.muxed_audio, outs)
         finish_side = _side_paths(stack, tracks, side, opts, paths, copy=False)
         if on_start is not None:
-            on_start([(out_dir, _skeleton(enc.size, enc.rate))
-                      for (out_dir, _), enc in zip(targets, encoders_, strict=True)]
-                     + (side.audio if side else []))
+            on_start(
+                [
+                    (out_dir, _skeleton(enc.size, enc.rate))
+                    for (out_dir, _), enc in zip(targets, encoders_, strict=True)
+                ]
+                + (side.audio if side else [])
+            )
         damaged = _pump(source, vin, paths, report)
     finish_side()
-    return [_describe(out_dir, enc.size, enc.rate, damaged)
-            for (out_dir, _), enc in zip(targets, encoders_, strict=True)]
+    return [
+        _describe(out_dir, enc.size, enc.rate, damaged)
+        for (out_dir, _), enc in zip(targets, encoders_, strict=True)
+    ]
 
 
 # Subtitle codecs FFmpeg decodes to text; bitmap subtitles (DVD, PGS, DVB) cannot become
 # WebVTT without OCR and are left out.
-_TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "subviewer",
-                   "microdvd", "sami", "realtext", "jacosub", "mpl2", "pjs", "vplayer"}
+_TEXT_SUBTITLES = {
+    "subrip",
+    "srt",
+    "ass",
+    "ssa",
+    "mov_text",
+    "webvtt",
+    "text",
+    "subviewer",
+    "microdvd",
+    "sami",
+    "realtext",
+    "jacosub",
+    "mpl2",
+    "pjs",
+    "vplayer",
+}
 
 
 class _Tracks:
@@ -272,17 +312,27 @@ class _Tracks:
     an audio group; text subtitle tracks."""
 
     def __init__(self, source) -> None:
-        self.video = next(s for s in source.streams.video
-                          if not s.disposition & av.stream.Disposition.attached_pic)
+        self.video = next(
+            s
+            for s in source.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        )
         audio = list(source.streams.audio)
         self.muxed_audio = audio[0] if len(audio) == 1 else None
         self.group_audio = audio if len(audio) > 1 else []
-        self.subtitles = [s for s in source.streams.subtitles
-                          if s.codec_context.name in _TEXT_SUBTITLES]
+        self.subtitles = [
+            s for s in source.streams.subtitles if s.codec_context.name in _TEXT_SUBTITLES
+        ]
 
 
-def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks | None,
-                opts: EncodeOptions, paths: Paths, copy: bool) -> Callable[[], None]:
+def _side_paths(
+    stack: contextlib.ExitStack,
+    tracks: _Tracks,
+    side: SideTracks | None,
+    opts: EncodeOptions,
+    paths: Paths,
+    copy: bool,
+) -> Callable[[], None]:
     """Add the audio-group outputs and subtitle collectors to `paths`; returns what to call
     once the muxers are closed."""
     if side is None:
@@ -296,17 +346,36 @@ def _side_paths(stack: contextlib.ExitStack, tracks: _Tracks, side: SideTracks |
         paths[ain.index] = _audio_path(ain, out, copy)
         language, title = _track_label(ain, n)
         name = unique_name(f"audio-{language or n + 1}", names)
-        pending.append((out_dir, RenditionOutput(
-            name=name, width=0, height=0, frame_rate=None, codecs="", init_name=INIT_NAME,
-            segments=[], kind=messages.TrackKind.AUDIO, language=language, title=title,
-            default=_is_default(ain, tracks.group_audio))))
+        pending.append(
+            (
+                out_dir,
+                RenditionOutput(
+                    name=name,
+                    width=0,
+                    height=0,
+                    frame_rate=None,
+                    codecs="",
+                    init_name=INIT_NAME,
+                    segments=[],
+                    kind=messages.TrackKind.AUDIO,
+                    language=language,
+                    title=title,
+                    default=_is_default(ain, tracks.group_audio),
+                ),
+            )
+        )
     side.audio = pending
     collectors = []
     for n, sin in enumerate(tracks.subtitles):
         language, title = _track_label(sin, n)
         # Subtitles show by default only when the file says so (DEFAULT=YES turns them on).
-        collector = _CollectCues(sin, tracks.video, language, title,
-                                 default=bool(sin.disposition & av.stream.Disposition.default))
+        collector = _CollectCues(
+            sin,
+            tracks.video,
+            language,
+            title,
+            default=bool(sin.disposition & av.stream.Disposition.default),
+        )
         paths[sin.index] = collector
         collectors.append(collector)
 
@@ -343,22 +412,33 @@ def unique_name(name: str, taken: set[str]) -> str:
 
 
 def _hls_output(out_dir: Path, hls_time: str):
-    return av.open(str(out_dir / _FFMPEG_PLAYLIST), "w", format="hls", options={
-        "hls_time": hls_time,
-        "hls_segment_type": "fmp4",
-        "hls_playlist_type": "event",  # rewritten after every segment (vod: at the end)
-        "hls_list_size": "0",
-        "hls_flags": "temp_file",
-        "hls_fmp4_init_filename": INIT_NAME,
-        "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
-    })
+    return av.open(
+        str(out_dir / _FFMPEG_PLAYLIST),
+        "w",
+        format="hls",
+        options={
+            "hls_time": hls_time,
+            "hls_segment_type": "fmp4",
+            "hls_playlist_type": "event",  # rewritten after every segment (vod: at the end)
+            "hls_list_size": "0",
+            "hls_flags": "temp_file",
+            "hls_fmp4_init_filename": INIT_NAME,
+            "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
+        },
+    )
 
 
 def _skeleton(size: tuple[int, int], rate) -> RenditionOutput:
     width, height = size
-    return RenditionOutput(name=f"{height}p", width=width, height=height,
-                           frame_rate=float(rate) if rate else None, codecs="",
-                           init_name=INIT_NAME, segments=[])
+    return RenditionOutput(
+        name=f"{height}p",
+        width=width,
+        height=height,
+        frame_rate=float(rate) if rate else None,
+        codecs="",
+        init_name=INIT_NAME,
+        segments=[],
+    )
 
 
 def _describe(out_dir: Path, size: tuple[int, int], rate, damaged: int) -> RenditionOutput:
@@ -511,14 +591,28 @@ def _encoder_options(opts: EncodeOptions, gop: int) -> dict[str, str]:
     and a VBV cap so that no segment can outgrow TELEGRAM_MAX_FILE_SIZE."""
     options = {"g": str(gop)}
     if opts.encoder == "h264_nvenc":
-        options |= {"preset": "p4", "rc": "vbr", "cq": str(opts.x264_crf + 2),
-                    "no-scenecut": "1", "forced-idr": "1"}
+        options |= {
+            "preset": "p4",
+            "rc": "vbr",
+            "cq": str(opts.x264_crf + 2),
+            "no-scenecut": "1",
+            "forced-idr": "1",
+        }
     elif opts.encoder == "h264_qsv":
-        options |= {"preset": "veryfast", "global_quality": str(opts.x264_crf + 2),
-                    "forced_idr": "1", "idr_interval": "0"}
+        options |= {
+            "preset": "veryfast",
+            "global_quality": str(opts.x264_crf + 2),
+            "forced_idr": "1",
+            "idr_interval": "0",
+        }
     else:
-        options |= {"preset": opts.x264_preset, "crf": str(opts.x264_crf),
-                    "keyint_min": str(gop), "sc_threshold": "0", "forced-idr": "1"}
+        options |= {
+            "preset": opts.x264_preset,
+            "crf": str(opts.x264_crf),
+            "keyint_min": str(gop),
+            "sc_threshold": "0",
+            "forced-idr": "1",
+        }
     if (peak := peak_video_rate(opts)) is not None:
         options |= {"maxrate": str(peak), "bufsize": str(int(peak * opts.segment_seconds))}
     return options
@@ -556,8 +650,13 @@ class _VideoFanout:
     to where it ends — never past the container's own duration. With `hold_to_end` (see
     EncodeOptions) it ends there."""
 
-    def __init__(self, decoder: _Decoder, encoders_: list[_EncodeVideo],
-                 container_end: Fraction | None, hold_to_end: bool = False) -> None:
+    def __init__(
+        self,
+        decoder: _Decoder,
+        encoders_: list[_EncodeVideo],
+        container_end: Fraction | None,
+        hold_to_end: bool = False,
+    ) -> None:
         self.decoder = decoder
         self.encoders = encoders_
         self.container_end = container_end  # seconds, from the container; None: unknown
@@ -604,8 +703,15 @@ class _VideoFanout:
 class _EncodeVideo:
     """Scale → H.264 with an IDR exactly on every segment boundary."""
 
-    def __init__(self, vin, out, opts: EncodeOptions, size: tuple[int, int],
-                 cuts: list[float] | None, longest: float) -> None:
+    def __init__(
+        self,
+        vin,
+        out,
+        opts: EncodeOptions,
+        size: tuple[int, int],
+        cuts: list[float] | None,
+        longest: float,
+    ) -> None:
         self.time_base = vin.time_base
         self.rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         self.size = size
@@ -613,8 +719,9 @@ class _EncodeVideo:
         # Keyframes only where we force them: the GOP limit must not come first (cuts fall
         # on frames, so one frame later than the boundary at most).
         gop = max(1, round(longest * self.rate) + 1)
-        self.stream = out.add_stream(opts.encoder, rate=self.rate,
-                                     options=_encoder_options(opts, gop))
+        self.stream = out.add_stream(
+            opts.encoder, rate=self.rate, options=_encoder_options(opts, gop)
+        )
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = self.pix_fmt
         # PyAV opens encoders with slice threads; x264's frame threads are what the ffmpeg
@@ -623,8 +730,10 @@ class _EncodeVideo:
         self.stream.time_base = vin.time_base
         self.output = _Output(out, self.stream)
         # Cut times from a playlist are rounded: match the frame within half a frame.
-        self.cuts = _Cuts(cut_plan(opts.segment_seconds, cuts),
-                          Fraction(1, 2) / Fraction(self.rate) if cuts else Fraction(0))
+        self.cuts = _Cuts(
+            cut_plan(opts.segment_seconds, cuts),
+            Fraction(1, 2) / Fraction(self.rate) if cuts else Fraction(0),
+        )
         self.last_pts: int | None = None
         self.last_slot: int | None = None  # the frame slot (pts · rate) of the last frame
         self.first_source_pts: int | None = None  # slot 0
@@ -643,9 +752,13 @@ class _EncodeVideo:
         source_pts = frame.pts
         if self.first_source_pts is None and source_pts is not None:
             self.first_source_pts = source_pts
-        slot = (math.floor((source_pts - self.first_source_pts) * self.time_base * self.rate
-                           + Fraction(1, 2))
-                if source_pts is not None and self.first_source_pts is not None else None)
+        slot = (
+            math.floor(
+                (source_pts - self.first_source_pts) * self.time_base * self.rate + Fraction(1, 2)
+            )
+            if source_pts is not None and self.first_source_pts is not None
+            else None
+        )
         if slot is None:
             slot = 0 if self.last_slot is None else self.last_slot + 1
         elif self.last_slot is not None and slot <= self.last_slot:
@@ -688,7 +801,7 @@ class _Filters:
         self.time_base = vin.time_base
         self.graph = av.filter.Graph()
         chain = [self.graph.add_buffer(template=vin)]
-        specs = (["bwdif=mode=send_frame"] if opts.deinterlace else [])
+        specs = ["bwdif=mode=send_frame"] if opts.deinterlace else []
         specs += _TURN.get(opts.rotation, [])
         for spec in specs:
             name, _, args = spec.partition("=")
@@ -745,8 +858,9 @@ class _EncodeAudio:
         self.stream = out.add_stream("aac", rate=rate)
         self.stream.layout = "stereo"
         self.stream.bit_rate = AUDIO_BITRATE
-        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate,
-                                           frame_size=1024)
+        self.resampler = av.AudioResampler(
+            format="fltp", layout="stereo", rate=rate, frame_size=1024
+        )
         self.output = _Output(out, self.stream)
 
     def feed(self, packet: av.Packet) -> None:
@@ -787,8 +901,7 @@ class _CollectCues:
     def __init__(self, sin, vin, language: str | None, title: str, default: bool) -> None:
         self.sin = sin
         self.origin = float((vin.start_time or 0) * vin.time_base)
-        self.track = subtitles.Track(language=language, title=title, default=default,
-                                     cues=[])
+        self.track = subtitles.Track(language=language, title=title, default=default, cues=[])
 
     def feed(self, packet: av.Packet) -> None:
         if packet.pts is None:
@@ -813,8 +926,7 @@ def _codecs_of(init_path: Path) -> str:
     """CODECS for the master playlist, from the configuration records in the init segment."""
     with av.open(str(init_path)) as init:
         entries = [
-            codecs.for_stream(s.codec_context.name, s.codec_context.extradata,
-                              s.codec_tag or "")
+            codecs.for_stream(s.codec_context.name, s.codec_context.extradata, s.codec_tag or "")
             for s in init.streams
             if s.type in ("video", "audio")
         ]
@@ -842,8 +954,7 @@ def finished_segments(out_dir: Path) -> list[SegmentFile]:
     if not path.exists():
         return []
     return [
-        SegmentFile(name=s.uri, duration=float(s.duration),
-                    size=(out_dir / s.uri).stat().st_size)
+        SegmentFile(name=s.uri, duration=float(s.duration), size=(out_dir / s.uri).stat().st_size)
         for s in m3u8.load(str(path)).segments
     ]
 

@@ -151,7 +151,8 @@ Message = Progress | Plan | Rendition | Segment | Restart | Result | Failure
 Announcement = Plan | Rendition | Segment | Restart  # what a publisher follows
 
 _MESSAGE: pydantic.TypeAdapter[Message] = pydantic.TypeAdapter(
-    Annotated[Message, pydantic.Field(discriminator="type")])
+    Annotated[Message, pydantic.Field(discriminator="type")]
+)
 
 
 def encode(message: Message) -> str:

@@ -71,8 +71,7 @@ def master(variants: list[Variant], alternatives: Iterable[Alternative] = ()) ->
             attrs = [f"TYPE={a.type}", f'GROUP-ID="{group}"', f'NAME="{_quoted(a.name)}"']
             if a.language:
                 attrs.append(f'LANGUAGE="{_quoted(a.language)}"')
-            attrs += [f"DEFAULT={'YES' if a.default else 'NO'}", "AUTOSELECT=YES",
-                      f'URI="{a.uri}"']
+            attrs += [f"DEFAULT={'YES' if a.default else 'NO'}", "AUTOSELECT=YES", f'URI="{a.uri}"']
             lines.append("#EXT-X-MEDIA:" + ",".join(attrs))
     # The worst case a player must budget for: this video plus the heaviest audio track.
     audio_peak = max((a.bandwidth for a in audio), default=0)
@@ -101,8 +100,9 @@ def _quoted(text: str) -> str:
     return "".join(" " if c in '"\r\n' else c for c in text)
 
 
-def media(target: int, init_name: str | None, segments: Iterable[tuple[str, float]],
-          complete: bool = True) -> str:
+def media(
+    target: int, init_name: str | None, segments: Iterable[tuple[str, float]], complete: bool = True
+) -> str:
     """A media playlist: VOD once `complete`, else an EVENT playlist that will grow.
     `init_name` None: no init segment (WebVTT subtitles)."""
     lines = [

@@ -23,8 +23,26 @@ _MIN_DURATION = 0.2
 # Names users give video files. Used only to word the outcome: a file with such a name that
 # turns out unplayable is reported as a failed video; any other non-media file is just a file.
 VIDEO_EXTENSIONS = {
-    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg",
-    ".wmv", ".flv", ".3gp", ".ogv", ".vob", ".mxf", ".asf", ".divx", ".f4v",
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".mov",
+    ".avi",
+    ".webm",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ogv",
+    ".vob",
+    ".mxf",
+    ".asf",
+    ".divx",
+    ".f4v",
 }
 COPY_VIDEO_CODECS = {"h264", "hevc"}
 COPY_AUDIO_CODECS = {"aac", "mp3"}
@@ -68,13 +86,20 @@ def _classify(container: av.container.InputContainer, path: Path) -> Probe:
     duration = container.duration / 1_000_000 if container.duration else None
     if video is not None and video.duration and video.time_base:
         duration = max(duration or 0.0, float(video.duration * video.time_base))
-    if (video is not None and (not duration or duration < _MIN_DURATION)
-            and fmt not in _IMAGE_FORMATS and not fmt.endswith("_pipe")):
+    if (
+        video is not None
+        and (not duration or duration < _MIN_DURATION)
+        and fmt not in _IMAGE_FORMATS
+        and not fmt.endswith("_pipe")
+    ):
         # No duration, or one too short to be a video: headers lie (an MPEG program stream
         # whose last timestamps are broken says 18 ms for 5 s of pictures). Measure.
         duration = _measured_duration(path) or duration
     found = Probe(
-        False, "", format_name=fmt, duration=duration,
+        False,
+        "",
+        format_name=fmt,
+        duration=duration,
         video_codec=video.codec_context.name if video else None,
         audio_codec=audio.codec_context.name if audio else None,
         width=video.codec_context.width if video else 0,
@@ -97,8 +122,14 @@ def _classify(container: av.container.InputContainer, path: Path) -> Probe:
 
 def _main_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     """The video stream that is the moving picture (not cover art)."""
-    return next((s for s in container.streams.video
-                 if not s.disposition & av.stream.Disposition.attached_pic), None)
+    return next(
+        (
+            s
+            for s in container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        ),
+        None,
+    )
 
 
 def _measured_duration(path: Path) -> float | None:
@@ -172,8 +203,9 @@ def _riff_complete(path: Path) -> bool:
         return False
 
 
-def _first_frame_facts(container: av.container.InputContainer,
-                       video: av.video.stream.VideoStream) -> tuple[int, bool]:
+def _first_frame_facts(
+    container: av.container.InputContainer, video: av.video.stream.VideoStream
+) -> tuple[int, bool]:
     """Rotation and interlacing, which FFmpeg reports per decoded frame."""
     try:
         for frame in container.decode(video):

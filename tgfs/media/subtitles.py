@@ -79,22 +79,27 @@ def load_sidecar(path: Path) -> list[Cue]:
         parsed = pysubs2.SSAFile.from_string(text)
     except Exception as exc:  # pysubs2 raises several kinds for unknown formats
         raise SubtitleError(f"not a subtitle file pysubs2 can read ({exc})") from None
-    cues = [Cue(e.start / 1000, e.end / 1000, e.text) for e in parsed
-            if not e.is_comment and e.end > e.start]
+    cues = [
+        Cue(e.start / 1000, e.end / 1000, e.text)
+        for e in parsed
+        if not e.is_comment and e.end > e.start
+    ]
     if not cues:
         raise SubtitleError("no subtitles found in it")
     return cues
 
 
-def write_segments(cues: list[Cue], durations: list[float], out_dir: Path,
-                   start_time: float) -> list[tuple[str, float, int]]:
+def write_segments(
+    cues: list[Cue], durations: list[float], out_dir: Path, start_time: float
+) -> list[tuple[str, float, int]]:
     """WebVTT segments on the given segment boundaries; returns (name, duration, size) each.
 
     `start_time` is where the video's timestamps begin (seconds): cue times count from
     there, and X-TIMESTAMP-MAP says so to players."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = (f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{round(start_time * _MPEG_CLOCK)},"
-              "LOCAL:00:00:00.000\n")
+    header = (
+        f"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{round(start_time * _MPEG_CLOCK)},LOCAL:00:00:00.000\n"
+    )
     written = []
     begin = 0.0
     for n, duration in enumerate(durations):
@@ -102,8 +107,11 @@ def write_segments(cues: list[Cue], durations: list[float], out_dir: Path,
         page = pysubs2.SSAFile()
         for cue in cues:
             if cue.start < end and cue.end > begin:
-                page.append(pysubs2.SSAEvent(start=round(cue.start * 1000),
-                                             end=round(cue.end * 1000), text=cue.text))
+                page.append(
+                    pysubs2.SSAEvent(
+                        start=round(cue.start * 1000), end=round(cue.end * 1000), text=cue.text
+                    )
+                )
         text = page.to_string("vtt").replace("WEBVTT\n", header, 1)
         name = SEGMENT_PATTERN.format(n)
         (out_dir / name).write_text(text, encoding="utf-8")

@@ -116,8 +116,11 @@ class _Announcer:
 
     def plan(self, mode: str, target: int, dirs: list[Path]) -> None:
         """Say which renditions there will be, and their one target duration."""
-        self.emit(messages.Plan(mode=messages.Mode(mode), target_duration=target,
-                                dirs=[d.name for d in dirs]))
+        self.emit(
+            messages.Plan(
+                mode=messages.Mode(mode), target_duration=target, dirs=[d.name for d in dirs]
+            )
+        )
 
     def started(self, outputs: list[tuple[Path, RenditionOutput]]) -> None:
         if self.next_plan is not None:
@@ -152,9 +155,12 @@ class _Announcer:
         self.announced[folder] = 0
 
     def _segments(self, folder: Path, segments: list[SegmentFile]) -> None:
-        for segment in segments[self.announced[folder]:]:
-            self.emit(messages.Segment(dir=folder.name, name=segment.name,
-                                       duration=segment.duration, size=segment.size))
+        for segment in segments[self.announced[folder] :]:
+            self.emit(
+                messages.Segment(
+                    dir=folder.name, name=segment.name, duration=segment.duration, size=segment.size
+                )
+            )
         self.announced[folder] = max(self.announced[folder], len(segments))
 
 
@@ -174,8 +180,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     if over := _over_limits(found.width, found.height, duration, opts):
         _emit(messages.FileResult(reason=over, failed=True))
         return 0
-    copy, why_not = copy_mode_allowed(found, opts.size, opts.enable_copy_mode,
-                                      opts.copy_mode_min_size)
+    copy, why_not = copy_mode_allowed(
+        found, opts.size, opts.enable_copy_mode, opts.copy_mode_min_size
+    )
     note = "" if copy else why_not
 
     announcer = _Announcer()
@@ -184,19 +191,23 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         def progress(seconds: float) -> None:
             _emit(messages.Progress(stage=stage, seconds=seconds, duration=duration))
             announcer.tick()
+
         return progress
 
-    encode = dataclasses.replace(opts.encode, rotation=found.rotation,
-                                 deinterlace=found.interlaced,
-                                 hold_to_end=found.repeats_at_end)
+    encode = dataclasses.replace(
+        opts.encode,
+        rotation=found.rotation,
+        deinterlace=found.interlaced,
+        hold_to_end=found.repeats_at_end,
+    )
     # The source rendition's height (upright, even); ladder heights below it are added, so
     # nothing is upscaled and no two renditions share a height (their folder names).
     top = (found.width if found.rotation in (90, 270) else found.height) & ~1
-    lower = [(workdir / f"r{i + 1}", h)
-             for i, h in enumerate(h for h in opts.ladder if h < top)]
+    lower = [(workdir / f"r{i + 1}", h) for i, h in enumerate(h for h in opts.ladder if h < top)]
     side = SideTracks(root=workdir)
-    renditions, copy, note = make_hls(src, workdir / "r0", copy, encode, note, report, lower,
-                                      side, announcer)
+    renditions, copy, note = make_hls(
+        src, workdir / "r0", copy, encode, note, report, lower, side, announcer
+    )
     rendition = renditions[0]
     got = sum(s.duration for s in rendition.segments)
     if not rendition.segments:
@@ -204,11 +215,13 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
     # The user's original is discarded once its video folder is published, so a video that
     # lost a real part of itself must not be published: keep the file as it is instead.
     if duration and duration - got > max(opts.encode.segment_seconds / 2, 1.0):
-        raise DamagedMedia(f"only {got:.1f} s of {duration:.1f} s could be decoded "
-                           "(damaged or incomplete file)")
+        raise DamagedMedia(
+            f"only {got:.1f} s of {duration:.1f} s could be decoded (damaged or incomplete file)"
+        )
     if rendition.damaged_packets:
-        note = "; ".join(filter(None, [note, f"{rendition.damaged_packets} damaged "
-                                       "packet(s) skipped"]))
+        note = "; ".join(
+            filter(None, [note, f"{rendition.damaged_packets} damaged packet(s) skipped"])
+        )
     start_time = hls.first_pts(workdir / "r0", rendition.segments[0].name)
     for sidecar in opts.sidecars:
         language = sidecar.language
@@ -217,16 +230,25 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         except (OSError, subtitles.SubtitleError) as exc:
             note = "; ".join(filter(None, [note, f"subtitle file skipped: {exc}"]))
             continue
-        side.subtitles.append(subtitles.Track(language=language, title=language or
-                                              "Subtitles", default=False, cues=cues))
+        side.subtitles.append(
+            subtitles.Track(
+                language=language, title=language or "Subtitles", default=False, cues=cues
+            )
+        )
     # An audio track without a single packet makes no rendition.
     outputs = [(workdir / f"r{i}", r) for i, r in enumerate(renditions)]
     outputs += [(folder, r) for folder, r in side.audio if r.segments]
     outputs += _subtitle_renditions(side.subtitles, rendition.segments, workdir, start_time)
-    _emit(messages.VideoResult(
-        mode=messages.Mode.COPY if copy else messages.Mode.TRANSCODE, duration=got,
-        source_duration=duration, note=note, start_time=start_time,
-        renditions=[_message(folder, r) for folder, r in outputs]))
+    _emit(
+        messages.VideoResult(
+            mode=messages.Mode.COPY if copy else messages.Mode.TRANSCODE,
+            duration=got,
+            source_duration=duration,
+            note=note,
+            start_time=start_time,
+            renditions=[_message(folder, r) for folder, r in outputs],
+        )
+    )
     return 0
 
 
@@ -234,16 +256,17 @@ def _over_limits(width: int, height: int, duration: float, opts: WorkerOptions) 
     """Why this video is not made (too many pixels per frame, too long); "" if it is fine.
     Checked before decoding anything: a 60 KB file can declare 16K frames."""
     if opts.max_pixels and width * height > opts.max_pixels:
-        return (f"{width}x{height} is over TGFS_MEDIA_MAX_PIXELS ({opts.max_pixels} pixels "
-                "per frame)")
+        return (
+            f"{width}x{height} is over TGFS_MEDIA_MAX_PIXELS ({opts.max_pixels} pixels per frame)"
+        )
     if opts.max_duration and duration > opts.max_duration:
-        return (f"{duration:.0f} s is over TGFS_MEDIA_MAX_DURATION "
-                f"({opts.max_duration:.0f} s)")
+        return f"{duration:.0f} s is over TGFS_MEDIA_MAX_DURATION ({opts.max_duration:.0f} s)"
     return ""
 
 
 def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) -> int:
     """TGFS_AUDIO_HLS: one audio rendition (AAC copied, anything else encoded to AAC)."""
+
     def report(seconds: float) -> None:
         _emit(messages.Progress(stage="audio", seconds=seconds, duration=duration))
 
@@ -252,11 +275,18 @@ def _audio_only(src: Path, workdir: Path, opts: WorkerOptions, duration: float) 
         raise DamagedMedia("no decodable audio")
     got = sum(s.duration for s in rendition.segments)
     if duration and duration - got > max(opts.encode.segment_seconds / 2, 1.0):
-        raise DamagedMedia(f"only {got:.1f} s of {duration:.1f} s could be decoded "
-                           "(damaged or incomplete file)")
-    _emit(messages.VideoResult(mode=messages.Mode.AUDIO, duration=got, note="",
-                               start_time=0.0,
-                               renditions=[_message(workdir / "r0", rendition)]))
+        raise DamagedMedia(
+            f"only {got:.1f} s of {duration:.1f} s could be decoded (damaged or incomplete file)"
+        )
+    _emit(
+        messages.VideoResult(
+            mode=messages.Mode.AUDIO,
+            duration=got,
+            note="",
+            start_time=0.0,
+            renditions=[_message(workdir / "r0", rendition)],
+        )
+    )
     return 0
 
 
@@ -268,38 +298,59 @@ def _sidecar_only(src: Path, workdir: Path, timeline: SubtitlesFor) -> int:
         _emit(messages.FileResult(reason=f"subtitles not added: {exc}", failed=True))
         return 0
     language = timeline.language
-    track = subtitles.Track(language=language, title=language or "Subtitles", default=False,
-                            cues=cues)
+    track = subtitles.Track(
+        language=language, title=language or "Subtitles", default=False, cues=cues
+    )
     video = [SegmentFile("", d, 0) for d in timeline.durations]
-    ((folder, rendition),) = _subtitle_renditions([track], video, workdir,
-                                                  timeline.start_time)
+    ((folder, rendition),) = _subtitle_renditions([track], video, workdir, timeline.start_time)
     _emit(messages.SubtitlesResult(renditions=[_message(folder, rendition)]))
     return 0
 
 
-def _subtitle_renditions(tracks: list[subtitles.Track], video: list[SegmentFile],
-                         workdir: Path, start_time: float
-                         ) -> list[tuple[Path, RenditionOutput]]:
+def _subtitle_renditions(
+    tracks: list[subtitles.Track], video: list[SegmentFile], workdir: Path, start_time: float
+) -> list[tuple[Path, RenditionOutput]]:
     """WebVTT renditions for the text subtitle tracks, cut where the video is cut."""
     out = []
     names: set[str] = set()
     for n, track in enumerate(t for t in tracks if t.cues):
         folder = workdir / f"s{n}"
-        written = subtitles.write_segments(track.cues, [s.duration for s in video], folder,
-                                           start_time)
+        written = subtitles.write_segments(
+            track.cues, [s.duration for s in video], folder, start_time
+        )
         name = hls.unique_name(f"subtitles-{track.language or n + 1}", names)
-        out.append((folder, RenditionOutput(
-            name=name, width=0, height=0, frame_rate=None, codecs="wvtt", init_name="",
-            segments=[SegmentFile(*w) for w in written], kind=messages.TrackKind.SUBTITLES,
-            language=track.language, title=track.title, default=track.default)))
+        out.append(
+            (
+                folder,
+                RenditionOutput(
+                    name=name,
+                    width=0,
+                    height=0,
+                    frame_rate=None,
+                    codecs="wvtt",
+                    init_name="",
+                    segments=[SegmentFile(*w) for w in written],
+                    kind=messages.TrackKind.SUBTITLES,
+                    language=track.language,
+                    title=track.title,
+                    default=track.default,
+                ),
+            )
+        )
     return out
 
 
-def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
-             report: Callable[[str], ProgressFn],
-             lower: Sequence[tuple[Path, int]] = (), side: SideTracks | None = None,
-             announcer: _Announcer | None = None,
-             ) -> tuple[list[RenditionOutput], bool, str]:
+def make_hls(
+    src: Path,
+    out: Path,
+    copy: bool,
+    encode: EncodeOptions,
+    note: str,
+    report: Callable[[str], ProgressFn],
+    lower: Sequence[tuple[Path, int]] = (),
+    side: SideTracks | None = None,
+    announcer: _Announcer | None = None,
+) -> tuple[list[RenditionOutput], bool, str]:
     """The source rendition in `out` (copied if allowed, else transcoded; with fallbacks),
     plus transcoded `lower` renditions (folder, height) whose segments line up with it, and
     the `side` tracks (audio group, subtitle cues). Returns (renditions, copied, note).
@@ -324,8 +375,11 @@ def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
             notes.append(f"copy mode failed ({_reason(exc)}); transcoded instead")
         if top is not None:
             durations = [seg.duration for seg in top.segments]
-            announcer.plan("copy", target_duration(durations),
-                           [out, *(folder for folder, _ in lower), *audio_dirs()])
+            announcer.plan(
+                "copy",
+                target_duration(durations),
+                [out, *(folder for folder, _ in lower), *audio_dirs()],
+            )
             announcer.finished(out, top)
             for folder, rendition in side.audio if side else []:
                 announcer.finished(folder, rendition)
@@ -334,23 +388,29 @@ def make_hls(src: Path, out: Path, copy: bool, encode: EncodeOptions, note: str,
         shutil.rmtree(out, ignore_errors=True)
         for folder in audio_dirs():
             shutil.rmtree(folder, ignore_errors=True)
-    renditions = _transcode(src, [(out, None), *lower], encode, report, notes, announcer,
-                            side=side)
+    renditions = _transcode(src, [(out, None), *lower], encode, report, notes, announcer, side=side)
     return renditions, False, "; ".join(notes)
 
 
-def _transcode(src: Path, targets: list[tuple[Path, int | None]], encode: EncodeOptions,
-               report: Callable[[str], ProgressFn], notes: list[str], announcer: _Announcer,
-               durations: list[float] | None = None, side: SideTracks | None = None,
-               ) -> list[RenditionOutput]:
+def _transcode(
+    src: Path,
+    targets: list[tuple[Path, int | None]],
+    encode: EncodeOptions,
+    report: Callable[[str], ProgressFn],
+    notes: list[str],
+    announcer: _Announcer,
+    durations: list[float] | None = None,
+    side: SideTracks | None = None,
+) -> list[RenditionOutput]:
     if not targets:
         return []
     if durations is None:
         # Every segment is cut at the first frame at or after n × segment_seconds.
         announcer.next_plan = ("transcode", target_duration([encode.segment_seconds]))
     try:
-        return make_ladder(src, targets, encode, report("transcode"), durations, side,
-                           announcer.started)
+        return make_ladder(
+            src, targets, encode, report("transcode"), durations, side, announcer.started
+        )
     except av.FFmpegError as exc:
         if encode.encoder == SOFTWARE:
             raise
@@ -361,13 +421,27 @@ def _transcode(src: Path, targets: list[tuple[Path, int | None]], encode: Encode
             shutil.rmtree(folder, ignore_errors=True)
         notes.append(f"{encode.encoder} failed ({_reason(exc)}); encoded with {SOFTWARE}")
         announcer.restart()
-        return _transcode(src, targets, dataclasses.replace(encode, encoder=SOFTWARE),
-                          report, notes, announcer, durations, side)
+        return _transcode(
+            src,
+            targets,
+            dataclasses.replace(encode, encoder=SOFTWARE),
+            report,
+            notes,
+            announcer,
+            durations,
+            side,
+        )
 
 
-def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOptions,
-              report: Callable[[str], ProgressFn], notes: list[str],
-              side: SideTracks | None = None) -> RenditionOutput | None:
+def _fit_copy(
+    src: Path,
+    out: Path,
+    rendition: RenditionOutput,
+    encode: EncodeOptions,
+    report: Callable[[str], ProgressFn],
+    notes: list[str],
+    side: SideTracks | None = None,
+) -> RenditionOutput | None:
     """Copy mode can only cut at the source's keyframes, so a segment may outgrow
     TELEGRAM_MAX_FILE_SIZE. Cut again with a shorter segment length, so the muxer cuts at
     earlier keyframes, until every segment fits; None if that stops helping (one keyframe
@@ -384,13 +458,17 @@ def _fit_copy(src: Path, out: Path, rendition: RenditionOutput, encode: EncodeOp
         rendition = make_rendition(src, out, True, shorter, report("copy"), side)
         before, biggest = biggest, max((seg.size for seg in rendition.segments), default=0)
         if biggest <= cap:
-            notes.append(f"segments cut shorter than {encode.segment_seconds:g} s to stay "
-                         f"under TELEGRAM_MAX_FILE_SIZE ({cap / 2**20:g} MiB)")
+            notes.append(
+                f"segments cut shorter than {encode.segment_seconds:g} s to stay "
+                f"under TELEGRAM_MAX_FILE_SIZE ({cap / 2**20:g} MiB)"
+            )
             return rendition
         if biggest >= before:
             break  # already one keyframe interval per segment
-    notes.append("a keyframe interval of the source is over TELEGRAM_MAX_FILE_SIZE "
-                 f"({cap / 2**20:g} MiB); transcoded instead")
+    notes.append(
+        "a keyframe interval of the source is over TELEGRAM_MAX_FILE_SIZE "
+        f"({cap / 2**20:g} MiB); transcoded instead"
+    )
     return None
 
 
@@ -408,15 +486,24 @@ def main(argv: list[str]) -> int:
     except DamagedMedia as exc:  # already worded for the user
         # FFmpeg's HLS muxer logs a failed segment write and carries on, so a full disk
         # looks like a file with nothing decodable in it. The disk says which it was.
-        _emit(messages.Failure(message=str(exc), kind=messages.FailureKind.SPACE
-                               if _disk_full(workdir) else messages.FailureKind.MEDIA))
+        _emit(
+            messages.Failure(
+                message=str(exc),
+                kind=messages.FailureKind.SPACE
+                if _disk_full(workdir)
+                else messages.FailureKind.MEDIA,
+            )
+        )
         return 1
     except MemoryError:
         _emit(messages.Failure(message="out of memory", kind=messages.FailureKind.MEMORY))
         return 1
     except Exception as exc:  # anything else: report it as this job's failure, in one line
-        _emit(messages.Failure(message=f"{type(exc).__name__}: {_reason(exc)}",
-                               kind=_resource_kind(exc, workdir)))
+        _emit(
+            messages.Failure(
+                message=f"{type(exc).__name__}: {_reason(exc)}", kind=_resource_kind(exc, workdir)
+            )
+        )
         return 1
 
 
@@ -452,8 +539,9 @@ def _near_memory_cap() -> bool:
         return False
     try:
         with open("/proc/self/status") as status:
-            peak = next(int(line.split()[1]) * 1024 for line in status
-                        if line.startswith("VmPeak:"))
+            peak = next(
+                int(line.split()[1]) * 1024 for line in status if line.startswith("VmPeak:")
+            )
     except (OSError, StopIteration, ValueError):
         return False
     return peak >= cap * 0.9

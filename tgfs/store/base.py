@@ -62,8 +62,7 @@ class BlobStore(abc.ABC):
         return 1
 
     @abc.abstractmethod
-    async def put(self, src: Path, offset: int, size: int, key: str,
-                  spread: bool = False) -> str:
+    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
         """Store `size` bytes of `src` from `offset`; return the new part's location.
 
         `key` is a stable name for the content (e.g. "blob-17.part0"); stores that spread
@@ -73,8 +72,9 @@ class BlobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get(self, location: str, offset: int, length: int,
-                  priority: Priority = URGENT) -> bytes:
+    async def get(
+        self, location: str, offset: int, length: int, priority: Priority = URGENT
+    ) -> bytes:
         """Bytes [offset, offset+length) of a part; fewer only at the part's end.
 
         `priority` says whether a reader waits for them or they are fetched ahead (see

@@ -24,8 +24,12 @@ _RETRY_BACKOFF_MAX = 3600.0
 
 
 class GarbageCollector:
-    def __init__(self, store: BlobStore, in_use: Callable[[str], bool],
-                 after_pass: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        in_use: Callable[[str], bool],
+        after_pass: Callable[[], object] = lambda: None,
+    ) -> None:
         self.store = store
         self.in_use = in_use
         self.after_pass = after_pass  # e.g. the read cache drops the parts that went
@@ -53,8 +57,9 @@ class GarbageCollector:
         """One pass over the garbage list; returns how many deletes failed."""
         failed = 0
         after = 0
-        while rows := list(Garbage.select().where(Garbage.id > after)
-                           .order_by(Garbage.id).limit(_BATCH)):
+        while rows := list(
+            Garbage.select().where(Garbage.id > after).order_by(Garbage.id).limit(_BATCH)
+        ):
             after = rows[-1].id
             failed += await self._delete(rows)
         return failed
@@ -77,6 +82,9 @@ class GarbageCollector:
             row.save()
         failed = sum(1 for row in rows if row.location in failures)
         if failed:
-            log.warning("store: %d part delete(s) failed, will retry: %s", failed,
-                        next(iter(failures.values())))
+            log.warning(
+                "store: %d part delete(s) failed, will retry: %s",
+                failed,
+                next(iter(failures.values())),
+            )
         return failed

@@ -46,27 +46,31 @@ class LocalStore(BlobStore):
             raise StoreError(f"not a local-store location: {location!r}", retryable=False)
         return self.root / head / name
 
-    async def put(self, src: Path, offset: int, size: int, key: str,
-                  spread: bool = False) -> str:
+    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
         name = uuid.uuid4().hex
         location = f"{name[:2]}/{name}"
         dest = self._path(location)
         try:
-            await trio.to_thread.run_sync(_copy_range, src, offset, size, dest,
-                                          limiter=_DISK_THREADS)
+            await trio.to_thread.run_sync(
+                _copy_range, src, offset, size, dest, limiter=_DISK_THREADS
+            )
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise StoreError(f"local store: cannot write {key}: {exc.strerror}",
-                             retryable=full or exc.errno == errno.EIO) from exc
+            raise StoreError(
+                f"local store: cannot write {key}: {exc.strerror}",
+                retryable=full or exc.errno == errno.EIO,
+            ) from exc
         return location
 
-    async def get(self, location: str, offset: int, length: int,
-                  priority: Priority = URGENT) -> bytes:
+    async def get(
+        self, location: str, offset: int, length: int, priority: Priority = URGENT
+    ) -> bytes:
         path = self._path(location)
         try:
             async with self._reads.hold(priority):
-                return await trio.to_thread.run_sync(_pread, path, offset, length,
-                                                     limiter=_READ_THREADS)
+                return await trio.to_thread.run_sync(
+                    _pread, path, offset, length, limiter=_READ_THREADS
+                )
         except FileNotFoundError:
             raise PartMissing(f"local store: part {location} is missing") from None
         except OSError as exc:
@@ -93,8 +97,7 @@ class LocalStore(BlobStore):
 
     async def health(self) -> dict[str, Any]:
         usage = await trio.to_thread.run_sync(shutil.disk_usage, self.root)
-        return {"kind": self.kind, "path": str(self.root), "up": True,
-                "free_bytes": usage.free}
+        return {"kind": self.kind, "path": str(self.root), "up": True, "free_bytes": usage.free}
 
 
 def _copy_range(src: Path, offset: int, size: int, dest: Path) -> None:
@@ -119,8 +122,12 @@ def _copy_range(src: Path, offset: int, size: int, dest: Path) -> None:
 
 
 def _list(root: Path) -> list[tuple[str, str]]:
-    return [(head.name, entry.name) for head in os.scandir(root)
-            if head.is_dir() and len(head.name) == 2 for entry in os.scandir(head.path)]
+    return [
+        (head.name, entry.name)
+        for head in os.scandir(root)
+        if head.is_dir() and len(head.name) == 2
+        for entry in os.scandir(head.path)
+    ]
 
 
 def _pread(path: Path, offset: int, length: int) -> bytes:

@@ -64,8 +64,10 @@ async def put_files(
         planned = plan(upload.size, part_size, store.stripe_width if upload.stripe else 1)
         results[upload.path] = [None] * len(planned)
         spread = upload.stripe and len(planned) > 1
-        pieces += [(upload, index, offset, length, spread)
-                   for index, (offset, length) in enumerate(planned)]
+        pieces += [
+            (upload, index, offset, length, spread)
+            for index, (offset, length) in enumerate(planned)
+        ]
     # A fixed pool of senders taking pieces in order: parts start in file order (a video
     # published while it uploads needs its first segments first), whatever order the
     # scheduler would wake a crowd of waiting tasks in.
@@ -75,15 +77,17 @@ async def put_files(
     async def sender(scope: trio.CancelScope) -> None:
         for upload, index, offset, length, spread in queue:
             try:
-                location = await store.put(upload.path, offset, length,
-                                           f"{upload.key}.part{index}", spread)
+                location = await store.put(
+                    upload.path, offset, length, f"{upload.key}.part{index}", spread
+                )
             except StoreError as exc:
                 failure.append(exc)
                 scope.cancel()
                 return
             parts = results[upload.path]
-            parts[index] = ref = PartRef(id=None, index=index, offset=offset, size=length,
-                                         location=location)
+            parts[index] = ref = PartRef(
+                id=None, index=index, offset=offset, size=length, location=location
+            )
             on_part(ref)
             if on_file is not None and all(p is not None for p in parts):
                 on_file(upload.path, [p for p in parts if p is not None])

@@ -40,7 +40,8 @@ class Priority:
     # Slots where requests of this priority wait, with how many (several chunk fetches of
     # one request may wait in the same Slots).
     _waiting_in: collections.Counter[Slots] = dataclasses.field(
-        default_factory=collections.Counter, repr=False)
+        default_factory=collections.Counter, repr=False
+    )
 
     def raise_to_urgent(self) -> None:
         if self.urgent:
@@ -103,7 +104,8 @@ class Slots:
             waiter = next((w for w in self._waiters if w.priority.urgent), None)
             if waiter is None:
                 if self.busy_prefetch >= self.prefetch_max or (
-                        self.yield_to_urgent and self.busy > self.busy_prefetch):
+                    self.yield_to_urgent and self.busy > self.busy_prefetch
+                ):
                     return
                 waiter = self._waiters[0]
                 waiter.as_prefetch = True

@@ -62,8 +62,9 @@ async def check_bots(settings: Settings, factory: Any = None) -> list[BotCheck]:
             probe.write_bytes(payload)
             async with trio.open_nursery() as nursery:
                 for result in results:
-                    link = BotLink(result.bot, settings, bridge, factory,
-                                   f"bot-{result.bot.bot_id}-check")
+                    link = BotLink(
+                        result.bot, settings, bridge, factory, f"bot-{result.bot.bot_id}-check"
+                    )
                     nursery.start_soon(_check_one, link, result, probe, payload)
     finally:
         await bridge.close()
@@ -82,16 +83,17 @@ async def _check_one(link: BotLink, result: BotCheck, probe: Path, payload: byte
 
             step, started = "upload", time.monotonic()
             ticket = link.reserve(trio.current_time())
-            message_id = await link.send(probe, 0, len(payload), "tgfs-test-bots.bin",
-                                         ticket, cap)
+            message_id = await link.send(probe, 0, len(payload), "tgfs-test-bots.bin", ticket, cap)
             result.timings[step] = time.monotonic() - started
 
             step, started = "download", time.monotonic()
             data = await link.read(link.channel_id, message_id, 0, len(payload), Slots(1, 1))
             result.timings[step] = time.monotonic() - started
             if data != payload:
-                raise BotFailed(f"bot {link.number}: the document came back different "
-                                f"({len(data)} of {len(payload)} bytes)")
+                raise BotFailed(
+                    f"bot {link.number}: the document came back different "
+                    f"({len(data)} of {len(payload)} bytes)"
+                )
 
             step, started = "delete", time.monotonic()
             await link.delete(link.channel_id, [message_id])

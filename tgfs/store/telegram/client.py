@@ -43,8 +43,9 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return target
 
 
-async def make_client(factory: Callable[..., Any], bot: Bot, settings: Settings,
-                      session: str) -> Any:
+async def make_client(
+    factory: Callable[..., Any], bot: Bot, settings: Settings, session: str
+) -> Any:
     """A client for `bot`, built on the loop thread (kurigram binds the running loop)."""
     settings.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     assert settings.api_hash is not None
@@ -111,7 +112,7 @@ class RangeReader(io.RawIOBase):
         if want <= 0:
             return 0
         data = os.pread(self._file.fileno(), want, self._start + self._pos)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
@@ -124,8 +125,7 @@ class SourceUnreadable(Exception):
     """The local file to upload cannot be opened (deleted meanwhile): not the bot's fault."""
 
 
-async def send_part(client: Any, chat_id: int, src: Path, offset: int, size: int,
-                    name: str) -> Any:
+async def send_part(client: Any, chat_id: int, src: Path, offset: int, size: int, name: str) -> Any:
     """Upload one part as a document; returns the Message."""
     try:
         reader = RangeReader(src, offset, size, name)
@@ -133,7 +133,10 @@ async def send_part(client: Any, chat_id: int, src: Path, offset: int, size: int
         raise SourceUnreadable(f"cannot read {src.name}: {exc.strerror}") from None
     with reader:
         return await client.send_document(
-            chat_id, reader, file_name=name, force_document=True,
+            chat_id,
+            reader,
+            file_name=name,
+            force_document=True,
             disable_notification=True,
         )
 
@@ -154,12 +157,10 @@ async def get_many(client: Any, chat_id: int, message_ids: list[int]) -> list[An
     """The messages with these ids that exist and hold a document (≤ 200 ids)."""
     assert len(message_ids) <= GET_MESSAGES_MAX
     found = await client.get_messages(chat_id, message_ids)
-    return [m for m in found if m is not None and not getattr(m, "empty", False)
-            and m.document]
+    return [m for m in found if m is not None and not getattr(m, "empty", False) and m.document]
 
 
-async def read_range(client: Any, message: Any, offset: int, length: int,
-                     into: bytearray) -> None:
+async def read_range(client: Any, message: Any, offset: int, length: int, into: bytearray) -> None:
     """Append bytes [offset, offset+length) of a message's document to `into` (fewer only
     at the document's end), fetching only the 1 MiB chunks that hold them.
 
@@ -173,7 +174,7 @@ async def read_range(client: Any, message: Any, offset: int, length: int,
     stream = client.stream_media(message, offset=first, limit=count)
     try:
         async for chunk in stream:
-            into += chunk[skip:skip + end - len(into)]
+            into += chunk[skip : skip + end - len(into)]
             skip = 0
             if len(into) >= end:
                 break
@@ -200,13 +201,30 @@ ACCESS = "access"  # the bot cannot use its channel: idem
 TRANSIENT = "transient"  # network or server trouble: retry with backoff
 REJECTED = "rejected"  # Telegram refused this request; another bot may accept it
 
-_AUTH = (errors.AccessTokenInvalid, errors.AccessTokenExpired, errors.AuthKeyUnregistered,
-         errors.SessionRevoked, errors.UserDeactivated, errors.ApiIdInvalid)
-_ACCESS = (errors.ChannelInvalid, errors.ChannelPrivate, errors.PeerIdInvalid,
-           errors.ChatAdminRequired, errors.ChatWriteForbidden, errors.UserBannedInChannel,
-           errors.ChatForbidden)
-_TRANSIENT = (OSError, TimeoutError, asyncio.TimeoutError, errors.InternalServerError,
-              errors.ServiceUnavailable)
+_AUTH = (
+    errors.AccessTokenInvalid,
+    errors.AccessTokenExpired,
+    errors.AuthKeyUnregistered,
+    errors.SessionRevoked,
+    errors.UserDeactivated,
+    errors.ApiIdInvalid,
+)
+_ACCESS = (
+    errors.ChannelInvalid,
+    errors.ChannelPrivate,
+    errors.PeerIdInvalid,
+    errors.ChatAdminRequired,
+    errors.ChatWriteForbidden,
+    errors.UserBannedInChannel,
+    errors.ChatForbidden,
+)
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    errors.InternalServerError,
+    errors.ServiceUnavailable,
+)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -220,8 +238,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, _AUTH):
         return AUTH, f"the bot token was rejected ({exc.ID}); check it with @BotFather"
     if isinstance(exc, _ACCESS):
-        return ACCESS, (f"cannot post to its channel ({exc.ID}): add the bot to the channel "
-                        "as an admin with the Post Messages and Delete Messages rights")
+        return ACCESS, (
+            f"cannot post to its channel ({exc.ID}): add the bot to the channel "
+            "as an admin with the Post Messages and Delete Messages rights"
+        )
     if isinstance(exc, _TRANSIENT):
         text = str(exc) or type(exc).__name__
         return TRANSIENT, f"network or server error: {text[:200]}"

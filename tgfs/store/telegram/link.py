@@ -128,8 +128,9 @@ class Counters:
 
 
 class BotLink:
-    def __init__(self, bot: Bot, settings: Settings, bridge: AsyncioBridge,
-                 factory: Any, session: str) -> None:
+    def __init__(
+        self, bot: Bot, settings: Settings, bridge: AsyncioBridge, factory: Any, session: str
+    ) -> None:
         self.number = bot.number
         self.bot_id = bot.bot_id
         self.channel_id = bot.channel_id
@@ -153,8 +154,7 @@ class BotLink:
         self.inflight = 0  # uploads placed on this bot and not finished
         self.downloads = Slots(settings.bot_transfers, PREFETCH_PER_BOT, yield_to_urgent=True)
         self.counters = Counters()
-        self._messages: collections.OrderedDict[tuple[int, int], Any] = (
-            collections.OrderedDict())
+        self._messages: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
 
     def __repr__(self) -> str:  # never the token
         return f"BotLink(bot {self.number}, id {self.bot_id})"
@@ -196,20 +196,21 @@ class BotLink:
         if not (permanent or self._failures >= DOWN_AFTER):
             return
         self.reason = reason
-        self.down_until = trio.current_time() + (COOL_DOWN_MAX if permanent
-                                                  else self._cool_down)
+        self.down_until = trio.current_time() + (COOL_DOWN_MAX if permanent else self._cool_down)
         # Logged each time: a down bot is left alone until its cool-down ends, so this
         # line comes at most once per cool-down.
-        log.error("bot %d: marked down (%s); new uploads go to other bots", self.number,
-                  reason)
+        log.error("bot %d: marked down (%s); new uploads go to other bots", self.number, reason)
         self.up = False
         self._cool_down = min(self._cool_down * 2, COOL_DOWN_MAX)
 
     def _flooded(self, seconds: float) -> None:
         self.counters.flood_waits += 1
         self.flood_until = max(self.flood_until, trio.current_time() + seconds)
-        log.warning("bot %d: Telegram asks to wait %.0f s (flood control); "
-                    "the other bots carry on", self.number, seconds)
+        log.warning(
+            "bot %d: Telegram asks to wait %.0f s (flood control); the other bots carry on",
+            self.number,
+            seconds,
+        )
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """For status output: numbers and reasons, never a secret."""
@@ -253,13 +254,15 @@ class BotLink:
                     self._failed(kind, f"login: {reason}")
                     self.down_until = max(self.down_until, self.flood_until)
                     raise BotFailed(f"bot {self.number}: {self.reason}") from None
-            log.info("bot %d (@%s): connected, channel %d", self.number, self.username,
-                     self.channel_id)
+            log.info(
+                "bot %d (@%s): connected, channel %d", self.number, self.username, self.channel_id
+            )
             self._succeeded()
 
     async def _login(self) -> Any:
         client = await self._bridge.run(
-            tg.make_client, self._factory, self._bot, self._settings, self._session)
+            tg.make_client, self._factory, self._bot, self._settings, self._session
+        )
         try:
             me = await self._call(CALL_TIMEOUT, tg.start, client, self.session_file)
             self.username = getattr(me, "username", None)
@@ -300,8 +303,16 @@ class BotLink:
 
     # ---- operations ---------------------------------------------------------------------
 
-    async def send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
-                   cap: trio.CapacityLimiter, patient: bool = False) -> int:
+    async def send(
+        self,
+        src: Path,
+        offset: int,
+        size: int,
+        name: str,
+        ticket: Ticket,
+        cap: trio.CapacityLimiter,
+        patient: bool = False,
+    ) -> int:
         """Upload one part in its turn (`ticket` from reserve()); returns the message id.
 
         A flood wait longer than DIVERT_AFTER raises BotFlooded so the part can go to
@@ -313,8 +324,16 @@ class BotLink:
             self.inflight -= 1
             self.pacer.done(ticket, trio.current_time())
 
-    async def _send(self, src: Path, offset: int, size: int, name: str, ticket: Ticket,
-                    cap: trio.CapacityLimiter, patient: bool) -> int:
+    async def _send(
+        self,
+        src: Path,
+        offset: int,
+        size: int,
+        name: str,
+        ticket: Ticket,
+        cap: trio.CapacityLimiter,
+        patient: bool,
+    ) -> int:
         await self._ready()
         timeout = CALL_TIMEOUT + size / SLOWEST_RATE
         attempt = 0
@@ -325,8 +344,16 @@ class BotLink:
                 await self._wait_flood(patient)
                 async with cap:
                     try:
-                        message = await self._call(timeout, tg.send_part, self._client,
-                                                   self.channel_id, src, offset, size, name)
+                        message = await self._call(
+                            timeout,
+                            tg.send_part,
+                            self._client,
+                            self.channel_id,
+                            src,
+                            offset,
+                            size,
+                            name,
+                        )
                     except tg.SourceUnreadable as exc:
                         raise StoreError(str(exc), retryable=False) from None
                     except Exception as exc:
@@ -338,8 +365,15 @@ class BotLink:
                 self._remember(self.channel_id, message)
                 return int(message.id)
 
-    async def read(self, channel_id: int, message_id: int, offset: int, length: int,
-                   cap: Slots, priority: Priority = URGENT) -> bytes:
+    async def read(
+        self,
+        channel_id: int,
+        message_id: int,
+        offset: int,
+        length: int,
+        cap: Slots,
+        priority: Priority = URGENT,
+    ) -> bytes:
         await self._ready(new_work=False)
         timeout = CALL_TIMEOUT + length / SLOWEST_RATE
         data = bytearray()
@@ -351,8 +385,15 @@ class BotLink:
                 async with cap.hold(priority):
                     try:
                         message = await self._message(channel_id, message_id)
-                        await self._call(timeout, tg.read_range, self._client, message,
-                                         offset + len(data), length - len(data), data)
+                        await self._call(
+                            timeout,
+                            tg.read_range,
+                            self._client,
+                            message,
+                            offset + len(data),
+                            length - len(data),
+                            data,
+                        )
                     except PartMissing:
                         raise
                     except Exception as exc:
@@ -370,7 +411,7 @@ class BotLink:
         """Delete messages, ≤ 100 per call; ids already gone are fine."""
         await self._ready()
         for start in range(0, len(message_ids), tg.DELETE_MESSAGES_MAX):
-            batch = message_ids[start:start + tg.DELETE_MESSAGES_MAX]
+            batch = message_ids[start : start + tg.DELETE_MESSAGES_MAX]
             await self._retried("delete", tg.delete, channel_id, batch)
             for message_id in batch:
                 self._messages.pop((channel_id, message_id), None)
@@ -382,7 +423,7 @@ class BotLink:
         await self._ready(new_work=False)
         found = []
         for start in range(0, len(message_ids), tg.GET_MESSAGES_MAX):
-            batch = message_ids[start:start + tg.GET_MESSAGES_MAX]
+            batch = message_ids[start : start + tg.GET_MESSAGES_MAX]
             found += await self._retried("look-up", tg.get_many, channel_id, batch)
         self._succeeded()
         return found
@@ -409,12 +450,14 @@ class BotLink:
         key = (channel_id, message_id)
         message = self._messages.get(key)
         if message is None:
-            message = await self._call(CALL_TIMEOUT, tg.get_message, self._client,
-                                       channel_id, message_id)
+            message = await self._call(
+                CALL_TIMEOUT, tg.get_message, self._client, channel_id, message_id
+            )
             if message is None:
                 raise PartMissing(
                     f"bot {self.number}: message {message_id} in channel {channel_id} is "
-                    "gone (deleted outside tgfs?)")
+                    "gone (deleted outside tgfs?)"
+                )
             self._remember(channel_id, message)
         else:
             self._messages.move_to_end(key)
@@ -440,14 +483,19 @@ class BotLink:
             self._flooded(tg.flood_seconds(exc))
             return attempt  # not a failure: _wait_flood decides between waiting and diverting
         if kind == tg.EXPIRED and attempt + 1 < ATTEMPTS:
-            log.info("bot %d: file reference expired; fetching the message again",
-                     self.number)
+            log.info("bot %d: file reference expired; fetching the message again", self.number)
             return attempt + 1
         if kind == tg.TRANSIENT and attempt + 1 < ATTEMPTS:
             self.counters.retries += 1
             delay = _backoff(attempt)
-            log.info("bot %d: %s failed (%s); retry %d in %.1f s", self.number, what,
-                     reason, attempt + 1, delay)
+            log.info(
+                "bot %d: %s failed (%s); retry %d in %.1f s",
+                self.number,
+                what,
+                reason,
+                attempt + 1,
+                delay,
+            )
             await trio.sleep(delay)
             return attempt + 1
         self._failed(kind, reason)

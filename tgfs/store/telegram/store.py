@@ -72,13 +72,15 @@ def parse_location(location: str) -> list[Replica]:
         try:
             replicas.append(Replica(*(int(f) for f in fields)))
         except ValueError:
-            raise StoreError(f"not a Telegram-store location: {location!r}",
-                             retryable=False) from None
+            raise StoreError(
+                f"not a Telegram-store location: {location!r}", retryable=False
+            ) from None
     return replicas
 
 
 def rank(bot_ids: list[int], key: str) -> list[int]:
     """Bots in rendezvous order for `key`: highest hash of (bot, key) first."""
+
     def score(bot_id: int) -> bytes:
         return hashlib.blake2b(f"{bot_id}/{key}".encode(), digest_size=8).digest()
 
@@ -105,15 +107,15 @@ def placement(bot_ids: list[int], key: str) -> list[int]:
 class TelegramStore(BlobStore):
     kind = "telegram"
 
-    def __init__(self, settings: Settings, factory: Any = None,
-                 session_suffix: str = "") -> None:
+    def __init__(self, settings: Settings, factory: Any = None, session_suffix: str = "") -> None:
         self.settings = settings
         self.replicas = settings.replicas
         self._bridge = AsyncioBridge()
         factory = factory or tg.load_factory(settings.telegram_client)
         self.links = {
-            bot.bot_id: BotLink(bot, settings, self._bridge, factory,
-                                f"bot-{bot.bot_id}{session_suffix}")
+            bot.bot_id: BotLink(
+                bot, settings, self._bridge, factory, f"bot-{bot.bot_id}{session_suffix}"
+            )
             for bot in settings.bots
         }
         self._upload_cap = trio.CapacityLimiter(settings.transfers)
@@ -163,8 +165,7 @@ class TelegramStore(BlobStore):
                 for link in self.links.values():
                     nursery.start_soon(self._connect, link)
         if all(link.permanently_failed() for link in self.links.values()):
-            reasons = "; ".join(f"bot {link.number}: {link.reason}"
-                                for link in self.links.values())
+            reasons = "; ".join(f"bot {link.number}: {link.reason}" for link in self.links.values())
             await self.aclose()
             raise StoreError(f"no Telegram bot can be used: {reasons}", retryable=False)
 
@@ -182,8 +183,7 @@ class TelegramStore(BlobStore):
 
     # ---- put ----------------------------------------------------------------------------
 
-    async def put(self, src: Path, offset: int, size: int, key: str,
-                  spread: bool = False) -> str:
+    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
         if size == 0:
             return EMPTY
         placed: list[Replica] = []
@@ -194,15 +194,22 @@ class TelegramStore(BlobStore):
             link, patient = self._choose(key, exclude, spread)
             if link is None:
                 if placed:
-                    log.warning("%s: stored on %d of %d bots (%s)", key, len(placed),
-                                self.replicas, "; ".join(reasons) or "no other bot is up")
+                    log.warning(
+                        "%s: stored on %d of %d bots (%s)",
+                        key,
+                        len(placed),
+                        self.replicas,
+                        "; ".join(reasons) or "no other bot is up",
+                    )
                     break
-                raise StoreError(f"no bot could take {key}: "
-                                 + ("; ".join(reasons) or self._down_summary()))
+                raise StoreError(
+                    f"no bot could take {key}: " + ("; ".join(reasons) or self._down_summary())
+                )
             ticket = link.reserve(trio.current_time())
             try:
-                message_id = await link.send(src, offset, size, key, ticket, self._upload_cap,
-                                             patient)
+                message_id = await link.send(
+                    src, offset, size, key, ticket, self._upload_cap, patient
+                )
             except BotFlooded:
                 continue  # its flood_until now steers _choose to another bot
             except BotFailed as exc:
@@ -214,8 +221,9 @@ class TelegramStore(BlobStore):
             self._mark(placed[-1])
         return ",".join(str(r) for r in placed)
 
-    def _choose(self, key: str, exclude: set[int],
-                spread: bool = False) -> tuple[BotLink | None, bool]:
+    def _choose(
+        self, key: str, exclude: set[int], spread: bool = False
+    ) -> tuple[BotLink | None, bool]:
         """(bot, patient): the first bot in the key's ranking that is up, can send soon
         and has a free transfer slot. Under load that is not the first-ranked bot for every
         key, which keeps all bots busy; the location records the bot actually used. If
@@ -224,8 +232,11 @@ class TelegramStore(BlobStore):
         rank other bots first, and bending under load put two stripes of one segment on
         one bot (a seek then read 4 MiB from one 2 MB/s link)."""
         now = trio.current_time()
-        candidates = [self.links[b] for b in placement(list(self.links), key)
-                      if b not in exclude and self.links[b].available(now)]
+        candidates = [
+            self.links[b]
+            for b in placement(list(self.links), key)
+            if b not in exclude and self.links[b].available(now)
+        ]
         if not candidates:
             return None, False
         soon = [link for link in candidates if link.ready_at(now) - now <= DIVERT_AFTER]
@@ -234,24 +245,32 @@ class TelegramStore(BlobStore):
         if spread:
             return soon[0], False
         slots = self.settings.bot_transfers
-        return next((link for link in soon if link.inflight < slots),
-                    min(soon, key=lambda link: link.inflight)), False
+        return next(
+            (link for link in soon if link.inflight < slots),
+            min(soon, key=lambda link: link.inflight),
+        ), False
 
     def _down_summary(self) -> str:
-        return "; ".join(f"bot {link.number}: {link.reason}" for link in self.links.values()
-                         if not link.up) or "all bots are busy"
+        return (
+            "; ".join(
+                f"bot {link.number}: {link.reason}" for link in self.links.values() if not link.up
+            )
+            or "all bots are busy"
+        )
 
     # ---- get ----------------------------------------------------------------------------
 
-    async def get(self, location: str, offset: int, length: int,
-                  priority: Priority = URGENT) -> bytes:
+    async def get(
+        self, location: str, offset: int, length: int, priority: Priority = URGENT
+    ) -> bytes:
         if location == EMPTY:
             return b""
         now = trio.current_time()
         replicas = parse_location(location)
         # Replicas on bots that are up first; the others are still tried as a last resort.
-        replicas.sort(key=lambda r: not (r.bot_id in self.links
-                                          and self.links[r.bot_id].available(now)))
+        replicas.sort(
+            key=lambda r: not (r.bot_id in self.links and self.links[r.bot_id].available(now))
+        )
         missing: list[str] = []
         problems: list[str] = []
         for replica in replicas:
@@ -260,8 +279,14 @@ class TelegramStore(BlobStore):
                 problems.append(f"bot id {replica.bot_id} is no longer configured")
                 continue
             try:
-                return await link.read(replica.channel_id, replica.message_id, offset,
-                                       length, self._download_cap, priority)
+                return await link.read(
+                    replica.channel_id,
+                    replica.message_id,
+                    offset,
+                    length,
+                    self._download_cap,
+                    priority,
+                )
             except PartMissing as exc:
                 missing.append(str(exc))
             except (BotFlooded, BotFailed) as exc:
@@ -280,11 +305,11 @@ class TelegramStore(BlobStore):
             replica = parse_location(location)[0]
             if replica.bot_id in self.links:
                 wanted.setdefault((replica.bot_id, replica.channel_id), []).append(
-                    replica.message_id)
+                    replica.message_id
+                )
         async with trio.open_nursery() as nursery:
             for (bot_id, channel_id), message_ids in wanted.items():
-                nursery.start_soon(self._prepare_on, self.links[bot_id], channel_id,
-                                   message_ids)
+                nursery.start_soon(self._prepare_on, self.links[bot_id], channel_id, message_ids)
 
     @staticmethod
     async def _prepare_on(link: BotLink, channel_id: int, message_ids: list[int]) -> None:
@@ -315,8 +340,7 @@ class TelegramStore(BlobStore):
             for r in replicas:
                 groups.setdefault((r.bot_id, r.channel_id), []).append((r.message_id, location))
 
-        async def delete_group(bot_id: int, channel_id: int,
-                               items: list[tuple[int, str]]) -> None:
+        async def delete_group(bot_id: int, channel_id: int, items: list[tuple[int, str]]) -> None:
             link = self.links.get(bot_id)
             try:
                 if link is None:
@@ -362,5 +386,9 @@ class TelegramStore(BlobStore):
     async def health(self) -> dict[str, Any]:
         now = trio.current_time()
         bots = [link.snapshot(now) for link in self.links.values()]
-        return {"kind": self.kind, "up": any(b["up"] for b in bots),
-                "replicas": self.replicas, "bots": bots}
+        return {
+            "kind": self.kind,
+            "up": any(b["up"] for b in bots),
+            "replicas": self.replicas,
+            "bots": bots,
+        }
