@@ -19,11 +19,11 @@ from tgfs import config
 from tgfs.cache import PartCache
 from tgfs.catalog import ROOT_ID, close_catalog, open_catalog
 from tgfs.catalog.check import check
+from tgfs.collector import GarbageCollector
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
-from tgfs.store.collector import GarbageCollector
 from tgfs.store.local import LocalStore
 
 

@@ -185,7 +185,7 @@ async def test_set_group_id_directories_pass_their_group_on(api):
 async def test_video_folders_stay_read_only(api):
     source = tree.get(await api.write_file(ROOT, "film.mp4", b"not really"))
     folder = library.create_video(source, "copy", 6, job_id=None)
-    library.complete_video(folder, None, 0.0)
+    library.complete_video(folder, None, 0.0, 6)
     master = (await api.lookup(folder.id, "master.m3u8")).st_ino
     for call, err in (
         (api.fs.link(master, ROOT, b"m", api.ctx), errno.EROFS),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import uuid
 from pathlib import Path
 
 import peewee
@@ -22,8 +21,9 @@ import pyfuse3
 import trio
 
 from tgfs.cache import PartCache
-from tgfs.catalog import Meta, blobs, close_catalog, jobs, library, open_catalog
+from tgfs.catalog import blobs, close_catalog, facts, jobs, library, open_catalog
 from tgfs.catalog.reserve import Reserve
+from tgfs.collector import GarbageCollector
 from tgfs.config import ConfigError, Settings
 from tgfs.fs.operations import Filesystem
 from tgfs.ingest.runner import IngestRunner
@@ -31,7 +31,6 @@ from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, StoreError
-from tgfs.store.collector import GarbageCollector
 from tgfs.store.local import LocalStore
 from tgfs.store.telegram.store import TelegramStore
 
@@ -48,12 +47,6 @@ def make_store(settings: Settings) -> BlobStore:
         return TelegramStore(settings)
     log.info("store: local directory %s (no Telegram bots configured)", settings.local_store_dir)
     return LocalStore(settings.local_store_dir)
-
-
-def _catalog_id() -> str:
-    """A random id made with the catalog; names its cache folder (see tgfs.cache)."""
-    row, _ = Meta.get_or_create(key="catalog_id", defaults={"value": uuid.uuid4().hex})
-    return row.value
 
 
 def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
@@ -74,7 +67,10 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         _recover()
         spool.sweep(jobs.live_spools() | {str(settings.spool_dir / LOCK_NAME)})
         cache = PartCache(
-            settings.cache_dir / _catalog_id(), settings.cache_size, store, settings.cache_min_free
+            settings.cache_dir / facts.catalog_id(),
+            settings.cache_size,
+            store,
+            settings.cache_min_free,
         )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
 
@@ -111,34 +107,26 @@ async def _serve(
         raise ConfigError(str(exc)) from None
     try:
         await _collect_orphans(store)
-        _set_meta(STOPPED_CLEANLY, "0")  # until this daemon exits normally
+        facts.put(facts.STOPPED_CLEANLY, "0")  # until this daemon exits normally
         await _serve_mounted(settings, mountpoint, store, spool, cache, debug_fuse)
         try:  # every put was awaited or cancelled, and recorded
-            _set_meta(STOPPED_CLEANLY, "1")
+            facts.put(facts.STOPPED_CLEANLY, "1")
         except peewee.OperationalError as exc:  # a full disk: the next start just looks
             log.warning("could not record the clean stop (%s)", exc)
     finally:
         await store.aclose()
 
 
-STOPPED_CLEANLY = "stopped_cleanly"  # Meta key: "1" once a daemon has exited normally
-ORPHAN_SCAN_DUE = "orphan_scan_due"  # Meta key: "1" while a crash's scan has not succeeded
 ORPHAN_SCAN_TIMEOUT = 120.0  # seconds; a store that slow is scanned again next start
-
-
-def _set_meta(key: str, value: str) -> None:
-    Meta.insert(key=key, value=value).on_conflict_replace().execute()
 
 
 async def _collect_orphans(store: BlobStore) -> None:
     """After a kill or a crash, a put may have finished in the store without the catalog
     hearing of it. Ask the store for parts nothing names (before any new put), and queue
     them for deletion."""
-    clean = Meta.get_or_none(Meta.key == STOPPED_CLEANLY)
-    due = Meta.get_or_none(Meta.key == ORPHAN_SCAN_DUE)
-    if clean is not None and clean.value == "1" and (due is None or due.value != "1"):
+    if facts.get(facts.STOPPED_CLEANLY) == "1" and facts.get(facts.ORPHAN_SCAN_DUE) != "1":
         return
-    _set_meta(ORPHAN_SCAN_DUE, "1")
+    facts.put(facts.ORPHAN_SCAN_DUE, "1")
     try:
         with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
             found = await store.orphans(blobs.known_locations().__contains__)
@@ -149,7 +137,7 @@ async def _collect_orphans(store: BlobStore) -> None:
             exc or "timed out",
         )
         return
-    _set_meta(ORPHAN_SCAN_DUE, "0")
+    facts.put(facts.ORPHAN_SCAN_DUE, "0")
     if found:
         blobs.queue_orphans(found)
         log.info("store: %d part(s) left by the last crash will be deleted", len(found))

@@ -74,7 +74,7 @@ def bots_snapshot(store: dict[str, Any]) -> list[dict[str, Any]]:
     for bot in store.get("bots", []):
         counted, (parts, size) = _held.get(bot["bot_id"], (-HELD_TTL, (0, 0)))
         if now - counted >= HELD_TTL:
-            parts, size = blobs.held_by(f"tg:{bot['bot_id']}:")
+            parts, size = blobs.held_by(bot["location_prefix"])
             _held[bot["bot_id"]] = (now, (parts, size))
         bots.append({**bot, "parts_held": parts, "bytes_held": size})
     return bots

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from peewee import fn
 
 from tgfs.catalog.schema import Blob, Garbage, Landed, Part, db
-from tgfs.store.base import PartRef
+from tgfs.store.base import REPLICA_SEPARATOR, PartRef, replicas
 
 
 def landed(location: str, job_id: int | None) -> None:
@@ -131,18 +131,18 @@ def known_locations() -> set[str]:
     found: set[str] = set()
     for model in (Part, Landed, Garbage):
         for (location,) in model.select(model.location).tuples():
-            found.update(location.split(","))
+            found.update(replicas(location))
     return found
 
 
 def held_by(location_prefix: str) -> tuple[int, int]:
     """(parts, bytes) whose location has a replica starting with `location_prefix`.
 
-    Locations with several replicas are comma-separated (see the store that made them).
     A scan of the part table: it serves status output only.
     """
     query = Part.select(fn.COUNT(Part.id), fn.COALESCE(fn.SUM(Part.size), 0)).where(
-        Part.location.startswith(location_prefix) | Part.location.contains("," + location_prefix)
+        Part.location.startswith(location_prefix)
+        | Part.location.contains(REPLICA_SEPARATOR + location_prefix)
     )
     count, size = query.scalar(as_tuple=True)
     return int(count), int(size)

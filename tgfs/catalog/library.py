@@ -9,7 +9,6 @@ from peewee import fn
 
 from tgfs.catalog import blobs, tree
 from tgfs.catalog.schema import (
-    Blob,
     Entry,
     Node,
     NodeKind,
@@ -20,16 +19,11 @@ from tgfs.catalog.schema import (
     db,
     display,
 )
-from tgfs.media.playlists import (
-    MASTER_NAME,
-    MEDIA_PLAYLIST_NAME,
-    Alternative,
-    Variant,
-    bandwidths,
-    target_duration,
-)
 from tgfs.store.base import PartRef
 
+# The names tgfs gives a video folder's playlists.
+MASTER_NAME = "master.m3u8"
+MEDIA_PLAYLIST_NAME = "playlist.m3u8"
 READ_ONLY_DIR = 0o555
 READ_ONLY_FILE = 0o444
 
@@ -152,8 +146,11 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
     return rendition
 
 
-def add_segments(rendition: Rendition, segments: list[StoredFile]) -> None:
-    """Append segments to a rendition (its playlist grows) and update its bit rates."""
+def add_segments(
+    rendition: Rendition, segments: list[StoredFile], bit_rates: tuple[int, int]
+) -> None:
+    """Append segments to a rendition (its playlist grows), with its bit rates (peak,
+    average, bits/s) over all its segments now (the caller applies HLS's rules)."""
     if not segments:
         return
     with db.atomic():
@@ -174,29 +171,18 @@ def add_segments(rendition: Rendition, segments: list[StoredFile]) -> None:
                 size=seg.size,
                 **_owner(rdir),
             )
-        sizes = (
-            Segment.select(Blob.size, Segment.duration)
-            .join(Blob)
-            .where(Segment.rendition == rendition.id)
-            .tuples()
-        )
-        rendition.bandwidth, rendition.average_bandwidth = bandwidths(sizes)
+        rendition.bandwidth, rendition.average_bandwidth = bit_rates
         rendition.save()
 
 
-def complete_video(folder: Node, source: Node | None, start_time: float) -> None:
+def complete_video(folder: Node, source: Node | None, start_time: float, target: int) -> None:
     """The video is whole: VOD playlists, and the dropped file it was made from is gone.
 
-    The target duration only grows here if a segment came out longer than planned."""
+    `target` is the target duration its segments need: it only grows here, if a segment
+    came out longer than planned."""
     with db.atomic():
         video = Video.get_by_id(folder.video_id)
-        durations = (
-            Segment.select(Segment.duration)
-            .join(Rendition)
-            .where(Rendition.video == video.id)
-            .tuples()
-        )
-        video.target_duration = max(video.target_duration, target_duration(d for (d,) in durations))
+        video.target_duration = max(video.target_duration, target)
         per_rendition = (
             Segment.select(Rendition.id, fn.SUM(Segment.duration))
             .join(Rendition)
@@ -214,9 +200,9 @@ def complete_video(folder: Node, source: Node | None, start_time: float) -> None
 
 
 def attach_rendition(folder: Node, info: RenditionInfo, segments: list[StoredFile]) -> None:
-    """Add a whole rendition to a complete video (subtitles dropped after it)."""
+    """Add a whole subtitle rendition to a complete video (subtitles dropped after it)."""
     with db.atomic():
-        add_segments(add_rendition(folder, info, None), segments)
+        add_segments(add_rendition(folder, info, None), segments, (0, 0))
 
 
 def video_segment_durations(video_id: int) -> list[float]:
@@ -296,41 +282,6 @@ def remove_video(video_id: int) -> int:
         Rendition.delete().where(Rendition.video == video_id).execute()
         Video.delete().where(Video.id == video_id).execute()
         return blobs.free(blob_ids)
-
-
-def master_entries(video_id: int) -> tuple[list[Variant], list[Alternative]]:
-    """The master playlist's variant streams and EXT-X-MEDIA entries."""
-    variants, alternatives = [], []
-    rows = Rendition.select().where(Rendition.video == video_id).order_by(Rendition.id)
-    for r in rows:
-        uri = f"{r.name}/{MEDIA_PLAYLIST_NAME}"
-        if r.kind == RenditionKind.VIDEO:
-            variants.append(
-                Variant(
-                    uri=uri,
-                    bandwidth=r.bandwidth,
-                    average_bandwidth=r.average_bandwidth,
-                    codecs=r.codecs,
-                    width=r.width,
-                    height=r.height,
-                    frame_rate=r.frame_rate,
-                )
-            )
-        else:
-            audio = r.kind == RenditionKind.AUDIO
-            alternatives.append(
-                Alternative(
-                    type="AUDIO" if audio else "SUBTITLES",
-                    uri=uri,
-                    name=r.title or r.name,
-                    language=r.language,
-                    default=r.is_default,
-                    codecs=r.codecs if audio else "",
-                    bandwidth=r.bandwidth if audio else 0,
-                    average_bandwidth=r.average_bandwidth if audio else 0,
-                )
-            )
-    return variants, alternatives
 
 
 def segments(rendition_id: int) -> list[tuple[str, float]]:

@@ -40,17 +40,17 @@ import trio
 
 from tgfs.cache import PartCache
 from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_ns, reserve, tree
+from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.fs import attrs
 from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle, WriteHandle
+from tgfs.fs.render import Renderer
 from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
-from tgfs.media import playlists
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
 from tgfs.status import bots_snapshot, snapshot, to_bytes
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.collector import GarbageCollector
 from tgfs.store.slots import URGENT
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class Filesystem(pyfuse3.Operations):
         # is purged when this reaches 0.
         self._lookups: collections.Counter[int] = collections.Counter()
         self._open_parts: collections.Counter[str] = collections.Counter()  # location → readers
-        self._rendered: dict[int, bytes] = {}  # playlists of published (immutable) videos
+        self.renderer = Renderer(self._control)
         # What opening a segment needs, after its first open and until the kernel forgets
         # the inode: segments never change and inode numbers are never reused, so a warm
         # open costs no catalog query.
@@ -197,7 +197,7 @@ class Filesystem(pyfuse3.Operations):
         changed under them."""
         for name in names:
             if (node := tree.child(parent_id, name)) is not None:
-                self._rendered.pop(node.id, None)
+                self.renderer.forget_nodes([node.id])
             pyfuse3.invalidate_entry_async(parent_id, os.fsencode(name), ignore_enoent=True)
 
     def _node(self, inode: int) -> Node:
@@ -226,8 +226,8 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
-    def _render(self, node: Node) -> bytes:
-        kind = node.node_kind
+    def _control(self, kind: NodeKind) -> bytes:
+        """A control file's bytes: the daemon's state now."""
         if kind is NodeKind.STATUS:
             encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
             return to_bytes(
@@ -241,24 +241,10 @@ class Filesystem(pyfuse3.Operations):
             )
         if kind is NodeKind.CACHE:
             return to_bytes(self.cache_stats())
-        if kind is NodeKind.BOTS:
-            return to_bytes({"bots": bots_snapshot(self.store_health)})
-        if node.id in self._rendered:
-            return self._rendered[node.id]
-        video = node.video
-        if kind is NodeKind.MASTER:
-            text = playlists.master(*library.master_entries(node.video_id))
-        else:
-            text = playlists.media(
-                video.target_duration,
-                node.rendition.init_name or None,
-                library.segments(node.rendition_id),
-                video.complete,
-            )
-        data = text.encode()
-        if video.complete:  # a video still being made has playlists that grow
-            self._rendered[node.id] = data
-        return data
+        return to_bytes({"bots": bots_snapshot(self.store_health)})
+
+    def _render(self, node: Node) -> bytes:
+        return self.renderer.render(node)
 
     def _size(self, node: Node) -> int:
         kind = node.node_kind
@@ -528,8 +514,7 @@ class Filesystem(pyfuse3.Operations):
         parent_id = folder.parent_id
         queued = library.remove_video(folder.video_id)
         self._hidden.difference_update(inside)
-        for inode in inside:
-            self._rendered.pop(inode, None)
+        self.renderer.forget_nodes(inside)
         tree.touch_dir(parent_id)
         log.info("removed video %s (%d store part(s) to delete)", folder.name, queued)
         self.collector.wake()

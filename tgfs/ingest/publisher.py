@@ -24,9 +24,10 @@ from pathlib import Path
 import trio
 
 from tgfs.catalog import Node, Rendition, blobs, library, tree
+from tgfs.catalog.library import MASTER_NAME, MEDIA_PLAYLIST_NAME
 from tgfs.media.messages import Announcement, Plan, Restart, Segment, SegmentFile, VideoResult
 from tgfs.media.messages import Rendition as Announced
-from tgfs.media.playlists import MASTER_NAME, MEDIA_PLAYLIST_NAME, target_duration
+from tgfs.media.playlists import bandwidths, target_duration
 from tgfs.store.base import PartRef
 from tgfs.store.parts import Upload
 
@@ -122,7 +123,8 @@ class VideoPublisher:
         source = self._source()
         old_parent, old_name = source.parent_id, source.name
         assert self.folder is not None  # _step published it: every rendition is stored
-        library.complete_video(self.folder, source, result.start_time)
+        every = [s.duration for r in renditions for s in r.segments]
+        library.complete_video(self.folder, source, result.start_time, target_duration(every))
         self._invalidate(old_parent, [old_name])
         self._invalidate(self.folder.id, [MASTER_NAME])
         for rendition in self.renditions.values():
@@ -237,7 +239,11 @@ class VideoPublisher:
                     break  # keep playback order: no gaps
                 stored.duration = s.duration
                 ready.append(stored)
-            library.add_segments(self.renditions[folder], ready)
+            published = self.segments[folder][: done + len(ready)]
+            rates = bandwidths(
+                (self.stored[self.workdir / folder / s.name].size, s.duration) for s in published
+            )
+            library.add_segments(self.renditions[folder], ready, rates)
             self.published[folder] = done + len(ready)
 
     def _add_rendition(self, video_folder: Node, folder: str) -> None:

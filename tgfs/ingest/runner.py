@@ -46,7 +46,6 @@ from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker, work
 from tgfs.ingest.progress import Progress, Stage
 from tgfs.ingest.publisher import VideoPublisher
 from tgfs.media import encoders, messages, subtitles
-from tgfs.media.playlists import MASTER_NAME
 from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import Sidecar, SubtitlesFor, WorkerOptions
 from tgfs.spool import Spool
@@ -387,7 +386,7 @@ class IngestRunner:
                 for path, s in zip(files, r.segments, strict=True)
             ],
         )
-        self.invalidate(folder.id, [MASTER_NAME, name])
+        self.invalidate(folder.id, [library.MASTER_NAME, name])
         log.info("job %d (%s): added as subtitles to %s", job.id, job.path, tree.path_of(folder))
         return False, None
 

@@ -24,8 +24,6 @@ import math
 from collections.abc import Iterable
 
 HLS_VERSION = 7
-MASTER_NAME = "master.m3u8"
-MEDIA_PLAYLIST_NAME = "playlist.m3u8"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,17 @@ class PartRef:
     location: str
 
 
+# A location may name several copies of a part, one per backend (Telegram: one message per
+# bot): their locations joined by this separator. Whoever needs single copies (the crash
+# scan, status's per-bot counts) splits with `replicas`; only the store that made a
+# location knows what each copy means.
+REPLICA_SEPARATOR = ","
+
+
+def replicas(location: str) -> list[str]:
+    return location.split(REPLICA_SEPARATOR)
+
+
 class StoreError(Exception):
     """A store operation failed. `retryable` says whether trying again later may help."""
 

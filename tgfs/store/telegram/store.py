@@ -32,7 +32,8 @@ from typing import Any
 import trio
 
 from tgfs.config import Settings
-from tgfs.store.base import BlobStore, PartMissing, StoreError
+from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, PartMissing, StoreError
+from tgfs.store.base import replicas as replica_locations
 from tgfs.store.slots import URGENT, Priority, Slots
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
@@ -64,7 +65,7 @@ class Replica:
 
 def parse_location(location: str) -> list[Replica]:
     replicas = []
-    for item in location.split(","):
+    for item in replica_locations(location):
         head, _, rest = item.partition(":")
         fields = rest.split(":")
         if head + ":" != _PREFIX or len(fields) != 3:
@@ -219,7 +220,7 @@ class TelegramStore(BlobStore):
                 continue
             placed.append(Replica(link.bot_id, link.channel_id, message_id))
             self._mark(placed[-1])
-        return ",".join(str(r) for r in placed)
+        return REPLICA_SEPARATOR.join(str(r) for r in placed)
 
     def _choose(
         self, key: str, exclude: set[int], spread: bool = False
@@ -385,7 +386,11 @@ class TelegramStore(BlobStore):
 
     async def health(self) -> dict[str, Any]:
         now = trio.current_time()
-        bots = [link.snapshot(now) for link in self.links.values()]
+        # Each bot says which locations are its copies (status counts what it holds).
+        bots = [
+            {**link.snapshot(now), "location_prefix": f"{_PREFIX}{link.bot_id}:"}
+            for link in self.links.values()
+        ]
         return {
             "kind": self.kind,
             "up": any(b["up"] for b in bots),

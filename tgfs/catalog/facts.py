@@ -1,0 +1,25 @@
+"""Facts about the catalog itself (the Meta table): its id, how the last daemon stopped."""
+
+from __future__ import annotations
+
+import uuid
+
+from tgfs.catalog.schema import Meta
+
+STOPPED_CLEANLY = "stopped_cleanly"  # "1" once a daemon has exited normally
+ORPHAN_SCAN_DUE = "orphan_scan_due"  # "1" while a crash's scan of the store has not succeeded
+
+
+def catalog_id() -> str:
+    """A random id made with the catalog; names its cache folder (see tgfs.cache)."""
+    row, _ = Meta.get_or_create(key="catalog_id", defaults={"value": uuid.uuid4().hex})
+    return str(row.value)
+
+
+def get(key: str) -> str | None:
+    row = Meta.get_or_none(Meta.key == key)
+    return None if row is None else str(row.value)
+
+
+def put(key: str, value: str) -> None:
+    Meta.insert(key=key, value=value).on_conflict_replace().execute()
