@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,30 @@ def test_sizes():
     assert config.parse_size("X", "20M") == 20 * 2**20
     assert config.parse_size("X", "1.5GiB") == int(1.5 * 2**30)
     assert config.parse_size("X", "4096") == 4096
+
+
+def test_every_setting_is_in_env_example_and_readme():
+    """Settings are declared once (tgfs.config.Settings); their documentation must follow."""
+    repo = Path(__file__).resolve().parent.parent
+    example = (repo / ".env.example").read_text()
+    readme = (repo / "README.md").read_text()
+    names = [spec.env for spec in config.specs().values()] + list(config.OTHER_SETTINGS)
+    assert len(names) > 30
+    for name in names:
+        key = name.removesuffix("_N")  # numbered settings: TELEGRAM_BOT_TOKEN_1 …
+        assert key in example, f"{name} is not in .env.example"
+        assert key in readme, f"{name} is not in the README"
+
+
+def test_defaults_are_parsed_like_user_input(tmp_path):
+    """A default is written once, as the text a user would write: it passes its own parser
+    and `tgfs config` shows it."""
+    settings = config.load({"HOME": str(tmp_path)}, env_file=tmp_path / "none")
+    shown = dict(settings.describe())
+    for name, spec in config.specs().items():
+        assert spec.env in shown
+        if isinstance(spec.default, str):
+            explicit = config.load(
+                {"HOME": str(tmp_path), spec.env: spec.default}, env_file=tmp_path / "none"
+            )
+            assert getattr(explicit, name) == getattr(settings, name), spec.env

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -34,21 +35,8 @@ X264_PRESETS = (
     "veryslow",
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MTPROTO_FILE_LIMIT = 2000 * 2**20  # bytes in one document, for bots
 
-# Telegram documents: 2000 MiB is the MTProto per-file limit for bots. The default part
-# size is much smaller because a part is also the unit the read cache fetches: a player
-# seeking into a large ordinary file should not wait for gigabytes. 64 MiB still keeps the
-# message count (and so flood-control pressure) low.
-DEFAULT_PART_SIZE = 64 * 2**20
-MTPROTO_FILE_LIMIT = 2000 * 2**20
-
-# Media child limits. A 4K transcode with libx264 peaks near 1 GiB resident and 1.4 GiB of
-# address space (measured with a 10 s 3840x2160 clip); 3 GiB leaves room for a ladder of
-# smaller renditions next to it. DCI 4K is the largest frame made by default: 8K sources
-# are rare and need several GiB. A day of media is longer than any film or recording.
-DEFAULT_MEDIA_MEMORY = 3 * 2**30
-DEFAULT_MAX_PIXELS = "4096x2160"
-DEFAULT_MAX_DURATION = 24 * 3600.0
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -57,6 +45,22 @@ _PLACEHOLDER_TOKENS = {"", "your_bot_token", "changeme", "xxx", "token"}
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message is one line meant for the user."""
+
+
+def parse_size(name: str, raw: str) -> int:
+    """`20M`, `2GiB`, `1.5g`, `1048576` → bytes (binary units: M means MiB)."""
+    match = _SIZE_RE.match(raw)
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a size (examples: 500M, 2G, 1048576)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} B"
 
 
 class Secret:
@@ -104,42 +108,244 @@ class Bot:
         return int(self.token.reveal().split(":", 1)[0])
 
 
+# ---- one declaration per setting ------------------------------------------------------------
+#
+# Each setting is one field of Settings below, declared with `_setting(ENV_NAME, default,
+# parser, shown)`: that single line drives reading it (from the environment over `.env`),
+# validating it (the parser raises ConfigError naming it), its default (raw text, parsed
+# like user input, or made from settings declared above it) and how `tgfs config` shows it.
+# tests/test_config.py checks that `.env.example` and the README list every one.
+
+Earlier = dict[str, Any]  # settings parsed so far, by field name
+Parser = Callable[[str, str, Earlier], Any]  # (env name, raw text, earlier) → value
+Default = str | Callable[[Mapping[str, str], Earlier], str]  # raw text, or made from others
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    env: str
+    default: Default
+    parse: Parser
+    show: Callable[[Any], str] = str
+
+
+def _setting(env: str, default: Default, parse: Parser, show: Callable[[Any], str] = str) -> Any:
+    return dataclasses.field(metadata={"spec": Spec(env, default, parse, show)})
+
+
+def _path(name: str, raw: str, earlier: Earlier) -> Path:
+    return Path(raw).expanduser().absolute()
+
+
+def _size(
+    minimum: int = 0, maximum: int = 0, over: str = "", zero_means_none: bool = False
+) -> Parser:
+    def parse(name: str, raw: str, earlier: Earlier) -> int:
+        if raw.startswith("-"):
+            raise ConfigError(f"{name}={raw!r} must not be negative")
+        value = parse_size(name, raw)
+        if zero_means_none and value == 0:
+            return 0
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} is too small (minimum {format_size(minimum)})")
+        if maximum and value > maximum:
+            raise ConfigError(f"{name}={format_size(value)} is over {over or format_size(maximum)}")
+        return value
+
+    return parse
+
+
+def _size_or_share(of: str, minimum: int = 0) -> Parser:
+    """A size ("2G"), or a percentage ("10%") of the filesystem that holds the setting
+    `of` (a path declared earlier; or its nearest existing parent), resolved now."""
+
+    def parse(name: str, raw: str, earlier: Earlier) -> int:
+        if not raw.endswith("%"):
+            return _size(minimum)(name, raw, earlier)
+        try:
+            share = float(raw[:-1])
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a size or a percentage") from None
+        if not 0 < share <= 100:
+            raise ConfigError(f"{name}={raw!r} must be a percentage between 0 and 100")
+        where: Path = earlier[of]
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        st = os.statvfs(where)
+        return max(minimum, int(st.f_blocks * st.f_frsize * share / 100))
+
+    return parse
+
+
+def _number(low: float, high: float, whole: bool = False) -> Parser:
+    def parse(name: str, raw: str, earlier: Earlier) -> float | int:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+        return int(value) if whole else value
+
+    return parse
+
+
+def _flag(name: str, raw: str, earlier: Earlier) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false")
+
+
+def _choice(allowed: tuple[str, ...], upper: bool = False) -> Parser:
+    def parse(name: str, raw: str, earlier: Earlier) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _client(name: str, raw: str, earlier: Earlier) -> str:
+    if not re.fullmatch(r"[\w.]+:[\w.]+", raw):
+        raise ConfigError(f"{name}={raw!r} must look like module:callable")
+    return raw
+
+
+def _pixels(name: str, raw: str, earlier: Earlier) -> int:
+    """`4096x2160` or a number of pixels → pixels per frame; 0 = no limit."""
+    text = raw.lower().replace(" ", "")
+    if re.fullmatch(r"\d+x\d+", text):
+        width, height = text.split("x")
+        return int(width) * int(height)
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(
+        f"{name}={raw!r} must be WIDTHxHEIGHT (e.g. 4096x2160) or a number of pixels; 0 = no limit"
+    )
+
+
+def _ladder(name: str, raw: str, earlier: Earlier) -> tuple[int, ...]:
+    """`1080,720,480` → (1080, 720, 480): rendition heights, largest first; "none": ()."""
+    if raw.lower() == "none":
+        return ()
+    heights = set()
+    for item in raw.replace(" ", "").split(","):
+        if not item.removesuffix("p").isdigit() or not 144 <= int(item.removesuffix("p")) <= 4320:
+            raise ConfigError(
+                f"{name}={raw!r}: each entry must be a height from 144 to "
+                "4320 (example: 1080,720,480)"
+            )
+        heights.add(int(item.removesuffix("p")))
+    return tuple(sorted(heights, reverse=True))
+
+
+def _xdg(variable: str, fallback: str) -> Default:
+    """A default under an XDG base directory ($XDG_DATA_HOME, …, else under $HOME)."""
+
+    def default(values: Mapping[str, str], earlier: Earlier) -> str:
+        home = values.get("HOME") or str(Path.home())
+        return str(Path(values.get(variable) or Path(home) / fallback) / "tgfs")
+
+    return default
+
+
+def _under_data_dir(name: str) -> Default:
+    return lambda values, earlier: str(earlier["data_dir"] / name)
+
+
+def _limit(show: Callable[[Any], str]) -> Callable[[Any], str]:
+    """0 shown as "no limit"."""
+    return lambda value: show(value) if value else "no limit"
+
+
+def _lower(value: object) -> str:
+    return str(value).lower()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    data_dir: Path
-    cache_dir: Path
-    spool_dir: Path
-    cache_size: int
-    cache_min_free: int  # bytes the cache leaves free on its disk
-    prefetch_segments: int  # most segments fetched ahead of a player; 0 = no prefetch
-    max_upload_size: int  # 0 = no limit
-    part_size: int
-    enable_copy_mode: bool
-    copy_mode_min_size: int
-    segment_seconds: float
-    enable_hardware_acceleration: bool
-    preferred_encoder: str
-    x264_preset: str
-    x264_crf: int
-    ingest_jobs: int
-    allow_other: bool
-    log_level: str
+    data_dir: Path = _setting("TGFS_DATA_DIR", _xdg("XDG_DATA_HOME", ".local/share"), _path)
+    cache_dir: Path = _setting("TGFS_CACHE_DIR", _xdg("XDG_CACHE_HOME", ".cache"), _path)
+    spool_dir: Path = _setting("TGFS_SPOOL_DIR", _under_data_dir("spool"), _path)
+    cache_size: int = _setting(
+        "TGFS_CACHE_SIZE", "2G", _size_or_share("cache_dir", minimum=16 * 2**20), format_size
+    )
+    # Bytes the cache leaves free on its disk.
+    cache_min_free: int = _setting("TGFS_CACHE_MIN_FREE", "1G", _size(), format_size)
+    # Most segments fetched ahead of a player; 0 = no prefetch.
+    prefetch_segments: int = _setting("TGFS_PREFETCH_SEGMENTS", "4", _number(0, 64, whole=True))
+    max_upload_size: int = _setting("MAX_UPLOAD_SIZE", "0", _size(), _limit(format_size))
+    # Telegram documents: 2000 MiB is the MTProto per-file limit for bots. The default part
+    # size is much smaller because a part is also the unit the read cache fetches: a player
+    # seeking into a large ordinary file should not wait for gigabytes. 64 MiB still keeps
+    # the message count (and so flood-control pressure) low.
+    part_size: int = _setting(
+        "TELEGRAM_MAX_FILE_SIZE",
+        "64M",
+        _size(minimum=2**20, maximum=MTPROTO_FILE_LIMIT, over="Telegram's 2000 MiB limit"),
+        format_size,
+    )
+    enable_copy_mode: bool = _setting("ENABLE_COPY_MODE", "true", _flag, _lower)
+    copy_mode_min_size: int = _setting("COPY_MODE_MIN_SIZE", "20M", _size(), format_size)
+    segment_seconds: float = _setting(
+        "TGFS_SEGMENT_SECONDS", "6", _number(1, 30), lambda v: f"{v:g}"
+    )
+    enable_hardware_acceleration: bool = _setting(
+        "ENABLE_HARDWARE_ACCELERATION", "false", _flag, _lower
+    )
+    preferred_encoder: str = _setting("PREFERRED_ENCODER", "software", _choice(ENCODERS))
+    x264_preset: str = _setting("TGFS_X264_PRESET", "veryfast", _choice(X264_PRESETS))
+    x264_crf: int = _setting("TGFS_X264_CRF", "21", _number(0, 51, whole=True))
+    # Extra rendition heights below the source's; "none": the source's only.
+    ladder: tuple[int, ...] = _setting(
+        "TGFS_LADDER", "none", _ladder, lambda v: ",".join(map(str, v)) or "(source only)"
+    )
+    audio_hls: bool = _setting("TGFS_AUDIO_HLS", "false", _flag, _lower)
+    # Media child limits. A 4K transcode with libx264 peaks near 1 GiB resident and 1.4 GiB
+    # of address space (measured with a 10 s 3840x2160 clip); 3 GiB leaves room for a
+    # ladder of smaller renditions next to it. DCI 4K is the largest frame made by default:
+    # 8K sources are rare and need several GiB. A day of media is longer than any film or
+    # recording. 0 = no limit, for each.
+    media_memory: int = _setting(
+        "TGFS_MEDIA_MEMORY",
+        "3G",
+        _size(minimum=64 * 2**20, zero_means_none=True),
+        _limit(format_size),
+    )
+    media_max_pixels: int = _setting("TGFS_MEDIA_MAX_PIXELS", "4096x2160", _pixels, _limit(str))
+    media_max_duration: float = _setting(
+        "TGFS_MEDIA_MAX_DURATION", "86400", _number(0, 10 * 365 * 86400), _limit(_seconds)
+    )
+    ingest_jobs: int = _setting("TGFS_INGEST_JOBS", "1", _number(1, 16, whole=True))
+    # The first retry of a job stopped by the store or a full disk, s (then doubling).
+    retry_delay: float = _setting("TGFS_RETRY_DELAY", "30", _number(0.1, 3600), _seconds)
+    allow_other: bool = _setting("TGFS_ALLOW_OTHER", "false", _flag, _lower)
+    log_level: str = _setting("TGFS_LOG_LEVEL", "INFO", _choice(LOG_LEVELS, upper=True))
+    replicas: int = _setting("TGFS_REPLICAS", "1", _number(1, 10, whole=True))
+    # 0 = no pacing (rely on FloodWait alone).
+    bot_messages_per_minute: int = _setting(
+        "TGFS_BOT_MESSAGES_PER_MINUTE", "20", _number(0, 6000, whole=True)
+    )
+    # Per bot and direction: kurigram's max_concurrent_transmissions.
+    bot_transfers: int = _setting("TGFS_BOT_TRANSFERS", "4", _number(1, 32, whole=True))
+    # Bots an HLS segment is spread over (parts of ≥ 1 MiB).
+    stripe_width: int = _setting("TGFS_STRIPE_WIDTH", "4", _number(1, 16, whole=True))
+    # All bots together, per direction.
+    transfers: int = _setting("TGFS_TRANSFERS", "32", _number(1, 256, whole=True))
+    # module:callable that makes a client object (tests point it at the stand-in).
+    telegram_client: str = _setting("TGFS_TELEGRAM_CLIENT", "pyrogram:Client", _client)
+    # Not single settings: the numbered bot pairs and the API credentials (see _bots).
     bots: tuple[Bot, ...] = ()
     api_id: int | None = None
     api_hash: Secret | None = None
     skipped_bots: tuple[str, ...] = ()  # why a configured bot was ignored, for start-up logs
-    replicas: int = 1
-    bot_messages_per_minute: int = 20  # 0 = no pacing (rely on FloodWait alone)
-    bot_transfers: int = 4  # per bot and direction: kurigram's max_concurrent_transmissions
-    stripe_width: int = 4  # bots an HLS segment is spread over (parts of ≥ 1 MiB)
-    transfers: int = 32  # all bots together, per direction
-    telegram_client: str = "pyrogram:Client"  # module:callable that makes a client object
-    ladder: tuple[int, ...] = ()  # extra rendition heights below the source's (TGFS_LADDER)
-    audio_hls: bool = False  # audio-only files become HLS too (TGFS_AUDIO_HLS)
-    media_memory: int = 0  # address-space cap of the media child, bytes; 0 = none
-    media_max_pixels: int = 0  # pixels per frame above which a video is kept as a file
-    media_max_duration: float = 0.0  # seconds above which a video is kept as a file
-    retry_delay: float = 30.0  # first retry of a job stopped by the store or a full disk, s
 
     @property
     def catalog_path(self) -> Path:
@@ -166,52 +372,10 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, value) rows for `tgfs config`, secrets masked."""
-        rows = [
-            ("store", self.store_kind),
-            ("TGFS_DATA_DIR", str(self.data_dir)),
-            ("TGFS_CACHE_DIR", str(self.cache_dir)),
-            ("TGFS_SPOOL_DIR", str(self.spool_dir)),
-            ("TGFS_CACHE_SIZE", format_size(self.cache_size)),
-            ("TGFS_CACHE_MIN_FREE", format_size(self.cache_min_free)),
-            ("TGFS_PREFETCH_SEGMENTS", str(self.prefetch_segments)),
-            (
-                "MAX_UPLOAD_SIZE",
-                format_size(self.max_upload_size) if self.max_upload_size else "no limit",
-            ),
-            ("TELEGRAM_MAX_FILE_SIZE", format_size(self.part_size)),
-            ("ENABLE_COPY_MODE", str(self.enable_copy_mode).lower()),
-            ("COPY_MODE_MIN_SIZE", format_size(self.copy_mode_min_size)),
-            ("TGFS_SEGMENT_SECONDS", f"{self.segment_seconds:g}"),
-            ("ENABLE_HARDWARE_ACCELERATION", str(self.enable_hardware_acceleration).lower()),
-            ("PREFERRED_ENCODER", self.preferred_encoder),
-            ("TGFS_X264_PRESET", self.x264_preset),
-            ("TGFS_X264_CRF", str(self.x264_crf)),
-            ("TGFS_LADDER", ",".join(map(str, self.ladder)) or "(source only)"),
-            ("TGFS_AUDIO_HLS", str(self.audio_hls).lower()),
-            (
-                "TGFS_MEDIA_MEMORY",
-                format_size(self.media_memory) if self.media_memory else "no limit",
-            ),
-            (
-                "TGFS_MEDIA_MAX_PIXELS",
-                str(self.media_max_pixels) if self.media_max_pixels else "no limit",
-            ),
-            (
-                "TGFS_MEDIA_MAX_DURATION",
-                f"{self.media_max_duration:g} s" if self.media_max_duration else "no limit",
-            ),
-            ("TGFS_INGEST_JOBS", str(self.ingest_jobs)),
-            ("TGFS_RETRY_DELAY", f"{self.retry_delay:g} s"),
-            ("TGFS_ALLOW_OTHER", str(self.allow_other).lower()),
-            ("TGFS_LOG_LEVEL", self.log_level),
-            ("TGFS_REPLICAS", str(self.replicas)),
-            ("TGFS_BOT_MESSAGES_PER_MINUTE", str(self.bot_messages_per_minute)),
-            ("TGFS_BOT_TRANSFERS", str(self.bot_transfers)),
-            ("TGFS_STRIPE_WIDTH", str(self.stripe_width)),
-            ("TGFS_TRANSFERS", str(self.transfers)),
-            ("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"),
-            ("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"),
-        ]
+        rows = [("store", self.store_kind)]
+        rows += [(spec.env, spec.show(getattr(self, name))) for name, spec in specs().items()]
+        rows.append(("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"))
+        rows.append(("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"))
         for bot in self.bots:
             rows.append((f"TELEGRAM_BOT_TOKEN_{bot.number}", str(bot.token)))
             rows.append((f"TELEGRAM_CHANNEL_ID_{bot.number}", str(bot.channel_id)))
@@ -219,20 +383,19 @@ class Settings:
         return rows
 
 
-def parse_size(name: str, raw: str) -> int:
-    """`20M`, `2GiB`, `1.5g`, `1048576` → bytes (binary units: M means MiB)."""
-    match = _SIZE_RE.match(raw)
-    if not match:
-        raise ConfigError(f"{name}={raw!r} is not a size (examples: 500M, 2G, 1048576)")
-    number, unit, _ = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+def specs() -> dict[str, Spec]:
+    """Every single setting, by Settings field name, in declaration order."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(Settings) if f.metadata}
 
 
-def format_size(n: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{n} B"
+# Settings that are not one field: the API credentials, the numbered bot pairs, the file.
+OTHER_SETTINGS = (
+    "TELEGRAM_API_ID",
+    "TELEGRAM_API_HASH",
+    "TELEGRAM_BOT_TOKEN_N",
+    "TELEGRAM_CHANNEL_ID_N",
+    "TGFS_ENV_FILE",
+)
 
 
 def load(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:
@@ -249,182 +412,41 @@ def load(environ: Mapping[str, str] | None = None, env_file: Path | None = None)
     if env_file.exists() and not env_file.is_dir():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     values.update(environ)
-    return _build(_Reader(values))
+    return _build(values)
 
 
-class _Reader:
-    """Typed access to the raw strings, each error naming its setting."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-
-    def text(self, name: str, default: str) -> str:
-        value = self.values.get(name, "").strip()
-        return value or default
-
-    def path(self, name: str, default: Path) -> Path:
-        return Path(self.text(name, str(default))).expanduser().absolute()
-
-    def size(self, name: str, default: int, minimum: int = 0) -> int:
-        raw = self.values.get(name, "").strip()
+def _build(values: Mapping[str, str]) -> Settings:
+    earlier: Earlier = {}
+    for name, spec in specs().items():
+        raw = values.get(spec.env, "").strip()
         if not raw:
-            return default
-        if raw.startswith("-"):
-            raise ConfigError(f"{name}={raw!r} must not be negative")
-        value = parse_size(name, raw)
-        if value < minimum:
-            raise ConfigError(f"{name}={raw!r} is too small (minimum {format_size(minimum)})")
-        return value
-
-    def size_or_share(self, name: str, default: int, of: Path, minimum: int = 0) -> int:
-        """A size ("2G"), or a percentage ("10%") of the filesystem that holds `of` (or
-        its nearest existing parent), resolved now."""
-        raw = self.values.get(name, "").strip()
-        if not raw.endswith("%"):
-            return self.size(name, default, minimum)
-        try:
-            share = float(raw[:-1])
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a size or a percentage") from None
-        if not 0 < share <= 100:
-            raise ConfigError(f"{name}={raw!r} must be a percentage between 0 and 100")
-        where = of
-        while not where.exists() and where != where.parent:
-            where = where.parent
-        st = os.statvfs(where)
-        return max(minimum, int(st.f_blocks * st.f_frsize * share / 100))
-
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        raw = self.values.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-        if not low <= value <= high:
-            raise ConfigError(f"{name}={raw!r} must be between {low:g} and {high:g}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.values.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={raw!r} must be true or false")
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
-        value = self.text(name, default)
-        value = value.upper() if upper else value.lower()
-        if value not in allowed:
-            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
-        return value
-
-
-def _build(r: _Reader) -> Settings:
-    home = Path(r.text("HOME", str(Path.home())))
-    xdg_data = Path(r.text("XDG_DATA_HOME", str(home / ".local" / "share")))
-    xdg_cache = Path(r.text("XDG_CACHE_HOME", str(home / ".cache")))
-    data_dir = r.path("TGFS_DATA_DIR", xdg_data / "tgfs")
-    bots, skipped = _bots(r)
-    api_id_raw = r.text("TELEGRAM_API_ID", "")
+            raw = spec.default if isinstance(spec.default, str) else spec.default(values, earlier)
+        earlier[name] = spec.parse(spec.env, raw, earlier)
+    bots, skipped = _bots(values)
+    api_id_raw = values.get("TELEGRAM_API_ID", "").strip()
     if api_id_raw and not api_id_raw.isdigit():
         raise ConfigError(f"TELEGRAM_API_ID={api_id_raw!r} must be a number (from my.telegram.org)")
-    api_hash = r.text("TELEGRAM_API_HASH", "")
+    api_hash = values.get("TELEGRAM_API_HASH", "").strip()
     if bots and not (api_id_raw and api_hash):
         raise ConfigError(
             "TELEGRAM_API_ID and TELEGRAM_API_HASH are required with bots "
             "(create an application at https://my.telegram.org)"
         )
-    replicas = int(r.number("TGFS_REPLICAS", 1, 1, 10))
+    replicas = earlier["replicas"]
     if bots and replicas > len(bots):
         raise ConfigError(
             f"TGFS_REPLICAS={replicas} needs at least {replicas} bots ({len(bots)} configured)"
         )
-    client = r.text("TGFS_TELEGRAM_CLIENT", "pyrogram:Client")
-    if not re.fullmatch(r"[\w.]+:[\w.]+", client):
-        raise ConfigError(f"TGFS_TELEGRAM_CLIENT={client!r} must look like module:callable")
-    part_size = r.size("TELEGRAM_MAX_FILE_SIZE", DEFAULT_PART_SIZE, minimum=2**20)
-    if part_size > MTPROTO_FILE_LIMIT:
-        raise ConfigError(
-            f"TELEGRAM_MAX_FILE_SIZE={format_size(part_size)} is over Telegram's 2000 MiB limit"
-        )
-    cache_dir = r.path("TGFS_CACHE_DIR", xdg_cache / "tgfs")
     return Settings(
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        spool_dir=r.path("TGFS_SPOOL_DIR", data_dir / "spool"),
-        cache_size=r.size_or_share("TGFS_CACHE_SIZE", 2 * 2**30, cache_dir, minimum=16 * 2**20),
-        cache_min_free=r.size("TGFS_CACHE_MIN_FREE", 2**30),
-        prefetch_segments=int(r.number("TGFS_PREFETCH_SEGMENTS", 4, 0, 64)),
-        max_upload_size=r.size("MAX_UPLOAD_SIZE", 0),
-        part_size=part_size,
-        enable_copy_mode=r.flag("ENABLE_COPY_MODE", True),
-        copy_mode_min_size=r.size("COPY_MODE_MIN_SIZE", 20 * 2**20),
-        segment_seconds=r.number("TGFS_SEGMENT_SECONDS", 6.0, 1.0, 30.0),
-        enable_hardware_acceleration=r.flag("ENABLE_HARDWARE_ACCELERATION", False),
-        preferred_encoder=r.choice("PREFERRED_ENCODER", "software", ENCODERS),
-        x264_preset=r.choice("TGFS_X264_PRESET", "veryfast", X264_PRESETS),
-        x264_crf=int(r.number("TGFS_X264_CRF", 21, 0, 51)),
-        ingest_jobs=int(r.number("TGFS_INGEST_JOBS", 1, 1, 16)),
-        allow_other=r.flag("TGFS_ALLOW_OTHER", False),
-        log_level=r.choice("TGFS_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        **earlier,
         bots=bots,
         api_id=int(api_id_raw) if api_id_raw else None,
         api_hash=Secret(api_hash) if api_hash else None,
         skipped_bots=skipped,
-        replicas=replicas,
-        bot_messages_per_minute=int(r.number("TGFS_BOT_MESSAGES_PER_MINUTE", 20, 0, 6000)),
-        bot_transfers=int(r.number("TGFS_BOT_TRANSFERS", 4, 1, 32)),
-        stripe_width=int(r.number("TGFS_STRIPE_WIDTH", 4, 1, 16)),
-        transfers=int(r.number("TGFS_TRANSFERS", 32, 1, 256)),
-        telegram_client=client,
-        ladder=_ladder(r.text("TGFS_LADDER", "")),
-        audio_hls=r.flag("TGFS_AUDIO_HLS", False),
-        media_memory=r.size("TGFS_MEDIA_MEMORY", DEFAULT_MEDIA_MEMORY, minimum=64 * 2**20)
-        if r.text("TGFS_MEDIA_MEMORY", "") != "0"
-        else 0,
-        media_max_pixels=_pixels(r.text("TGFS_MEDIA_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
-        retry_delay=r.number("TGFS_RETRY_DELAY", 30.0, 0.1, 3600.0),
-        media_max_duration=r.number(
-            "TGFS_MEDIA_MAX_DURATION", DEFAULT_MAX_DURATION, 0, 10 * 365 * 86400
-        ),
     )
 
 
-def _pixels(raw: str) -> int:
-    """`4096x2160` or a number of pixels → pixels per frame; 0 = no limit."""
-    text = raw.lower().replace(" ", "")
-    if re.fullmatch(r"\d+x\d+", text):
-        width, height = text.split("x")
-        return int(width) * int(height)
-    if text.isdigit():
-        return int(text)
-    raise ConfigError(
-        f"TGFS_MEDIA_MAX_PIXELS={raw!r} must be WIDTHxHEIGHT (e.g. 4096x2160) "
-        "or a number of pixels; 0 = no limit"
-    )
-
-
-def _ladder(raw: str) -> tuple[int, ...]:
-    """`1080,720,480` → (1080, 720, 480): rendition heights, largest first."""
-    if not raw:
-        return ()
-    heights = set()
-    for item in raw.replace(" ", "").split(","):
-        if not item.removesuffix("p").isdigit() or not 144 <= int(item.removesuffix("p")) <= 4320:
-            raise ConfigError(
-                f"TGFS_LADDER={raw!r}: each entry must be a height from 144 to "
-                "4320 (example: 1080,720,480)"
-            )
-        heights.add(int(item.removesuffix("p")))
-    return tuple(sorted(heights, reverse=True))
-
-
-def _bots(r: _Reader) -> tuple[tuple[Bot, ...], tuple[str, ...]]:
+def _bots(values: Mapping[str, str]) -> tuple[tuple[Bot, ...], tuple[str, ...]]:
     """TELEGRAM_BOT_TOKEN_N / TELEGRAM_CHANNEL_ID_N pairs, any N, sorted by N.
 
     Placeholder and duplicate tokens are skipped (and reported by number, never by value);
@@ -435,17 +457,17 @@ def _bots(r: _Reader) -> tuple[tuple[Bot, ...], tuple[str, ...]]:
     skipped: list[str] = []
     seen: set[str] = set()
     numbers = sorted(
-        int(m.group(1)) for key in r.values if (m := re.fullmatch(r"TELEGRAM_BOT_TOKEN_(\d+)", key))
+        int(m.group(1)) for key in values if (m := re.fullmatch(r"TELEGRAM_BOT_TOKEN_(\d+)", key))
     )
     for n in numbers:
-        token = r.values[f"TELEGRAM_BOT_TOKEN_{n}"].strip()
+        token = values[f"TELEGRAM_BOT_TOKEN_{n}"].strip()
         if token.lower() in _PLACEHOLDER_TOKENS or ":" not in token:
             skipped.append(f"bot {n}: TELEGRAM_BOT_TOKEN_{n} is empty or a placeholder")
             continue
         if token in seen:
             skipped.append(f"bot {n}: same token as an earlier bot")
             continue
-        raw_channel = r.values.get(f"TELEGRAM_CHANNEL_ID_{n}", "").strip()
+        raw_channel = values.get(f"TELEGRAM_CHANNEL_ID_{n}", "").strip()
         if not raw_channel:
             raise ConfigError(f"TELEGRAM_CHANNEL_ID_{n} is missing for bot {n}")
         if not re.fullmatch(r"-100\d{5,}", raw_channel):
