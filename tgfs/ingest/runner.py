@@ -39,15 +39,16 @@ from typing import Any
 
 import trio
 
-from tgfs.catalog import Job, Node, NodeKind, blobs, db, jobs, library, tree
+from tgfs.catalog import Job, Node, blobs, db, jobs, library, tree
 from tgfs.catalog.schema import display
 from tgfs.config import Settings
 from tgfs.ingest.media_process import FailureKind, MediaFailed, run_worker, worker_options
 from tgfs.ingest.progress import Progress, Stage
 from tgfs.ingest.publisher import VideoPublisher
+from tgfs.ingest.sidecars import SidecarSubtitles
 from tgfs.media import encoders, messages, subtitles
 from tgfs.media.probe import VIDEO_EXTENSIONS
-from tgfs.media.worker import Sidecar, SubtitlesFor, WorkerOptions
+from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import Upload, put_files
@@ -62,8 +63,6 @@ RETRY_MAX = 3600.0
 # times before the file is judged: a kill says little about the file, but a file that
 # crashes its decoder every time must not be retried forever.
 MEDIA_KILLS = 2
-# A subtitle file whose video is still being made looks again this often.
-SIDECAR_WAIT = 5.0
 
 # Called after the tree changed under `parent_id`: the names to drop from the kernel's cache.
 InvalidateFn = Callable[[int, list[str]], None]
@@ -78,7 +77,7 @@ class _TryLater(Exception):
     the job goes back to the queue with a growing delay."""
 
 
-class IngestRunner:
+class IngestRunner(SidecarSubtitles):
     def __init__(
         self,
         settings: Settings,
@@ -271,124 +270,6 @@ class IngestRunner:
 
     def _worker_options(self, job: Job, **extra: Any) -> WorkerOptions:
         return worker_options(self.settings, job.path, job.size, self.encoder, **extra)
-
-    # ---- subtitle files dropped beside a video ---------------------------------------------
-
-    async def _sidecars(self, job: Job, workdir: Path) -> list[Sidecar]:
-        """The subtitle files already stored beside a video file, fetched into `workdir`.
-
-        Ones still being written or ingested are left to their own job, which adds them
-        to the video once it is complete; so none is added twice."""
-        node = self._current_node(job)
-        if Path(node.name).suffix.lower() not in VIDEO_EXTENSIONS:
-            return []
-        stem = library.video_name(node.name)
-        found = []
-        for sibling in tree.children_named_from(node.parent_id, stem):
-            match = subtitles.sidecar_stem(sibling.name)
-            if (
-                match is None
-                or match[0] != stem
-                or sibling.node_kind is not NodeKind.FILE
-                or sibling.blob_id is None
-                or sibling.spool is not None
-                or sibling.size > subtitles.MAX_SIDECAR_BYTES
-                or jobs.active_for(sibling.id)
-            ):
-                continue
-            path = workdir / f"sidecar-{sibling.id}{Path(sibling.name).suffix}"
-            try:
-                data = [
-                    await self.store.get(p.location, 0, p.size)
-                    for p in blobs.parts_of(sibling.blob_id)
-                ]
-            except StoreError as exc:
-                log.warning("job %d: subtitle file %s left out: %s", job.id, sibling.name, exc)
-                continue
-            workdir.mkdir(parents=True, exist_ok=True)
-            await trio.to_thread.run_sync(path.write_bytes, b"".join(data))
-            found.append(Sidecar(str(path), match[1]))
-        return found
-
-    async def _attach_sidecar(self, job: Job, node: Node, workdir: Path) -> tuple[bool, str | None]:
-        """A subtitle file dropped beside an already published video becomes one of its
-        subtitle renditions (the file itself is kept too). Returns (waiting: its video is
-        still being made and the job was put back, why the subtitles were not added)."""
-        match = subtitles.sidecar_stem(node.name)
-        assert match is not None  # (the caller checked)
-        stem, language = match
-        folder = tree.child(node.parent_id, stem)
-        is_video = folder is not None and folder.node_kind is NodeKind.VIDEO
-        # Its video is being made, or still queued (`cp Film.mkv Film.srt` closes the
-        # video first): wait for it rather than miss it.
-        if (folder is not None and is_video and not folder.video.complete) or (
-            not is_video
-            and any(
-                library.video_name(n.name) == stem
-                and n.node_kind is NodeKind.FILE
-                and Path(n.name).suffix.lower() in VIDEO_EXTENSIONS
-                and jobs.active_for(n.id)
-                for n in tree.children_named_from(node.parent_id, stem)
-            )
-        ):
-            jobs.mark(
-                job,
-                jobs.QUEUED,
-                error=f"waiting for video {stem} to be complete",
-                not_before=time.time() + SIDECAR_WAIT,
-            )
-            return True, None
-        if folder is None or not is_video:
-            return False, None
-        video = folder.video
-        options = self._worker_options(
-            job,
-            subtitles_for=SubtitlesFor(
-                durations=library.video_segment_durations(video.id),
-                start_time=video.start_time,
-                language=language,
-            ),
-        )
-        try:
-            result = await run_worker(
-                Path(job.spool), workdir, options, lambda _: None, self.settings.media_memory
-            )
-        except MediaFailed as exc:
-            self._resource_trouble(job, exc)
-            result = messages.FileResult(reason=str(exc), failed=True)
-        if not isinstance(result, messages.SubtitlesResult):
-            reason = result.reason if isinstance(result, messages.FileResult) else "no subtitles"
-            log.warning("job %d (%s): %s", job.id, job.path, reason)
-            return False, reason
-        (r,) = result.renditions
-        files = [workdir / r.dir / s.name for s in r.segments]
-        stored = await self._put(
-            job,
-            [
-                Upload(path, path.stat().st_size, f"job{job.id}-{r.dir}-{path.name}")
-                for path in files
-            ],
-        )
-        parts = [p for file_parts in stored.values() for p in file_parts]
-        self._current_node(job, parts)  # the subtitle file itself still there?
-        folder = tree.child(node.parent_id, stem)
-        if folder is None or folder.node_kind is not NodeKind.VIDEO:  # removed meanwhile
-            blobs.queue_locations(p.location for p in parts)
-            return False, None
-        name = tree.free_name(folder.id, tree.safe_name(r.name))
-        library.attach_rendition(
-            folder,
-            library.RenditionInfo(
-                name=name, kind=r.kind, codecs=r.codecs, language=r.language, title=r.title
-            ),
-            [
-                library.StoredFile(path.name, path.stat().st_size, stored[path], s.duration)
-                for path, s in zip(files, r.segments, strict=True)
-            ],
-        )
-        self.invalidate(folder.id, [library.MASTER_NAME, name])
-        log.info("job %d (%s): added as subtitles to %s", job.id, job.path, tree.path_of(folder))
-        return False, None
 
     async def _make_media(
         self, job: Job, progress: Progress, workdir: Path, publisher: VideoPublisher
