@@ -33,7 +33,7 @@ import trio
 from tests.standin import API_HASH, StandIn, StandInClient, token
 from tgfs import config
 from tgfs.store.parts import Upload, put_files
-from tgfs.store.telegram.link import Pacer
+from tgfs.store.telegram.pacing import Pacer
 from tgfs.store.telegram.store import TelegramStore
 
 MiB = 2**20

@@ -24,7 +24,7 @@ from tgfs import config
 from tgfs.store.base import PartMissing, StoreError
 from tgfs.store.parts import Upload, plan, put_files
 from tgfs.store.telegram.bridge import AsyncioBridge
-from tgfs.store.telegram.link import Pacer
+from tgfs.store.telegram.pacing import Pacer
 from tgfs.store.telegram.store import EMPTY, TelegramStore, parse_location, placement, rank
 
 

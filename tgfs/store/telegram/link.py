@@ -3,7 +3,7 @@
 A `BotLink` owns everything about one bot that the store needs to decide where a part
 goes and how to talk to it:
 
-- pacing: a per-bot message schedule (GCRA, see `Pacer`), so a 2-hour film trickles in at
+- pacing: a per-bot message schedule (`tgfs.store.telegram.pacing`), so a 2-hour film trickles in at
   TGFS_BOT_MESSAGES_PER_MINUTE instead of tripping Telegram's flood control;
 - flood waits: a FloodWait stops this bot until it is over; the other bots carry on, and a
   wait longer than `DIVERT_AFTER` sends the request to the next bot instead (`BotFlooded`);
@@ -23,8 +23,9 @@ import collections
 import dataclasses
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -33,8 +34,11 @@ from tgfs.store.base import PartMissing, StoreError
 from tgfs.store.slots import URGENT, Priority, Slots
 from tgfs.store.telegram import client as tg
 from tgfs.store.telegram.bridge import AsyncioBridge
+from tgfs.store.telegram.pacing import Pacer, Ticket
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A flood wait or pacing delay up to this long is waited out on the same bot (keeping
 # placement deterministic); a longer one sends the request to the next bot in its ranking.
@@ -64,57 +68,6 @@ class BotFlooded(Exception):
 
 class BotFailed(Exception):
     """The bot failed this request (and may now be down): try another bot."""
-
-
-class Ticket:
-    """One message's place in its bot's schedule."""
-
-    __slots__ = ("after", "time")
-
-    def __init__(self, time: float, after: Ticket | None) -> None:
-        self.time = time  # when it may go; once sent, when it was done
-        self.after = after  # the message `per_minute` places earlier, until this one is sent
-
-
-class Pacer:
-    """When each message of one bot may go: at most `per_minute` in any `window` seconds.
-
-    This is how Telegram's limits are reported (~20 messages a minute per group or
-    channel), so pacing to it does not trip them, while a short clip (up to `per_minute`
-    messages) still goes at once. Telegram counts a message when it arrives, which is
-    somewhere within its upload; tgfs only knows when the upload ends. So each message
-    waits until `window` after the *end* of the one `per_minute` places before it: never
-    early, at the cost of one upload's duration per window.
-    """
-
-    def __init__(self, per_minute: int, window: float = 60.0) -> None:
-        self.window = window
-        self._paced = per_minute > 0
-        self._recent: collections.deque[Ticket] = collections.deque(maxlen=max(per_minute, 1))
-
-    def next_slot(self, now: float) -> float:
-        """Estimate for placement decisions: when a message reserved now could go."""
-        if not self._paced or len(self._recent) < (self._recent.maxlen or 1):
-            return now
-        return max(now, self._recent[0].time + self.window)
-
-    def reserve(self, now: float) -> Ticket:
-        full = self._paced and len(self._recent) == self._recent.maxlen
-        ticket = Ticket(self.next_slot(now), self._recent[0] if full else None)
-        if self._paced:
-            self._recent.append(ticket)
-        return ticket
-
-    def turn(self, ticket: Ticket) -> float:
-        """When the message may go, given what is known now (earlier uploads may have
-        ended later than planned)."""
-        after = ticket.after
-        return max(ticket.time, after.time + self.window if after else ticket.time)
-
-    @staticmethod
-    def done(ticket: Ticket, when: float) -> None:
-        ticket.time = max(ticket.time, when)
-        ticket.after = None
 
 
 @dataclasses.dataclass
@@ -336,34 +289,30 @@ class BotLink:
     ) -> int:
         await self._ready()
         timeout = CALL_TIMEOUT + size / SLOWEST_RATE
-        attempt = 0
+
+        async def upload() -> Any:
+            async with cap:
+                try:
+                    return await self._call(
+                        timeout,
+                        tg.send_part,
+                        self._client,
+                        self.channel_id,
+                        src,
+                        offset,
+                        size,
+                        name,
+                    )
+                except tg.SourceUnreadable as exc:
+                    raise StoreError(str(exc), retryable=False) from None
+
         async with self.uploads:
-            while True:
-                while (turn := self.pacer.turn(ticket)) > trio.current_time():
-                    await trio.sleep_until(turn)
-                await self._wait_flood(patient)
-                async with cap:
-                    try:
-                        message = await self._call(
-                            timeout,
-                            tg.send_part,
-                            self._client,
-                            self.channel_id,
-                            src,
-                            offset,
-                            size,
-                            name,
-                        )
-                    except tg.SourceUnreadable as exc:
-                        raise StoreError(str(exc), retryable=False) from None
-                    except Exception as exc:
-                        attempt = await self._handle(exc, attempt, "upload")
-                        continue
-                self._succeeded()
-                self.counters.messages_sent += 1
-                self.counters.bytes_sent += size
-                self._remember(self.channel_id, message)
-                return int(message.id)
+            message = await self._retrying("upload", upload, patient=patient, turn=ticket)
+        self._succeeded()
+        self.counters.messages_sent += 1
+        self.counters.bytes_sent += size
+        self._remember(self.channel_id, message)
+        return int(message.id)
 
     async def read(
         self,
@@ -376,36 +325,32 @@ class BotLink:
     ) -> bytes:
         await self._ready(new_work=False)
         timeout = CALL_TIMEOUT + length / SLOWEST_RATE
-        data = bytearray()
-        attempt = 0
+        data = bytearray()  # a retry resumes after the bytes that arrived
+
+        async def download() -> None:
+            async with cap.hold(priority):
+                try:
+                    message = await self._message(channel_id, message_id)
+                    await self._call(
+                        timeout,
+                        tg.read_range,
+                        self._client,
+                        message,
+                        offset + len(data),
+                        length - len(data),
+                        data,
+                    )
+                except PartMissing:
+                    raise
+                except Exception:
+                    self._messages.pop((channel_id, message_id), None)  # fetch it afresh
+                    raise
+
         async with self.downloads.hold(priority):
-            while True:
-                await self._wait_flood()
-                progress = len(data)
-                async with cap.hold(priority):
-                    try:
-                        message = await self._message(channel_id, message_id)
-                        await self._call(
-                            timeout,
-                            tg.read_range,
-                            self._client,
-                            message,
-                            offset + len(data),
-                            length - len(data),
-                            data,
-                        )
-                    except PartMissing:
-                        raise
-                    except Exception as exc:
-                        self._messages.pop((channel_id, message_id), None)
-                        # A retry resumes after the bytes that arrived; only failures
-                        # without progress count towards giving up.
-                        attempt = 0 if len(data) > progress else attempt
-                        attempt = await self._handle(exc, attempt, "download")
-                        continue
-                self._succeeded()
-                self.counters.bytes_read += len(data)
-                return bytes(data)
+            await self._retrying("download", download, progress=lambda: len(data))
+        self._succeeded()
+        self.counters.bytes_read += len(data)
+        return bytes(data)
 
     async def delete(self, channel_id: int, message_ids: list[int]) -> None:
         """Delete messages, ≤ 100 per call; ids already gone are fine."""
@@ -437,13 +382,33 @@ class BotLink:
             self._remember(channel_id, message)
 
     async def _retried(self, what: str, fn: Any, *args: Any) -> Any:
-        """One short call, after any flood wait, retried as `_handle` decides."""
+        """One short call, retried (see `_retrying`)."""
+        return await self._retrying(what, lambda: self._call(CALL_TIMEOUT, fn, self._client, *args))
+
+    async def _retrying(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        patient: bool = False,
+        turn: Ticket | None = None,
+        progress: Callable[[], int] = lambda: 0,
+    ) -> T:
+        """`call()` until it succeeds, or `_handle` gives up on it (BotFlooded, BotFailed).
+        Each try first waits for the message's pacing `turn` (uploads) and for any flood
+        wait (see `_wait_flood`, `patient`). A StoreError from `call` is final. A try that
+        made `progress` (bytes of a read arrived) starts the count of failures again."""
         attempt = 0
         while True:
-            await self._wait_flood()
+            while turn is not None and (when := self.pacer.turn(turn)) > trio.current_time():
+                await trio.sleep_until(when)
+            await self._wait_flood(patient)
+            before = progress()
             try:
-                return await self._call(CALL_TIMEOUT, fn, self._client, *args)
+                return await call()
+            except StoreError:
+                raise
             except Exception as exc:
+                attempt = 0 if progress() > before else attempt
                 attempt = await self._handle(exc, attempt, what)
 
     async def _message(self, channel_id: int, message_id: int) -> Any:
