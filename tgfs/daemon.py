@@ -25,8 +25,11 @@ from tgfs.catalog import blobs, close_catalog, facts, jobs, library, open_catalo
 from tgfs.catalog.reserve import Reserve
 from tgfs.collector import GarbageCollector
 from tgfs.config import ConfigError, Settings
+from tgfs.fs.handles import OpenParts
 from tgfs.fs.operations import Filesystem
-from tgfs.ingest.runner import IngestRunner
+from tgfs.fs.render import Names, Renderer
+from tgfs.fs.writes import Writes
+from tgfs.ingest.runner import Doorbell, IngestRunner
 from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
@@ -151,21 +154,23 @@ async def _serve_mounted(
     cache: PartCache,
     debug_fuse: bool,
 ) -> None:
-    fs_ref: list[Filesystem] = []
+    # Made first and shared, so that no piece needs another to exist before it: the kernel's
+    # names (publishing changes them), the open handles' parts (the collector spares them),
+    # write sessions (the runner leaves files being written alone) and the runner's bell.
+    names = Names(Renderer())
+    open_parts = OpenParts()
+    doorbell = Doorbell()
+    writes = Writes(spool, cache, settings.max_upload_size, doorbell.ring, names.invalidate)
     collector = GarbageCollector(
-        store, lambda loc: fs_ref[0].part_in_use(loc), lambda: cache.drop_unknown(blobs.known_parts)
+        store, open_parts.in_use, lambda: cache.drop_unknown(blobs.known_parts)
     )
     runner = IngestRunner(
-        settings,
-        store,
-        spool,
-        lambda p, names: fs_ref[0].invalidate(p, names),
-        lambda: fs_ref[0].writes.busy(),
-        collector.wake,
+        settings, store, spool, names.invalidate, writes.busy, collector.wake, doorbell
     )
     prefetch = Prefetcher(cache, settings.prefetch_segments)
-    fs = Filesystem(settings, spool, cache, store, runner, collector, prefetch)
-    fs_ref.append(fs)
+    fs = Filesystem(
+        settings, spool, cache, store, runner, collector, prefetch, writes, names, open_parts
+    )
     options = set(pyfuse3.default_options)
     options |= {"fsname=tgfs", "subtype=tgfs"}
     if settings.allow_other:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 
@@ -82,3 +83,24 @@ class BytesHandle:
 
 
 Handle = SpoolHandle | WriteHandle | BlobHandle | BytesHandle
+
+
+class OpenParts:
+    """Store parts that open handles are reading: the garbage collector leaves them alone
+    until the last one is closed (a player holding a video that was just deleted)."""
+
+    def __init__(self) -> None:
+        self._readers: collections.Counter[str] = collections.Counter()  # location → handles
+
+    def opened(self, parts: list[PartRef]) -> None:
+        for part in parts:
+            self._readers[part.location] += 1
+
+    def closed(self, parts: list[PartRef]) -> None:
+        for part in parts:
+            self._readers[part.location] -= 1
+            if self._readers[part.location] <= 0:
+                del self._readers[part.location]
+
+    def in_use(self, location: str) -> bool:
+        return self._readers[location] > 0

@@ -43,8 +43,15 @@ from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.fs import attrs
-from tgfs.fs.handles import BlobHandle, BytesHandle, Handle, SpoolHandle, WriteHandle
-from tgfs.fs.render import Renderer
+from tgfs.fs.handles import (
+    BlobHandle,
+    BytesHandle,
+    Handle,
+    OpenParts,
+    SpoolHandle,
+    WriteHandle,
+)
+from tgfs.fs.render import Names, Renderer
 from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
@@ -151,7 +158,12 @@ class Filesystem(pyfuse3.Operations):
         runner: IngestRunner,
         collector: GarbageCollector,
         prefetch: Prefetcher | None = None,
+        writes: Writes | None = None,
+        names: Names | None = None,
+        open_parts: OpenParts | None = None,
     ) -> None:
+        """`writes`, `names` and `open_parts` are shared with the ingest runner and the
+        garbage collector (see daemon); made here when not given (in-process tests)."""
         super().__init__()
         self.settings = settings
         self.spool = spool
@@ -163,20 +175,17 @@ class Filesystem(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self.reserve = reserve.Reserve(settings.data_dir)
-        self.writes = Writes(
-            spool,
-            cache,
-            settings.max_upload_size,
-            runner.wake,
-            lambda parent, name: self.invalidate(parent, [name]),
+        self.names = names or Names(Renderer())
+        self.renderer = self.names.renderer
+        self.writes = writes or Writes(
+            spool, cache, settings.max_upload_size, runner.wake, self.names.invalidate
         )
+        self.open_parts = open_parts or OpenParts()
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
         # Inode → how many times the kernel was told of it (every reply that carries its
         # entry, readdir included), minus what `forget` gave back. An orphan (no name left)
         # is purged when this reaches 0.
         self._lookups: collections.Counter[int] = collections.Counter()
-        self._open_parts: collections.Counter[str] = collections.Counter()  # location → readers
-        self.renderer = Renderer(self._control)
         # What opening a segment needs, after its first open and until the kernel forgets
         # the inode: segments never change and inode numbers are never reused, so a warm
         # open costs no catalog query.
@@ -185,20 +194,13 @@ class Filesystem(pyfuse3.Operations):
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def part_in_use(self, location: str) -> bool:
-        """For the garbage collector: is an open handle still reading this part?"""
-        return self._open_parts[location] > 0
-
     def cache_stats(self) -> dict[str, Any]:
         return {**self.cache.stats(), "prefetch": self.prefetch.stats()}
 
     def invalidate(self, parent_id: int, names: list[str]) -> None:
         """Make the kernel (and our playlist renders) forget names after the catalog
         changed under them."""
-        for name in names:
-            if (node := tree.child(parent_id, name)) is not None:
-                self.renderer.forget_nodes([node.id])
-            pyfuse3.invalidate_entry_async(parent_id, os.fsencode(name), ignore_enoent=True)
+        self.names.invalidate(parent_id, names)
 
     def _node(self, inode: int) -> Node:
         node = tree.get(inode)
@@ -244,7 +246,7 @@ class Filesystem(pyfuse3.Operations):
         return to_bytes({"bots": bots_snapshot(self.store_health)})
 
     def _render(self, node: Node) -> bytes:
-        return self.renderer.render(node)
+        return self.renderer.render(node, self._control)
 
     def _size(self, node: Node) -> int:
         kind = node.node_kind
@@ -283,8 +285,7 @@ class Filesystem(pyfuse3.Operations):
         fh = next(self._fh)
         self._handles[fh] = handle
         if isinstance(handle, BlobHandle):
-            for part in handle.parts:
-                self._open_parts[part.location] += 1
+            self.open_parts.opened(handle.parts)
         return fh
 
     def _handle(self, fh: int) -> Handle:
@@ -743,10 +744,7 @@ class Filesystem(pyfuse3.Operations):
             return
         handle.close()
         if isinstance(handle, BlobHandle):
-            for part in handle.parts:
-                self._open_parts[part.location] -= 1
-                if self._open_parts[part.location] <= 0:
-                    del self._open_parts[part.location]
+            self.open_parts.closed(handle.parts)
         elif isinstance(handle, WriteHandle):
             await self.writes.release(handle.session)
 

@@ -9,9 +9,12 @@ snapshots of live state.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
-from tgfs.catalog import Node, NodeKind, Rendition, RenditionKind, library
+import pyfuse3
+
+from tgfs.catalog import Node, NodeKind, Rendition, RenditionKind, library, tree
 from tgfs.media import playlists
 
 
@@ -51,17 +54,17 @@ def master_entries(video_id: int) -> tuple[list[playlists.Variant], list[playlis
 
 
 class Renderer:
-    """Bytes of rendered files. `control` renders a control file kind (status, cache,
-    bots) from the daemon's state: the Filesystem passes it in."""
+    """Bytes of rendered files."""
 
-    def __init__(self, control: Callable[[NodeKind], bytes]) -> None:
-        self._control = control
+    def __init__(self) -> None:
         self._kept: dict[int, bytes] = {}  # playlists of complete (immutable) videos
 
-    def render(self, node: Node) -> bytes:
+    def render(self, node: Node, control: Callable[[NodeKind], bytes]) -> bytes:
+        """`control` renders a control file kind (status, cache, bots) from the daemon's
+        state."""
         kind = node.node_kind
         if kind.is_live:
-            return self._control(kind)
+            return control(kind)
         if node.id in self._kept:
             return self._kept[node.id]
         video = node.video
@@ -83,3 +86,18 @@ class Renderer:
         """These nodes changed or went: render them afresh if they come back."""
         for inode in inodes:
             self._kept.pop(inode, None)
+
+
+class Names:
+    """What the kernel caches about names, told when the catalog changed behind its back
+    (a video published, a dropped file replaced by its folder); playlists rendered for the
+    nodes behind those names are dropped too."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def invalidate(self, parent_id: int, names: list[str]) -> None:
+        for name in names:
+            if (node := tree.child(parent_id, name)) is not None:
+                self.renderer.forget_nodes([node.id])
+            pyfuse3.invalidate_entry_async(parent_id, os.fsencode(name), ignore_enoent=True)

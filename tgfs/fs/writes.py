@@ -79,13 +79,13 @@ class Writes:
         cache: PartCache,
         max_size: int,
         on_accepted: Callable[[], None],
-        on_removed: Callable[[int, str], None],
+        on_removed: Callable[[int, list[str]], None],
     ) -> None:
         self.spool = spool
         self.cache = cache
         self.max_size = max_size  # MAX_UPLOAD_SIZE; 0 = no limit
         self._on_accepted = on_accepted  # wake the ingest runner
-        self._on_removed = on_removed  # (parent, name) left the tree: tell the kernel
+        self._on_removed = on_removed  # (parent, names) left the tree: tell the kernel
         self._sessions: dict[int, Session] = {}
 
     def get(self, inode: int) -> Session | None:
@@ -243,9 +243,11 @@ class Writes:
             if session.job_id is not None:
                 jobs.drop(session.job_id)
             if session.new_file and node is not None:
+                entry = node.entry  # None if it was unlinked meanwhile
                 library.remove_file(node)
-                tree.touch_dir(node.parent_id)
-                self._on_removed(node.parent_id, node.name)
+                if entry is not None:
+                    tree.touch_dir(entry.parent_id)
+                    self._on_removed(entry.parent_id, [entry.name])
                 log.warning(
                     "write to new file %s failed (%s); it was removed", name, os.strerror(err)
                 )

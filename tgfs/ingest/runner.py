@@ -68,6 +68,24 @@ MEDIA_KILLS = 2
 InvalidateFn = Callable[[int, list[str]], None]
 
 
+class Doorbell:
+    """Rung when a job is queued (a file accepted at close/fsync): wakes the runner. Made
+    before the runner and the write sessions, so neither needs the other to exist."""
+
+    def __init__(self) -> None:
+        self._rung = trio.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def reset(self) -> None:
+        """Before looking at the queue: a ring from now on is news."""
+        self._rung = trio.Event()
+
+    async def wait(self) -> None:
+        await self._rung.wait()
+
+
 class _Discarded(Exception):
     """The job's file was deleted or rewritten while the job ran."""
 
@@ -86,6 +104,7 @@ class IngestRunner(SidecarSubtitles):
         invalidate: InvalidateFn,
         open_for_writing: Callable[[], set[int]] = set,
         freed: Callable[[], None] = lambda: None,
+        doorbell: Doorbell | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,14 +114,14 @@ class IngestRunner(SidecarSubtitles):
         self.open_for_writing = open_for_writing
         self.freed = freed  # store parts were queued for deletion: wake the collector
         self.progress: dict[int, Progress] = {}  # running jobs only
-        self._wake = trio.Event()
+        self.doorbell = doorbell or Doorbell()
         # The H.264 encoder for transcodes, decided at start (see tgfs.media.encoders).
         self.encoder = encoders.SOFTWARE
         self.encoder_note: str | None = None
 
     def wake(self) -> None:
         """Something was queued: look at the queue now."""
-        self._wake.set()
+        self.doorbell.ring()
 
     async def run(self) -> None:
         s = self.settings
@@ -126,7 +145,7 @@ class IngestRunner(SidecarSubtitles):
         limiter = trio.CapacityLimiter(self.settings.ingest_jobs)
         async with trio.open_nursery() as nursery:
             while True:
-                self._wake = trio.Event()
+                self.doorbell.reset()
                 while limiter.available_tokens and (
                     job := jobs.next_ready(self.progress, self.open_for_writing())
                 ):
@@ -137,7 +156,7 @@ class IngestRunner(SidecarSubtitles):
                 if (when := jobs.next_wakeup()) is not None:
                     timeout = max(0.5, min(timeout, when - time.time()))
                 with trio.move_on_after(timeout):
-                    await self._wake.wait()
+                    await self.doorbell.wait()
 
     async def _run_one(self, job: Job, limiter: trio.CapacityLimiter) -> None:
         try:
