@@ -17,6 +17,7 @@ from tgfs import logs
 from tgfs.catalog import SchemaMismatch
 from tgfs.config import ConfigError, Settings, format_size
 from tgfs.status import render, render_cache
+from tgfs.store.base import StoreError
 
 STATUS_PATH = Path(".tgfs") / "status.json"
 CACHE_PATH = Path(".tgfs") / "cache.json"
@@ -125,6 +126,106 @@ def _read_json(mountpoint: Path, path: Path) -> dict:
         raise click.ClickException(f"{mountpoint} is not a tgfs mount") from None
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read {mountpoint / path}: {exc}") from None
+
+
+BACKUPS_PATH = Path(".tgfs") / "backups.json"
+
+
+@main.command()
+@click.argument(
+    "mountpoint", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+def backup(mountpoint: Path | None) -> None:
+    """Back the catalog up into the store now: through a running mount (MOUNTPOINT), or
+    with no daemon running."""
+    if mountpoint is not None:
+        try:
+            os.truncate(mountpoint / BACKUPS_PATH, 0)  # the daemon takes this as "back up now"
+        except FileNotFoundError:
+            raise click.ClickException(f"{mountpoint} is not a tgfs mount") from None
+        except OSError as exc:
+            why = _read_json(mountpoint, BACKUPS_PATH).get("last_error") or exc
+            raise click.ClickException(f"backup failed: {why}") from None
+        newest = _read_json(mountpoint, BACKUPS_PATH)["generations"][0]
+        click.echo(
+            f"backup {newest['generation']}: {format_size(newest['size'])} of catalog, "
+            f"{format_size(newest['stored_size'])} stored"
+        )
+        return
+    from tgfs import daemon
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    made = daemon.backup_offline(settings)
+    if made is None:
+        raise click.ClickException("backup failed (see the log above)")
+    click.echo(
+        f"backup {made.generation}: {format_size(made.size)} of catalog, "
+        f"{format_size(made.stored_size)} stored"
+    )
+
+
+@main.command()
+@click.argument(
+    "mountpoint", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+def backups(mountpoint: Path | None) -> None:
+    """List the catalog's backup generations (newest first): through a mount, or from the
+    store alone (needs only the settings)."""
+    if mountpoint is not None:
+        rows = [
+            (g["generation"], g["created"], g["size"], g["stored_size"])
+            for g in _read_json(mountpoint, BACKUPS_PATH)["generations"]
+        ]
+    else:
+        from tgfs import daemon
+
+        settings = _settings()
+        logs.setup("WARNING", settings.secrets())
+        manifest = daemon.manifest_offline(settings)
+        rows = [
+            (
+                g.generation,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9)),
+                g.size,
+                g.stored_size,
+            )
+            for g in manifest.generations
+        ]
+    if not rows:
+        click.echo("no backup yet")
+    for generation, created, size, stored in rows:
+        click.echo(
+            f"{generation:>5}  {created}  {format_size(size):>10}  {format_size(stored):>10}"
+        )
+
+
+@main.command()
+@click.option("--generation", type=int, help="Restore this generation (default: the newest).")
+@click.option("--force", is_flag=True, help="Replace an existing catalog (it is moved aside).")
+def restore(generation: int | None, force: bool) -> None:
+    """Rebuild the catalog from its backup in the store, with nothing but the settings.
+
+    No daemon may run on the data directory. An existing catalog is refused unless --force;
+    it is then renamed, never deleted."""
+    from tgfs import daemon
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    try:
+        done = daemon.restore_offline(settings, generation, force)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except StoreError as exc:
+        raise click.ClickException(f"restore failed: {exc}") from None
+    g = done.generation
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9))
+    click.echo(f"restored backup {g.generation} of {created} into {settings.catalog_path}")
+    if done.moved_aside:
+        click.echo(f"the catalog that was there is now {done.moved_aside}")
+    for line in done.lost:
+        click.echo(f"lost: {line}")
+    click.echo("changes made after that backup are not in it; `tgfs mount` to use the library")
 
 
 @main.command("test-bots")

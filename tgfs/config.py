@@ -339,6 +339,12 @@ class Settings:
     stripe_width: int = _setting("TGFS_STRIPE_WIDTH", "4", _number(1, 16, whole=True))
     # All bots together, per direction.
     transfers: int = _setting("TGFS_TRANSFERS", "32", _number(1, 256, whole=True))
+    # Catalog backups in the store (tgfs.backups): after changes, at most this often, s
+    # (0: only `tgfs backup` and at unmount); how many generations are kept.
+    backup_interval: float = _setting(
+        "TGFS_BACKUP_INTERVAL", "3600", _number(0, 7 * 86400), _limit(_seconds)
+    )
+    backup_keep: int = _setting("TGFS_BACKUP_KEEP", "7", _number(1, 1000, whole=True))
     # module:callable that makes a client object (tests point it at the stand-in).
     telegram_client: str = _setting("TGFS_TELEGRAM_CLIENT", "pyrogram:Client", _client)
     # Not single settings: the numbered bot pairs and the API credentials (see _bots).

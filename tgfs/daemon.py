@@ -14,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import peewee
 import pyfuse3
 import trio
 
+from tgfs.backups import Backups, Manifest, Restored, read_manifest, restore
 from tgfs.cache import PartCache
 from tgfs.catalog import blobs, close_catalog, facts, jobs, library, open_catalog
+from tgfs.catalog.backups import Generation
 from tgfs.catalog.reserve import Reserve
 from tgfs.collector import GarbageCollector
 from tgfs.config import ConfigError, Settings
@@ -38,6 +42,8 @@ from tgfs.store.local import LocalStore
 from tgfs.store.telegram.store import TelegramStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def make_store(settings: Settings) -> BlobStore:
@@ -76,6 +82,48 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
             settings.cache_min_free,
         )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
+
+
+def backup_offline(settings: Settings) -> Generation | None:
+    """`tgfs backup` with no daemon running: one generation now (the lock keeps a daemon
+    from starting meanwhile). None if it failed (the reason is logged)."""
+    with DirectoryLock(settings.data_dir, Path("(tgfs backup)")):
+        if not settings.catalog_path.exists():
+            raise ConfigError(f"no catalog at {settings.catalog_path}: nothing to back up")
+        open_catalog(settings.catalog_path)
+        try:
+            return trio.run(_with_store, settings, _backup_once)
+        finally:
+            close_catalog()
+
+
+def restore_offline(settings: Settings, generation: int | None, force: bool) -> Restored:
+    """`tgfs restore`: the catalog rebuilt from the store (see tgfs.backups.restore)."""
+    with DirectoryLock(settings.data_dir, Path("(tgfs restore)")):
+        return trio.run(
+            _with_store, settings, lambda s, store: restore(s, store, generation, force)
+        )
+
+
+def manifest_offline(settings: Settings) -> Manifest:
+    """`tgfs backups` with no mount: what the store's manifest lists."""
+    return trio.run(_with_store, settings, lambda s, store: read_manifest(store))
+
+
+async def _backup_once(settings: Settings, store: BlobStore) -> Generation | None:
+    return await Backups(settings, store, settings.spool_dir).backup_now("asked for")
+
+
+async def _with_store(settings: Settings, work: Callable[[Settings, BlobStore], Awaitable[T]]) -> T:
+    store = make_store(settings)
+    try:
+        await store.start()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return await work(settings, store)
+    finally:
+        await store.aclose()
 
 
 def _recover() -> None:
@@ -168,8 +216,19 @@ async def _serve_mounted(
         settings, store, spool, names.invalidate, writes.busy, collector.wake, doorbell
     )
     prefetch = Prefetcher(cache, settings.prefetch_segments)
+    backups = Backups(settings, store, spool.root)
     fs = Filesystem(
-        settings, spool, cache, store, runner, collector, prefetch, writes, names, open_parts
+        settings,
+        spool,
+        cache,
+        store,
+        runner,
+        collector,
+        prefetch,
+        writes,
+        names,
+        open_parts,
+        backups,
     )
     options = set(pyfuse3.default_options)
     options |= {"fsname=tgfs", "subtype=tgfs"}
@@ -198,11 +257,18 @@ async def _serve_mounted(
             await nursery.start(prefetch.run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
+            nursery.start_soon(backups.run)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
+        with trio.CancelScope(shield=True), trio.move_on_after(BACKUP_AT_EXIT_TIMEOUT):
+            if backups.changed():
+                await backups.backup_now("at unmount")
 
 
+# A backup at unmount waits this long at most (a film's catalog is a few MB, one part), so a
+# stop never hangs on a store that is down; the previous generation then stands.
+BACKUP_AT_EXIT_TIMEOUT = 60.0
 RESERVE_CHECK = 30.0  # seconds between checks that the catalog's reserve is in place
 
 

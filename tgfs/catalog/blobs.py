@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from peewee import fn
 
-from tgfs.catalog.schema import Blob, Garbage, Landed, Part, db
+from tgfs.catalog.schema import Backup, Blob, Garbage, Landed, Part, db
 from tgfs.store.base import REPLICA_SEPARATOR, PartRef, replicas
 
 
@@ -28,11 +29,11 @@ def add(size: int, parts: list[PartRef]) -> Blob:
                 size=part.size,
                 location=part.location,
             )
-        _unland(p.location for p in parts)
+        unland(p.location for p in parts)
     return blob
 
 
-def _unland(locations: Iterable[str]) -> None:
+def unland(locations: Iterable[str]) -> None:
     wanted = list(locations)
     for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
         Landed.delete().where(Landed.location.in_(wanted[start : start + 500])).execute()
@@ -113,7 +114,7 @@ def queue_locations(locations: Iterable[str]) -> None:
             ]
         if still:
             Garbage.insert_many([{"location": loc} for loc in still]).execute()
-        _unland(still)
+        unland(still)
 
 
 def queue_orphans(locations: Iterable[str]) -> None:
@@ -125,13 +126,15 @@ def queue_orphans(locations: Iterable[str]) -> None:
 
 
 def known_locations() -> set[str]:
-    """Every single-replica location a part, landed part or garbage row names: what a
+    """Every single-replica location a part, landed part, garbage row or backup names: what a
     store's crash scan checks its findings against (one query per table, not one per
     finding: a local store can hold hundreds of thousands of parts)."""
     found: set[str] = set()
     for model in (Part, Landed, Garbage):
         for (location,) in model.select(model.location).tuples():
             found.update(replicas(location))
+    for (parts,) in Backup.select(Backup.parts).tuples():  # the catalog's own backups
+        found.update(r for location, _ in json.loads(parts) for r in replicas(location))
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import PurePosixPath
 
 from peewee import fn
@@ -10,6 +11,8 @@ from peewee import fn
 from tgfs.catalog import blobs, tree
 from tgfs.catalog.schema import (
     Entry,
+    Job,
+    JobState,
     Node,
     NodeKind,
     Rendition,
@@ -239,6 +242,35 @@ def published_copy(parent_id: int, source_hash: str) -> Node | None:
 def incomplete_videos() -> list[int]:
     """Videos whose job was cut short (the daemon stopped): they are made again."""
     return [v.id for v in Video.select(Video.id).where(Video.complete == False)]  # noqa: E712
+
+
+def forget_missing_spools() -> list[str]:
+    """After a restore on another machine: files whose newest content was only in a spool
+    file that is not here. One with a stored version goes back to it; one without is gone.
+    Their jobs go too. Returns what was lost, as paths with what happened."""
+    from tgfs.catalog import jobs  # (jobs imports nothing of library)
+
+    lost = []
+    with db.atomic():
+        for node in list(Node.select().where(Node.spool.is_null(False))):
+            if os.path.exists(node.spool):
+                continue
+            path = tree.path_of(node)
+            jobs.cancel(node.id)
+            if node.blob_id is not None:
+                node.spool = None
+                node.save()
+                lost.append(f"{display(path)}: newer content lost, its stored version kept")
+            else:
+                remove_file(node)
+                lost.append(f"{display(path)}: never stored, lost")
+        active = Job.select().where(
+            Job.state.in_([JobState.WRITING, JobState.QUEUED, JobState.RUNNING])
+        )
+        for job in list(active):
+            if not os.path.exists(job.spool):
+                job.delete_instance()
+    return lost
 
 
 def remove_file(node: Node) -> None:

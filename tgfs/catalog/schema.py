@@ -49,6 +49,7 @@ CONTROL_DIR_NAME = ".tgfs"
 STATUS_FILE_NAME = "status.json"
 BOTS_FILE_NAME = "bots.json"  # /.tgfs/bots.json (added after the first release: no fixed id)
 CACHE_FILE_NAME = "cache.json"  # /.tgfs/cache.json (likewise)
+BACKUPS_FILE_NAME = "backups.json"  # /.tgfs/backups.json (likewise)
 
 
 class SchemaMismatch(RuntimeError):
@@ -125,6 +126,9 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/cache.json: read cache and prefetch figures, rendered live; truncating it to
     # 0 bytes clears the cache (`tgfs cache clear`)
     CACHE = "cache"
+    # /.tgfs/backups.json: the catalog's backup generations, rendered live; truncating it
+    # to 0 bytes makes one now (`tgfs backup`)
+    BACKUPS = "backups"
     # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
     # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
     FIFO = "fifo"
@@ -139,7 +143,7 @@ class NodeKind(enum.StrEnum):
     @property
     def is_live(self) -> bool:
         """Control files: rendered from the daemon's state on every open, read-only."""
-        return self in (NodeKind.STATUS, NodeKind.BOTS, NodeKind.CACHE)
+        return self in (NodeKind.STATUS, NodeKind.BOTS, NodeKind.CACHE, NodeKind.BACKUPS)
 
     @property
     def is_user_entry(self) -> bool:
@@ -408,7 +412,23 @@ class Job(_Model):
     finished_ns = pw.IntegerField(null=True)
 
 
-TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Entry, Job]
+class Backup(_Model):
+    """One generation of the catalog's backup in the store (see tgfs.backups).
+
+    The store's manifest lists the same generations, so a machine with nothing but the
+    settings finds them; these rows make the running daemon know their parts (the crash
+    scan must not take them for orphans) and delete old generations.
+    """
+
+    generation = pw.IntegerField(primary_key=True)  # 1, 2, …: never reused
+    created_ns = pw.IntegerField()  # when its snapshot was taken
+    size = pw.IntegerField()  # bytes of the catalog snapshot
+    stored_size = pw.IntegerField()  # bytes in the store (compressed)
+    # Its parts in order, as JSON: [[location, size], …].
+    parts = pw.TextField()
+
+
+TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Entry, Job, Backup]
 
 
 def open_catalog(path: Path) -> None:
@@ -455,6 +475,13 @@ def open_catalog(path: Path) -> None:
         # Writable by the daemon's user (the only write it takes is a truncation).
         _fixed_file(
             CACHE_FILE_NAME, kind=NodeKind.CACHE, mode=0o644, uid=os.getuid(), gid=os.getgid()
+        )
+        _fixed_file(  # likewise: a truncation makes a backup now
+            BACKUPS_FILE_NAME,
+            kind=NodeKind.BACKUPS,
+            mode=0o644,
+            uid=os.getuid(),
+            gid=os.getgid(),
         )
 
 

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from tgfs.backups import Backups, backups_snapshot
 from tgfs.cache import PartCache
 from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_ns, reserve, tree
 from tgfs.collector import GarbageCollector
@@ -161,6 +162,7 @@ class Filesystem(pyfuse3.Operations):
         writes: Writes | None = None,
         names: Names | None = None,
         open_parts: OpenParts | None = None,
+        backups: Backups | None = None,
     ) -> None:
         """`writes`, `names` and `open_parts` are shared with the ingest runner and the
         garbage collector (see daemon); made here when not given (in-process tests)."""
@@ -181,6 +183,7 @@ class Filesystem(pyfuse3.Operations):
             spool, cache, settings.max_upload_size, runner.wake, self.names.invalidate
         )
         self.open_parts = open_parts or OpenParts()
+        self.backups = backups
         self._hidden: set[int] = set()  # entries of video folders unlinked this session
         # Inode → how many times the kernel was told of it (every reply that carries its
         # entry, readdir included), minus what `forget` gave back. An orphan (no name left)
@@ -243,6 +246,8 @@ class Filesystem(pyfuse3.Operations):
             )
         if kind is NodeKind.CACHE:
             return to_bytes(self.cache_stats())
+        if kind is NodeKind.BACKUPS:
+            return to_bytes(backups_snapshot(self.backups))
         return to_bytes({"bots": bots_snapshot(self.store_health)})
 
     def _render(self, node: Node) -> bytes:
@@ -325,6 +330,10 @@ class Filesystem(pyfuse3.Operations):
         if kind is NodeKind.CACHE and fields.update_size and attr.st_size == 0:
             freed = self.cache.clear()
             log.info("cache cleared: %d bytes freed", freed)
+            return self._attrs(node)
+        if kind is NodeKind.BACKUPS and fields.update_size and attr.st_size == 0:
+            if self.backups is None or await self.backups.backup_now("asked for") is None:
+                raise pyfuse3.FUSEError(errno.EIO)  # why: in the log and backups.json
             return self._attrs(node)
         if not kind.is_user_entry:
             raise pyfuse3.FUSEError(

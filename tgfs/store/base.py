@@ -121,6 +121,17 @@ class BlobStore(abc.ABC):
         unclean stop, before any new put. Stores that cannot tell return []."""
         return []
 
+    async def save_manifest(self, data: bytes) -> None:
+        """Keep `data` (a few KB: where the catalog's backups are, see tgfs.backups) where
+        it can be found with nothing but the settings: no catalog, no location. A new
+        manifest replaces the old one only once it is safely kept, so a failure leaves the
+        previous one readable."""
+        raise StoreError(f"the {self.kind} store cannot keep a backup manifest", retryable=False)
+
+    async def load_manifest(self) -> bytes | None:
+        """The manifest last saved (None if there is none)."""
+        return None
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect before first use; the local store has nothing to connect."""
 

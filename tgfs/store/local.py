@@ -28,6 +28,9 @@ _DISK_THREADS = trio.CapacityLimiter(4)
 # milliseconds per request, so several at once, and prefetch never holds them all.
 _READ_SLOTS, _READ_PREFETCH_MAX = 16, 8
 _READ_THREADS = trio.CapacityLimiter(_READ_SLOTS)  # as many as slots: never the bottleneck
+# Where the backup manifest lives: a fixed name beside the part folders (never a part:
+# those are two-character folders of hex names).
+MANIFEST_NAME = "manifest.json"
 
 
 class LocalStore(BlobStore):
@@ -95,6 +98,22 @@ class LocalStore(BlobStore):
                 found.append(location)
         return found
 
+    async def save_manifest(self, data: bytes) -> None:
+        """A fixed file in the store directory, replaced atomically (written beside it,
+        fsynced, renamed, directory fsynced)."""
+        try:
+            await trio.to_thread.run_sync(_replace_file, self.root / MANIFEST_NAME, data)
+        except OSError as exc:
+            raise StoreError(f"local store: cannot write the manifest: {exc.strerror}") from exc
+
+    async def load_manifest(self) -> bytes | None:
+        try:
+            return await trio.to_thread.run_sync((self.root / MANIFEST_NAME).read_bytes)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"local store: cannot read the manifest: {exc.strerror}") from exc
+
     async def health(self) -> dict[str, Any]:
         usage = await trio.to_thread.run_sync(shutil.disk_usage, self.root)
         return {"kind": self.kind, "path": str(self.root), "up": True, "free_bytes": usage.free}
@@ -119,6 +138,20 @@ def _copy_range(src: Path, offset: int, size: int, dest: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _list(root: Path) -> list[tuple[str, str]]:

@@ -1,0 +1,330 @@
+"""Backups of the catalog in the store it describes, and restoring from them.
+
+Bots cannot list a channel: the catalog is the only index of what lives where, and losing it
+loses the library. So it is backed up into the store, in this order:
+
+1. a consistent snapshot: `VACUUM INTO` on a connection of its own, in a thread (the FUSE
+   thread never waits for it; the live file is never copied), gzip-compressed;
+2. stored as parts like any file, each part recorded as landed the moment the store takes
+   it, so a crash leaves nothing the catalog does not know of;
+3. one transaction records the generation (Backup row) and lets the oldest beyond
+   `TGFS_BACKUP_KEEP` go to the garbage list;
+4. the manifest (every kept generation, with its parts) is saved where the store finds it
+   with nothing but the settings: a fixed file in the local store, a pinned message in
+   each bot's channel. Until this step the previous manifest stands, so a crash anywhere
+   leaves the previous generation usable.
+
+Backups run after changes, at most every `TGFS_BACKUP_INTERVAL`, and at a clean unmount;
+`tgfs backup` makes one now. `tgfs restore` rebuilds a catalog from the newest generation
+(or the one asked for) with nothing but the settings, and never overwrites a catalog unless
+told (the old one is then moved aside, not deleted).
+
+Encryption (`seal`/`unseal`) is where the key of TGFS_ENCRYPTION_KEY will apply; until then
+a backup is as private as the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pydantic
+import trio
+
+from tgfs.catalog import backups as generations_table
+from tgfs.catalog import blobs, facts
+from tgfs.catalog.backups import Generation
+from tgfs.catalog.schema import db, now_ns
+from tgfs.config import Settings
+from tgfs.store.base import BlobStore, StoreError
+from tgfs.store.parts import Upload, put_files
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+_CHECK_EVERY = 10.0  # seconds between looks at whether a backup is due
+_WORK = "backup"  # folder in the spool for the snapshot being made (swept at start)
+
+
+@dataclasses.dataclass
+class Manifest:
+    """What the store keeps about the catalog's backups (a few KB of JSON)."""
+
+    catalog_id: str  # the catalog's random id (tgfs.catalog.facts)
+    generations: list[Generation]  # newest first
+    format: int = MANIFEST_FORMAT
+
+
+_MANIFEST = pydantic.TypeAdapter(Manifest)
+
+
+def seal(data: bytes) -> bytes:
+    """Encryption seam: the manifest and snapshots pass through here before leaving."""
+    return data
+
+
+def unseal(data: bytes) -> bytes:
+    return data
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    return seal(_MANIFEST.dump_json(manifest))
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    try:
+        return _MANIFEST.validate_json(unseal(data))
+    except pydantic.ValidationError as exc:
+        raise StoreError(f"the store's backup manifest is unreadable: {exc}") from None
+
+
+class Backups:
+    """Backs the catalog up into the store (see the module doc)."""
+
+    def __init__(self, settings: Settings, store: BlobStore, spool_root: Path) -> None:
+        self.settings = settings
+        self.store = store
+        self.work = spool_root / _WORK
+        self._lock = trio.Lock()
+        # What the library looked like at the last backup (see `changed`).
+        self._saved_changes = -1
+        self._saved_state: tuple | None = None
+        self._last = 0.0  # time.monotonic() of the last backup attempt
+        self.last_error: str | None = None
+
+    def changed(self) -> bool:
+        """Has the library changed since the last backup? Its own bookkeeping (backup
+        rows, garbage collected) does not count, or backups would beget backups. The
+        connection's change counter is the cheap first look."""
+        changes = db.connection().total_changes
+        if changes == self._saved_changes:
+            return False
+        if _state() == self._saved_state:
+            self._saved_changes = changes  # bookkeeping only: look no more until the next
+            return False
+        return True
+
+    def _mark_saved(self) -> None:
+        self._saved_changes = db.connection().total_changes
+        self._saved_state = _state()
+
+    async def run(self) -> None:
+        """Back up after changes, at most every TGFS_BACKUP_INTERVAL (0: only on demand and
+        at unmount)."""
+        interval = self.settings.backup_interval
+        if not interval:
+            return
+        self._last = time.monotonic()  # a start is not a change
+        self._mark_saved()
+        while True:
+            await trio.sleep(min(_CHECK_EVERY, interval))
+            if time.monotonic() - self._last >= interval and self.changed():
+                await self.backup_now("after changes")
+
+    async def backup_now(self, why: str) -> Generation | None:
+        """One generation now; None if it failed (logged, and said in status). Never
+        raises for a store or disk failure: the mount goes on, the next one tries again."""
+        async with self._lock:
+            self._last = time.monotonic()
+            try:
+                made = await self._backup()
+            except (StoreError, OSError, sqlite3.Error) as exc:
+                self.last_error = str(exc)[:300]
+                log.warning("backup (%s) failed: %s; the previous generation stands", why, exc)
+                return None
+            self.last_error = None
+            log.info(
+                "backup %d (%s): %d bytes of catalog, %d stored",
+                made.generation,
+                why,
+                made.size,
+                made.stored_size,
+            )
+            return made
+
+    async def _backup(self) -> Generation:
+        state = _state()
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        snapshot, packed = self.work / "catalog.db", self.work / "catalog.db.gz"
+        created = now_ns()
+        await trio.to_thread.run_sync(_snapshot, self.settings.catalog_path, snapshot)
+        size = snapshot.stat().st_size
+        await trio.to_thread.run_sync(_compress, snapshot, packed)
+        generation = generations_table.next_generation()
+        stored: list[str] = []
+        upload = Upload(packed, packed.stat().st_size, f"backup-{generation}")
+
+        def landed(part) -> None:
+            blobs.landed(part.location, None)
+            stored.append(part.location)
+
+        try:
+            parts = (await put_files(self.store, [upload], self.settings.part_size, landed))[packed]
+        except BaseException:
+            blobs.queue_locations(stored)  # nothing half-stored is kept
+            raise
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        made = Generation(
+            generation=generation,
+            created_ns=created,
+            size=size,
+            stored_size=upload.size,
+            parts=[(p.location, p.size) for p in parts],
+        )
+        if generations_table.record(made, self.settings.backup_keep):
+            log.info("backup: older generations beyond TGFS_BACKUP_KEEP go")
+        manifest = Manifest(
+            catalog_id=facts.catalog_id(), generations=generations_table.generations()
+        )
+        await self.store.save_manifest(encode_manifest(manifest))
+        self._saved_changes, self._saved_state = db.connection().total_changes, state
+        return made
+
+
+def _state() -> tuple:
+    """A fingerprint of the library: every change to the tree touches a directory's or a
+    node's times (tgfs.catalog.tree), and stored content adds blobs."""
+    return tuple(
+        db.execute_sql(
+            "SELECT (SELECT max(ctime_ns) FROM node), (SELECT count(*) FROM node), "
+            "(SELECT max(id) FROM blob), (SELECT count(*) FROM blob), "
+            "(SELECT count(*) FROM video WHERE complete)"
+        ).fetchone()
+    )
+
+
+def _snapshot(catalog: Path, dest: Path) -> None:
+    """A consistent copy of the live catalog (its own read transaction, WAL included)."""
+    con = sqlite3.connect(catalog)
+    try:
+        con.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        con.close()
+
+
+def _compress(src: Path, dest: Path) -> None:
+    with open(src, "rb") as f, gzip.open(dest, "wb", compresslevel=6) as out:
+        shutil.copyfileobj(f, out, 2**20)
+
+
+def _decompress(src: Path, dest: Path) -> None:
+    with gzip.open(src, "rb") as f, open(dest, "wb") as out:
+        shutil.copyfileobj(f, out, 2**20)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def backups_snapshot(backups: Backups | None) -> dict:
+    """`.tgfs/backups.json`: the generations kept, newest first, and the last failure."""
+    rows = [
+        {
+            "generation": g.generation,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9)),
+            "size": g.size,
+            "stored_size": g.stored_size,
+            "parts": len(g.parts),
+        }
+        for g in generations_table.generations()
+    ]
+    return {
+        "generations": rows,
+        "interval_s": backups.settings.backup_interval if backups else None,
+        "last_error": backups.last_error if backups else None,
+    }
+
+
+# ---- restoring -------------------------------------------------------------------------------
+
+
+async def read_manifest(store: BlobStore) -> Manifest:
+    data = await store.load_manifest()
+    if data is None:
+        raise StoreError("no backup of a catalog was found in the store", retryable=False)
+    return decode_manifest(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    generation: Generation
+    moved_aside: Path | None  # the catalog that was there (with --force)
+    lost: list[str]  # files whose content was only in a spool this machine does not have
+
+
+async def restore(
+    settings: Settings, store: BlobStore, generation: int | None = None, force: bool = False
+) -> Restored:
+    """Rebuild the catalog from a backup generation (the newest if None).
+
+    The catalog appears in one rename, once whole and checked (`PRAGMA integrity_check`):
+    a crash before leaves no catalog (or the old one), never half of one. An existing
+    catalog is refused unless `force`; then it is moved aside, not deleted.
+    """
+    from tgfs.catalog import close_catalog, library, open_catalog
+
+    target = settings.catalog_path
+    if target.exists() and not force:
+        raise FileExistsError(
+            f"{target} exists: restoring would replace it (--force moves it aside first)"
+        )
+    manifest = await read_manifest(store)
+    if not manifest.generations:
+        raise StoreError("the store's backup manifest lists no generation", retryable=False)
+    chosen = manifest.generations[0]
+    if generation is not None:
+        found = [g for g in manifest.generations if g.generation == generation]
+        if not found:
+            kept = ", ".join(str(g.generation) for g in manifest.generations)
+            raise StoreError(f"no backup generation {generation} (kept: {kept})", retryable=False)
+        chosen = found[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    packed = target.with_name(target.name + ".restoring.gz")
+    fresh = target.with_name(target.name + ".restoring")
+    with open(packed, "wb") as out:
+        for location, size in chosen.parts:
+            at = 0
+            while at < size:
+                data = await store.get(location, at, min(8 * 2**20, size - at))
+                if not data:
+                    raise StoreError(f"backup part {location} ends early", retryable=False)
+                out.write(unseal(data))
+                at += len(data)
+    await trio.to_thread.run_sync(_decompress, packed, fresh)
+    packed.unlink()
+    await trio.to_thread.run_sync(_check_sqlite, fresh)
+    moved = None
+    if target.exists():
+        moved = target.with_name(f"{target.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(f"{target}{suffix}")
+            if old.exists():
+                os.replace(old, Path(f"{moved}{suffix}"))
+    os.replace(fresh, target)
+    open_catalog(target)
+    try:
+        generations_table.adopt(manifest.generations)
+        lost = library.forget_missing_spools()
+        # Parts stored after this generation are unknown to it: the next start must not
+        # delete them as a crash's leftovers (`tgfs fsck` lists them).
+        facts.put(facts.STOPPED_CLEANLY, "1")
+        facts.put(facts.ORPHAN_SCAN_DUE, "0")
+    finally:
+        close_catalog()
+    return Restored(chosen, moved, lost)
+
+
+def _check_sqlite(path: Path) -> None:
+    con = sqlite3.connect(path)
+    try:
+        (result,) = con.execute("PRAGMA integrity_check").fetchone()
+    finally:
+        con.close()
+    if result != "ok":
+        raise StoreError(f"the restored catalog is damaged: {result}", retryable=False)

@@ -1,0 +1,80 @@
+"""The catalog's record of its own backup generations (the Backup table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from tgfs.catalog.blobs import unland
+from tgfs.catalog.schema import Backup, Garbage, db
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One backup generation: what the manifest says about it, and what the table holds."""
+
+    generation: int
+    created_ns: int
+    size: int  # bytes of the catalog snapshot
+    stored_size: int  # bytes in the store
+    parts: list[tuple[str, int]]  # (location, size) in order
+
+
+def _of(row: Backup) -> Generation:
+    return Generation(
+        generation=row.generation,
+        created_ns=row.created_ns,
+        size=row.size,
+        stored_size=row.stored_size,
+        parts=[(loc, size) for loc, size in json.loads(row.parts)],
+    )
+
+
+def generations() -> list[Generation]:
+    """Every generation kept, newest first."""
+    return [_of(r) for r in Backup.select().order_by(Backup.generation.desc())]
+
+
+def next_generation() -> int:
+    newest = Backup.select(Backup.generation).order_by(Backup.generation.desc()).first()
+    return 1 if newest is None else newest.generation + 1
+
+
+def record(generation: Generation, keep: int) -> int:
+    """A generation is stored: record it (its parts stop being merely landed) and let the
+    oldest go beyond `keep` (their parts to the garbage list), in one transaction. Returns
+    how many generations went."""
+    with db.atomic():
+        Backup.create(
+            generation=generation.generation,
+            created_ns=generation.created_ns,
+            size=generation.size,
+            stored_size=generation.stored_size,
+            parts=json.dumps(generation.parts),
+        )
+        unland(loc for loc, _ in generation.parts)
+        old = list(Backup.select().order_by(Backup.generation.desc()).offset(keep))
+        for row in old:
+            rows = [{"location": loc} for loc, _ in json.loads(row.parts)]
+            if rows:
+                Garbage.insert_many(rows).execute()
+            row.delete_instance()
+    return len(old)
+
+
+def adopt(found: list[Generation]) -> None:
+    """After a restore: the generations the manifest lists are this catalog's (the
+    snapshot was taken before its own generation was recorded)."""
+    with db.atomic():
+        for g in found:
+            Backup.insert(
+                generation=g.generation,
+                created_ns=g.created_ns,
+                size=g.size,
+                stored_size=g.stored_size,
+                parts=json.dumps(g.parts),
+            ).on_conflict_replace().execute()
+
+
+def locations() -> list[str]:
+    return [loc for g in generations() for loc, _ in g.parts]
