@@ -17,6 +17,11 @@ TGFS_TELEGRAM_CLIENT at `tests.standin:StandInClient`. What it keeps faithful to
   pays one round trip per chunk (GetFile is sequential), and holds the client's download
   semaphore (`max_concurrent_transmissions`) until the generator is closed;
 - `delete_messages` takes at most 100 ids (a guard: tgfs must batch) and returns the count;
+  deleting the pinned message leaves the channel with none pinned;
+- `pin_chat_message` needs admin rights, refuses a message that is not there
+  (MessageIdInvalid) and makes a service message with the next id (no document);
+  `get_chat` returns the channel with `pinned_message` fetched by get_messages, as
+  kurigram's Chat._parse_full does;
 - a per-bot bandwidth shared by that bot's transfers, and a latency per request;
 - session files in `workdir` (a login only when the file is missing, counted per bot).
 
@@ -77,6 +82,7 @@ class Chat:
     id: int
     title: str
     type: str = "channel"
+    pinned_message: Message | None = None  # get_chat fetches it, as kurigram's _parse_full
 
 
 @dataclasses.dataclass
@@ -259,10 +265,41 @@ class StandInClient:
         assert self.me is not None
         return self.me
 
-    async def get_chat(self, chat_id: int) -> Chat:
+    async def get_chat(self, chat_id: int, force_full: bool = True) -> Chat:
+        """channels.GetFullChannel; the pinned message is then fetched with get_messages,
+        as kurigram does (one more round trip), and is an empty Message if it was
+        deleted."""
         self._check_started()
-        await self._request("channels.GetChannels", chat_id)
-        return Chat(id=chat_id, title=f"stand-in channel {chat_id}")
+        await self._request("channels.GetFullChannel", chat_id)
+        chat = Chat(id=chat_id, title=f"stand-in channel {chat_id}")
+        pinned = self._world.channel_dir(chat_id) / "pinned"
+        if pinned.exists():
+            chat.pinned_message = await self.get_messages(chat_id, int(pinned.read_text()))
+        return chat
+
+    async def pin_chat_message(
+        self,
+        chat_id: int,
+        message_id: int,
+        disable_notification: bool = False,
+        both_sides: bool = False,
+        business_connection_id: str | None = None,
+    ) -> Message | None:
+        """messages.UpdatePinnedMessage: needs admin rights in a channel; the message must
+        exist (MessageIdInvalid); makes a service message ("pinned a message") with the
+        next id, which is returned, as kurigram does."""
+        self._check_started()
+        await self._request("messages.UpdatePinnedMessage", chat_id, post=True)
+        folder = self._world.channel_dir(chat_id)
+        if not (folder / str(message_id)).exists():
+            raise errors.MessageIdInvalid(rpc_name="messages.UpdatePinnedMessage")
+        async with self._world.lock:
+            counter = folder / "next_id"
+            service_id = int(counter.read_text()) if counter.exists() else 1
+            counter.write_text(str(service_id + 1))
+            (folder / f"{service_id}.service").write_text(str(message_id))
+            (folder / "pinned").write_text(str(message_id))
+        return Message(id=service_id, chat=Chat(id=chat_id, title=f"stand-in channel {chat_id}"))
 
     async def send_document(
         self,
@@ -362,6 +399,8 @@ class StandInClient:
                         name.read_text() if name.exists() else "document",
                     )
                 )
+            elif path.with_name(f"{message_id}.service").exists():  # no document
+                found.append(Message(id=message_id, chat=Chat(id=chat_id, title="")))
             else:
                 found.append(Message(id=message_id, empty=True))
         return found if not isinstance(message_ids, int) else found[0]
@@ -411,6 +450,9 @@ class StandInClient:
             if path.exists():
                 path.unlink()
                 path.with_name(f"{message_id}.name").unlink(missing_ok=True)
+                pinned = path.with_name("pinned")
+                if pinned.exists() and pinned.read_text() == str(message_id):
+                    pinned.unlink()
                 deleted += 1
         return deleted
 

@@ -372,3 +372,35 @@ async def test_striped_segments_keep_their_stripes_on_distinct_bots_under_load(s
             assert len({bot_of(p.location) for p in parts}) == 3, upload.key
             got = b"".join([await store.get(p.location, 0, p.size) for p in parts])
             assert got == upload.path.read_bytes()
+
+
+async def test_the_backup_manifest_is_pinned_by_every_bot(standin, tmp_path, blob):
+    """Each bot pins the newest manifest in its channel and deletes the one before; any
+    one bot is enough to read it; a bot that missed a save is outvoted by the others."""
+    async with running_store(standin, tmp_path) as store:
+        assert await store.load_manifest() is None
+        await store.save_manifest(b'{"generation": 1}')
+        pinned_first = {
+            b: (standin.root / "channels" / str(standin.channel(b)) / "pinned").read_text()
+            for b in standin.bot_ids
+        }
+        standin.bot(3)["dead"] = True  # misses the next save
+        standin.write()
+        await store.save_manifest(b'{"generation": 2}')
+        assert await store.load_manifest() == b'{"generation": 2}'
+        for b in standin.bot_ids[:3]:  # the old manifest message is gone where replaced
+            channel = standin.channel(b)
+            assert not standin.message_path(channel, int(pinned_first[b])).exists()
+        # The backup's own parts go to every bot that is up, not TGFS_REPLICAS.
+        location = await store.put(blob[0], 0, 1000, "backup-1.part0", everywhere=True)
+        assert len(parse_location(location)) == 3
+    standin.bot(3)["dead"] = False
+    for dead in (0, 1, 2):  # any one bot that saw the newest save is enough
+        standin.bot(dead)["dead"] = True
+    standin.write()
+    async with running_store(standin, tmp_path / "again") as store:
+        assert await store.load_manifest() == b'{"generation": 1}'  # only bot 4 is up
+    standin.bot(0)["dead"] = False
+    standin.write()
+    async with running_store(standin, tmp_path / "third") as store:
+        assert await store.load_manifest() == b'{"generation": 2}'  # newest wins

@@ -159,7 +159,7 @@ class Backups:
         await trio.to_thread.run_sync(_compress, snapshot, packed)
         generation = generations_table.next_generation()
         stored: list[str] = []
-        upload = Upload(packed, packed.stat().st_size, f"backup-{generation}")
+        upload = Upload(packed, packed.stat().st_size, f"backup-{generation}", everywhere=True)
 
         def landed(part) -> None:
             blobs.landed(part.location, None)

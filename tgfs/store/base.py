@@ -73,13 +73,23 @@ class BlobStore(abc.ABC):
         return 1
 
     @abc.abstractmethod
-    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
+    async def put(
+        self,
+        src: Path,
+        offset: int,
+        size: int,
+        key: str,
+        spread: bool = False,
+        everywhere: bool = False,
+    ) -> str:
         """Store `size` bytes of `src` from `offset`; return the new part's location.
 
         `key` is a stable name for the content (e.g. "blob-17.part0"); stores that spread
         parts over several backends use it to choose one deterministically. `spread`: the
         part is one stripe of a blob striped over backends (see `stripe_width`), to be kept
-        on the backend its key chooses, not moved to a less busy one.
+        on the backend its key chooses, not moved to a less busy one. `everywhere`: a copy
+        on every backend that is up, not TGFS_REPLICAS (the catalog's backups: any one
+        surviving bot must be enough to restore).
         """
 
     @abc.abstractmethod

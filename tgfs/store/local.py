@@ -49,7 +49,15 @@ class LocalStore(BlobStore):
             raise StoreError(f"not a local-store location: {location!r}", retryable=False)
         return self.root / head / name
 
-    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
+    async def put(
+        self,
+        src: Path,
+        offset: int,
+        size: int,
+        key: str,
+        spread: bool = False,
+        everywhere: bool = False,
+    ) -> str:
         name = uuid.uuid4().hex
         location = f"{name[:2]}/{name}"
         dest = self._path(location)

@@ -40,6 +40,7 @@ class Upload:
     # Read whole, and soon after a wait (an HLS segment): split over the store's backends
     # (`BlobStore.stripe_width` parts) so its bytes come from several at once.
     stripe: bool = False
+    everywhere: bool = False  # a copy on every backend (see BlobStore.put)
 
 
 async def put_files(
@@ -78,7 +79,12 @@ async def put_files(
         for upload, index, offset, length, spread in queue:
             try:
                 location = await store.put(
-                    upload.path, offset, length, f"{upload.key}.part{index}", spread
+                    upload.path,
+                    offset,
+                    length,
+                    f"{upload.key}.part{index}",
+                    spread,
+                    upload.everywhere,
                 )
             except StoreError as exc:
                 failure.append(exc)

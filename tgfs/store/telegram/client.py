@@ -182,6 +182,21 @@ async def read_range(client: Any, message: Any, offset: int, length: int, into: 
         await stream.aclose()  # releases the client's download slot at once
 
 
+async def pin(client: Any, chat_id: int, message_id: int) -> None:
+    """Pin a message in the channel (the bot needs the right to edit messages there).
+    A channel shows no notification for it; the service message it makes is not kept."""
+    await client.pin_chat_message(chat_id, message_id, disable_notification=True)
+
+
+async def pinned(client: Any, chat_id: int) -> Any | None:
+    """The channel's pinned message (its latest pin), if it holds a document."""
+    chat = await client.get_chat(chat_id)
+    message = getattr(chat, "pinned_message", None)
+    if message is None or getattr(message, "empty", False) or not message.document:
+        return None
+    return message
+
+
 async def delete(client: Any, chat_id: int, message_ids: list[int]) -> int:
     assert len(message_ids) <= DELETE_MESSAGES_MAX
     return await client.delete_messages(chat_id, message_ids)

@@ -373,6 +373,20 @@ class BotLink:
         self._succeeded()
         return found
 
+    async def pin(self, message_id: int) -> None:
+        await self._ready()
+        await self._retried("pin", tg.pin, self.channel_id, message_id)
+        self._succeeded()
+
+    async def pinned(self) -> Any | None:
+        """The message pinned in the bot's channel (with a document), or None."""
+        await self._ready(new_work=False)
+        message = await self._retried("pinned", tg.pinned, self.channel_id)
+        self._succeeded()
+        if message is not None:
+            self._remember(self.channel_id, message)
+        return message
+
     async def look_up(self, channel_id: int, message_ids: list[int]) -> None:
         """Fetch and keep the messages among these ids that are not kept yet, ≤ 200 per
         call (see `prepare`): their reads then need no look-up of their own."""

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ START_WAIT = 20.0  # seconds start() waits for logins before mounting anyway
 SCAN_BEHIND = 64
 SCAN_AHEAD = 200
 _PART_NAME = re.compile(r".+\.part\d+")  # how put() names documents: "<key>.part<N>"
+# The backup manifest's document: "tgfs-manifest-<sequence>.json" (see save_manifest).
+MANIFEST_PREFIX = "tgfs-manifest-"
 EMPTY = "tg:empty"  # a zero-byte part: Telegram refuses empty documents, and needs none
 _PREFIX = "tg:"
 
@@ -184,13 +187,22 @@ class TelegramStore(BlobStore):
 
     # ---- put ----------------------------------------------------------------------------
 
-    async def put(self, src: Path, offset: int, size: int, key: str, spread: bool = False) -> str:
+    async def put(
+        self,
+        src: Path,
+        offset: int,
+        size: int,
+        key: str,
+        spread: bool = False,
+        everywhere: bool = False,
+    ) -> str:
         if size == 0:
             return EMPTY
         placed: list[Replica] = []
         failed: set[int] = set()
         reasons: list[str] = []
-        while len(placed) < self.replicas:
+        wanted = len(self.links) if everywhere else self.replicas
+        while len(placed) < wanted:
             exclude = failed | {r.bot_id for r in placed}
             link, patient = self._choose(key, exclude, spread)
             if link is None:
@@ -199,7 +211,7 @@ class TelegramStore(BlobStore):
                         "%s: stored on %d of %d bots (%s)",
                         key,
                         len(placed),
-                        self.replicas,
+                        wanted,
                         "; ".join(reasons) or "no other bot is up",
                     )
                     break
@@ -382,6 +394,70 @@ class TelegramStore(BlobStore):
                     self._mark(replica)
         return found
 
+    # ---- the backup manifest -------------------------------------------------------------
+
+    async def save_manifest(self, data: bytes) -> None:
+        """Every bot that is up sends the manifest as a document and pins it in its
+        channel, then deletes the manifest it pinned before: any one surviving bot is
+        enough to find the backups. The document's name carries a sequence number, so the
+        newest is known when bots disagree (one was down during a save)."""
+        name = f"{MANIFEST_PREFIX}{time.time_ns()}.json"
+        path = self.settings.session_dir / f".{name}"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(path.write_bytes, data)
+        saved, reasons = 0, []
+        try:
+            for link in self.links.values():
+                try:
+                    old = await link.pinned()
+                    ticket = link.reserve(trio.current_time())
+                    message_id = await link.send(
+                        path, 0, len(data), name, ticket, self._upload_cap, patient=True
+                    )
+                    await link.pin(message_id)
+                    if old is not None and _manifest_seq(old) is not None:
+                        await link.delete(link.channel_id, [int(old.id)])
+                    saved += 1
+                except (BotFailed, BotFlooded, StoreError) as exc:
+                    reasons.append(f"bot {link.number}: {exc}")
+        finally:
+            path.unlink(missing_ok=True)
+        if reasons:
+            log.warning("backup manifest: not kept by every bot: %s", "; ".join(reasons))
+        if not saved:
+            raise StoreError("no bot could keep the backup manifest: " + "; ".join(reasons))
+
+    async def load_manifest(self) -> bytes | None:
+        """The newest manifest any bot has pinned (bots that are down are skipped)."""
+        newest: tuple[int, BotLink, Any] | None = None
+        reasons = []
+        for link in self.links.values():
+            try:
+                message = await link.pinned()
+            except (BotFailed, BotFlooded, StoreError) as exc:
+                reasons.append(f"bot {link.number}: {exc}")
+                continue
+            seq = _manifest_seq(message) if message is not None else None
+            if seq is not None and (newest is None or seq > newest[0]):
+                newest = (seq, link, message)
+        if newest is None:
+            if reasons and len(reasons) == len(self.links):
+                raise StoreError(
+                    "no bot could be asked for the backup manifest: " + "; ".join(reasons)
+                )
+            return None
+        _, link, message = newest
+        try:
+            return await link.read(
+                link.channel_id,
+                int(message.id),
+                0,
+                int(message.document.file_size),
+                self._download_cap,
+            )
+        except (BotFailed, BotFlooded) as exc:
+            raise StoreError(f"bot {link.number}: {exc}") from None
+
     # ---- health -------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
@@ -397,3 +473,10 @@ class TelegramStore(BlobStore):
             "replicas": self.replicas,
             "bots": bots,
         }
+
+
+def _manifest_seq(message: Any) -> int | None:
+    """The sequence number of a manifest document; None for any other message."""
+    name = getattr(message.document, "file_name", None) or ""
+    number = name.removeprefix(MANIFEST_PREFIX).removesuffix(".json")
+    return int(number) if name.startswith(MANIFEST_PREFIX) and number.isdigit() else None
