@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TEST_ENV, copy_in, wait_for
+from tests.conftest import TEST_ENV, copy_in, telegram_env, wait_for
 from tests.fsapi import ROOT, FsApi
 from tests.hls_checks import check_video_folder
 from tgfs.backups import Backups, read_manifest
@@ -104,3 +104,27 @@ def test_restore_says_so_when_the_store_has_no_backup(tmp_path):
     )
     assert result.returncode != 0 and "no backup" in result.stderr, result.stderr
     assert not (tmp_path / "data" / "catalog.db").exists()
+
+
+def test_restore_from_telegram_with_the_first_bot_dead(mount_factory, telegram, media):
+    """A machine with nothing but the settings, and one bot gone: the other bots' pinned
+    manifests and copies of the backup are enough; once the bot is back, the video plays."""
+    m = mount_factory(**telegram_env(telegram))
+    src = media("tiny_h264.mp4")
+    copy_in(src, m.path / "clip.mp4")
+    (m.path / "notes.txt").write_bytes(b"in the backup")
+    m.wait_idle()
+    made = _tgfs(m, "backup", str(m.path))
+    assert made.returncode == 0, made.stderr
+    assert m.stop() == 0
+    shutil.rmtree(m.data)  # catalog, spool, sessions: all gone
+    shutil.rmtree(m.root / "cache", ignore_errors=True)
+    telegram.bot(0)["dead"] = True
+    telegram.write()
+    restored = _tgfs(m, "restore")
+    assert restored.returncode == 0, restored.stderr
+    telegram.bot(0)["dead"] = False
+    telegram.write()
+    m.start()
+    assert (m.path / "notes.txt").read_bytes() == b"in the backup"
+    check_video_folder(m.path / "clip", src, SEGMENT)
