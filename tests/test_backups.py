@@ -128,3 +128,60 @@ def test_restore_from_telegram_with_the_first_bot_dead(mount_factory, telegram, 
     m.start()
     assert (m.path / "notes.txt").read_bytes() == b"in the backup"
     check_video_folder(m.path / "clip", src, SEGMENT)
+
+
+def test_a_kill_mid_backup_or_mid_restore_leaves_the_previous_generation(
+    mount_factory, telegram, tmp_path
+):
+    """kill -9 while a backup is being stored: the manifest still names the generation
+    before it, the restarted daemon deletes what the half backup stored, and a restore
+    killed half-way leaves no catalog behind (the next one succeeds)."""
+    telegram.config["latency"] = 0.15  # every request takes a while: room to kill in
+    telegram.write()
+    m = mount_factory(**telegram_env(telegram))
+    (m.path / "a.txt").write_bytes(b"generation one")
+    m.wait_idle()
+    assert _tgfs(m, "backup", str(m.path)).returncode == 0
+    (m.path / "b.txt").write_bytes(b"after generation one")
+    m.wait_idle()
+    backup = subprocess.Popen(
+        [sys.executable, "-m", "tgfs", "backup", str(m.path)],
+        env=m.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: (m.data / "spool" / "backup").exists(), 30, "the backup to start")
+    m.kill()
+    backup.wait(30)
+    assert m.catalog("SELECT generation FROM backup") == [(1,)]
+    m.start()  # the half backup's parts are deleted (they were landed, not recorded)
+    assert not (m.data / "spool" / "backup").exists()
+    wait_for(
+        lambda: not m.catalog("SELECT 1 FROM landed") and m.status()["garbage_pending"] == 0,
+        60,
+        "the half backup's parts to go",
+    )
+    assert m.stop() == 0
+
+    # Restore killed while it downloads: no catalog appears; the next restore works.
+    shutil.rmtree(m.data)
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "tgfs", "restore"],
+        env=m.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(
+        lambda: restore.poll() is not None or list(m.data.glob("catalog.db.restoring*")),
+        60,
+        "the restore to start downloading",
+    )
+    restore.kill()
+    restore.wait(30)
+    assert not (m.data / "catalog.db").exists()
+    again = _tgfs(m, "restore")
+    assert again.returncode == 0, again.stderr
+    assert not list(m.data.glob("catalog.db.restoring*"))
+    m.start()
+    assert (m.path / "a.txt").read_bytes() == b"generation one"
+    assert (m.path / "b.txt").read_bytes() == b"after generation one"  # the at-unmount one

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
 _CHECK_EVERY = 10.0  # seconds between looks at whether a backup is due
 _WORK = "backup"  # folder in the spool for the snapshot being made (swept at start)
+BACKUP_STATE = "backup_state"  # Meta key: the library's fingerprint at the newest backup
 
 
 @dataclasses.dataclass
@@ -93,8 +95,11 @@ class Backups:
         self.work = spool_root / _WORK
         self._lock = trio.Lock()
         # What the library looked like at the last backup (see `changed`).
+        # (The state is kept in the catalog: changes a crash kept from being backed up are
+        # still changes after the restart.)
         self._saved_changes = -1
-        self._saved_state: tuple | None = None
+        saved = facts.get(BACKUP_STATE)
+        self._saved_state: list | None = json.loads(saved) if saved else None
         self._last = 0.0  # time.monotonic() of the last backup attempt
         self.last_error: str | None = None
 
@@ -110,18 +115,13 @@ class Backups:
             return False
         return True
 
-    def _mark_saved(self) -> None:
-        self._saved_changes = db.connection().total_changes
-        self._saved_state = _state()
-
     async def run(self) -> None:
         """Back up after changes, at most every TGFS_BACKUP_INTERVAL (0: only on demand and
         at unmount)."""
         interval = self.settings.backup_interval
         if not interval:
             return
-        self._last = time.monotonic()  # a start is not a change
-        self._mark_saved()
+        self._last = time.monotonic()
         while True:
             await trio.sleep(min(_CHECK_EVERY, interval))
             if time.monotonic() - self._last >= interval and self.changed():
@@ -185,14 +185,15 @@ class Backups:
             catalog_id=facts.catalog_id(), generations=generations_table.generations()
         )
         await self.store.save_manifest(encode_manifest(manifest))
+        facts.put(BACKUP_STATE, json.dumps(state))
         self._saved_changes, self._saved_state = db.connection().total_changes, state
         return made
 
 
-def _state() -> tuple:
+def _state() -> list:
     """A fingerprint of the library: every change to the tree touches a directory's or a
     node's times (tgfs.catalog.tree), and stored content adds blobs."""
-    return tuple(
+    return list(
         db.execute_sql(
             "SELECT (SELECT max(ctime_ns) FROM node), (SELECT count(*) FROM node), "
             "(SELECT max(id) FROM blob), (SELECT count(*) FROM blob), "
