@@ -524,6 +524,19 @@ class StandIn:
             )
         return found
 
+    def part_messages(self) -> list[tuple[int, int]]:
+        """(channel, id) of the messages that hold parts of the library: not the catalog's
+        backups nor the pinned backup manifests (tgfs.backups)."""
+        return [
+            (channel, m)
+            for channel, ids in self.messages().items()
+            for m in ids
+            if not self.message_path(channel, m)
+            .with_name(f"{m}.name")
+            .read_text()
+            .startswith(("backup-", "tgfs-manifest-"))
+        ]
+
     def message_path(self, channel: int, message_id: int) -> Path:
         return self.root / "channels" / str(channel) / str(message_id)
 
