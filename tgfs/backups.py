@@ -35,6 +35,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import peewee
 import pydantic
 import trio
 
@@ -134,9 +135,13 @@ class Backups:
             self._last = time.monotonic()
             try:
                 made = await self._backup()
-            except (StoreError, OSError, sqlite3.Error) as exc:
+            except (StoreError, OSError, sqlite3.Error, peewee.PeeweeException) as exc:
                 self.last_error = str(exc)[:300]
                 log.warning("backup (%s) failed: %s; the previous generation stands", why, exc)
+                return None
+            except Exception as exc:  # a bug: it must not end the mount
+                self.last_error = f"internal error: {exc}"[:300]
+                log.exception("backup (%s) failed; the previous generation stands", why)
                 return None
             self.last_error = None
             log.info(
