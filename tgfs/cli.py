@@ -228,6 +228,23 @@ def restore(generation: int | None, force: bool) -> None:
     click.echo("changes made after that backup are not in it; `tgfs mount` to use the library")
 
 
+@main.command()
+def fsck() -> None:
+    """Check the library: the catalog's consistency, every part against the store, and
+    parts with fewer copies than TGFS_REPLICAS. No daemon may run on the data directory.
+    Exits non-zero when something is wrong."""
+    from tgfs import daemon
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    report = daemon.fsck_offline(settings)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        raise click.ClickException("the library has problems (see above)")
+    click.echo("the library is whole")
+
+
 @main.command("test-bots")
 def test_bots() -> None:
     """Check every configured bot: login, channel, upload, download, delete (one line each).

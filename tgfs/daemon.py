@@ -33,6 +33,7 @@ from tgfs.fs.handles import OpenParts
 from tgfs.fs.operations import Filesystem
 from tgfs.fs.render import Names, Renderer
 from tgfs.fs.writes import Writes
+from tgfs.fsck import Report, fsck
 from tgfs.ingest.runner import Doorbell, IngestRunner
 from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.prefetch import Prefetcher
@@ -103,6 +104,18 @@ def restore_offline(settings: Settings, generation: int | None, force: bool) -> 
         return trio.run(
             _with_store, settings, lambda s, store: restore(s, store, generation, force)
         )
+
+
+def fsck_offline(settings: Settings) -> Report:
+    """`tgfs fsck` with no daemon running (see tgfs.fsck)."""
+    with DirectoryLock(settings.data_dir, Path("(tgfs fsck)")):
+        if not settings.catalog_path.exists():
+            raise ConfigError(f"no catalog at {settings.catalog_path} (tgfs restore makes one)")
+        open_catalog(settings.catalog_path)
+        try:
+            return trio.run(_with_store, settings, fsck)
+        finally:
+            close_catalog()
 
 
 def manifest_offline(settings: Settings) -> Manifest:

@@ -131,6 +131,11 @@ class BlobStore(abc.ABC):
         unclean stop, before any new put. Stores that cannot tell return []."""
         return []
 
+    async def missing(self, locations: list[str]) -> list[str]:
+        """The replicas among `locations` that the store no longer holds (for `tgfs
+        fsck`), asked in bulk where the store can. Raises StoreError if it cannot tell."""
+        return []
+
     async def save_manifest(self, data: bytes) -> None:
         """Keep `data` (a few KB: where the catalog's backups are, see tgfs.backups) where
         it can be found with nothing but the settings: no catalog, no location. A new

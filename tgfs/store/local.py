@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from tgfs.store.base import BlobStore, PartMissing, StoreError
+from tgfs.store.base import BlobStore, PartMissing, StoreError, replicas
 from tgfs.store.slots import URGENT, Priority, Slots
 
 # Copy in 1 MiB steps: memory stays flat however large the part.
@@ -105,6 +105,17 @@ class LocalStore(BlobStore):
             elif not referenced(location := f"{head}/{name}"):
                 found.append(location)
         return found
+
+    async def missing(self, locations: list[str]) -> list[str]:
+        def absent() -> list[str]:
+            return [
+                replica
+                for location in locations
+                for replica in replicas(location)
+                if not self._path(replica).exists()
+            ]
+
+        return await trio.to_thread.run_sync(absent, limiter=_DISK_THREADS)
 
     async def save_manifest(self, data: bytes) -> None:
         """A fixed file in the store directory, replaced atomically (written beside it,

@@ -394,6 +394,28 @@ class TelegramStore(BlobStore):
                     self._mark(replica)
         return found
 
+    async def missing(self, locations: list[str]) -> list[str]:
+        """Asks each bot for its messages in batches of 200 (get_messages): a replica
+        whose message is gone, or holds no document, is missing. A bot that cannot be
+        asked makes this a StoreError: fsck must not call parts missing it cannot see."""
+        wanted: dict[tuple[int, int], set[int]] = {}
+        for location in locations:
+            if location == EMPTY:
+                continue
+            for r in parse_location(location):
+                wanted.setdefault((r.bot_id, r.channel_id), set()).add(r.message_id)
+        gone = []
+        for (bot_id, channel_id), ids in wanted.items():
+            link = self.links.get(bot_id)
+            if link is None:
+                raise StoreError(f"bot {bot_id} is not configured: cannot check its parts")
+            try:
+                found = {int(m.id) for m in await link.documents(channel_id, sorted(ids))}
+            except (BotFailed, BotFlooded) as exc:
+                raise StoreError(f"bot {link.number}: {exc}") from None
+            gone += [str(Replica(bot_id, channel_id, m)) for m in sorted(ids - found)]
+        return gone
+
     # ---- the backup manifest -------------------------------------------------------------
 
     async def save_manifest(self, data: bytes) -> None:
