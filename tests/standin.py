@@ -22,7 +22,9 @@ TGFS_TELEGRAM_CLIENT at `tests.standin:StandInClient`. What it keeps faithful to
   (MessageIdInvalid) and makes a service message with the next id (no document);
   `get_chat` returns the channel with `pinned_message` fetched by get_messages, as
   kurigram's Chat._parse_full does;
-- a per-bot bandwidth shared by that bot's transfers, and a latency per request;
+- a per-bot bandwidth shared by that bot's transfers, and a latency per request; a sent
+  document is stored half-way through its request's latency, so a client killed while
+  waiting for the reply leaves it in the channel without knowing its id, as on Telegram;
 - session files in `workdir` (a login only when the file is missing, counted per bot).
 
 State lives in a directory (STANDIN_DIR): `config.json` (re-read when it changes, so a test
@@ -53,6 +55,9 @@ UPLOAD_PART = 512 * 2**10
 MAX_FILE = 2000 * 2**20
 DEFAULTS: dict[str, Any] = {
     "latency": 0.0,  # seconds per request
+    # Seconds between a sent document being stored and its reply reaching the client
+    # (None: half the latency). Long, it leaves room to kill a client that has sent.
+    "reply_latency": None,
     "bandwidth": 0,  # bytes/s per bot, shared by its transfers; 0 = unlimited
     "messages_per_minute": 0,  # per chat; more gives FloodWait; 0 = unlimited
     "failure_rate": 0.0,  # share of calls that fail with a network error
@@ -184,12 +189,14 @@ class StandInClient:
     # ---- helpers ------------------------------------------------------------------------
 
     async def _request(
-        self, rpc: str, chat_id: int | None = None, post: bool = False
+        self, rpc: str, chat_id: int | None = None, post: bool = False, half: bool = False
     ) -> dict[str, Any]:
-        """One round trip: latency, faults, access checks. Returns this bot's config."""
+        """One round trip: latency, faults, access checks. Returns this bot's config.
+        `half`: only the way there; the caller sleeps the way back (`_reply`) after it
+        has changed the world."""
         world = self._world
         world.refresh()
-        await asyncio.sleep(world.config["latency"])
+        await asyncio.sleep(world.config["latency"] / (2 if half else 1))
         bot = world.bot(self._bot_id) or {}
         if bot.get("dead"):
             raise OSError(f"[stand-in] connection to the DC lost during {rpc}")
@@ -210,6 +217,11 @@ class StandInClient:
             if post and not bot.get("admin", True):
                 raise errors.ChatAdminRequired(rpc_name=rpc)
         return bot
+
+    async def _reply(self) -> None:
+        config = self._world.config
+        delay = config["reply_latency"]
+        await asyncio.sleep(config["latency"] / 2 if delay is None else delay)
 
     async def _wire(self, nbytes: int) -> None:
         """Move bytes over this bot's link (its transfers share the bandwidth)."""
@@ -340,7 +352,7 @@ class StandInClient:
                     raise OSError("[stand-in] connection lost mid-upload")
             if isinstance(document, (str, os.PathLike)):
                 fp.close()
-        await self._request("messages.SendMedia", chat_id, post=True)
+        await self._request("messages.SendMedia", chat_id, post=True, half=True)
         async with world.lock:
             limit = world.config["messages_per_minute"]
             scale = world.config["time_scale"]
@@ -362,6 +374,7 @@ class StandInClient:
             (folder / str(message_id)).write_bytes(bytes(data))
             (folder / f"{message_id}.name").write_text(file_name or "document")
             world.sent_by[self._bot_id] += 1
+        await self._reply()  # stored; the reply is on its way
         return self._message(chat_id, message_id, size, file_name or "document")
 
     def _message(self, chat_id: int, message_id: int, size: int, name: str) -> Message:
@@ -536,6 +549,28 @@ class StandIn:
             .read_text()
             .startswith(("backup-", "tgfs-manifest-"))
         ]
+
+    def put_document(self, bot_index: int, name: str, data: bytes) -> int:
+        """A document in a bot's channel that tgfs did not record (left by a crash on
+        another machine, or after an older backup was restored): the next id, as the bot
+        sending it would get. Call while no daemon is sending there."""
+        folder = self.root / "channels" / str(self.channel(self.bot_ids[bot_index]))
+        folder.mkdir(parents=True, exist_ok=True)
+        counter = folder / "next_id"
+        message_id = int(counter.read_text()) if counter.exists() else 1
+        counter.write_text(str(message_id + 1))
+        (folder / str(message_id)).write_bytes(data)
+        (folder / f"{message_id}.name").write_text(name)
+        return message_id
+
+    def names(self, bot_index: int) -> dict[int, str]:
+        """message id → document name, of the messages in a bot's channel."""
+        channel = self.channel(self.bot_ids[bot_index])
+        return {
+            m: self.message_path(channel, m).with_name(f"{m}.name").read_text()
+            for m in self.messages(bot_index)[channel]
+            if self.message_path(channel, m).with_name(f"{m}.name").exists()
+        }
 
     def message_path(self, channel: int, message_id: int) -> Path:
         return self.root / "channels" / str(channel) / str(message_id)

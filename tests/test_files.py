@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -81,6 +82,12 @@ def test_directories_and_renames(mount):
     os.unlink(mount.path / "c" / "x.txt")
     os.rmdir(mount.path / "c")
     assert sorted(os.listdir(mount.path)) == [".tgfs", "a"]
+    # The stored x.txt went to the trash (replaced by a rename, then removed); emptying the
+    # trash deletes its parts from the store.
+    tgfs = [sys.executable, "-m", "tgfs", "trash"]
+    listed = subprocess.run([*tgfs, str(mount.path)], env=mount.env, capture_output=True)
+    assert b"  c/x.txt\n" in listed.stdout, listed
+    subprocess.run([*tgfs, "--empty", str(mount.path)], env=mount.env, check=True)
     wait_for(lambda: not mount.blob_files(), 10, "blobs to be deleted")
     with pytest.raises(OSError) as err:
         (mount.path / ".tgfs" / "mine").write_text("no")

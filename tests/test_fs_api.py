@@ -5,6 +5,7 @@ Every test ends with the catalog consistency check (FsApi.close)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -14,7 +15,7 @@ import pyfuse3
 import pytest
 
 from tests.fsapi import ROOT, FsApi
-from tgfs.catalog import Garbage, Node, NodeKind, db, library, tree
+from tgfs.catalog import Garbage, Node, NodeKind, db, library, trash, tree
 from tgfs.catalog.check import check
 from tgfs.store.base import PartRef
 
@@ -68,19 +69,48 @@ async def test_unlinked_file_stays_readable_until_the_kernel_forgets_it(api):
     assert tree.get(ino) is None and not os.path.exists(spool)
 
 
-async def test_unlinked_stored_file_frees_its_parts_at_forget(api):
-    ino = await api.write_file(ROOT, "f", b"")
+async def _stored_file(api, name: str, location: str) -> int:
+    ino = await api.write_file(ROOT, name, b"")
     node = tree.get(ino)
     with db.atomic():  # as the ingest runner leaves a stored file
         node.blob = library.blobs.add(
-            3, [PartRef(id=0, index=0, offset=0, size=3, location="aa/stored")]
+            3, [PartRef(id=0, index=0, offset=0, size=3, location=location)]
         )
         node.size, node.spool = 3, None
         node.save()
+    return ino
+
+
+async def test_unlinked_stored_file_frees_its_parts_at_forget(api):
+    api.fs.settings = dataclasses.replace(api.fs.settings, trash_days=0)  # no trash
+    ino = await _stored_file(api, "f", "aa/stored")
     await api.fs.unlink(ROOT, b"f", api.ctx)
     assert Garbage.select().count() == 0  # still known to the kernel: kept
     await api.fs.forget([(ino, 1)])
     assert [g.location for g in Garbage.select()] == ["aa/stored"]
+
+
+async def test_stored_files_unlinked_or_replaced_go_to_the_trash(api):
+    ino = await _stored_file(api, "f", "aa/one")
+    info = await api.fs.open(ino, os.O_RDONLY, api.ctx)
+    await api.fs.unlink(ROOT, b"f", api.ctx)
+    assert (await api.fs.getattr(ino, api.ctx)).st_nlink == 0  # fstat on the open file
+    await api.fs.release(info.fh)
+    await api.fs.forget([(ino, 1)])
+    other = await _stored_file(api, "g", "aa/two")
+    newer = await api.write_file(ROOT, "new", b"newer")
+    await api.fs.rename(ROOT, b"new", ROOT, b"g", 0, api.ctx)  # replaces g's content
+    await api.fs.forget([(other, 1)])
+    assert Garbage.select().count() == 0 and tree.get(ino) is not None
+    assert [(i.path, i.size) for i in trash.items()] == [("g", 3), ("f", 3)]
+    assert trash.held() == (2, 6)
+    for item in trash.items():
+        trash.restore(item.id)
+    assert sorted(await api.listdir(ROOT)) == [".tgfs", "f", "g", "g (2)"]
+    assert (await api.lookup(ROOT, "f")).st_ino == ino
+    assert (await api.lookup(ROOT, "g")).st_ino == newer
+    gone, _ = trash.let_go(None, lambda _inode: False)
+    assert gone == []  # nothing left in it
 
 
 async def test_a_name_never_looked_up_is_purged_at_once(api):
@@ -263,6 +293,12 @@ async def test_readdir_offsets_survive_changes_between_pages(api):
             "not on the garbage list",
         ),
         ("UPDATE job SET state = 'lost'", "job state is known"),
+        (
+            "INSERT INTO trash (node_id, parent_id, name, path, deleted_ns, size) "
+            "SELECT id, 1, CAST('f' AS BLOB), CAST('d/f' AS BLOB), 0, 0 FROM node "
+            "WHERE kind = 'file'",
+            "a trashed node has no name",
+        ),
     ],
 )
 async def test_the_check_finds_damage(api, damage, rule):

@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import telegram_env
+from tests.conftest import telegram_env, wait_for
 
 
-def _fsck(m) -> subprocess.CompletedProcess:
+def _fsck(m, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tgfs", "fsck"], env=m.env, capture_output=True, text=True
+        [sys.executable, "-m", "tgfs", "fsck", *args], env=m.env, capture_output=True, text=True
     )
 
 
@@ -53,3 +53,105 @@ def test_fsck_finds_parts_with_fewer_copies_than_wanted(mount_factory, telegram)
     assert "0 replica(s) missing" in result.stdout
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("replicas: ")]
     assert int(line.split()[1]) >= 1, result.stdout  # a.bin's part (and the backup's)
+
+
+def _two_bots_one_dead(telegram) -> None:
+    """Bots 1 and 2 only, bot 2 down: with TGFS_REPLICAS=2 every part gets one copy."""
+    telegram.config["bots"] = {
+        str(b): telegram.config["bots"][str(b)] for b in telegram.bot_ids[:2]
+    }
+    telegram.bot_ids = telegram.bot_ids[:2]
+    telegram.bot(1)["dead"] = True
+    telegram.write()
+
+
+def _stored_replicas(m) -> set[tuple[int, int]]:
+    """(channel, message id) of every copy the catalog's parts name."""
+    found = set()
+    for (location,) in m.catalog("SELECT location FROM part"):
+        for replica in location.split(","):
+            _, _bot, channel, message = replica.split(":")
+            found.add((int(channel), int(message)))
+    return found
+
+
+def test_fsck_repair_adds_copies_and_deletes_orphans(mount_factory, telegram):
+    _two_bots_one_dead(telegram)
+    m = mount_factory(**telegram_env(telegram, TGFS_REPLICAS="2"))
+    files = {f"{n}.bin": os.urandom(150_000) for n in "abc"}
+    for name, data in files.items():
+        (m.path / name).write_bytes(data)
+    m.wait_idle()
+    assert m.stop() == 0
+    telegram.bot(1)["dead"] = False
+    telegram.write()
+    orphan = telegram.put_document(0, "job77-3.part0", os.urandom(5000))
+    m.start()  # more parts after the orphan: it sits in a gap, below the newest message
+    files["d.bin"] = os.urandom(150_000)
+    (m.path / "d.bin").write_bytes(files["d.bin"])
+    m.wait_idle()
+    assert m.stop() == 0
+
+    found = _fsck(m)
+    assert found.returncode != 0
+    assert "orphans: 1 part(s)" in found.stdout and f":{orphan}\n" in found.stdout, found.stdout
+    (line,) = [x for x in found.stdout.splitlines() if x.startswith("replicas: ")]
+    assert int(line.split()[1]) == 3, found.stdout  # a, b, c: stored while bot 2 was down
+
+    repaired = _fsck(m, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "repaired: 3 part(s) given more copies" in repaired.stdout
+    assert "repaired: 1 orphan(s) queued for deletion" in repaired.stdout
+    assert not telegram.message_path(telegram.channel(telegram.bot_ids[0]), orphan).exists()
+    assert all(len(loc.split(",")) == 2 for (loc,) in m.catalog("SELECT location FROM part"))
+    assert set(telegram.part_messages()) == _stored_replicas(m)  # nothing left behind
+    assert _fsck(m).returncode == 0
+
+    telegram.bot(0)["dead"] = True  # the first copies gone with their bot: the new ones serve
+    telegram.write()
+    m.start()
+    for name, data in files.items():
+        assert (m.path / name).read_bytes() == data, name
+
+
+def test_a_kill_mid_repair_is_finished_by_the_next(mount_factory, telegram):
+    """kill -9 while fsck --repair adds copies, just after Telegram stored one and before
+    its reply came: the next --repair finds that copy (no catalog row names it), deletes
+    it, and finishes; nothing is left behind."""
+    _two_bots_one_dead(telegram)
+    m = mount_factory(**telegram_env(telegram, TGFS_REPLICAS="2"))
+    files = {f"{n:02}.bin": os.urandom(40_000) for n in range(4)}
+    for name, data in files.items():
+        (m.path / name).write_bytes(data)
+    m.wait_idle()
+    assert m.stop() == 0
+    telegram.bot(1)["dead"] = False
+    telegram.config["reply_latency"] = 5.0  # a sent copy is stored long before its reply
+    telegram.write()
+
+    repair = subprocess.Popen(
+        [sys.executable, "-m", "tgfs", "fsck", "--repair"],
+        env=m.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(
+        lambda: any(n.startswith("repair-") for n in telegram.names(1).values()),
+        120,
+        "the repair to store a copy on bot 2",
+    )
+    repair.kill()
+    repair.wait(30)
+    telegram.config["reply_latency"] = None
+    telegram.write()
+    assert _fsck(m).returncode != 0  # still short of copies, and an orphan on bot 2
+
+    again = _fsck(m, "--repair")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "repaired: 1 orphan(s) queued for deletion" in again.stdout, again.stdout
+    assert _fsck(m).returncode == 0
+    assert all(len(loc.split(",")) == 2 for (loc,) in m.catalog("SELECT location FROM part"))
+    assert set(telegram.part_messages()) == _stored_replicas(m)
+    m.start()
+    for name, data in files.items():
+        assert (m.path / name).read_bytes() == data, name

@@ -51,7 +51,7 @@ def test_hard_links_special_files_and_tar_round_trip(mount_factory, tmp_path):
 
 
 def test_unlinked_open_file_survives_until_closed_then_kill_leaves_nothing(mount_factory):
-    m = mount_factory()
+    m = mount_factory(TGFS_TRASH_DAYS="0")  # no trash: the purge at forget is what is tested
     f = m.path / "scratch.bin"
     data = os.urandom(400_000)
     f.write_bytes(data)
@@ -85,7 +85,7 @@ def test_unlinked_open_file_survives_until_closed_then_kill_leaves_nothing(mount
 def test_replacing_rename_then_kill_keeps_one_whole_file(mount_factory):
     """`mv new target` is one catalog transaction: after a kill -9 the target name has the
     new content and the replaced file's parts are deleted, never neither."""
-    m = mount_factory()
+    m = mount_factory(TGFS_TRASH_DAYS="0")  # no trash: the replaced file goes at once
     old, new = os.urandom(500_000), os.urandom(600_000)
     (m.path / "target.bin").write_bytes(old)
     (m.path / "new.bin").write_bytes(new)

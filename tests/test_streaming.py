@@ -155,7 +155,7 @@ def test_prefetch_waits_for_the_segment_the_player_opened(mount_factory, film, t
 
 
 def test_cache_figures_clearing_and_deleted_videos(mount_factory, film):
-    m = _publish(mount_factory, film)
+    m = _publish(mount_factory, film, TGFS_TRASH_DAYS="0")  # a deleted video goes at once
     segments = _segments(m)
     # A player's first seconds: it reads a segment, then plays it while the next ones are
     # prefetched (waiting for that, not racing it, keeps the figures exact).

@@ -106,9 +106,20 @@ def test_film_is_spread_over_bots_plays_back_identical_and_rm_deletes_every_mess
     mount = mount_factory(**telegram_env(telegram))
     assert [telegram.logins(i) for i in range(4)] == [1, 1, 1, 1]
 
-    # rm -r deletes every message the film made; what is left is the catalog's backup (made
-    # at the unmount above): its parts and each bot's pinned manifest.
+    # rm -r puts the film in the trash (every message stays); emptying it deletes every
+    # message the film made. What is left is the catalog's backup (made at the unmount
+    # above): its parts and each bot's pinned manifest.
+    kept = telegram.part_messages()
     subprocess.run(["rm", "-r", str(folder)], check=True)
+    wait_for(lambda: mount.status()["garbage_pending"] == 0, 60, "deletes")
+    assert telegram.part_messages() == kept
+    emptied = subprocess.run(
+        [sys.executable, "-m", "tgfs", "trash", "--empty", str(mount.path)],
+        env=mount.env,
+        capture_output=True,
+        text=True,
+    )
+    assert emptied.returncode == 0 and "1 item(s)" in emptied.stdout, emptied.stderr
     wait_for(lambda: mount.status()["garbage_pending"] == 0, 60, "deletes")
     left = [
         telegram.message_path(channel, m).with_name(f"{m}.name").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -80,9 +81,12 @@ def test_video_folder_is_read_only_and_removable(mount, media):
     os.rename(folder, mount.path / "Archive" / "film")
     assert os.listdir(mount.path / "Archive") == ["film"]
 
-    # ...and `rm -r` removes the video and every blob it had.
+    # ...and `rm -r` removes the video to the trash; emptying it deletes every blob it had.
     subprocess.run(["rm", "-r", str(mount.path / "Archive" / "film")], check=True)
     assert os.listdir(mount.path / "Archive") == []
+    assert len(mount.blob_files()) == blobs_before
+    tgfs = [sys.executable, "-m", "tgfs", "trash"]
+    subprocess.run([*tgfs, "--empty", str(mount.path)], env=mount.env, check=True)
     wait_for(lambda: not mount.blob_files(), 10, "blobs to be deleted")
 
 

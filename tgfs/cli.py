@@ -1,4 +1,5 @@
-"""The `tgfs` command: mount, umount, status, cache, check, test-bots, config."""
+"""The `tgfs` command: mount, umount, status, cache, backups, restore, trash, undelete,
+fsck, check, test-bots, config."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tgfs.catalog import SchemaMismatch
 from tgfs.config import ConfigError, Settings, format_size
 from tgfs.status import render, render_cache
 from tgfs.store.base import StoreError
+from tgfs.trash import Action, Request
 
 STATUS_PATH = Path(".tgfs") / "status.json"
 CACHE_PATH = Path(".tgfs") / "cache.json"
@@ -228,16 +230,129 @@ def restore(generation: int | None, force: bool) -> None:
     click.echo("changes made after that backup are not in it; `tgfs mount` to use the library")
 
 
+TRASH_PATH = Path(".tgfs") / "trash.json"
+
+
+def _mount_of(path: Path) -> tuple[Path, str] | None:
+    """(mount point, library-relative path) if `path` is inside a running tgfs mount; it
+    need not exist (it was deleted), so the nearest folder holding .tgfs/trash.json wins."""
+    absolute = Path(os.path.abspath(path))
+    for folder in absolute.parents:
+        if (folder / TRASH_PATH).is_file():
+            return folder, absolute.relative_to(folder).as_posix()
+    return None
+
+
+def _trash_request(mountpoint: Path, request: Request) -> None:
+    try:
+        with open(mountpoint / TRASH_PATH, "w") as f:  # carried out at close
+            f.write(request.line())
+    except FileNotFoundError:
+        raise click.ClickException("that is no longer in the trash") from None
+    except OSError as exc:
+        raise click.ClickException(f"the mount refused the request: {exc}") from None
+
+
+@main.command("trash")
+@click.argument(
+    "mountpoint", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--empty", is_flag=True, help="Delete everything in the trash for good, now.")
+def trash_command(mountpoint: Path | None, empty: bool) -> None:
+    """List what can be brought back (newest first), through a mount or with no daemon
+    running; --empty deletes it all from the store now."""
+    if empty:
+        if mountpoint is not None:
+            held = _read_json(mountpoint, TRASH_PATH)
+            _trash_request(mountpoint, Request(Action.EMPTY))
+            click.echo(f"emptied the trash: {len(held['items'])} item(s)")
+            return
+        from tgfs import daemon
+
+        settings = _settings()
+        logs.setup("WARNING", settings.secrets())
+        click.echo(f"emptied the trash: {daemon.empty_trash_offline(settings)} item(s)")
+        return
+    if mountpoint is not None:
+        rows = [
+            (i["id"], i["deleted"], i["size"], i["path"] + ("/" if i["kind"] == "video" else ""))
+            for i in _read_json(mountpoint, TRASH_PATH)["items"]
+        ]
+    else:
+        from tgfs import daemon
+
+        settings = _settings()
+        logs.setup("WARNING", settings.secrets())
+        rows = [
+            (i.id, _when(i.deleted_ns), i.size, i.path + ("/" if i.kind == "video" else ""))
+            for i in daemon.trash_offline(settings)
+        ]
+    if not rows:
+        click.echo("the trash is empty")
+    for item_id, deleted, size, path in rows:
+        click.echo(f"{item_id:>6}  {deleted}  {format_size(size):>10}  {path}")
+
+
 @main.command()
-def fsck() -> None:
-    """Check the library: the catalog's consistency, every part against the store, and
-    parts with fewer copies than TGFS_REPLICAS. No daemon may run on the data directory.
-    Exits non-zero when something is wrong."""
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--id", "item_id", type=int, help="Which item (from `tgfs trash`), if several.")
+def undelete(path: Path, item_id: int | None) -> None:
+    """Bring back a deleted file or video folder from the trash, to where it was (or beside
+    it, "Name (2)", if the name is taken). PATH is where it was in a running mount
+    (/srv/tgfs/Movies/Film), or in the library (Movies/Film) with no daemon running."""
+    mounted = _mount_of(path)
+    if mounted is not None:
+        mountpoint, where = mounted
+        items = [i for i in _read_json(mountpoint, TRASH_PATH)["items"] if i["path"] == where]
+        item = _choose_item([(i["id"], i["path"]) for i in items], where, item_id)
+        _trash_request(mountpoint, Request(Action.UNDELETE, item))
+        done = [r for r in _read_json(mountpoint, TRASH_PATH)["restored"] if r["id"] == item]
+        click.echo(f"brought back: {mountpoint / done[-1]['path'] if done else where}")
+        return
     from tgfs import daemon
 
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
-    report = daemon.fsck_offline(settings)
+    where = path.as_posix().strip("/")
+    found = [(i.id, i.path) for i in daemon.trash_offline(settings) if i.path == where]
+    item = _choose_item(found, where, item_id)
+    try:
+        restored = daemon.undelete_offline(settings, item)
+    except KeyError:
+        raise click.ClickException("that is no longer in the trash") from None
+    click.echo(f"brought back: {restored.path}")
+
+
+def _choose_item(found: list[tuple[int, str]], where: str, item_id: int | None) -> int:
+    """The newest item that was at `where`, or the one asked for by id."""
+    if item_id is not None:
+        if item_id not in [i for i, _ in found]:
+            raise click.ClickException(f"no item {item_id} of {where} in the trash")
+        return item_id
+    if not found:
+        raise click.ClickException(f"nothing in the trash was at {where} (see `tgfs trash`)")
+    return found[0][0]
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Add missing copies, drop lost ones, delete orphans.")
+def fsck(repair: bool) -> None:
+    """Check the library: the catalog's consistency, every part against the store, parts
+    with fewer copies than TGFS_REPLICAS, and parts in the store nothing names (orphans).
+    No daemon may run on the data directory. Exits non-zero when something is (still)
+    wrong."""
+    from tgfs import daemon
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    try:
+        report = daemon.fsck_offline(settings, repair)
+    except StoreError as exc:
+        raise click.ClickException(f"fsck could not ask the store: {exc}") from None
     for line in report.lines():
         click.echo(line)
     if not report.ok:

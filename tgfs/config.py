@@ -345,6 +345,9 @@ class Settings:
         "TGFS_BACKUP_INTERVAL", "3600", _number(0, 7 * 86400), _limit(_seconds)
     )
     backup_keep: int = _setting("TGFS_BACKUP_KEEP", "7", _number(1, 1000, whole=True))
+    # Days a deleted file or video stays in the trash (tgfs.catalog.trash); 0: deleted at
+    # once. Fractions are allowed (tests use seconds' worth).
+    trash_days: float = _setting("TGFS_TRASH_DAYS", "7", _number(0, 3650))
     # module:callable that makes a client object (tests point it at the stand-in).
     telegram_client: str = _setting("TGFS_TELEGRAM_CLIENT", "pyrogram:Client", _client)
     # Not single settings: the numbered bot pairs and the API credentials (see _bots).

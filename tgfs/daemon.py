@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ import trio
 
 from tgfs.backups import Backups, Manifest, Restored, read_manifest, restore
 from tgfs.cache import PartCache
-from tgfs.catalog import blobs, close_catalog, facts, jobs, library, open_catalog
+from tgfs.catalog import blobs, close_catalog, facts, jobs, library, now_ns, open_catalog, trash
 from tgfs.catalog.backups import Generation
 from tgfs.catalog.reserve import Reserve
 from tgfs.collector import GarbageCollector
@@ -106,16 +107,52 @@ def restore_offline(settings: Settings, generation: int | None, force: bool) -> 
         )
 
 
-def fsck_offline(settings: Settings) -> Report:
+def fsck_offline(settings: Settings, repair: bool = False) -> Report:
     """`tgfs fsck` with no daemon running (see tgfs.fsck)."""
-    with DirectoryLock(settings.data_dir, Path("(tgfs fsck)")):
+    with _offline_catalog(settings, "fsck"):
+        return trio.run(_with_store, settings, lambda s, store: fsck(s, store, repair))
+
+
+@contextlib.contextmanager
+def _offline_catalog(settings: Settings, what: str) -> Iterator[None]:
+    """The catalog, with no daemon running on the data directory (the lock says so)."""
+    with DirectoryLock(settings.data_dir, Path(f"(tgfs {what})")):
         if not settings.catalog_path.exists():
             raise ConfigError(f"no catalog at {settings.catalog_path} (tgfs restore makes one)")
         open_catalog(settings.catalog_path)
         try:
-            return trio.run(_with_store, settings, fsck)
+            yield
         finally:
             close_catalog()
+
+
+def trash_offline(settings: Settings) -> list[trash.Item]:
+    """`tgfs trash` with no mount: what the trash holds."""
+    with _offline_catalog(settings, "trash"):
+        return trash.items()
+
+
+def undelete_offline(settings: Settings, item_id: int) -> trash.Restored:
+    """`tgfs undelete` with no mount (KeyError: no such item)."""
+    with _offline_catalog(settings, "undelete"):
+        return trash.restore(item_id, os.getuid(), os.getgid())
+
+
+def empty_trash_offline(settings: Settings) -> int:
+    """`tgfs trash --empty` with no mount: everything in the trash is deleted from the
+    store now. Returns how many items went."""
+    with _offline_catalog(settings, "trash --empty"):
+        gone, spools = trash.let_go(None, lambda _inode: False)
+        for spool in spools:
+            Spool.discard(spool)
+        trio.run(_with_store, settings, _collect_garbage)
+        return len(gone)
+
+
+async def _collect_garbage(settings: Settings, store: BlobStore) -> None:
+    failed = await GarbageCollector(store, lambda _location: False).collect_once()
+    if failed:
+        log.warning("store: %d delete(s) failed; the next mount tries again", failed)
 
 
 def manifest_offline(settings: Settings) -> Manifest:
@@ -271,6 +308,7 @@ async def _serve_mounted(
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
             nursery.start_soon(backups.run)
+            nursery.start_soon(_expire_trash, fs, settings.trash_days)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
@@ -283,6 +321,21 @@ async def _serve_mounted(
 # stop never hangs on a store that is down; the previous generation then stands.
 BACKUP_AT_EXIT_TIMEOUT = 60.0
 RESERVE_CHECK = 30.0  # seconds between checks that the catalog's reserve is in place
+
+
+TRASH_CHECK = 60.0  # seconds between looks for trash past TGFS_TRASH_DAYS (one indexed query)
+
+
+async def _expire_trash(fs: Filesystem, days: float) -> None:
+    """What has been in the trash for TGFS_TRASH_DAYS goes for good (all of it if the
+    setting went down to 0). Looked for every TRASH_CHECK, or a tenth of a short stay."""
+    period = min(TRASH_CHECK, max(1.0, days * trash.DAY_NS / 1e9 / 10)) if days else TRASH_CHECK
+    while True:
+        try:
+            fs.let_go_of_trash(now_ns() - int(days * trash.DAY_NS))
+        except Exception:  # a full disk, a catalog error: the next look tries again
+            log.exception("trash: letting old items go failed")
+        await trio.sleep(period)
 
 
 async def _keep_reserve(room: Reserve) -> None:

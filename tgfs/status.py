@@ -19,6 +19,7 @@ def snapshot(
     store: dict[str, Any],
     garbage_pending: int,
     encoder: dict[str, Any] | None = None,
+    trash: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `tgfs status` shows. Contains no secrets by construction: only counters,
     paths, and job rows."""
@@ -57,6 +58,7 @@ def snapshot(
         "cache": cache,
         "garbage_pending": garbage_pending,
         "encoder": encoder or {},
+        "trash": trash or {},
     }
 
 
@@ -129,6 +131,12 @@ def render(status: dict[str, Any]) -> str:
     if encoder.get("name"):
         lines.append(
             f"encoder: {encoder['name']}" + (f" ({encoder['note']})" if encoder.get("note") else "")
+        )
+    trash = status.get("trash") or {}
+    if trash.get("items"):
+        lines.append(
+            f"trash: {trash['items']} item(s), {format_size(trash['bytes'])} in the store"
+            f" (kept {trash['days']:g} days; `tgfs trash` lists them)"
         )
     if status.get("garbage_pending"):
         lines.append(f"store parts waiting to be deleted: {status['garbage_pending']}")

@@ -7,6 +7,7 @@ import json
 
 from tgfs.catalog.blobs import unland
 from tgfs.catalog.schema import Backup, Garbage, db
+from tgfs.store.base import REPLICA_SEPARATOR, replicas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +79,29 @@ def adopt(found: list[Generation]) -> None:
 
 def locations() -> list[str]:
     return [loc for g in generations() for loc, _ in g.parts]
+
+
+def drop_replicas(gone: set[str]) -> tuple[int, list[int]]:
+    """Take copies the store lost (`gone`, single replicas) out of the generations' parts.
+    A generation left with a part that has no copy can never be restored: it goes (its
+    other parts to the garbage list). Returns (generations changed, generations dropped)."""
+    changed, dropped = 0, []
+    with db.atomic():
+        for row in list(Backup.select()):
+            parts = json.loads(row.parts)
+            kept = [(_kept(loc, gone), size) for loc, size in parts]
+            if any(not loc for loc, _ in kept):
+                rows = [{"location": loc} for loc, _ in kept if loc]
+                if rows:
+                    Garbage.insert_many(rows).execute()
+                row.delete_instance()
+                dropped.append(row.generation)
+            elif kept != [tuple(p) for p in parts]:
+                row.parts = json.dumps(kept)
+                row.save()
+                changed += 1
+    return changed, dropped
+
+
+def _kept(location: str, gone: set[str]) -> str:
+    return REPLICA_SEPARATOR.join(r for r in replicas(location) if r not in gone)

@@ -78,17 +78,26 @@ _RULES: list[tuple[str, str]] = [
     (
         "an unlinked directory is empty",
         f"SELECT n.id FROM node n WHERE n.links = 0 AND n.id != {ROOT_ID} "
-        f"AND EXISTS (SELECT 1 FROM entry e WHERE e.parent_id = n.id)",
+        f"AND EXISTS (SELECT 1 FROM entry e WHERE e.parent_id = n.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM trash t WHERE t.node_id = n.id)",
     ),
     (
-        "every directory with a name is reached from the root",
-        # Walks up from every named directory; one that never meets the root is in a loop.
+        "a trashed node has no name, and is a stored file or a complete video folder",
+        "SELECT t.id, n.kind, n.links FROM trash t JOIN node n ON n.id = t.node_id "
+        "LEFT JOIN video v ON v.id = n.video_id WHERE n.links != 0 OR NOT "
+        "((n.kind = 'file' AND n.blob_id IS NOT NULL) OR (n.kind = 'video' AND v.complete))",
+    ),
+    (
+        "every directory with a name is reached from the root (or from the trash)",
+        # Walks up from every named directory; one that never meets the root is in a loop
+        # (a video folder in the trash keeps its insides: their walk ends at the folder).
         f"WITH RECURSIVE up(start, at, depth) AS ("
         f"  SELECT e.node_id, e.parent_id, 1 FROM entry e JOIN node n ON n.id = e.node_id "
         f"  WHERE n.kind IN {_in(_DIR_KINDS)} "
         f"  UNION ALL SELECT up.start, e.parent_id, up.depth + 1 FROM up "
         f"  JOIN entry e ON e.node_id = up.at WHERE up.at != {ROOT_ID} AND up.depth < 10000) "
-        f"SELECT start FROM up GROUP BY start HAVING max(at = {ROOT_ID}) = 0",
+        f"SELECT start FROM up GROUP BY start HAVING max(at = {ROOT_ID} "
+        f"OR at IN (SELECT node_id FROM trash)) = 0",
     ),
     # -- what each kind of node carries
     (

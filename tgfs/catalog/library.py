@@ -10,6 +10,7 @@ from peewee import fn
 
 from tgfs.catalog import blobs, tree
 from tgfs.catalog.schema import (
+    Blob,
     Entry,
     Job,
     JobState,
@@ -18,6 +19,7 @@ from tgfs.catalog.schema import (
     Rendition,
     RenditionKind,
     Segment,
+    Trash,
     Video,
     db,
     display,
@@ -284,9 +286,18 @@ def remove_file(node: Node) -> None:
 
 def purge(node: Node) -> str | None:
     """Delete a node that has no name left, for good: its row, and its blob to the garbage
-    list. Returns its spool file, for the caller to delete."""
+    list. One in the trash (tgfs.catalog.trash) keeps its row and its stored content and
+    loses only a newer version still in the spool. Returns its spool file, for the caller
+    to delete."""
+    spool = node.spool
+    if Trash.select().where(Trash.node == node.id).exists():
+        if spool is not None:
+            Node.update(spool=None, size=Blob.get_by_id(node.blob_id).size).where(
+                Node.id == node.id
+            ).execute()
+        return spool
     remove_file(node)
-    return node.spool
+    return spool
 
 
 def purge_unlinked() -> list[str]:

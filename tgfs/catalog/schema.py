@@ -38,7 +38,8 @@ from playhouse.sqlite_ext import AutoIncrementField
 # 2: audio/subtitle renditions, videos published while processing
 # 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
 # 4: names apart from inodes (Entry: hard links), atime, links, device numbers
-SCHEMA_VERSION = 4
+# 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
+SCHEMA_VERSION = 5
 
 db = pw.SqliteDatabase(None)
 
@@ -50,6 +51,7 @@ STATUS_FILE_NAME = "status.json"
 BOTS_FILE_NAME = "bots.json"  # /.tgfs/bots.json (added after the first release: no fixed id)
 CACHE_FILE_NAME = "cache.json"  # /.tgfs/cache.json (likewise)
 BACKUPS_FILE_NAME = "backups.json"  # /.tgfs/backups.json (likewise)
+TRASH_FILE_NAME = "trash.json"  # /.tgfs/trash.json (likewise)
 
 
 class SchemaMismatch(RuntimeError):
@@ -129,6 +131,9 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/backups.json: the catalog's backup generations, rendered live; truncating it
     # to 0 bytes makes one now (`tgfs backup`)
     BACKUPS = "backups"
+    # /.tgfs/trash.json: what the trash holds, rendered live; a line written to it is a
+    # request (`undelete <id>`, `empty`), carried out when the file is closed
+    TRASH = "trash"
     # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
     # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
     FIFO = "fifo"
@@ -143,7 +148,13 @@ class NodeKind(enum.StrEnum):
     @property
     def is_live(self) -> bool:
         """Control files: rendered from the daemon's state on every open, read-only."""
-        return self in (NodeKind.STATUS, NodeKind.BOTS, NodeKind.CACHE, NodeKind.BACKUPS)
+        return self in (
+            NodeKind.STATUS,
+            NodeKind.BOTS,
+            NodeKind.CACHE,
+            NodeKind.BACKUPS,
+            NodeKind.TRASH,
+        )
 
     @property
     def is_user_entry(self) -> bool:
@@ -428,7 +439,38 @@ class Backup(_Model):
     parts = pw.TextField()
 
 
-TABLES = [Meta, Blob, Part, Landed, Garbage, Video, Rendition, Segment, Node, Entry, Job, Backup]
+class Trash(_Model):
+    """A deleted file or video folder that can still be brought back (tgfs.catalog.trash).
+
+    Its node is kept without a name (`links` 0) and with its content, so nothing it holds
+    goes to the garbage list until the trash lets it go: TGFS_TRASH_DAYS after the delete,
+    or when the trash is emptied. A video folder keeps everything inside it.
+    """
+
+    id = AutoIncrementField()  # what `undelete` names; never reused
+    node = pw.ForeignKeyField(Node, unique=True, on_delete="CASCADE")
+    parent_id = pw.IntegerField()  # the directory it was in (it may be gone since)
+    name = NameField()  # its name there
+    path = NameField()  # its mount-relative path then: where `undelete` puts it back
+    deleted_ns = pw.IntegerField(default=now_ns, index=True)  # expiry scans by age
+    size = pw.IntegerField()  # bytes it keeps in the store (a video: all its files)
+
+
+TABLES = [
+    Meta,
+    Blob,
+    Part,
+    Landed,
+    Garbage,
+    Video,
+    Rendition,
+    Segment,
+    Node,
+    Entry,
+    Job,
+    Backup,
+    Trash,
+]
 
 
 def open_catalog(path: Path) -> None:
@@ -461,6 +503,9 @@ def open_catalog(path: Path) -> None:
         found = 3
     if found == 3:
         _migrate_from_3()
+        found = 4
+    if found == 4:  # the Trash table is new: create_tables below makes it
+        Meta.update(value="5").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
@@ -482,6 +527,9 @@ def open_catalog(path: Path) -> None:
             mode=0o644,
             uid=os.getuid(),
             gid=os.getgid(),
+        )
+        _fixed_file(  # likewise: requests are written to it
+            TRASH_FILE_NAME, kind=NodeKind.TRASH, mode=0o644, uid=os.getuid(), gid=os.getgid()
         )
 
 

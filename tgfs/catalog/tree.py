@@ -15,7 +15,16 @@ from pathlib import PurePosixPath
 
 from peewee import JOIN
 
-from tgfs.catalog.schema import ROOT_ID, Entry, Node, NodeKind, db, name_upper_bound, now_ns
+from tgfs.catalog.schema import (
+    ROOT_ID,
+    Entry,
+    Node,
+    NodeKind,
+    Trash,
+    db,
+    name_upper_bound,
+    now_ns,
+)
 
 NAME_MAX = 255  # bytes in one name, as on ext4; longer names get ENAMETOOLONG
 
@@ -142,11 +151,17 @@ def unlink(node: Node) -> bool:
 
 
 def unlinked() -> list[Node]:
-    """Nodes without a name (the root aside): unlinked while open, left by a stop."""
+    """Nodes without a name (the root aside) that still have a spool file or are not in the
+    trash: unlinked while open, left by a stop."""
+    trashed = Trash.select(Trash.node)
     query = (
         Node.select(Node)
         .join(Entry, JOIN.LEFT_OUTER, on=(Entry.node == Node.id))
-        .where(Entry.id.is_null() & (Node.id != ROOT_ID))
+        .where(
+            Entry.id.is_null()
+            & (Node.id != ROOT_ID)
+            & (Node.id.not_in(trashed) | Node.spool.is_null(False))
+        )
     )
     return [n.found_as(None) for n in query]
 

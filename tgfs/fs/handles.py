@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import os
+
+import pyfuse3
 
 from tgfs.fs.writes import Session
 from tgfs.store.base import PartRef
@@ -82,7 +85,36 @@ class BytesHandle:
         pass
 
 
-Handle = SpoolHandle | WriteHandle | BlobHandle | BytesHandle
+REQUEST_MAX = 4096  # bytes a control file takes per open: requests are one short line
+
+
+@dataclasses.dataclass
+class RequestHandle:
+    """A control file open for writing (`.tgfs/trash.json`): the lines written are requests,
+    carried out at flush (close), in the name of the user who opened it."""
+
+    inode: int
+    uid: int
+    gid: int
+    data: bytearray = dataclasses.field(default_factory=bytearray)
+
+    def add(self, buf: bytes) -> int:
+        if len(self.data) + len(buf) > REQUEST_MAX:
+            raise pyfuse3.FUSEError(errno.EFBIG)
+        self.data += buf
+        return len(buf)
+
+    def take(self) -> list[str]:
+        """The requests written since the last flush (a dup'd descriptor flushes again)."""
+        text = self.data.decode("utf-8", "replace")
+        self.data.clear()
+        return [line for line in text.splitlines() if line.strip()]
+
+    def close(self) -> None:
+        pass
+
+
+Handle = SpoolHandle | WriteHandle | BlobHandle | BytesHandle | RequestHandle
 
 
 class OpenParts:

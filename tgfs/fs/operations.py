@@ -17,9 +17,12 @@ Rules of the tree (see README "Using the mount"):
   beside the dropped file, which goes away when the video is complete;
 - a video folder and everything in it is read-only (EROFS). `rm -r` works: unlinking an
   entry inside a video folder only hides it from this mount session, and removing the
-  emptied folder deletes the video and its blobs. Entries hidden but not followed by the
+  emptied folder deletes the video (to the trash). Entries hidden but not followed by the
   folder's removal come back at the next mount; nothing is lost by a stray `rm`;
-- `/.tgfs/` is the read-only control folder (status.json).
+- a stored file that loses its last name and a removed video folder go to the trash for
+  TGFS_TRASH_DAYS (tgfs.catalog.trash), from where `tgfs undelete` brings them back;
+- `/.tgfs/` is the control folder: status and figures to read, a few requests to write
+  (truncating cache.json or backups.json, a line into trash.json; see tgfs.trash).
 """
 
 from __future__ import annotations
@@ -40,7 +43,19 @@ import trio
 
 from tgfs.backups import Backups, backups_snapshot
 from tgfs.cache import PartCache
-from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, db, jobs, library, now_ns, reserve, tree
+from tgfs.catalog import (
+    ROOT_ID,
+    Node,
+    NodeKind,
+    blobs,
+    db,
+    jobs,
+    library,
+    now_ns,
+    reserve,
+    trash,
+    tree,
+)
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.fs import attrs
@@ -49,6 +64,7 @@ from tgfs.fs.handles import (
     BytesHandle,
     Handle,
     OpenParts,
+    RequestHandle,
     SpoolHandle,
     WriteHandle,
 )
@@ -60,6 +76,8 @@ from tgfs.spool import Spool
 from tgfs.status import bots_snapshot, snapshot, to_bytes
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.slots import URGENT
+from tgfs.trash import Action, Request
+from tgfs.trash import snapshot as trash_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +212,7 @@ class Filesystem(pyfuse3.Operations):
         # open costs no catalog query.
         self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
         self.store_health: dict[str, Any] = {"kind": store.kind, "up": True}
+        self.restored: list[trash.Restored] = []  # undeletes this session, for trash.json
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -242,12 +261,15 @@ class Filesystem(pyfuse3.Operations):
                     self.store_health,
                     self.collector.pending(),
                     encoder,
+                    self._trash_held(),
                 )
             )
         if kind is NodeKind.CACHE:
             return to_bytes(self.cache_stats())
         if kind is NodeKind.BACKUPS:
             return to_bytes(backups_snapshot(self.backups))
+        if kind is NodeKind.TRASH:
+            return to_bytes(trash_snapshot(self.settings.trash_days, self.restored))
         return to_bytes({"bots": bots_snapshot(self.store_health)})
 
     def _render(self, node: Node) -> bytes:
@@ -285,6 +307,41 @@ class Filesystem(pyfuse3.Operations):
         Spool.discard(spool)
         self.collector.wake()
         log.debug("purged inode %d", node.id)
+
+    # ---- the trash (see tgfs.trash) -----------------------------------------------------
+
+    def _request(self, line: str, uid: int, gid: int) -> None:
+        try:
+            request = Request.parse(line)
+        except ValueError as exc:
+            log.warning("trash.json: %s", exc)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        if request.action is Action.EMPTY:
+            self.let_go_of_trash(None)
+            return
+        assert request.item is not None
+        try:
+            done = trash.restore(request.item, uid, gid)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        # No name to invalidate: the kernel dropped its dentries at unlink/rmdir, and the
+        # names that come back (or the folders made again) are looked up afresh.
+        self.restored.append(done)
+        log.info("brought back from the trash: %s", done.path)
+
+    def _trash_held(self) -> dict[str, Any]:
+        items, size = trash.held()
+        return {"items": items, "bytes": size, "days": self.settings.trash_days}
+
+    def let_go_of_trash(self, older_than_ns: int | None) -> int:
+        """Delete for good what the trash holds from before `older_than_ns` (None: all)."""
+        gone, spools = trash.let_go(older_than_ns, lambda inode: self._lookups[inode] > 0)
+        for spool in spools:
+            Spool.discard(spool)
+        if gone:
+            log.info("%d item(s) deleted from the trash for good", len(gone))
+            self.collector.wake()
+        return len(gone)
 
     def _add_handle(self, handle: Handle) -> int:
         fh = next(self._fh)
@@ -335,6 +392,8 @@ class Filesystem(pyfuse3.Operations):
             if self.backups is None or await self.backups.backup_now("asked for") is None:
                 raise pyfuse3.FUSEError(errno.EIO)  # why: in the log and backups.json
             return self._attrs(node)
+        if kind is NodeKind.TRASH and fields.update_size and attr.st_size == 0:
+            return self._attrs(node)  # `>` truncates before the request is written
         if not kind.is_user_entry:
             raise pyfuse3.FUSEError(
                 errno.EPERM if kind.is_live or kind is NodeKind.CONTROL_DIR else errno.EROFS
@@ -502,7 +561,10 @@ class Filesystem(pyfuse3.Operations):
                 # Still being made: its job would add to a deleted folder. Deleting the
                 # dropped file (still beside the folder) cancels the job instead.
                 raise pyfuse3.FUSEError(errno.EBUSY)
-            self._remove_video(node)
+            if self.settings.trash_days > 0:
+                self._trash_video(node)
+            else:
+                self._remove_video(node)
         else:
             self._changeable_dir(parent_inode)
             with db.atomic():
@@ -528,6 +590,16 @@ class Filesystem(pyfuse3.Operations):
         tree.touch_dir(parent_id)
         log.info("removed video %s (%d store part(s) to delete)", folder.name, queued)
         self.collector.wake()
+
+    def _trash_video(self, folder: Node) -> None:
+        inside = [n.id for n in Node.select(Node.id).where(Node.video == folder.video_id)]
+        parent_id, name = folder.parent_id, folder.name
+        with db.atomic():
+            trash.put(folder)
+            tree.unlink(folder)
+            tree.touch_dir(parent_id)
+        self._hidden.difference_update(inside)  # whole again if it comes back
+        log.info("video %s moved to the trash", name)
 
     @_guarded
     @_frees_space
@@ -557,7 +629,10 @@ class Filesystem(pyfuse3.Operations):
         name gone, its queued versions are dropped (a running job notices by itself), and
         the inode lives on until the kernel forgets it: open handles keep reading and
         writing, and `forget` purges it. Returns the node if the kernel never knew of it:
-        the caller purges it after the commit."""
+        the caller purges it after the commit. A stored file losing its last name goes to
+        the trash (its purge then keeps it)."""
+        if node.links == 1 and self.settings.trash_days > 0 and trash.wanted(node):
+            trash.put(node)
         if tree.unlink(node):
             jobs.cancel(node.id)
             if self._lookups[node.id] <= 0:
@@ -637,6 +712,9 @@ class Filesystem(pyfuse3.Operations):
         if kind.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY:
+            if kind is NodeKind.TRASH:
+                handle = RequestHandle(node.id, ctx.uid, ctx.gid)
+                return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
             if kind is not NodeKind.FILE:
                 raise pyfuse3.FUSEError(errno.EPERM if kind.is_live else errno.EROFS)
             session = await self.writes.open(node, truncate=bool(flags & os.O_TRUNC))
@@ -714,6 +792,8 @@ class Filesystem(pyfuse3.Operations):
             return await Spool.pread(handle.fd, size, off)
         if isinstance(handle, BytesHandle):
             return handle.data[off : off + size]
+        if isinstance(handle, RequestHandle):
+            return b""  # opened for requests (O_RDWR): what it lists is read on its own
         assert isinstance(handle, BlobHandle)
         size = max(0, min(size, handle.size - off))
         if size == 0:
@@ -726,6 +806,8 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def write(self, fh, off, buf):
         handle = self._handle(fh)
+        if isinstance(handle, RequestHandle):
+            return handle.add(buf)
         if not isinstance(handle, WriteHandle):
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self.writes.write(handle.session, off, buf)
@@ -737,6 +819,9 @@ class Filesystem(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if isinstance(handle, WriteHandle):
             await self.writes.flush(handle.session)
+        elif isinstance(handle, RequestHandle):
+            for line in handle.take():
+                self._request(line, handle.uid, handle.gid)
 
     @_guarded
     async def fsync(self, fh, datasync):

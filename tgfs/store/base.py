@@ -125,11 +125,20 @@ class BlobStore(abc.ABC):
                 failures[location] = str(exc)
         return failures
 
-    async def orphans(self, referenced: Callable[[str], bool]) -> list[str]:
+    async def orphans(self, referenced: Callable[[str], bool], whole: bool = False) -> list[str]:
         """Parts this store holds that no catalog row names (`referenced` says which do):
         what a crash in the middle of a put left behind. Called at start-up after an
-        unclean stop, before any new put. Stores that cannot tell return []."""
+        unclean stop, before any new put. `whole`: look through the entire store, not
+        only where a crash leaves parts (`tgfs fsck`; slower, and a StoreError if the
+        store cannot be asked). Stores that cannot tell return []."""
         return []
+
+    async def add_copy(self, location: str, src: Path, size: int, key: str) -> str | None:
+        """Store one more copy of a part (its bytes are in `src`) where the location has
+        none (`tgfs fsck --repair`: a part stored while bots were down); returns the new
+        copy's single location, or None if there is nowhere else to put it. Stores that
+        keep one copy return None."""
+        return None
 
     async def missing(self, locations: list[str]) -> list[str]:
         """The replicas among `locations` that the store no longer holds (for `tgfs

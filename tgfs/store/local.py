@@ -94,9 +94,9 @@ class LocalStore(BlobStore):
         except OSError as exc:
             raise StoreError(f"local store: cannot delete {location}: {exc.strerror}") from exc
 
-    async def orphans(self, referenced: Callable[[str], bool]) -> list[str]:
-        """Every part file no catalog row names; unfinished copies (`.tmp`) are removed
-        here directly. A directory listing: the local store can afford it."""
+    async def orphans(self, referenced: Callable[[str], bool], whole: bool = False) -> list[str]:
+        """Every part file no catalog row names, `whole` or not; unfinished copies (`.tmp`)
+        are removed here directly. A directory listing: the local store can afford it."""
         names = await trio.to_thread.run_sync(_list, self.root, limiter=_DISK_THREADS)
         found = []
         for head, name in names:

@@ -52,6 +52,7 @@ SCAN_AHEAD = 200
 _PART_NAME = re.compile(r".+\.part\d+")  # how put() names documents: "<key>.part<N>"
 # The backup manifest's document: "tgfs-manifest-<sequence>.json" (see save_manifest).
 MANIFEST_PREFIX = "tgfs-manifest-"
+PROBE_NAME = "fsck-probe.part0"  # see TelegramStore._newest_id
 EMPTY = "tg:empty"  # a zero-byte part: Telegram refuses empty documents, and needs none
 _PREFIX = "tg:"
 
@@ -370,29 +371,79 @@ class TelegramStore(BlobStore):
 
     # ---- after a crash --------------------------------------------------------------------
 
-    async def orphans(self, referenced: Callable[[str], bool]) -> list[str]:
+    async def orphans(self, referenced: Callable[[str], bool], whole: bool = False) -> list[str]:
         """Documents tgfs sent that no catalog row names: an upload that Telegram accepted
         as the daemon died, whose message id tgfs never learned. Bots cannot list a
         channel's history, but message ids in a channel are consecutive, and every upload
         in flight at a crash got an id near the highest one recorded (see `_mark`): look
-        at those, and keep to documents named like tgfs's parts."""
+        at those, and keep to documents named like tgfs's parts.
+
+        `whole` (fsck): every id from 1 to the channel's newest, 200 per call, which finds
+        the gaps too; the newest is learned by sending a tiny probe document (named like a
+        part, so one a kill leaves behind is found as an orphan next time) and deleting it.
+        Manifests other than the one pinned are orphans too (a save cut short)."""
         found = []
         for link in self.links.values():
-            mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
-            if mark is None:
-                continue  # this data directory never sent anything there
-            ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
             try:
-                messages = await link.documents(link.channel_id, ids)
+                if whole:
+                    pinned = await link.pinned()
+                    ids = list(range(1, await self._newest_id(link) + 1))
+                else:
+                    pinned = None
+                    mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
+                    if mark is None:
+                        continue  # this data directory never sent anything there
+                    ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
+                messages = await link.documents(link.channel_id, ids) if ids else []
             except (BotFailed, BotFlooded) as exc:
                 raise StoreError(f"bot {link.number}: {exc}") from None
             for message in messages:
                 name = getattr(message.document, "file_name", None) or ""
                 replica = Replica(link.bot_id, link.channel_id, int(message.id))
-                if _PART_NAME.fullmatch(name) and not referenced(str(replica)):
+                stale_manifest = (
+                    whole
+                    and _manifest_seq(message) is not None
+                    and (pinned is None or int(message.id) != int(pinned.id))
+                )
+                if (_PART_NAME.fullmatch(name) or stale_manifest) and not referenced(str(replica)):
                     found.append(str(replica))
                     self._mark(replica)
         return found
+
+    async def _newest_id(self, link: BotLink) -> int:
+        """The id of the newest message in the bot's channel (ids are consecutive per
+        channel): one below a probe's, which is deleted at once."""
+        path = self.settings.session_dir / f".probe-{link.bot_id}"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(path.write_bytes, b"\0")
+        try:
+            ticket = link.reserve(trio.current_time())
+            probe = await link.send(path, 0, 1, PROBE_NAME, ticket, self._upload_cap, patient=True)
+        finally:
+            path.unlink(missing_ok=True)
+        await link.delete(link.channel_id, [probe])
+        return probe - 1
+
+    async def add_copy(self, location: str, src: Path, size: int, key: str) -> str | None:
+        """One more copy on the first bot in the key's ranking that has none and is up."""
+        held = {r.bot_id for r in parse_location(location)}
+        failed: set[int] = set()
+        while True:
+            link, patient = self._choose(key, held | failed)
+            if link is None:
+                return None
+            ticket = link.reserve(trio.current_time())
+            try:
+                message_id = await link.send(src, 0, size, key, ticket, self._upload_cap, patient)
+            except BotFlooded:
+                continue
+            except BotFailed as exc:
+                log.info("%s: %s; trying the next bot", key, exc)
+                failed.add(link.bot_id)
+                continue
+            replica = Replica(link.bot_id, link.channel_id, message_id)
+            self._mark(replica)
+            return str(replica)
 
     async def missing(self, locations: list[str]) -> list[str]:
         """Asks each bot for its messages in batches of 200 (get_messages): a replica
