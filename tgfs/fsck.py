@@ -82,7 +82,9 @@ async def fsck(settings: Settings, store: BlobStore, repair: bool = False) -> Re
     failed = await GarbageCollector(store, lambda _location: False).collect_once()
     if failed:
         repaired.append(f"{failed} delete(s) failed (see above); run --repair again")
-    if repaired and await Backups(settings, store, settings.spool_dir).backup_now("fsck") is None:
+    if not repaired:
+        return report
+    if await Backups(settings, store, settings.spool_dir).backup_now("fsck") is None:
         repaired.append("the catalog's backup failed (see above)")
     after = await _examine(settings, store)
     after.repaired = repaired
