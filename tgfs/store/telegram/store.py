@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,23 +382,21 @@ class TelegramStore(BlobStore):
         `whole` (fsck): every id from 1 to the channel's newest, 200 per call, which finds
         the gaps too; the newest is learned by sending a tiny probe document (named like a
         part, so one a kill leaves behind is found as an orphan next time) and deleting it.
-        Manifests other than the one pinned are orphans too (a save cut short)."""
-        found = []
-        for link in self.links.values():
-            try:
-                if whole:
-                    pinned = await link.pinned()
-                    ids = list(range(1, await self._newest_id(link) + 1))
-                else:
-                    pinned = None
-                    mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
-                    if mark is None:
-                        continue  # this data directory never sent anything there
-                    ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
-                messages = await link.documents(link.channel_id, ids) if ids else []
-            except (BotFailed, BotFlooded) as exc:
-                raise StoreError(f"bot {link.number}: {exc}") from None
-            for message in messages:
+        Manifests other than the one pinned are orphans too (a save cut short). All bots
+        at once: each has its own pacing."""
+
+        async def scan(link: BotLink) -> list[str]:
+            if whole:
+                pinned = await link.pinned()
+                ids = list(range(1, await self._newest_id(link) + 1))
+            else:
+                pinned = None
+                mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
+                if mark is None:
+                    return []  # this data directory never sent anything there
+                ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
+            found = []
+            for message in await link.documents(link.channel_id, ids) if ids else []:
                 name = getattr(message.document, "file_name", None) or ""
                 replica = Replica(link.bot_id, link.channel_id, int(message.id))
                 stale_manifest = (
@@ -408,7 +407,35 @@ class TelegramStore(BlobStore):
                 if (_PART_NAME.fullmatch(name) or stale_manifest) and not referenced(str(replica)):
                     found.append(str(replica))
                     self._mark(replica)
-        return found
+            return found
+
+        return await _on_bots(
+            [(link, functools.partial(scan, link)) for link in self.links.values()]
+        )
+
+    async def missing(self, locations: list[str]) -> list[str]:
+        """Asks each bot for its messages in batches of 200 (get_messages), all bots at
+        once: a replica whose message is gone, or holds no document, is missing. A bot
+        that cannot be asked makes this a StoreError: fsck must not call parts missing it
+        cannot see."""
+        wanted: dict[tuple[int, int], set[int]] = {}
+        for location in locations:
+            if location == EMPTY:
+                continue
+            for r in parse_location(location):
+                wanted.setdefault((r.bot_id, r.channel_id), set()).add(r.message_id)
+
+        async def ask(link: BotLink, channel_id: int, ids: set[int]) -> list[str]:
+            found = {int(m.id) for m in await link.documents(channel_id, sorted(ids))}
+            return [str(Replica(link.bot_id, channel_id, m)) for m in sorted(ids - found)]
+
+        work = []
+        for (bot_id, channel_id), ids in wanted.items():
+            link = self.links.get(bot_id)
+            if link is None:
+                raise StoreError(f"bot {bot_id} is not configured: cannot check its parts")
+            work.append((link, functools.partial(ask, link, channel_id, ids)))
+        return await _on_bots(work)
 
     async def _newest_id(self, link: BotLink) -> int:
         """The id of the newest message in the bot's channel (ids are consecutive per
@@ -444,28 +471,6 @@ class TelegramStore(BlobStore):
             replica = Replica(link.bot_id, link.channel_id, message_id)
             self._mark(replica)
             return str(replica)
-
-    async def missing(self, locations: list[str]) -> list[str]:
-        """Asks each bot for its messages in batches of 200 (get_messages): a replica
-        whose message is gone, or holds no document, is missing. A bot that cannot be
-        asked makes this a StoreError: fsck must not call parts missing it cannot see."""
-        wanted: dict[tuple[int, int], set[int]] = {}
-        for location in locations:
-            if location == EMPTY:
-                continue
-            for r in parse_location(location):
-                wanted.setdefault((r.bot_id, r.channel_id), set()).add(r.message_id)
-        gone = []
-        for (bot_id, channel_id), ids in wanted.items():
-            link = self.links.get(bot_id)
-            if link is None:
-                raise StoreError(f"bot {bot_id} is not configured: cannot check its parts")
-            try:
-                found = {int(m.id) for m in await link.documents(channel_id, sorted(ids))}
-            except (BotFailed, BotFlooded) as exc:
-                raise StoreError(f"bot {link.number}: {exc}") from None
-            gone += [str(Replica(bot_id, channel_id, m)) for m in sorted(ids - found)]
-        return gone
 
     # ---- the backup manifest -------------------------------------------------------------
 
@@ -546,6 +551,26 @@ class TelegramStore(BlobStore):
             "replicas": self.replicas,
             "bots": bots,
         }
+
+
+async def _on_bots(work: Sequence[tuple[BotLink, Callable[[], Awaitable[list[str]]]]]) -> list[str]:
+    """Run each bot's share at once; the results joined. A bot that failed makes the whole
+    a StoreError (after the others finished), naming it."""
+    results: list[str] = []
+    failures: list[str] = []
+
+    async def one(link: BotLink, job: Callable[[], Awaitable[list[str]]]) -> None:
+        try:
+            results.extend(await job())
+        except (BotFailed, BotFlooded, StoreError) as exc:
+            failures.append(f"bot {link.number}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for link, job in work:
+            nursery.start_soon(one, link, job)
+    if failures:
+        raise StoreError("; ".join(failures))
+    return sorted(results)
 
 
 def _manifest_seq(message: Any) -> int | None:
