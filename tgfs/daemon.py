@@ -38,7 +38,9 @@ from tgfs.fsck import Report, fsck
 from tgfs.ingest.runner import Doorbell, IngestRunner
 from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.prefetch import Prefetcher
+from tgfs.service import Notifier
 from tgfs.spool import Spool
+from tgfs.status import one_line
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.local import LocalStore
 from tgfs.store.telegram.store import TelegramStore
@@ -286,6 +288,7 @@ async def _serve_mounted(
         options.add("allow_other")
     if debug_fuse:
         options.add("debug")
+    notifier = Notifier()
     pyfuse3.init(fs, str(mountpoint), options)
     log.info(
         "mounted %s (store: %s); Ctrl-C or `tgfs umount %s` to unmount",
@@ -309,7 +312,10 @@ async def _serve_mounted(
             nursery.start_soon(_keep_reserve, fs.reserve)
             nursery.start_soon(backups.run)
             nursery.start_soon(_expire_trash, fs, settings.trash_days)
+            nursery.start_soon(_tell_systemd, notifier, fs, mountpoint)
     finally:
+        notifier.send("STOPPING=1", "STATUS=unmounting")
+        notifier.close()
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
         with trio.CancelScope(shield=True), trio.move_on_after(BACKUP_AT_EXIT_TIMEOUT):
@@ -321,6 +327,31 @@ async def _serve_mounted(
 # stop never hangs on a store that is down; the previous generation then stands.
 BACKUP_AT_EXIT_TIMEOUT = 60.0
 RESERVE_CHECK = 30.0  # seconds between checks that the catalog's reserve is in place
+
+
+STATUS_EVERY = 10.0  # seconds between STATUS= lines to systemd (and keep-alives, at most)
+
+
+async def _tell_systemd(notifier: Notifier, fs: Filesystem, mountpoint: Path) -> None:
+    """READY=1 once the mount answers a request (a stat through the kernel, answered by
+    this loop), then STATUS= lines, and WATCHDOG=1 keep-alives as often as WatchdogSec asks
+    (see tgfs.service). Nothing to do when systemd did not start us."""
+    if not notifier.enabled:
+        return
+    await trio.to_thread.run_sync(os.stat, mountpoint / ".tgfs" / "status.json")
+    notifier.send("READY=1", f"STATUS=mounted {mountpoint}; {one_line(fs.status())}")
+    log.info("systemd: told it the mount is ready")
+    every = min(notifier.keepalive_every or STATUS_EVERY, STATUS_EVERY)
+    last_status = trio.current_time()
+    while True:
+        await trio.sleep(every)
+        fields = ["WATCHDOG=1"] if notifier.keepalive_every else []
+        if trio.current_time() - last_status >= STATUS_EVERY - every / 2:
+            await fs.refresh_health()
+            fields.append(f"STATUS={one_line(fs.status())}")
+            last_status = trio.current_time()
+        if fields:
+            notifier.send(*fields)
 
 
 TRASH_CHECK = 60.0  # seconds between looks for trash past TGFS_TRASH_DAYS (one indexed query)

@@ -165,6 +165,19 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def one_line(status: dict[str, Any]) -> str:
+    """The daemon's state in one line (systemd's STATUS=, `systemctl status`)."""
+    jobs = status["jobs"]
+    running = sum(j["state"] == JobState.RUNNING for j in jobs)
+    queued = sum(j["state"] == JobState.QUEUED for j in jobs)
+    store = status["store"]
+    state = "up" if store.get("up") else "DOWN"
+    bots = store.get("bots") or []
+    if bots:
+        state += f" ({sum(b['up'] for b in bots)}/{len(bots)} bots up)"
+    return f"jobs: {running} running, {queued} queued; store: {store.get('kind')} {state}"
+
+
 def _bar(percent: float, width: int = 40) -> str:
     done = round(width * min(max(percent, 0.0), 100.0) / 100)
     return "[" + "#" * done + "." * (width - done) + "]"

@@ -250,20 +250,25 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
+    def status(self) -> dict[str, Any]:
+        """What status.json says (the store's health as last asked: `refresh_health`)."""
+        encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
+        return snapshot(
+            self.runner.progress,
+            self.cache_stats(),
+            self.store_health,
+            self.collector.pending(),
+            encoder,
+            self._trash_held(),
+        )
+
+    async def refresh_health(self) -> None:
+        self.store_health = await self._store_health()
+
     def _control(self, kind: NodeKind) -> bytes:
         """A control file's bytes: the daemon's state now."""
         if kind is NodeKind.STATUS:
-            encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
-            return to_bytes(
-                snapshot(
-                    self.runner.progress,
-                    self.cache_stats(),
-                    self.store_health,
-                    self.collector.pending(),
-                    encoder,
-                    self._trash_held(),
-                )
-            )
+            return to_bytes(self.status())
         if kind is NodeKind.CACHE:
             return to_bytes(self.cache_stats())
         if kind is NodeKind.BACKUPS:
@@ -720,7 +725,7 @@ class Filesystem(pyfuse3.Operations):
             session = await self.writes.open(node, truncate=bool(flags & os.O_TRUNC))
             return pyfuse3.FileInfo(fh=self._add_handle(WriteHandle(node.id, session)))
         if kind.is_live:
-            self.store_health = await self._store_health()
+            await self.refresh_health()
             handle = BytesHandle(node.id, self._render(node))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST):
