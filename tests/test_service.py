@@ -4,6 +4,7 @@ it answers, STATUS= lines, WATCHDOG=1 keep-alives, and STOPPING=1 when it unmoun
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_ENV, assert_catalog_sound, wait_for
 
 UNITS = REPO / "systemd"
 
@@ -95,3 +96,43 @@ def test_keepalives_are_for_the_process_systemd_named():
     assert mine.keepalive_every == 1.0
     assert not Notifier({}).enabled
     Notifier({}).send("READY=1")  # not started by systemd: nothing happens
+
+
+def _daemons(mountpoint: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"tgfs mount {mountpoint}"], capture_output=True)
+    return found.stdout.decode().split()
+
+
+def test_an_fstab_line_mounts_with_mount_and_unmounts_with_umount(tmp_path):
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    mnt.mkdir()
+    settings = tmp_path / "tgfs.env"
+    values = {**TEST_ENV, "TGFS_DATA_DIR": data, "TGFS_CACHE_DIR": tmp_path / "cache"}
+    settings.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    fstab = tmp_path / "fstab"
+    options = "allow_other,cache_size=32M,noatime,x-systemd.automount,_netdev"
+    fstab.write_text(f"{REPO}/.venv/bin/tgfs#{settings} {mnt} fuse {options} 0 0\n")
+
+    done = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert os.path.ismount(mnt)  # mounted and answering when mount(8) returned
+        (line,) = [x for x in Path("/proc/self/mounts").read_text().splitlines() if f" {mnt} " in x]
+        assert "allow_other" in line.split()[3]
+        (mnt / "a.txt").write_text("hello")
+        assert (mnt / "a.txt").read_text() == "hello"
+        cache = json.loads((mnt / ".tgfs" / "cache.json").read_text())
+        assert cache["capacity_bytes"] == 32 * 2**20  # the option reached the settings
+    finally:
+        gone = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+    assert gone.returncode == 0, gone.stderr
+    wait_for(lambda: not _daemons(mnt), 60, "the daemon to exit after umount")
+    log = (data / "tgfs.log").read_text()
+    assert "unmounted" in log and "Traceback" not in log
+    assert_catalog_sound(data / "catalog.db")
+
+    # A wrong option: mount fails and says why; nothing is mounted, no daemon is left.
+    fstab.write_text(f"{REPO}/.venv/bin/tgfs#{settings} {mnt} fuse bogus=1 0 0\n")
+    refused = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "unknown mount option 'bogus'" in refused.stderr
+    assert not os.path.ismount(mnt) and not _daemons(mnt)

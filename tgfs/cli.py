@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from tgfs import config as config_module
-from tgfs import logs
+from tgfs import fstab, logs
 from tgfs.catalog import SchemaMismatch
 from tgfs.config import ConfigError, Settings, format_size
 from tgfs.status import render, render_cache
@@ -32,7 +32,17 @@ def _settings() -> Settings:
         raise click.ClickException(f"configuration: {exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands, and mount.fuse3's `tgfs SOURCE MOUNTPOINT -o OPTIONS` (tgfs.fstab)."""
+
+    def main(self, args=None, *more, **options):
+        argv = list(sys.argv[1:] if args is None else args)
+        if fstab.invoked_by_mount(argv, self.commands):
+            sys.exit(fstab.mount(argv))
+        return super().main(args, *more, **options)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """tgfs: a video library in Telegram (or a local store), mounted with FUSE."""
 

@@ -9,7 +9,7 @@ systemd, or by a unit that is not Type=notify) every call does nothing.
 
 Keep-alives are sent from the trio loop itself: a handler that never returns, or any other
 hang of the loop, stops them, and systemd kills and restarts the service after WatchdogSec.
-A datagram that cannot be sent is logged once and never breaks the mount.
+A datagram that cannot be sent ends the notifications (logged once), never the mount.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Notifier:
         address = environ.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self._socket: socket.socket | None = None
-        self._failed = False
         # WatchdogSec= gives WATCHDOG_USEC; WATCHDOG_PID says which process it is for (a
         # child started by this one must not answer for it).
         usec = environ.get("WATCHDOG_USEC", "")
@@ -57,9 +56,10 @@ class Notifier:
                 )
             self._socket.sendto(message, self.address)
         except OSError as exc:
-            if not self._failed:
-                log.warning("systemd: cannot notify %s: %s", self.address.lstrip("\0"), exc)
-            self._failed = True
+            # Whoever listened is gone (`tgfs SOURCE DIR` from fstab listens for READY=1
+            # only): stop, and say so once.
+            log.info("no more notifications to %s: %s", self.address.lstrip("\0"), exc)
+            self.address = ""
 
     def close(self) -> None:
         if self._socket is not None:
