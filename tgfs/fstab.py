@@ -71,8 +71,9 @@ class MountOptionError(ValueError):
 
 
 def invoked_by_mount(argv: list[str], commands: Iterable[str]) -> bool:
-    """`tgfs SOURCE MOUNTPOINT [-o OPTIONS]`: a call from mount.fuse3, not a command."""
-    return len(argv) >= 2 and not argv[0].startswith("-") and argv[0] not in set(commands)
+    """`tgfs SOURCE MOUNTPOINT -o OPTIONS`: a call from mount.fuse3 (which always passes
+    options, at least `rw`), not a command (a mistyped one still gets click's error)."""
+    return len(argv) >= 4 and argv[2] == "-o" and argv[0] not in set(commands)
 
 
 def settings_env(source: str, options: str) -> dict[str, str]:
