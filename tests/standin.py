@@ -247,9 +247,13 @@ class StandInClient:
         token = self.bot_token or ""
         bot_id = int(token.split(":")[0]) if token.split(":")[0].isdigit() else 0
         self._bot_id = bot_id
-        if not session.exists():
+        if not session.exists() or session.read_bytes() != SESSION:
             if not (self.api_id and self.api_hash):
                 raise AttributeError("The API key is required for new authorizations.")
+            # kurigram's storage opens (creates) the session file before authorizing, so a
+            # failed login leaves one behind, unauthorized, with the process's umask mode.
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            session.touch()
             await self._request("auth.ImportBotAuthorization")
             bot = self._world.bot(bot_id)
             if bot is None or bot.get("token") != token:
@@ -259,7 +263,7 @@ class StandInClient:
             with open(logins / str(bot_id), "a") as f:
                 f.write(f"{time.time()}\n")
             self.workdir.mkdir(parents=True, exist_ok=True)
-            session.write_bytes(b"stand-in session\n")  # umask-default mode, like sqlite
+            session.write_bytes(SESSION)  # umask-default mode, like sqlite
         else:
             await self._request("updates.GetState")
         self.is_connected = True
@@ -473,6 +477,7 @@ class StandInClient:
 # ---- for tests: set up and inspect the stand-in ---------------------------------------------
 
 API_HASH = "0123456789abcdef0123456789abcdef"
+SESSION = b"stand-in session\n"  # an authorized session file's content
 
 
 def token(bot_id: int) -> str:

@@ -36,6 +36,9 @@ class _Commands(click.Group):
     """The commands, and mount.fuse3's `tgfs SOURCE MOUNTPOINT -o OPTIONS` (tgfs.fstab)."""
 
     def main(self, args=None, *more, **options):
+        # Everything tgfs writes (catalog, blobs, cache, spool, sessions, logs) is the
+        # user's private media and keys: files 0600, directories 0700.
+        os.umask(0o077)
         argv = list(sys.argv[1:] if args is None else args)
         if fstab.invoked_by_mount(argv, self.commands):
             sys.exit(fstab.mount(argv))

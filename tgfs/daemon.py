@@ -68,6 +68,7 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     for skipped in settings.skipped_bots:
         log.warning("config: %s; skipped", skipped)
+    _private_dirs(settings)
     with contextlib.ExitStack() as held:
         held.enter_context(DirectoryLock(settings.data_dir, mountpoint))
         # A spool outside the data directory is swept at start too: it gets a lock of its own.
@@ -86,6 +87,15 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
             settings.cache_min_free,
         )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
+
+
+def _private_dirs(settings: Settings) -> None:
+    """The data, cache and spool directories, 0700: made so, or made so now (a library
+    from before this was so had them 0755; what is inside is then out of reach too)."""
+    for folder in {settings.data_dir, settings.cache_dir, settings.spool_dir}:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if folder.stat().st_uid == os.getuid():
+            folder.chmod(0o700)
 
 
 def backup_offline(settings: Settings) -> Generation | None:

@@ -531,6 +531,7 @@ def open_catalog(path: Path) -> None:
         _fixed_file(  # likewise: requests are written to it
             TRASH_FILE_NAME, kind=NodeKind.TRASH, mode=0o644, uid=os.getuid(), gid=os.getgid()
         )
+        _control_is_private()
 
 
 def _migrate_from_1() -> None:
@@ -628,6 +629,18 @@ def _create_fixed_nodes() -> None:
     Entry.create(parent=ROOT_ID, name=CONTROL_DIR_NAME, node=CONTROL_DIR_ID)
     Node.create(id=STATUS_FILE_ID, kind=NodeKind.STATUS, mode=0o444)
     Entry.create(parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME, node=STATUS_FILE_ID)
+
+
+def _control_is_private() -> None:
+    """The control folder and its files belong to the daemon's user, for them alone: with
+    allow_other, status.json would tell every user the paths of everyone's files. (Set at
+    every open: catalogs made before this was so are brought in line.)"""
+    owner = {"uid": os.getuid(), "gid": os.getgid()}
+    Node.update(mode=0o500, **owner).where(Node.id == CONTROL_DIR_ID).execute()
+    read_only = (NodeKind.STATUS, NodeKind.BOTS)
+    Node.update(mode=0o400, **owner).where(Node.kind.in_(read_only)).execute()
+    requests = (NodeKind.CACHE, NodeKind.BACKUPS, NodeKind.TRASH)  # truncated or written to
+    Node.update(mode=0o600, **owner).where(Node.kind.in_(requests)).execute()
 
 
 def _fixed_file(name: str, **fields) -> None:
