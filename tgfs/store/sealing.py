@@ -1,0 +1,165 @@
+"""Encryption at rest: a part's bytes sealed in fixed-size frames before they leave the
+machine, and opened a range at a time when they come back.
+
+Format. The plaintext is cut into FRAME-byte frames (the last one shorter, an empty part
+has none). Each frame is encrypted with AES-256-GCM and kept as ciphertext + 16-byte tag,
+so a sealed frame is SEALED_FRAME bytes and sealed frames follow each other with nothing
+between them: the stored object says nothing about what it is.
+
+Keys and nonces. Every part has a random 32-byte salt (kept in the catalog beside its
+location, not in the store) and its own key, HKDF-SHA256(master key, salt, "tgfs part
+v1"). A key seals one part only, so the frame number can be the nonce (96-bit big-endian):
+no nonce is ever used twice under one key. The 2^-128 chance of two parts drawing one salt
+is what the scheme rests on.
+
+Associated data: the format's name, the frame number and whether it is the last frame.
+A frame moved within its part, taken from another part (another key), or a part cut short
+at a frame boundary (its new last frame was not sealed as last) fails authentication, as
+does any flipped bit. Failing authentication is `SealBroken` (a StoreError that retrying
+cannot fix): the caller turns it into EIO, never into bytes for a player.
+
+A range [offset, offset + length) of the plaintext needs frames offset // FRAME up to
+(offset + length - 1) // FRAME, which are stored at [first * SEALED_FRAME, (last + 1) *
+SEALED_FRAME): a seek reads and opens only those. FRAME is 64 KiB: a 1 MiB cache chunk is
+16 frames, sealed in 16 × 16 bytes more (0.02 %).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tgfs.store.base import StoreError
+
+FRAME = 64 * 2**10  # plaintext bytes per frame
+TAG = 16  # AES-GCM's tag
+SEALED_FRAME = FRAME + TAG
+KEY_BYTES = 32  # AES-256
+SALT_BYTES = 32
+_FORMAT = b"tgfs-sealed-v1"
+_INFO = b"tgfs part v1"
+
+
+class SealBroken(StoreError):
+    """A sealed frame failed authentication: tampered with, swapped, cut short, or sealed
+    under another key. Retrying cannot help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class BadKey(ValueError):
+    """The encryption key setting is not a key."""
+
+
+def sealed_size(size: int) -> int:
+    """Bytes stored for a part of `size` plaintext bytes."""
+    return size + TAG * frames(size)
+
+
+def frames(size: int) -> int:
+    return -(-size // FRAME)
+
+
+def sealed_range(offset: int, length: int, size: int) -> tuple[int, int]:
+    """(offset, length) of the stored bytes that hold plaintext [offset, offset + length)
+    of a part of `size` bytes (clipped to the part)."""
+    end = min(offset + length, size)
+    if end <= offset:
+        return sealed_size(size), 0
+    first, last = offset // FRAME, (end - 1) // FRAME
+    start = first * SEALED_FRAME
+    return start, min((last + 1) * SEALED_FRAME, sealed_size(size)) - start
+
+
+def new_salt() -> bytes:
+    return os.urandom(SALT_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sealer:
+    """Seals and opens parts under one master key."""
+
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.key) != KEY_BYTES:
+            raise BadKey(f"an encryption key is {KEY_BYTES} bytes, not {len(self.key)}")
+
+    def _aead(self, salt: bytes) -> AESGCM:
+        kdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_INFO)
+        return AESGCM(kdf.derive(self.key))
+
+    def seal(self, salt: bytes, plaintext: bytes) -> bytes:
+        """A whole part, sealed."""
+        aead = self._aead(salt)
+        count = frames(len(plaintext))
+        return b"".join(
+            aead.encrypt(_nonce(i), plaintext[i * FRAME : (i + 1) * FRAME], _ad(i, i == count - 1))
+            for i in range(count)
+        )
+
+    def open(self, salt: bytes, stored: bytes, offset: int, length: int, size: int) -> bytes:
+        """Plaintext [offset, offset + length) of a part of `size` bytes, from `stored`:
+        the bytes at `sealed_range(offset, length, size)`. SealBroken if any frame
+        fails authentication, or the stored bytes are not all there."""
+        end = min(offset + length, size)
+        if end <= offset:
+            return b""
+        first, last = offset // FRAME, (end - 1) // FRAME
+        count = frames(size)
+        aead = self._aead(salt)
+        out = []
+        for i in range(first, last + 1):
+            at = (i - first) * SEALED_FRAME
+            frame = stored[at : at + SEALED_FRAME]
+            expected = min(FRAME, size - i * FRAME) + TAG
+            if len(frame) != expected:
+                raise SealBroken(f"frame {i}: {len(frame)} bytes stored, {expected} expected")
+            try:
+                out.append(aead.decrypt(_nonce(i), frame, _ad(i, i == count - 1)))
+            except InvalidTag:
+                raise SealBroken(f"frame {i} failed authentication") from None
+        skip = offset - first * FRAME
+        return b"".join(out)[skip : skip + (end - offset)]
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+def _ad(index: int, last: bool) -> bytes:
+    return _FORMAT + index.to_bytes(8, "big") + (b"\x01" if last else b"\x00")
+
+
+# ---- the key ------------------------------------------------------------------------------
+
+
+def parse_key(text: str) -> bytes:
+    """A key as written by `tgfs key generate`: 32 bytes in URL-safe base64."""
+    try:
+        key = base64.urlsafe_b64decode(text.strip().encode())
+    except (binascii.Error, ValueError):
+        raise BadKey("the encryption key is not base64") from None
+    if len(key) != KEY_BYTES:
+        raise BadKey(f"the encryption key is {len(key)} bytes, not {KEY_BYTES}")
+    return key
+
+
+def generate_key_file(path: Path) -> None:
+    """A new random key in a new file, 0600 (refuses to overwrite one: losing a key loses
+    everything sealed under it)."""
+    text = base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode() + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
