@@ -155,3 +155,28 @@ def test_a_kill_mid_repair_is_finished_by_the_next(mount_factory, telegram):
     m.start()
     for name, data in files.items():
         assert (m.path / name).read_bytes() == data, name
+
+
+def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegram):
+    _two_bots_one_dead(telegram)
+    m = mount_factory(**telegram_env(telegram, TGFS_REPLICAS="2"))
+    (m.path / "kept.bin").write_bytes(os.urandom(50_000))
+    (m.path / "lost.bin").write_bytes(os.urandom(50_000))
+    m.wait_idle()
+    assert m.stop() == 0
+    telegram.bot(1)["dead"] = False
+    telegram.write()
+    (location,) = m.catalog(
+        "SELECT p.location FROM part p JOIN node n ON n.blob_id = p.blob_id "
+        "JOIN entry e ON e.node_id = n.id WHERE e.name = CAST('lost.bin' AS BLOB)"
+    )[0]
+    _, _, channel, message = location.split(":")
+    telegram.message_path(int(channel), int(message)).unlink()  # its only copy, gone
+
+    repaired = _fsck(m, "--repair")
+    assert repaired.returncode != 0  # one file cannot be repaired
+    assert "repaired: 1 part(s) given more copies" in repaired.stdout, repaired.stdout
+    assert "  lost: lost.bin" in repaired.stdout
+    assert "1 part(s) could not be read to copy them" in repaired.stdout
+    m.start()
+    assert len((m.path / "kept.bin").read_bytes()) == 50_000

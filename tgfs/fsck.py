@@ -32,7 +32,7 @@ from tgfs.catalog import backups, blobs, check, tree
 from tgfs.catalog.schema import Node, Part, db
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
-from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, replicas
+from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, StoreError, replicas
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Report:
 async def fsck(settings: Settings, store: BlobStore, repair: bool = False) -> Report:
     repaired: list[str] = []
     if repair:
-        repaired += await _finish_killed_repair(store)
+        repaired += _finish_killed_repair()
     report = await _examine(settings, store)
     if not repair or report.problems:  # a catalog that breaks its rules is not repaired
         return report
@@ -110,7 +110,7 @@ async def _examine(settings: Settings, store: BlobStore) -> Report:
     return Report(problems, len(locations), missing, thin, orphans, lost)
 
 
-async def _finish_killed_repair(store: BlobStore) -> list[str]:
+def _finish_killed_repair() -> list[str]:
     """Copies a killed repair stored but never added to their parts go to the garbage list
     (landed, like an unfinished job's)."""
     collected = blobs.collect_landed()
@@ -150,10 +150,15 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     ]
     work = settings.spool_dir / "fsck"
     work.mkdir(parents=True, exist_ok=True)
-    added, short = 0, 0
+    added, short, unread = 0, 0, 0
     for part in thin:
         copy = work / f"part-{part.id}"
-        data = await store.get(part.location, 0, part.size)
+        try:
+            data = await store.get(part.location, 0, part.size)
+        except StoreError as exc:  # lost (reported as such), or its bots are down
+            log.warning("fsck: part %d cannot be read to copy it: %s", part.id, exc)
+            unread += 1
+            continue
         copy.write_bytes(data)
         try:
             location = part.location
@@ -176,6 +181,8 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     out = [f"{added} part(s) given more copies"] if added else []
     if short:
         out.append(f"{short} part(s) still short of copies: not enough bots up")
+    if unread:
+        out.append(f"{unread} part(s) could not be read to copy them (see above)")
     return out
 
 

@@ -98,12 +98,6 @@ def held() -> tuple[int, int]:
     return int(count), int(size)
 
 
-def find(path: str) -> list[Item]:
-    """Items that were at `path` (mount-relative), newest first."""
-    wanted_path = str(PurePosixPath("/", path).relative_to("/"))
-    return [item for item in items() if item.path == wanted_path]
-
-
 def restore(item_id: int, uid: int = 0, gid: int = 0) -> Restored:
     """Give a trashed item its name back: in its old directory if that still exists, else
     in directories made again along its old path (owned by `uid`/`gid`, mode 0755). If
