@@ -249,7 +249,10 @@ TRASH_PATH = Path(".tgfs") / "trash.json"
 def _mount_of(path: Path) -> tuple[Path, str] | None:
     """(mount point, library-relative path) if `path` is inside a running tgfs mount; it
     need not exist (it was deleted), so the nearest folder holding .tgfs/trash.json wins."""
-    absolute = Path(os.path.abspath(path))
+    try:
+        absolute = Path(os.path.abspath(path))
+    except FileNotFoundError:  # the working directory is gone: PATH is library-relative
+        return None
     for folder in absolute.parents:
         if (folder / TRASH_PATH).is_file():
             return folder, absolute.relative_to(folder).as_posix()
