@@ -348,8 +348,12 @@ async def _tell_systemd(notifier: Notifier, fs: Filesystem, mountpoint: Path) ->
     (see tgfs.service). Nothing to do when systemd did not start us."""
     if not notifier.enabled:
         return
-    await trio.to_thread.run_sync(os.stat, mountpoint / ".tgfs" / "status.json")
-    notifier.send("READY=1", f"STATUS=mounted {mountpoint}; {one_line(fs.status())}")
+    try:
+        await trio.to_thread.run_sync(os.stat, mountpoint / ".tgfs" / "status.json")
+    except OSError as exc:  # no READY=1: systemd's start timeout then says so
+        log.error("the mount does not answer (%s); not telling systemd it is ready", exc)
+        return
+    notifier.send("READY=1", f"STATUS=mounted {mountpoint}; {await _status_line(fs)}")
     log.info("systemd: told it the mount is ready")
     every = min(notifier.keepalive_every or STATUS_EVERY, STATUS_EVERY)
     last_status = trio.current_time()
@@ -357,11 +361,20 @@ async def _tell_systemd(notifier: Notifier, fs: Filesystem, mountpoint: Path) ->
         await trio.sleep(every)
         fields = ["WATCHDOG=1"] if notifier.keepalive_every else []
         if trio.current_time() - last_status >= STATUS_EVERY - every / 2:
-            await fs.refresh_health()
-            fields.append(f"STATUS={one_line(fs.status())}")
+            fields.append(f"STATUS={await _status_line(fs)}")
             last_status = trio.current_time()
         if fields:
             notifier.send(*fields)
+
+
+async def _status_line(fs: Filesystem) -> str:
+    """The STATUS= text; a failure to make it (a catalog error) never stops keep-alives."""
+    try:
+        await fs.refresh_health()
+        return one_line(fs.status())
+    except Exception as exc:
+        log.exception("status for systemd failed")
+        return f"status unavailable: {type(exc).__name__}"
 
 
 TRASH_CHECK = 60.0  # seconds between looks for trash past TGFS_TRASH_DAYS (one indexed query)
