@@ -19,7 +19,7 @@ Backups run after changes, at most every `TGFS_BACKUP_INTERVAL`, and at a clean 
 (or the one asked for) with nothing but the settings, and never overwrites a catalog unless
 told (the old one is then moved aside, not deleted).
 
-Encryption (`seal`/`unseal`) is where the key of TGFS_ENCRYPTION_KEY will apply; until then
+Encryption (`seal`/`unseal`) is where the encryption key of issue 14 will apply; until then
 a backup is as private as the store.
 """
 
@@ -43,7 +43,7 @@ from tgfs.catalog import backups as generations_table
 from tgfs.catalog import blobs, facts
 from tgfs.catalog.backups import Generation
 from tgfs.catalog.schema import db, now_ns
-from tgfs.config import Settings
+from tgfs.config import Settings, format_time
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.parts import Upload, put_files
 
@@ -233,7 +233,7 @@ def backups_snapshot(backups: Backups | None) -> dict:
     rows = [
         {
             "generation": g.generation,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9)),
+            "created": format_time(g.created_ns),
             "size": g.size,
             "stored_size": g.stored_size,
             "parts": len(g.parts),

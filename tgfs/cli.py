@@ -16,7 +16,7 @@ import click
 from tgfs import config as config_module
 from tgfs import fstab, logs
 from tgfs.catalog import SchemaMismatch
-from tgfs.config import ConfigError, Settings, format_size
+from tgfs.config import ConfigError, Settings, format_size, format_time
 from tgfs.status import render, render_cache
 from tgfs.store.base import StoreError
 from tgfs.trash import Action, Request
@@ -201,7 +201,7 @@ def backups(mountpoint: Path | None) -> None:
         rows = [
             (
                 g.generation,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9)),
+                format_time(g.created_ns),
                 g.size,
                 g.stored_size,
             )
@@ -234,7 +234,7 @@ def restore(generation: int | None, force: bool) -> None:
     except StoreError as exc:
         raise click.ClickException(f"restore failed: {exc}") from None
     g = done.generation
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_ns / 1e9))
+    created = format_time(g.created_ns)
     click.echo(f"restored backup {g.generation} of {created} into {settings.catalog_path}")
     if done.moved_aside:
         click.echo(f"the catalog that was there is now {done.moved_aside}")
@@ -300,7 +300,7 @@ def trash_command(mountpoint: Path | None, empty: bool) -> None:
         settings = _settings()
         logs.setup("WARNING", settings.secrets())
         rows = [
-            (i.id, _when(i.deleted_ns), i.size, i.path + ("/" if i.kind == "video" else ""))
+            (i.id, format_time(i.deleted_ns), i.size, i.path + ("/" if i.kind == "video" else ""))
             for i in daemon.trash_offline(settings)
         ]
     if not rows:
@@ -348,10 +348,6 @@ def _choose_item(found: list[tuple[int, str]], where: str, item_id: int | None) 
     if not found:
         raise click.ClickException(f"nothing in the trash was at {where} (see `tgfs trash`)")
     return found[0][0]
-
-
-def _when(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
 @main.command()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ def parse_size(name: str, raw: str) -> int:
         raise ConfigError(f"{name}={raw!r} is not a size (examples: 500M, 2G, 1048576)")
     number, unit, _ = match.groups()
     return int(float(number) * _UNITS[unit.lower()])
+
+
+def format_time(ns: int) -> str:
+    """A moment (epoch nanoseconds) as local time, the way status output shows them."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
 def format_size(n: int) -> str:

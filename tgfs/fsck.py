@@ -100,11 +100,7 @@ async def _examine(settings: Settings, store: BlobStore) -> Report:
     wanted = settings.replicas if store.kind == "telegram" else 1
     # Backups are not counted: each goes to every bot up at the time, and the next one
     # (after any change, `tgfs backup`, or a repair) replaces it.
-    thin = [
-        loc
-        for loc in part_locations
-        if len([r for r in replicas(loc) if r not in gone]) < wanted and "empty" not in loc
-    ]
+    thin = [loc for loc in part_locations if _short(loc, wanted, gone)]
     orphans = await store.orphans(blobs.known_locations().__contains__, whole=True)
     lost = _lost_paths([loc for loc in part_locations if all(r in gone for r in replicas(loc))])
     return Report(problems, len(locations), missing, thin, orphans, lost)
@@ -143,11 +139,7 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     """More copies of parts with fewer than TGFS_REPLICAS."""
     if store.kind != "telegram":
         return []
-    thin = [
-        p
-        for p in Part.select()
-        if len(replicas(p.location)) < settings.replicas and "empty" not in p.location
-    ]
+    thin = [p for p in Part.select() if _short(p.location, settings.replicas)]
     work = settings.spool_dir / "fsck"
     work.mkdir(parents=True, exist_ok=True)
     added, short, unread = 0, 0, 0
@@ -184,6 +176,12 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     if unread:
         out.append(f"{unread} part(s) could not be read to copy them (see above)")
     return out
+
+
+def _short(location: str, wanted: int, gone: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Fewer copies than `wanted`, not counting those in `gone` (an empty part has none)."""
+    kept = [r for r in replicas(location) if r not in gone]
+    return len(kept) < wanted and "empty" not in location
 
 
 def _lost_paths(locations: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ end of its log is printed and the exit status is non-zero, so `mount` fails with
 
 SOURCE is the settings file (TGFS_ENV_FILE), or `none` for the environment alone. OPTIONS:
 the generic mount options FUSE applies itself or tgfs has no use for (rw, nosuid, noatime …)
-are ignored; `allow_other` is TGFS_ALLOW_OTHER=true; `name=value` sets TGFS_NAME (for
+are ignored; `allow_other` is TGFS_ALLOW_OTHER=true; `name=value` sets TGFS_<NAME> (for
 example `cache_size=20G`, `data_dir=/var/lib/tgfs`). Anything else is refused by name, and
 nothing is mounted.
 """

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import time
 from typing import Any
 
 from tgfs.catalog import trash
+from tgfs.config import format_time
 
 RESTORED_SHOWN = 20  # undeletes listed in trash.json (the CLI finds its own among them)
 
@@ -44,10 +44,6 @@ class Request:
         return f"{self.action} {self.item}\n" if self.item is not None else f"{self.action}\n"
 
 
-def _when(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
-
-
 def snapshot(days: float, restored: list[trash.Restored]) -> dict[str, Any]:
     """trash.json: items newest first, with when each goes for good."""
     found = trash.items()
@@ -58,8 +54,8 @@ def snapshot(days: float, restored: list[trash.Restored]) -> dict[str, Any]:
                 "id": item.id,
                 "path": item.path,
                 "kind": item.kind.value,
-                "deleted": _when(item.deleted_ns),
-                "expires": _when(trash.expires_ns(item.deleted_ns, days)),
+                "deleted": format_time(item.deleted_ns),
+                "expires": format_time(trash.expires_ns(item.deleted_ns, days)),
                 "size": item.size,
             }
             for item in found

@@ -46,13 +46,7 @@ def record(generation: Generation, keep: int) -> int:
     oldest go beyond `keep` (their parts to the garbage list), in one transaction. Returns
     how many generations went."""
     with db.atomic():
-        Backup.create(
-            generation=generation.generation,
-            created_ns=generation.created_ns,
-            size=generation.size,
-            stored_size=generation.stored_size,
-            parts=json.dumps(generation.parts),
-        )
+        Backup.insert(**_row(generation)).execute()
         unland(loc for loc, _ in generation.parts)
         old = list(Backup.select().order_by(Backup.generation.desc()).offset(keep))
         for row in old:
@@ -68,13 +62,17 @@ def adopt(found: list[Generation]) -> None:
     snapshot was taken before its own generation was recorded)."""
     with db.atomic():
         for g in found:
-            Backup.insert(
-                generation=g.generation,
-                created_ns=g.created_ns,
-                size=g.size,
-                stored_size=g.stored_size,
-                parts=json.dumps(g.parts),
-            ).on_conflict_replace().execute()
+            Backup.insert(**_row(g)).on_conflict_replace().execute()
+
+
+def _row(g: Generation) -> dict:
+    return {
+        "generation": g.generation,
+        "created_ns": g.created_ns,
+        "size": g.size,
+        "stored_size": g.stored_size,
+        "parts": json.dumps(g.parts),
+    }
 
 
 def locations() -> list[str]:
