@@ -43,7 +43,7 @@ async def test_a_backup_follows_changes_and_not_its_own_bookkeeping(api):
     await api.fs.collector.collect_once()  # the collector deletes them: bookkeeping
     assert Garbage.select().count() == 0
     assert not made.changed()
-    manifest = await read_manifest(api.store)  # the store alone says where they are
+    manifest = await read_manifest(api.store, None)  # the store alone says where they are
     assert [g.generation for g in manifest.generations] == list(range(keep + 2, 2, -1))
     assert manifest.generations[0].parts == backups.generations()[0].parts
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import telegram_env, wait_for
+from tgfs.keys import generate_key_file
 
 
 def _fsck(m, *args: str) -> subprocess.CompletedProcess:
@@ -157,10 +158,16 @@ def test_a_kill_mid_repair_is_finished_by_the_next(mount_factory, telegram):
         assert (m.path / name).read_bytes() == data, name
 
 
-def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegram):
+def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegram, tmp_path):
+    """(With an encryption key: a sealed part's new copy is its sealed bytes, which its
+    salt opens from either copy.)"""
     _two_bots_one_dead(telegram)
-    m = mount_factory(**telegram_env(telegram, TGFS_REPLICAS="2"))
-    (m.path / "kept.bin").write_bytes(os.urandom(50_000))
+    key = tmp_path / "library.key"
+    generate_key_file(key)
+    env = telegram_env(telegram, TGFS_REPLICAS="2", TGFS_ENCRYPTION_KEY_FILE=str(key))
+    m = mount_factory(**env)
+    kept = os.urandom(50_000)
+    (m.path / "kept.bin").write_bytes(kept)
     (m.path / "lost.bin").write_bytes(os.urandom(50_000))
     m.wait_idle()
     assert m.stop() == 0
@@ -178,5 +185,7 @@ def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegra
     assert "repaired: 1 part(s) given more copies" in repaired.stdout, repaired.stdout
     assert "  lost: lost.bin" in repaired.stdout
     assert "1 part(s) could not be read to copy them" in repaired.stdout
+    telegram.bot(0)["dead"] = True  # the first copies gone with their bot: the new ones serve
+    telegram.write()
     m.start()
-    assert len((m.path / "kept.bin").read_bytes()) == 50_000
+    assert (m.path / "kept.bin").read_bytes() == kept

@@ -2,11 +2,14 @@
 writes under its data, cache and spool directories is the user's alone (directories 0700,
 files 0600), the control folder is its owner's, and known fake secrets (bot tokens, the
 API hash) appear in no output and no file, through a mount, an ingest, a bot whose login
-fails, `test-bots`, `config` and `status`."""
+fails, `test-bots`, `config` and `status`; with an encryption key, no document name in
+Telegram says what it holds."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -30,7 +33,10 @@ def _not_private(root: Path) -> list[str]:
 
 def test_what_tgfs_writes_is_private_and_holds_no_secret(mount_factory, telegram, media):
     bad = f"{telegram.bot_ids[1]}:AAFwrongTokenForThisTestOnly0000000"  # bot 2 cannot log in
-    env = telegram_env(telegram, TELEGRAM_BOT_TOKEN_2=bad, TGFS_LOG_LEVEL="DEBUG")
+    key = base64.urlsafe_b64encode(b"known fake key for this test...!").decode()
+    env = telegram_env(
+        telegram, TELEGRAM_BOT_TOKEN_2=bad, TGFS_LOG_LEVEL="DEBUG", TGFS_ENCRYPTION_KEY=key
+    )
     m = mount_factory(**env)
     outputs = []
     copy_in(media("h264_aac.mp4"), m.path / "clip.mp4")
@@ -52,7 +58,7 @@ def test_what_tgfs_writes_is_private_and_holds_no_secret(mount_factory, telegram
     cmdline = Path(f"/proc/{m.proc.pid}/cmdline").read_bytes().decode()
     assert m.stop() == 0
 
-    secrets = [token(b) for b in telegram.bot_ids] + [bad, API_HASH]
+    secrets = [token(b) for b in telegram.bot_ids] + [bad, API_HASH, key]
     texts = [*outputs, m.log(), cmdline]
     for secret in secrets:
         assert not any(secret in text for text in texts), secret
@@ -62,6 +68,13 @@ def test_what_tgfs_writes_is_private_and_holds_no_secret(mount_factory, telegram
                 content = path.read_bytes()
                 for secret in secrets:
                     assert secret.encode() not in content, (path, secret)
+
+    # With the key, what Telegram holds is named by no file or folder name: opaque parts
+    # and the backup manifests.
+    names = [n for i in range(len(telegram.bot_ids)) for n in telegram.names(i).values()]
+    assert names and all(
+        re.fullmatch(r"[0-9a-f]{32}\.part\d+|tgfs-manifest-\d+\.json", n) for n in names
+    ), names
 
     assert (m.data / "sessions" / f"bot-{telegram.bot_ids[1]}.session").exists()  # failed
     for root in (m.data, m.root / "cache", m.data / "spool"):

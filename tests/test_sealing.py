@@ -11,6 +11,7 @@ import stat
 
 import pytest
 
+from tgfs import keys
 from tgfs.store import sealing
 from tgfs.store.sealing import FRAME, SEALED_FRAME, SealBroken, Sealer
 
@@ -77,12 +78,13 @@ def test_tampering_swapping_cutting_and_wrong_keys_are_refused():
 
 def test_keys_are_generated_private_and_parsed_back(tmp_path):
     path = tmp_path / "tgfs.key"
-    sealing.generate_key_file(path)
+    made = keys.generate_key_file(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(sealing.parse_key(path.read_text())) == 32
+    key = keys.parse_key(path.read_text())
+    assert len(key) == 32 and keys.key_id(key) == made
     with pytest.raises(FileExistsError):
-        sealing.generate_key_file(path)  # never over a key
-    with pytest.raises(sealing.BadKey):
-        sealing.parse_key("not a key")
-    with pytest.raises(sealing.BadKey):
+        keys.generate_key_file(path)  # never over a key
+    with pytest.raises(keys.BadKey):
+        keys.parse_key("not a key")
+    with pytest.raises(keys.BadKey):
         Sealer(b"short")

@@ -19,8 +19,12 @@ Backups run after changes, at most every `TGFS_BACKUP_INTERVAL`, and at a clean 
 (or the one asked for) with nothing but the settings, and never overwrites a catalog unless
 told (the old one is then moved aside, not deleted).
 
-Encryption (`seal`/`unseal`) is where the encryption key of issue 14 will apply; until then
-a backup is as private as the store.
+With an encryption key the compressed snapshot is sealed whole (tgfs.store.sealing; its
+salt in the generation's record) before it is cut into parts, under an opaque name, and the
+manifest is sealed too (`_SEALED_MANIFEST` + salt + sealed JSON): the store learns nothing
+of the library from them, and a restore with the wrong key fails on the manifest, with a
+message that says so, before anything is written. A manifest made without a key stays
+readable after one is set.
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ from tgfs.catalog.schema import db, now_ns
 from tgfs.config import Settings, format_time
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.parts import Upload, put_files
+from tgfs.store.sealing import (
+    SALT_BYTES,
+    SealBroken,
+    Sealer,
+    new_salt,
+    plain_size,
+    sealer_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +77,40 @@ class Manifest:
 
 
 _MANIFEST = pydantic.TypeAdapter(Manifest)
+# What a sealed manifest starts with (a plain one is JSON: "{").
+_SEALED_MANIFEST = b"tgfs-sealed-manifest-v1\n"
 
 
-def seal(data: bytes) -> bytes:
-    """Encryption seam: the manifest and snapshots pass through here before leaving."""
-    return data
+def encode_manifest(manifest: Manifest, sealer: Sealer | None) -> bytes:
+    data = _MANIFEST.dump_json(manifest)
+    if sealer is None:
+        return data
+    salt = new_salt()
+    return _SEALED_MANIFEST + salt + sealer.seal(salt, data)
 
 
-def unseal(data: bytes) -> bytes:
-    return data
-
-
-def encode_manifest(manifest: Manifest) -> bytes:
-    return seal(_MANIFEST.dump_json(manifest))
-
-
-def decode_manifest(data: bytes) -> Manifest:
+def decode_manifest(data: bytes, sealer: Sealer | None) -> Manifest:
+    if data.startswith(_SEALED_MANIFEST):
+        if sealer is None:
+            raise StoreError(
+                "the store's backup manifest is encrypted: set the library's key "
+                "(TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE)",
+                retryable=False,
+            )
+        rest = data[len(_SEALED_MANIFEST) :]
+        salt, sealed = rest[:SALT_BYTES], rest[SALT_BYTES:]
+        try:
+            size = plain_size(len(sealed))
+            data = sealer.open(salt, sealed, 0, size, size)
+        except SealBroken:
+            raise StoreError(
+                "the encryption key does not open the store's backup manifest: it is not "
+                "the key this library's backups were made with (or the manifest was "
+                "tampered with)",
+                retryable=False,
+            ) from None
     try:
-        return _MANIFEST.validate_json(unseal(data))
+        return _MANIFEST.validate_json(data)
     except pydantic.ValidationError as exc:
         raise StoreError(f"the store's backup manifest is unreadable: {exc}") from None
 
@@ -93,6 +121,7 @@ class Backups:
     def __init__(self, settings: Settings, store: BlobStore, spool_root: Path) -> None:
         self.settings = settings
         self.store = store
+        self.sealer = sealer_for(settings)
         self.work = spool_root / _WORK
         self._lock = trio.Lock()
         # What the library looked like at the last backup (see `changed`).
@@ -163,8 +192,15 @@ class Backups:
         size = snapshot.stat().st_size
         await trio.to_thread.run_sync(_compress, snapshot, packed)
         generation = generations_table.next_generation()
+        key, salt = f"backup-{generation}", None
+        if self.sealer is not None:
+            salt, key = new_salt(), self.sealer.name(key)
+            plain, packed = packed, self.work / "catalog.db.gz.sealed"
+            await trio.to_thread.run_sync(
+                self.sealer.seal_file, salt, plain, 0, plain.stat().st_size, packed
+            )
         stored: list[str] = []
-        upload = Upload(packed, packed.stat().st_size, f"backup-{generation}", everywhere=True)
+        upload = Upload(packed, packed.stat().st_size, key, everywhere=True)
 
         def landed(part) -> None:
             blobs.landed(part.location, None)
@@ -183,13 +219,14 @@ class Backups:
             size=size,
             stored_size=upload.size,
             parts=[(p.location, p.size) for p in parts],
+            seal=salt.hex() if salt else None,
         )
         if generations_table.record(made, self.settings.backup_keep):
             log.info("backup: older generations beyond TGFS_BACKUP_KEEP go")
         manifest = Manifest(
             catalog_id=facts.catalog_id(), generations=generations_table.generations()
         )
-        await self.store.save_manifest(encode_manifest(manifest))
+        await self.store.save_manifest(encode_manifest(manifest, self.sealer))
         facts.put(BACKUP_STATE, json.dumps(state))
         self._saved_changes, self._saved_state = db.connection().total_changes, state
         return made
@@ -250,11 +287,11 @@ def backups_snapshot(backups: Backups | None) -> dict:
 # ---- restoring -------------------------------------------------------------------------------
 
 
-async def read_manifest(store: BlobStore) -> Manifest:
+async def read_manifest(store: BlobStore, sealer: Sealer | None) -> Manifest:
     data = await store.load_manifest()
     if data is None:
         raise StoreError("no backup of a catalog was found in the store", retryable=False)
-    return decode_manifest(data)
+    return decode_manifest(data, sealer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +317,8 @@ async def restore(
         raise FileExistsError(
             f"{target} exists: restoring would replace it (--force moves it aside first)"
         )
-    manifest = await read_manifest(store)
+    sealer = sealer_for(settings)
+    manifest = await read_manifest(store, sealer)
     if not manifest.generations:
         raise StoreError("the store's backup manifest lists no generation", retryable=False)
     chosen = manifest.generations[0]
@@ -300,8 +338,10 @@ async def restore(
                 data = await store.get(location, at, min(8 * 2**20, size - at))
                 if not data:
                     raise StoreError(f"backup part {location} ends early", retryable=False)
-                out.write(unseal(data))
+                out.write(data)
                 at += len(data)
+    if chosen.seal is not None:
+        await _open_sealed(sealer, bytes.fromhex(chosen.seal), packed, chosen.generation)
     await trio.to_thread.run_sync(_decompress, packed, fresh)
     packed.unlink()
     await trio.to_thread.run_sync(_check_sqlite, fresh)
@@ -324,6 +364,22 @@ async def restore(
     finally:
         close_catalog()
     return Restored(chosen, moved, lost)
+
+
+async def _open_sealed(sealer: Sealer | None, salt: bytes, packed: Path, generation: int) -> None:
+    """The downloaded sealed snapshot, opened in place of itself."""
+    if sealer is None:  # (a sealed manifest already needed the key: a plain one lists it)
+        raise StoreError(
+            f"backup generation {generation} is encrypted and no encryption key is set",
+            retryable=False,
+        )
+    opened = packed.with_name(packed.name + ".opened")
+    try:
+        await trio.to_thread.run_sync(sealer.open_file, salt, packed, opened)
+    except SealBroken as exc:
+        opened.unlink(missing_ok=True)
+        raise StoreError(f"backup generation {generation}: {exc}", retryable=False) from None
+    os.replace(opened, packed)
 
 
 def _check_sqlite(path: Path) -> None:

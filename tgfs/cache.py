@@ -40,7 +40,8 @@ from typing import Any
 import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.parts import overlapping
+from tgfs.store.parts import overlapping, read_part
+from tgfs.store.sealing import Sealer
 from tgfs.store.slots import URGENT, Priority, Slots
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,19 @@ def _chunk_size(size: int, index: int) -> int:
 
 
 class PartCache:
-    def __init__(self, root: Path, capacity: int, store: BlobStore, min_free: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        capacity: int,
+        store: BlobStore,
+        min_free: int = 0,
+        sealer: Sealer | None = None,
+    ) -> None:
         self.root = root
         self.capacity = capacity
         self.min_free = min_free  # bytes the cache leaves free on its disk, whatever its size
         self.store = store
+        self.sealer = sealer  # opens sealed parts: the cache holds them opened
         self._entries: dict[int, _Entry] = {}
         # S3-FIFO queues (see _evict), oldest first, and the ghost: ids recently evicted
         # from the small queue, so a part that comes back goes straight to the main one.
@@ -350,7 +359,7 @@ class PartCache:
 
     async def _fetch(self, part: PartRef, entry: _Entry, index: int, priority: Priority) -> None:
         offset, want = index * CHUNK, _chunk_size(part.size, index)
-        data = await self.store.get(part.location, offset, want, priority)
+        data = await read_part(self.store, self.sealer, part, offset, want, priority)
         if len(data) != want:
             raise StoreError(
                 f"part {part.id}: the store returned {len(data)} of {want} bytes at {offset}"

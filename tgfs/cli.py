@@ -1,5 +1,5 @@
 """The `tgfs` command: mount, umount, status, cache, backups, restore, trash, undelete,
-fsck, check, test-bots, config."""
+fsck, check, test-bots, key, config."""
 
 from __future__ import annotations
 
@@ -454,6 +454,30 @@ def check(files: tuple[Path, ...]) -> None:
         click.echo(line + (f"; {result.note}" if result.note else ""))
     if refused:
         raise click.ClickException(f"{refused} of {len(files)} video(s) would not be published")
+
+
+@main.group()
+def key() -> None:
+    """The encryption key (TGFS_ENCRYPTION_KEY_FILE)."""
+
+
+@key.command("generate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def key_generate(path: Path) -> None:
+    """Write a new random key to PATH (a new file, 0600; never over an existing one)."""
+    from tgfs.keys import generate_key_file
+
+    try:
+        made = generate_key_file(path)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists: a key is never overwritten") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+    click.echo(f"wrote key {made} to {path}")
+    click.echo(
+        f"Set TGFS_ENCRYPTION_KEY_FILE={path.resolve()} and keep a copy of the file "
+        "somewhere safe: without it, nothing encrypted with it can be read."
+    )
 
 
 @main.command("config")

@@ -23,6 +23,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from tgfs.keys import BadKey, key_id, parse_key
+
 ENCODERS = ("software", "nvenc", "qsv", "vaapi")
 X264_PRESETS = (
     "ultrafast",
@@ -360,6 +362,8 @@ class Settings:
     bots: tuple[Bot, ...] = ()
     api_id: int | None = None
     api_hash: Secret | None = None
+    # TGFS_ENCRYPTION_KEY, or read from TGFS_ENCRYPTION_KEY_FILE (see _encryption_key).
+    encryption_key: Secret | None = None
     skipped_bots: tuple[str, ...] = ()  # why a configured bot was ignored, for start-up logs
 
     @property
@@ -378,11 +382,17 @@ class Settings:
     def store_kind(self) -> str:
         return "telegram" if self.bots else "local"
 
+    @property
+    def key(self) -> bytes | None:
+        """The encryption key's bytes (None: parts are stored as they are)."""
+        return parse_key(self.encryption_key.reveal()) if self.encryption_key else None
+
     def secrets(self) -> list[str]:
         """Every secret value, so the log filter can scrub them wherever they appear."""
         found = [b.token.reveal() for b in self.bots]
-        if self.api_hash:
-            found.append(self.api_hash.reveal())
+        for secret in (self.api_hash, self.encryption_key):
+            if secret:
+                found.append(secret.reveal())
         return [s for s in found if s]
 
     def describe(self) -> list[tuple[str, str]]:
@@ -391,6 +401,8 @@ class Settings:
         rows += [(spec.env, spec.show(getattr(self, name))) for name, spec in specs().items()]
         rows.append(("TELEGRAM_API_ID", str(self.api_id) if self.api_id else "(unset)"))
         rows.append(("TELEGRAM_API_HASH", str(self.api_hash) if self.api_hash else "(unset)"))
+        key = self.key
+        rows.append(("encryption", f"on (key id {key_id(key)})" if key else "off"))
         for bot in self.bots:
             rows.append((f"TELEGRAM_BOT_TOKEN_{bot.number}", str(bot.token)))
             rows.append((f"TELEGRAM_CHANNEL_ID_{bot.number}", str(bot.channel_id)))
@@ -410,6 +422,8 @@ OTHER_SETTINGS = (
     "TELEGRAM_BOT_TOKEN_N",
     "TELEGRAM_CHANNEL_ID_N",
     "TGFS_ENV_FILE",
+    "TGFS_ENCRYPTION_KEY",
+    "TGFS_ENCRYPTION_KEY_FILE",
 )
 
 
@@ -457,8 +471,40 @@ def _build(values: Mapping[str, str]) -> Settings:
         bots=bots,
         api_id=int(api_id_raw) if api_id_raw else None,
         api_hash=Secret(api_hash) if api_hash else None,
+        encryption_key=_encryption_key(values),
         skipped_bots=skipped,
     )
+
+
+def _encryption_key(values: Mapping[str, str]) -> Secret | None:
+    """The key itself, or the file holding it (which must be the owner's alone, like an
+    ssh key: a key others can read protects nothing). Never both: which would win?"""
+    text = values.get("TGFS_ENCRYPTION_KEY", "").strip()
+    name = "TGFS_ENCRYPTION_KEY"
+    file = values.get("TGFS_ENCRYPTION_KEY_FILE", "").strip()
+    if text and file:
+        raise ConfigError("set TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE, not both")
+    if file:
+        name = f"TGFS_ENCRYPTION_KEY_FILE={file}"
+        path = Path(file).expanduser()
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}: not a key (not text)") from None
+        if mode & 0o077:
+            raise ConfigError(f"{name} can be read by others (mode {mode & 0o777:o}): chmod 600 it")
+    if not text:
+        return None
+    try:
+        parse_key(text)
+    except BadKey as exc:
+        raise ConfigError(
+            f"{name}: not a key ({exc}); make one with `tgfs key generate FILE`"
+        ) from None
+    return Secret(text)
 
 
 def _bots(values: Mapping[str, str]) -> tuple[tuple[Bot, ...], tuple[str, ...]]:

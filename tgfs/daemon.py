@@ -36,6 +36,7 @@ from tgfs.fs.render import Names, Renderer
 from tgfs.fs.writes import Writes
 from tgfs.fsck import Report, fsck
 from tgfs.ingest.runner import Doorbell, IngestRunner
+from tgfs.keys import key_id
 from tgfs.lock import LOCK_NAME, DirectoryLock
 from tgfs.prefetch import Prefetcher
 from tgfs.service import Notifier
@@ -43,6 +44,7 @@ from tgfs.spool import Spool
 from tgfs.status import one_line
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.local import LocalStore
+from tgfs.store.sealing import sealer_for
 from tgfs.store.telegram.store import TelegramStore
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
             held.enter_context(DirectoryLock(settings.spool_dir, mountpoint))
         open_catalog(settings.catalog_path)
         held.callback(close_catalog)
+        _check_key(settings)
         store = make_store(settings)
         spool = Spool(settings.spool_dir)
         _recover()
@@ -85,6 +88,7 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
             settings.cache_size,
             store,
             settings.cache_min_free,
+            sealer_for(settings),
         )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
 
@@ -106,6 +110,7 @@ def backup_offline(settings: Settings) -> Generation | None:
             raise ConfigError(f"no catalog at {settings.catalog_path}: nothing to back up")
         open_catalog(settings.catalog_path)
         try:
+            _check_key(settings)
             return trio.run(_with_store, settings, _backup_once)
         finally:
             close_catalog()
@@ -133,9 +138,37 @@ def _offline_catalog(settings: Settings, what: str) -> Iterator[None]:
             raise ConfigError(f"no catalog at {settings.catalog_path} (tgfs restore makes one)")
         open_catalog(settings.catalog_path)
         try:
+            _check_key(settings)
             yield
         finally:
             close_catalog()
+
+
+def _check_key(settings: Settings) -> None:
+    """The key, if any, must be the one the library's sealed parts were sealed with: with
+    another, every one of them would read as an error, and new ones would be sealed under a
+    key the next correct start could not open. (Without any key, a library with sealed
+    parts still mounts: its plain files read, the sealed ones are EIO, and the log says
+    why.)"""
+    sealed = blobs.sealed()
+    key = settings.key
+    if key is None:
+        if sealed:
+            log.warning(
+                "%d parts of this library are encrypted and no encryption key is set: "
+                "reading them fails (EIO) until TGFS_ENCRYPTION_KEY(_FILE) is set",
+                sealed,
+            )
+        return
+    recorded, given = facts.get(facts.KEY_ID), key_id(key)
+    if sealed and recorded not in (None, given):
+        raise ConfigError(
+            f"the encryption key set (id {given}) is not the key this library was "
+            f"encrypted with (id {recorded}): its {sealed} encrypted parts would be "
+            "unreadable with it"
+        )
+    if recorded != given:
+        facts.put(facts.KEY_ID, given)
 
 
 def trash_offline(settings: Settings) -> list[trash.Item]:
@@ -169,7 +202,7 @@ async def _collect_garbage(settings: Settings, store: BlobStore) -> None:
 
 def manifest_offline(settings: Settings) -> Manifest:
     """`tgfs backups` with no mount: what the store's manifest lists."""
-    return trio.run(_with_store, settings, lambda s, store: read_manifest(store))
+    return trio.run(_with_store, settings, lambda s, store: read_manifest(store, sealer_for(s)))
 
 
 async def _backup_once(settings: Settings, store: BlobStore) -> Generation | None:

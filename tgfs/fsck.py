@@ -33,6 +33,7 @@ from tgfs.catalog.schema import Node, Part, db
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, StoreError, replicas
+from tgfs.store.sealing import sealed_size
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     added, short, unread = 0, 0, 0
     for part in thin:
         copy = work / f"part-{part.id}"
+        # The stored bytes as they are: a sealed part's new copy is the same sealed bytes
+        # (its salt, in the catalog, opens both).
+        stored = part.size if part.seal is None else sealed_size(part.size)
         try:
-            data = await store.get(part.location, 0, part.size)
+            data = await store.get(part.location, 0, stored)
         except StoreError as exc:  # lost (reported as such), or its bots are down
             log.warning("fsck: part %d cannot be read to copy it: %s", part.id, exc)
             unread += 1
@@ -155,7 +159,7 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
         try:
             location = part.location
             while len(replicas(location)) < settings.replicas:
-                new = await store.add_copy(location, copy, part.size, f"repair-{part.id}.part0")
+                new = await store.add_copy(location, copy, stored, f"repair-{part.id}.part0")
                 if new is None:
                     short += 1
                     break

@@ -19,6 +19,9 @@ class Generation:
     size: int  # bytes of the catalog snapshot
     stored_size: int  # bytes in the store
     parts: list[tuple[str, int]]  # (location, size) in order
+    # The salt (hex) the compressed snapshot was sealed with, whole, before it was cut into
+    # parts; None: stored as it is (no key). Manifests from before it was kept parse as None.
+    seal: str | None = None
 
 
 def _of(row: Backup) -> Generation:
@@ -28,6 +31,7 @@ def _of(row: Backup) -> Generation:
         size=row.size,
         stored_size=row.stored_size,
         parts=[(loc, size) for loc, size in json.loads(row.parts)],
+        seal=row.seal,
     )
 
 
@@ -72,6 +76,7 @@ def _row(g: Generation) -> dict:
         "size": g.size,
         "stored_size": g.stored_size,
         "parts": json.dumps(g.parts),
+        "seal": g.seal,
     }
 
 

@@ -28,6 +28,7 @@ def add(size: int, parts: list[PartRef]) -> Blob:
                 offset=part.offset,
                 size=part.size,
                 location=part.location,
+                seal=part.seal,
             )
         unland(p.location for p in parts)
     return blob
@@ -51,7 +52,14 @@ def collect_landed() -> int:
 
 
 def _ref(p: Part) -> PartRef:
-    return PartRef(id=p.id, index=p.index, offset=p.offset, size=p.size, location=p.location)
+    return PartRef(
+        id=p.id,
+        index=p.index,
+        offset=p.offset,
+        size=p.size,
+        location=p.location,
+        seal=bytes(p.seal) if p.seal is not None else None,
+    )
 
 
 def parts_of(blob_id: int) -> list[PartRef]:
@@ -149,3 +157,11 @@ def held_by(location_prefix: str) -> tuple[int, int]:
     )
     count, size = query.scalar(as_tuple=True)
     return int(count), int(size)
+
+
+def sealed() -> int:
+    """How many parts and backup generations are sealed (tgfs.store.sealing)."""
+    return (
+        Part.select().where(Part.seal.is_null(False)).count()
+        + Backup.select().where(Backup.seal.is_null(False)).count()
+    )

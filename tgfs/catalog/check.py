@@ -137,6 +137,10 @@ _RULES: list[tuple[str, str]] = [
         "SELECT location, count(*) FROM part GROUP BY location HAVING count(*) > 1",
     ),
     (
+        "a sealed part's salt is 32 bytes (tgfs.store.sealing)",
+        "SELECT id, length(seal) FROM part WHERE seal IS NOT NULL AND length(seal) != 32",
+    ),
+    (
         "a part in use is not on the garbage list",
         "SELECT p.location FROM part p JOIN garbage g ON g.location = p.location",
     ),

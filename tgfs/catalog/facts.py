@@ -8,6 +8,7 @@ from tgfs.catalog.schema import Meta
 
 STOPPED_CLEANLY = "stopped_cleanly"  # "1" once a daemon has exited normally
 ORPHAN_SCAN_DUE = "orphan_scan_due"  # "1" while a crash's scan of the store has not succeeded
+KEY_ID = "encryption_key_id"  # tgfs.keys.key_id of the key new parts are sealed with
 
 
 def catalog_id() -> str:

@@ -39,7 +39,8 @@ from playhouse.sqlite_ext import AutoIncrementField
 # 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
 # 4: names apart from inodes (Entry: hard links), atime, links, device numbers
 # 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
-SCHEMA_VERSION = 5
+# 6: parts and backups sealed with the encryption key (Part.seal, Backup.seal)
+SCHEMA_VERSION = 6
 
 db = pw.SqliteDatabase(None)
 
@@ -213,6 +214,11 @@ class Part(_Model):
     offset = pw.IntegerField()  # the part's first byte, counted from the blob's start
     size = pw.IntegerField()  # bytes in this part
     location = pw.TextField()  # where the store put it; only that store interprets it
+    # The part's salt if it was sealed (encrypted) before it left (tgfs.store.sealing): its
+    # key is derived from the master key and this. NULL: stored as it is (a part stored
+    # before the library had a key). Only here, never in the store, so the store's bytes
+    # name nothing.
+    seal = pw.BlobField(null=True)
 
     class Meta:
         indexes = ((("blob", "index"), True),)
@@ -437,6 +443,9 @@ class Backup(_Model):
     stored_size = pw.IntegerField()  # bytes in the store (compressed)
     # Its parts in order, as JSON: [[location, size], …].
     parts = pw.TextField()
+    # The salt (hex) its snapshot was sealed with before it was cut into parts; NULL:
+    # stored as it is (made without an encryption key).
+    seal = pw.TextField(null=True)
 
 
 class Trash(_Model):
@@ -506,6 +515,14 @@ def open_catalog(path: Path) -> None:
         found = 4
     if found == 4:  # the Trash table is new: create_tables below makes it
         Meta.update(value="5").where(Meta.key == "schema_version").execute()
+        found = 5
+    if found == 5:  # what was stored so far was stored as it is: seal NULL says so
+        with db.atomic():
+            m = SqliteMigrator(db)
+            migrate(m.add_column("part", "seal", Part.seal))
+            if Backup.table_exists():  # else create_tables below makes it, with the column
+                migrate(m.add_column("backup", "seal", Backup.seal))
+            Meta.update(value="6").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()

@@ -52,6 +52,7 @@ from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import Upload, put_files
+from tgfs.store.sealing import sealer_for
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class IngestRunner(SidecarSubtitles):
     ) -> None:
         self.settings = settings
         self.store = store
+        self.sealer = sealer_for(settings)
         self.spool = spool
         self.invalidate = invalidate
         # Inodes open for writing: their accepted version waits (a newer one is coming).
@@ -375,7 +377,9 @@ class IngestRunner(SidecarSubtitles):
                 progress.done += part.size
 
         try:
-            return await put_files(self.store, uploads, self.settings.part_size, landed, on_file)
+            return await put_files(
+                self.store, uploads, self.settings.part_size, landed, on_file, self.sealer
+            )
         except BaseException:
             blobs.queue_locations(p.location for p in stored)
             raise

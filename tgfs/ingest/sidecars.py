@@ -29,7 +29,8 @@ from tgfs.media import messages, subtitles
 from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import Sidecar, SubtitlesFor, WorkerOptions
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.parts import Upload
+from tgfs.store.parts import Upload, read_part
+from tgfs.store.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ SIDECAR_WAIT = 5.0
 class SidecarSubtitles:
     settings: Settings
     store: BlobStore
+    sealer: Sealer | None
     invalidate: Callable[[int, list[str]], None]  # names changed under a directory
 
     @abstractmethod
@@ -79,7 +81,7 @@ class SidecarSubtitles:
             path = workdir / f"sidecar-{sibling.id}{Path(sibling.name).suffix}"
             try:
                 data = [
-                    await self.store.get(p.location, 0, p.size)
+                    await read_part(self.store, self.sealer, p, 0, p.size)
                     for p in blobs.parts_of(sibling.blob_id)
                 ]
             except StoreError as exc:

@@ -24,8 +24,9 @@ class PartRef:
     id: int | None  # catalog row id (None before it is recorded); names the part in the cache
     index: int  # position within its blob
     offset: int  # first byte within its blob
-    size: int
+    size: int  # bytes of the blob it holds (the store may hold more: see `seal`)
     location: str
+    seal: bytes | None = None  # its salt if sealed (tgfs.store.sealing); None: as it is
 
 
 # A location may name several copies of a part, one per backend (Telegram: one message per

@@ -26,9 +26,10 @@ SEALED_FRAME): a seek reads and opens only those. FRAME is 64 KiB: a 1 MiB cache
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
+import functools
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -37,12 +38,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tgfs.config import Settings
+from tgfs.keys import KEY_BYTES, BadKey
 from tgfs.store.base import StoreError
 
 FRAME = 64 * 2**10  # plaintext bytes per frame
 TAG = 16  # AES-GCM's tag
 SEALED_FRAME = FRAME + TAG
-KEY_BYTES = 32  # AES-256
 SALT_BYTES = 32
 _FORMAT = b"tgfs-sealed-v1"
 _INFO = b"tgfs part v1"
@@ -56,13 +58,19 @@ class SealBroken(StoreError):
         super().__init__(message, retryable=False)
 
 
-class BadKey(ValueError):
-    """The encryption key setting is not a key."""
-
-
 def sealed_size(size: int) -> int:
     """Bytes stored for a part of `size` plaintext bytes."""
     return size + TAG * frames(size)
+
+
+def plain_size(stored: int) -> int:
+    """The plaintext size of a part stored in `stored` bytes (SealBroken if no plaintext
+    seals into that many)."""
+    count = -(-stored // SEALED_FRAME)
+    size = stored - TAG * count
+    if size < 0 or sealed_size(size) != stored:
+        raise SealBroken(f"{stored} bytes cannot be a sealed part")
+    return size
 
 
 def frames(size: int) -> int:
@@ -94,9 +102,14 @@ class Sealer:
         if len(self.key) != KEY_BYTES:
             raise BadKey(f"an encryption key is {KEY_BYTES} bytes, not {len(self.key)}")
 
+    def name(self, key: str) -> str:
+        """An opaque stand-in for a blob key ("job12-720p-seg00003.m4s") in what the store
+        shows (Telegram document names): stable per key, so placement by key still spreads
+        a blob's parts the same way, and meaningless without the master key."""
+        return hmac.new(self.key, key.encode(), hashlib.sha256).hexdigest()[:32]
+
     def _aead(self, salt: bytes) -> AESGCM:
-        kdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_INFO)
-        return AESGCM(kdf.derive(self.key))
+        return _part_aead(self.key, salt)
 
     def seal(self, salt: bytes, plaintext: bytes) -> bytes:
         """A whole part, sealed."""
@@ -106,6 +119,40 @@ class Sealer:
             aead.encrypt(_nonce(i), plaintext[i * FRAME : (i + 1) * FRAME], _ad(i, i == count - 1))
             for i in range(count)
         )
+
+    def seal_file(self, salt: bytes, src: Path, offset: int, size: int, dest: Path) -> int:
+        """Bytes [offset, offset + size) of `src`, sealed into a new file `dest` (0600) a
+        frame at a time, so memory stays flat whatever the part's size. Returns the bytes
+        written (`sealed_size(size)`). Blocking: run it in a thread."""
+        aead = self._aead(salt)
+        count = frames(size)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with open(src, "rb") as f, os.fdopen(fd, "wb", closefd=False) as out:
+                f.seek(offset)
+                for i in range(count):
+                    frame = f.read(min(FRAME, size - i * FRAME))
+                    if len(frame) != min(FRAME, size - i * FRAME):
+                        raise OSError(f"{src} ended before its part did")
+                    out.write(aead.encrypt(_nonce(i), frame, _ad(i, i == count - 1)))
+        finally:
+            os.close(fd)
+        return sealed_size(size)
+
+    def open_file(self, salt: bytes, src: Path, dest: Path) -> int:
+        """A whole sealed file opened into a new file `dest`, a frame at a time; returns
+        the plaintext's size. SealBroken as `open`. Blocking: run it in a thread."""
+        size = plain_size(src.stat().st_size)
+        count = frames(size)
+        aead = self._aead(salt)
+        with open(src, "rb") as f, open(dest, "wb") as out:
+            for i in range(count):
+                frame = f.read(SEALED_FRAME)
+                try:
+                    out.write(aead.decrypt(_nonce(i), frame, _ad(i, i == count - 1)))
+                except InvalidTag:
+                    raise SealBroken(f"frame {i} failed authentication") from None
+        return size
 
     def open(self, salt: bytes, stored: bytes, offset: int, length: int, size: int) -> bytes:
         """Plaintext [offset, offset + length) of a part of `size` bytes, from `stored`:
@@ -117,10 +164,11 @@ class Sealer:
         first, last = offset // FRAME, (end - 1) // FRAME
         count = frames(size)
         aead = self._aead(salt)
-        out = []
+        view = memoryview(stored)  # frames are sliced without copies: memory bandwidth,
+        out = []  # not AES (8 GB/s with AES-NI), is what an open costs
         for i in range(first, last + 1):
             at = (i - first) * SEALED_FRAME
-            frame = stored[at : at + SEALED_FRAME]
+            frame = view[at : at + SEALED_FRAME]
             expected = min(FRAME, size - i * FRAME) + TAG
             if len(frame) != expected:
                 raise SealBroken(f"frame {i}: {len(frame)} bytes stored, {expected} expected")
@@ -129,7 +177,24 @@ class Sealer:
             except InvalidTag:
                 raise SealBroken(f"frame {i} failed authentication") from None
         skip = offset - first * FRAME
-        return b"".join(out)[skip : skip + (end - offset)]
+        plain = b"".join(out)
+        return (
+            plain if skip == 0 and len(plain) == end - offset else plain[skip : end - offset + skip]
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _part_aead(key: bytes, salt: bytes) -> AESGCM:
+    """The part's AEAD, derived once: a player reads a part a chunk at a time, and an
+    HKDF per chunk cost a quarter of the time of a 1 MiB open (342 → 444 opens/s)."""
+    kdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_INFO)
+    return AESGCM(kdf.derive(key))
+
+
+def sealer_for(settings: Settings) -> Sealer | None:
+    """What seals new parts and opens sealed ones: None without a key."""
+    key = settings.key
+    return Sealer(key) if key else None
 
 
 def _nonce(index: int) -> bytes:
@@ -138,28 +203,3 @@ def _nonce(index: int) -> bytes:
 
 def _ad(index: int, last: bool) -> bytes:
     return _FORMAT + index.to_bytes(8, "big") + (b"\x01" if last else b"\x00")
-
-
-# ---- the key ------------------------------------------------------------------------------
-
-
-def parse_key(text: str) -> bytes:
-    """A key as written by `tgfs key generate`: 32 bytes in URL-safe base64."""
-    try:
-        key = base64.urlsafe_b64decode(text.strip().encode())
-    except (binascii.Error, ValueError):
-        raise BadKey("the encryption key is not base64") from None
-    if len(key) != KEY_BYTES:
-        raise BadKey(f"the encryption key is {len(key)} bytes, not {KEY_BYTES}")
-    return key
-
-
-def generate_key_file(path: Path) -> None:
-    """A new random key in a new file, 0600 (refuses to overwrite one: losing a key loses
-    everything sealed under it)."""
-    text = base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode() + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
