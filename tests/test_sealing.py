@@ -88,3 +88,22 @@ def test_keys_are_generated_private_and_parsed_back(tmp_path):
         keys.parse_key("not a key")
     with pytest.raises(keys.BadKey):
         Sealer(b"short")
+
+
+def test_a_mebibyte_of_store_holds_whole_frames():
+    """Stripes and parts planned with plain_capacity seal into whole 1 MiB chunks (the
+    store's download unit), and each chunk can be checked on its own."""
+    unit = sealing.plain_capacity(2**20)
+    assert sealing.sealed_size(unit) == 2**20 and 2**20 % SEALED_FRAME == 0
+    assert sealing.sealed_size(sealing.plain_capacity(2000 * 2**20)) <= 2000 * 2**20
+    sealer, salt = Sealer(os.urandom(32)), sealing.new_salt()
+    size = 2 * unit + 1000
+    stored = bytearray(sealer.seal(salt, os.urandom(size)))
+    per_chunk = 2**20 // SEALED_FRAME
+    for index in range(3):
+        sealer.verify(
+            salt, bytes(stored[index * 2**20 : (index + 1) * 2**20]), index * per_chunk, size
+        )
+    stored[2**20 + 5] ^= 1
+    with pytest.raises(SealBroken, match=f"frame {per_chunk} failed"):
+        sealer.verify(salt, bytes(stored[2**20 : 2 * 2**20]), per_chunk, size)

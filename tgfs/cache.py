@@ -23,7 +23,12 @@ goes. Properties:
   exists, so a data file without a map is always a complete part;
 - namespaced by catalog: part ids are only unique within one catalog, so a cache directory
   shared by two data directories can never serve one's bytes for the other's part;
-- memory-flat: a chunk at a time per fetch.
+- memory-flat: a chunk at a time per fetch;
+- sealed parts (tgfs.store.sealing) are kept as the store keeps them, sealed: their chunks
+  are the store's own 1 MiB chunks (16 whole frames each), each checked as it arrives (a
+  chunk that fails authentication is never kept), and a read opens only the frames it
+  needs. So the cache of an encrypted library holds no plaintext, and a cache chunk is
+  one request to the store. Sizes and chunk numbers here are of the stored bytes.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from typing import Any
 import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.parts import overlapping, read_part
-from tgfs.store.sealing import Sealer
+from tgfs.store.parts import overlapping
+from tgfs.store.sealing import SEALED_FRAME, SealBroken, Sealer, sealed_range, sealed_size
 from tgfs.store.slots import URGENT, Priority, Slots
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,18 @@ class _Entry:
     @property
     def bytes_present(self) -> int:
         return sum(_chunk_size(self.size, i) for i, here in enumerate(self.present) if here)
+
+
+def _stored_size(part: PartRef) -> int:
+    return part.size if part.seal is None else sealed_size(part.size)
+
+
+def _chunk_span(part: PartRef, start: int, end: int) -> tuple[int, int]:
+    """The first and last chunk that hold bytes [start, end) of a part's content."""
+    if part.seal is not None:
+        at, count = sealed_range(start, end - start, part.size)
+        start, end = at, at + count
+    return start // CHUNK, (end - 1) // CHUNK
 
 
 def _chunks(size: int) -> int:
@@ -208,13 +225,9 @@ class PartCache:
                     seen.add(entry.id)
             entry.pins += 1  # not evicted while we read it
             try:
-                first, last = start // CHUNK, (end - 1) // CHUNK
+                first, last = _chunk_span(part, start, end)
                 await self._need(part, entry, first, last)
-                pieces.append(
-                    await trio.to_thread.run_sync(
-                        _pread, self._path(entry.id), start, end - start, limiter=_DISK_THREADS
-                    )
-                )
+                pieces.append(await self._read_present(part, entry, start, end))
                 for index in entry.ahead & set(range(first, last + 1)):
                     entry.ahead.discard(index)
                     self.prefetch_hit_bytes += _chunk_size(entry.size, index)
@@ -224,6 +237,29 @@ class PartCache:
         if ahead > 0:
             self.fetch_ahead(parts, offset + length, ahead, priority)
         return b"".join(pieces)
+
+    async def _read_present(self, part: PartRef, entry: _Entry, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a part whose chunks are present: read, and opened if the
+        part is sealed (a cache file damaged on disk is dropped, and EIO)."""
+        path = self._path(entry.id)
+        if part.seal is None:
+            return await trio.to_thread.run_sync(
+                _pread, path, start, end - start, limiter=_DISK_THREADS
+            )
+        if self.sealer is None:
+            raise StoreError(
+                f"part {part.id} is encrypted and no encryption key is set", retryable=False
+            )
+        at, count = sealed_range(start, end - start, part.size)
+        try:
+            return await trio.to_thread.run_sync(
+                _pread_opened, path, at, count, self.sealer, part, start, end, limiter=_DISK_THREADS
+            )
+        except SealBroken as exc:
+            log.error("cache: the cached copy of part %d is damaged (%s): dropped", part.id, exc)
+            if not (entry.pins > 1 or entry.fetching):
+                self._drop(entry)
+            raise
 
     async def warm(
         self, parts: list[PartRef], offset: int, length: int, priority: Priority
@@ -235,7 +271,7 @@ class PartCache:
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
             entry = self._entry(part)
-            await self._need(part, entry, start // CHUNK, (end - 1) // CHUNK, priority)
+            await self._need(part, entry, *_chunk_span(part, start, end), priority)
 
         with _store_error_unwrapped():
             async with trio.open_nursery() as nursery:  # the stripes of a segment at once
@@ -273,7 +309,8 @@ class PartCache:
             start = max(offset, part.offset) - part.offset
             end = min(offset + length, part.offset + part.size) - part.offset
             entry = self._entry(part)
-            for index in range(start // CHUNK, (end - 1) // CHUNK + 1):
+            first, last = _chunk_span(part, start, end)
+            for index in range(first, last + 1):
                 if entry.present[index]:
                     continue
                 pending = self._fetching.get((entry.id, index))
@@ -286,14 +323,15 @@ class PartCache:
         """The part's entry, made (map first, then a sparse data file) if it is new."""
         assert part.id is not None
         entry = self._entries.get(part.id)
-        if entry is not None and entry.size != part.size:
+        size = _stored_size(part)
+        if entry is not None and entry.size != size:
             self._drop(entry)  # cannot happen with a sound catalog; never serve it
             entry = None
         if entry is None:
-            entry = _Entry(part.id, part.size, bytearray(_chunks(part.size)))
+            entry = _Entry(part.id, size, bytearray(_chunks(size)))
             _write_map(self.root / f"{part.id}{_MAP}", entry.present)
             with open(self._path(part.id), "wb") as data:
-                data.truncate(part.size)
+                data.truncate(size)
             self._entries[part.id] = entry
             if part.id in self._ghost:  # evicted early, and wanted again
                 del self._ghost[part.id]
@@ -358,8 +396,10 @@ class PartCache:
             log.exception("cache: fetching ahead in part %d failed", part.id)
 
     async def _fetch(self, part: PartRef, entry: _Entry, index: int, priority: Priority) -> None:
-        offset, want = index * CHUNK, _chunk_size(part.size, index)
-        data = await read_part(self.store, self.sealer, part, offset, want, priority)
+        offset, want = index * CHUNK, _chunk_size(entry.size, index)
+        data = await self.store.get(part.location, offset, want, priority)
+        if part.seal is not None:
+            await self._check(part, data, index * (CHUNK // SEALED_FRAME))
         if len(data) != want:
             raise StoreError(
                 f"part {part.id}: the store returned {len(data)} of {want} bytes at {offset}"
@@ -379,6 +419,23 @@ class PartCache:
             self.prefetched_bytes += want
             entry.ahead.add(index)
         self._evict()
+
+    async def _check(self, part: PartRef, data: bytes, first_frame: int) -> None:
+        """A sealed chunk is kept only if every frame in it is authentic (SealBroken, which
+        names the part, otherwise)."""
+        assert part.seal is not None
+        if self.sealer is None:
+            raise StoreError(
+                f"part {part.id} is encrypted and no encryption key is set "
+                "(TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE)",
+                retryable=False,
+            )
+        try:
+            await trio.to_thread.run_sync(
+                self.sealer.verify, part.seal, data, first_frame, part.size
+            )
+        except SealBroken as exc:
+            raise SealBroken(f"part {part.id} at {part.location}: {exc}") from None
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -548,6 +605,16 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 def _pread(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         return os.pread(f.fileno(), length, offset)
+
+
+def _pread_opened(
+    path: Path, at: int, count: int, sealer: Sealer, part: PartRef, start: int, end: int
+) -> bytes:
+    assert part.seal is not None
+    try:
+        return sealer.open(part.seal, _pread(path, at, count), start, end - start, part.size)
+    except SealBroken as exc:
+        raise SealBroken(f"part {part.id}: {exc}") from None
 
 
 def _pwrite(path: Path, data: bytes, offset: int) -> None:

@@ -20,25 +20,28 @@ from pathlib import Path
 import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.sealing import SealBroken, Sealer, new_salt, sealed_range
+from tgfs.store.sealing import SealBroken, Sealer, new_salt, plain_capacity, sealed_range
 from tgfs.store.slots import URGENT, Priority
 
 # Stripes are whole read chunks (tgfs.cache.CHUNK), so a chunk never spans two stripes.
 STRIPE_UNIT = 2**20
 
 
-def plan(size: int, part_size: int, stripes: int = 1) -> list[tuple[int, int]]:
+def plan(
+    size: int, part_size: int, stripes: int = 1, unit: int = STRIPE_UNIT
+) -> list[tuple[int, int]]:
     """(offset, size) of each part of a blob of `size` bytes; one empty part for size 0.
 
     `stripes` > 1 splits a blob smaller than that many parts into up to `stripes` parts
-    of whole 1 MiB units instead: a store that puts consecutive parts on different
-    backends (bots) then serves the blob from all of them at once.
+    of whole `unit`s (1 MiB; what seals into 1 MiB when sealed) instead: a store that puts
+    consecutive parts on different backends (bots) then serves the blob from all of them
+    at once.
     """
     if size == 0:
         return [(0, 0)]
     if stripes > 1:
-        units = -(-size // STRIPE_UNIT)
-        per_stripe = -(-units // min(stripes, units)) * STRIPE_UNIT
+        units = -(-size // unit)
+        per_stripe = -(-units // min(stripes, units)) * unit
         part_size = min(part_size, per_stripe)
     return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
 
@@ -76,8 +79,12 @@ async def put_files(
     """
     results: dict[Path, list[PartRef | None]] = {}
     pieces = []
+    # Sealed, a part's plaintext is what seals into the same stored sizes (see
+    # tgfs.store.sealing, Alignment): no part over the store's limit, stripes in whole MiBs.
+    limit = part_size if sealer is None else plain_capacity(part_size)
+    unit = STRIPE_UNIT if sealer is None else plain_capacity(STRIPE_UNIT)
     for upload in files:
-        planned = plan(upload.size, part_size, store.stripe_width if upload.stripe else 1)
+        planned = plan(upload.size, limit, store.stripe_width if upload.stripe else 1, unit)
         results[upload.path] = [None] * len(planned)
         spread = upload.stripe and len(planned) > 1
         pieces += [
