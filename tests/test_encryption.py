@@ -3,7 +3,8 @@ encrypted at rest"): with a key, the store holds nothing readable (parts, catalo
 the manifest); what was written reads back byte for byte and plays; a tampered or cut-short
 part is EIO with a log line naming it while the mount goes on; a library made without a key
 keeps reading after one is added; a wrong key is refused before anything is written; a
-restore needs the key and says so."""
+restore needs the key and says so; a kill while a sealed part is on its way loses nothing
+and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_in
+from tests.conftest import copy_in, telegram_env, wait_for
 from tgfs.keys import generate_key_file
 from tgfs.store.sealing import SEALED_FRAME
 
@@ -157,3 +158,34 @@ def test_a_library_made_without_a_key_reads_on_when_one_is_added(mount_factory, 
     assert (m.path / "before.bin").read_bytes() == plain_bytes
     assert _read_errno(m.path / "after.bin") == errno.EIO
     assert "is encrypted and no encryption key is set" in m.log()
+
+
+def test_a_kill_while_a_sealed_part_is_on_its_way_loses_nothing(mount_factory, tmp_path, telegram):
+    """kill -9 after a part was sealed and sent, before Telegram's reply: the restart
+    deletes the sent copy (named like a part, though opaque), removes the sealing scratch
+    file, stores the file again, and it reads back; Telegram holds exactly what the catalog
+    names."""
+    data = os.urandom(300_000)
+    m = mount_factory(**telegram_env(telegram, **_key(tmp_path, "library.key")))
+    telegram.config["reply_latency"] = 30.0  # the part is stored long before its reply
+    telegram.write()
+    (m.path / "kept.bin").write_bytes(data)  # close() returned: accepted
+    wait_for(
+        lambda: telegram.part_messages() and list(m.data.rglob(".sealing-*")),
+        60,
+        "a sealed part sent, its reply held back",
+    )
+    m.kill()
+    telegram.config["reply_latency"] = None
+    telegram.write()
+    m.start()
+    m.wait_idle()
+    wait_for(lambda: m.status()["garbage_pending"] == 0, 60, "the sent copy to be deleted")
+    assert list(m.data.rglob(".sealing-*")) == []
+    _drop_cache(m)
+    assert (m.path / "kept.bin").read_bytes() == data
+    named = set()
+    for (location,) in m.catalog("SELECT location FROM part"):
+        _, _bot, channel, message = location.split(":")
+        named.add((int(channel), int(message)))
+    assert set(telegram.part_messages()) == named

@@ -144,6 +144,18 @@ class TelegramStore(BlobStore):
         if replica.message_id <= self._marks.get(key, 0):
             return
         self._marks[key] = replica.message_id
+        self._save_marks()
+
+    def _sending(self, link: BotLink) -> None:
+        """Before a send to a channel this data directory has no mark for: mark 0, so a
+        crash before the first reply is looked for from the channel's first message (a
+        channel with no mark is never scanned: it may be another library's)."""
+        key = f"{link.bot_id}:{link.channel_id}"
+        if key not in self._marks:
+            self._marks[key] = 0
+            self._save_marks()
+
+    def _save_marks(self) -> None:
         try:
             self._marks_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = self._marks_path.with_suffix(".tmp")
@@ -221,6 +233,7 @@ class TelegramStore(BlobStore):
                     f"no bot could take {key}: " + ("; ".join(reasons) or self._down_summary())
                 )
             ticket = link.reserve(trio.current_time())
+            self._sending(link)
             try:
                 message_id = await link.send(
                     src, offset, size, key, ticket, self._upload_cap, patient
@@ -393,7 +406,7 @@ class TelegramStore(BlobStore):
                 pinned = None
                 mark = self._marks.get(f"{link.bot_id}:{link.channel_id}")
                 if mark is None:
-                    return []  # this data directory never sent anything there
+                    return []  # this data directory never sent anything there (_sending)
                 ids = list(range(max(1, mark - SCAN_BEHIND), mark + SCAN_AHEAD + 1))
             found = []
             for message in await link.documents(link.channel_id, ids) if ids else []:
@@ -460,6 +473,7 @@ class TelegramStore(BlobStore):
             if link is None:
                 return None
             ticket = link.reserve(trio.current_time())
+            self._sending(link)
             try:
                 message_id = await link.send(src, 0, size, key, ticket, self._upload_cap, patient)
             except BotFlooded:
