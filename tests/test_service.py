@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TEST_ENV, assert_catalog_sound, wait_for
+from tgfs.keys import generate_key_file
 
 UNITS = REPO / "systemd"
 
@@ -109,8 +110,12 @@ def test_an_fstab_line_mounts_with_mount_and_unmounts_with_umount(tmp_path):
     settings = tmp_path / "tgfs.env"
     values = {**TEST_ENV, "TGFS_DATA_DIR": data, "TGFS_CACHE_DIR": tmp_path / "cache"}
     settings.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    key = tmp_path / "library.key"
+    key_id = generate_key_file(key)
     fstab = tmp_path / "fstab"
-    options = "allow_other,cache_size=32M,noatime,x-systemd.automount,_netdev"
+    options = (
+        f"allow_other,cache_size=32M,encryption_key_file={key},noatime,x-systemd.automount,_netdev"
+    )
     fstab.write_text(f"{REPO}/.venv/bin/tgfs#{settings} {mnt} fuse {options} 0 0\n")
 
     done = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True)
@@ -129,6 +134,7 @@ def test_an_fstab_line_mounts_with_mount_and_unmounts_with_umount(tmp_path):
     wait_for(lambda: not _daemons(mnt), 60, "the daemon to exit after umount")
     log = (data / "tgfs.log").read_text()
     assert "unmounted" in log and "Traceback" not in log
+    assert f"encryption: on (key id {key_id})" in log
     assert_catalog_sound(data / "catalog.db")
 
     # A wrong option: mount fails and says why; nothing is mounted, no daemon is left.
@@ -136,3 +142,8 @@ def test_an_fstab_line_mounts_with_mount_and_unmounts_with_umount(tmp_path):
     refused = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True)
     assert refused.returncode != 0 and "unknown mount option 'bogus'" in refused.stderr
     assert not os.path.ismount(mnt) and not _daemons(mnt)
+    # A key written into fstab (readable by everyone) is refused, and not echoed.
+    fstab.write_text(f"{REPO}/.venv/bin/tgfs#{settings} {mnt} fuse encryption_key=abc123 0 0\n")
+    refused = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "readable by everyone" in refused.stderr
+    assert "abc123" not in refused.stderr and not os.path.ismount(mnt)

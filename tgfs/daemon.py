@@ -169,6 +169,7 @@ def _check_key(settings: Settings) -> None:
         )
     if recorded != given:
         facts.put(facts.KEY_ID, given)
+    log.info("encryption: on (key id %s); %d parts and backups sealed so far", given, sealed)
 
 
 def trash_offline(settings: Settings) -> list[trash.Item]:

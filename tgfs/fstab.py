@@ -79,7 +79,9 @@ def invoked_by_mount(argv: list[str], commands: Iterable[str]) -> bool:
 def settings_env(source: str, options: str) -> dict[str, str]:
     """The environment a daemon for this fstab line runs with."""
     env = dict(os.environ)
-    names = {spec.env for spec in config.specs().values()}
+    # The key's file, not the key: /etc/fstab is readable by every user (and the other
+    # secrets, bot tokens and the API hash, belong in the settings file for that reason).
+    names = {spec.env for spec in config.specs().values()} | {"TGFS_ENCRYPTION_KEY_FILE"}
     if source != "none":
         env["TGFS_ENV_FILE"] = source
     for option in filter(None, options.split(",")):
@@ -90,6 +92,11 @@ def settings_env(source: str, options: str) -> dict[str, str]:
             env["TGFS_ALLOW_OTHER"] = "true"
         elif option == "ro":
             raise MountOptionError("tgfs cannot be mounted read-only (ro)")
+        elif name == "encryption_key":
+            raise MountOptionError(
+                "encryption_key: /etc/fstab is readable by everyone; give "
+                "encryption_key_file=PATH or put the key in the settings file"
+            )
         elif has_value and (found := _setting_named(name, names)):
             env[found] = value
         else:
