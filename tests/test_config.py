@@ -142,3 +142,36 @@ def test_defaults_are_parsed_like_user_input(tmp_path):
                 {"HOME": str(tmp_path), spec.env: spec.default}, env_file=tmp_path / "none"
             )
             assert getattr(explicit, name) == getattr(settings, name), spec.env
+
+
+def test_the_encryption_key_is_checked_and_never_shown(tmp_path):
+    from tgfs.keys import generate_key_file, key_id, parse_key
+
+    key_file = tmp_path / "library.key"
+    made = generate_key_file(key_file)
+    text = key_file.read_text().strip()
+    assert made == key_id(parse_key(text))
+    base = {"HOME": str(tmp_path)}
+
+    def load(**env: str) -> config.Settings:
+        return config.load({**base, **env}, env_file=tmp_path / "none")
+
+    for settings in (load(TGFS_ENCRYPTION_KEY_FILE=str(key_file)), load(TGFS_ENCRYPTION_KEY=text)):
+        assert settings.key == parse_key(text) and text in settings.secrets()
+        shown = dict(settings.describe())
+        assert shown["encryption"] == f"on (key id {made})"
+        assert text not in repr(settings) and text not in str(settings.describe())
+    assert load().key is None and dict(load().describe())["encryption"] == "off"
+
+    refusals = {
+        "not both": dict(TGFS_ENCRYPTION_KEY=text, TGFS_ENCRYPTION_KEY_FILE=str(key_file)),
+        "not a key": dict(TGFS_ENCRYPTION_KEY="c2hvcnQ="),  # base64 of 5 bytes
+        "No such file": dict(TGFS_ENCRYPTION_KEY_FILE=str(tmp_path / "missing.key")),
+    }
+    for why, env in refusals.items():
+        with pytest.raises(config.ConfigError, match=why) as refused:
+            load(**env)
+        assert text not in str(refused.value)
+    key_file.chmod(0o640)  # readable by its group: refused, like an ssh key
+    with pytest.raises(config.ConfigError, match="can be read by others"):
+        load(TGFS_ENCRYPTION_KEY_FILE=str(key_file))

@@ -46,7 +46,14 @@ import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.parts import overlapping
-from tgfs.store.sealing import SEALED_FRAME, SealBroken, Sealer, sealed_range, sealed_size
+from tgfs.store.sealing import (
+    SEALED_FRAME,
+    NoKey,
+    SealBroken,
+    Sealer,
+    sealed_range,
+    sealed_size,
+)
 from tgfs.store.slots import URGENT, Priority, Slots
 
 log = logging.getLogger(__name__)
@@ -128,7 +135,7 @@ class PartCache:
         self.capacity = capacity
         self.min_free = min_free  # bytes the cache leaves free on its disk, whatever its size
         self.store = store
-        self.sealer = sealer  # opens sealed parts: the cache holds them opened
+        self.sealer = sealer  # checks sealed chunks as they arrive, opens them per read
         self._entries: dict[int, _Entry] = {}
         # S3-FIFO queues (see _evict), oldest first, and the ghost: ids recently evicted
         # from the small queue, so a part that comes back goes straight to the main one.
@@ -247,9 +254,7 @@ class PartCache:
                 _pread, path, start, end - start, limiter=_DISK_THREADS
             )
         if self.sealer is None:
-            raise StoreError(
-                f"part {part.id} is encrypted and no encryption key is set", retryable=False
-            )
+            raise NoKey(part.id)
         at, count = sealed_range(start, end - start, part.size)
         try:
             return await trio.to_thread.run_sync(
@@ -425,11 +430,7 @@ class PartCache:
         names the part, otherwise)."""
         assert part.seal is not None
         if self.sealer is None:
-            raise StoreError(
-                f"part {part.id} is encrypted and no encryption key is set "
-                "(TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE)",
-                retryable=False,
-            )
+            raise NoKey(part.id)
         try:
             await trio.to_thread.run_sync(
                 self.sealer.verify, part.seal, data, first_frame, part.size

@@ -20,7 +20,14 @@ from pathlib import Path
 import trio
 
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.sealing import SealBroken, Sealer, new_salt, plain_capacity, sealed_range
+from tgfs.store.sealing import (
+    NoKey,
+    SealBroken,
+    Sealer,
+    new_salt,
+    plain_capacity,
+    sealed_range,
+)
 from tgfs.store.slots import URGENT, Priority
 
 # Stripes are whole read chunks (tgfs.cache.CHUNK), so a chunk never spans two stripes.
@@ -177,11 +184,7 @@ async def read_part(
     if part.seal is None:
         return await store.get(part.location, offset, length, priority)
     if sealer is None:
-        raise StoreError(
-            f"part {part.id} is encrypted and no encryption key is set "
-            "(TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE)",
-            retryable=False,
-        )
+        raise NoKey(part.id)
     start, count = sealed_range(offset, length, part.size)
     stored = await store.get(part.location, start, count, priority) if count else b""
     try:  # in a thread: the copies around AES, not AES, take ~1 ms per MiB

@@ -59,6 +59,17 @@ _FORMAT = b"tgfs-sealed-v1"
 _INFO = b"tgfs part v1"
 
 
+class NoKey(StoreError):
+    """A sealed part is wanted and no encryption key is set: nothing can open it."""
+
+    def __init__(self, part_id: int | None) -> None:
+        super().__init__(
+            f"part {part_id} is encrypted and no encryption key is set "
+            "(TGFS_ENCRYPTION_KEY or TGFS_ENCRYPTION_KEY_FILE)",
+            retryable=False,
+        )
+
+
 class SealBroken(StoreError):
     """A sealed frame failed authentication: tampered with, swapped, cut short, or sealed
     under another key. Retrying cannot help."""
