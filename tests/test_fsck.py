@@ -4,6 +4,7 @@ while a bot was down (fewer copies than TGFS_REPLICAS) are found, with a non-zer
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -185,6 +186,10 @@ def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegra
     assert "repaired: 1 part(s) given more copies" in repaired.stdout, repaired.stdout
     assert "  lost: lost.bin" in repaired.stdout
     assert "1 part(s) could not be read to copy them" in repaired.stdout
+    copies = telegram.names(1).values()  # the new copies are named as opaquely as the rest
+    assert copies and all(
+        re.fullmatch(r"[0-9a-f]{32}\.part0|tgfs-manifest-\d+\.json", n) for n in copies
+    )
     telegram.bot(0)["dead"] = True  # the first copies gone with their bot: the new ones serve
     telegram.write()
     m.start()

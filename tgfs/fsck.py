@@ -33,7 +33,7 @@ from tgfs.catalog.schema import Node, Part, db
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, StoreError, replicas
-from tgfs.store.sealing import sealed_size
+from tgfs.store.sealing import sealed_size, sealer_for
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
     thin = [p for p in Part.select() if _short(p.location, settings.replicas)]
     work = settings.spool_dir / "fsck"
     work.mkdir(parents=True, exist_ok=True)
+    sealer = sealer_for(settings)
     added, short, unread = 0, 0, 0
     for part in thin:
         copy = work / f"part-{part.id}"
@@ -159,7 +160,9 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
         try:
             location = part.location
             while len(replicas(location)) < settings.replicas:
-                new = await store.add_copy(location, copy, stored, f"repair-{part.id}.part0")
+                name = f"repair-{part.id}"  # opaque with a key, like every part's name
+                name = sealer.name(name) if sealer else name
+                new = await store.add_copy(location, copy, stored, f"{name}.part0")
                 if new is None:
                     short += 1
                     break
