@@ -5,6 +5,8 @@ VENV      ?= .venv
 MNT       ?= mnt
 PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev rsync
+# Only the tests need these: a real nginx serving the mount (tests/test_web.py).
+TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint bench-telegram bench-media bench-stream clean
@@ -12,14 +14,22 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: $(VENV)/.installed
 
 # System packages: only the missing ones are installed (apt-get is slow even when idle).
-.apt-deps:
-	@missing=$$(for p in $(APT_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing: $$missing"; \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+.apt-deps:
+	$(call apt_install,$(APT_DEPS))
+	@touch $@
+
+.test-apt-deps: Makefile
+	$(call apt_install,$(TEST_APT_DEPS))
 	@touch $@
 
 $(VENV)/.installed: .apt-deps pyproject.toml
@@ -33,7 +43,7 @@ run: setup
 	mkdir -p $(MNT)
 	$(VENV)/bin/tgfs mount $(MNT)
 
-test: lint
+test: lint .test-apt-deps
 	$(VENV)/bin/pytest -q
 
 # Telegram store benchmarks against the client stand-in (a few minutes; prints figures).
@@ -58,4 +68,4 @@ lint: setup
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .apt-deps .pytest_cache
+	rm -rf $(VENV) .apt-deps .test-apt-deps .pytest_cache

@@ -1,0 +1,231 @@
+"""The nginx example (examples/nginx.conf) over a real mount, with Debian's nginx and its
+dav-ext module, its workers running as www-data like Debian's: content types and caching
+of playlists and segments, gzip, a range request, a CORS preflight, WebDAV (a refused
+unauthenticated PUT; PUT, MKCOL, MOVE, PROPFIND and DELETE with the password), the control
+folder out of www-data's reach, and `ffmpeg` playing the video over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, copy_in, wait_for
+
+DAV_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
+USER, PASSWORD = "me", "web test password"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+
+
+class Site:
+    """nginx serving a mount with the example's server block."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read()
+        finally:
+            conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _traversable(path: Path) -> None:
+    """www-data must reach the mount through pytest's private temporary folders."""
+    for folder in [path, *path.parents]:
+        if folder == Path("/"):
+            break
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o001)
+
+
+@pytest.fixture
+def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
+    if shutil.which("nginx") is None or not DAV_MODULE.exists():
+        pytest.skip("needs Debian's nginx and libnginx-mod-http-dav-ext (make setup)")
+    if os.geteuid() != 0:
+        pytest.skip("nginx's workers run as www-data: needs root")
+    m = mount_factory(TGFS_ALLOW_OTHER="true")
+    _traversable(m.path)
+    work = tmp_path / "nginx"
+    work.mkdir()
+    _traversable(work)
+    (work / "upload").mkdir()
+    shutil.chown(work / "upload", "www-data")
+    port = _free_port()
+    site_conf = (REPO / "examples" / "nginx.conf").read_text()
+    for old, new in {
+        "listen 8080;": f"listen 127.0.0.1:{port};",
+        "root /srv/tgfs;": f"root {m.path};",
+        "/etc/nginx/tgfs.htpasswd": str(work / "htpasswd"),
+        "/var/tmp/nginx-tgfs-upload": str(work / "upload"),
+    }.items():
+        assert old in site_conf, old  # the example still has the lines a user edits
+        site_conf = site_conf.replace(old, new)
+    (work / "site.conf").write_text(site_conf)
+    # nginx's {PLAIN} scheme: no openssl needed here (the example shows openssl passwd).
+    (work / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    os.chmod(work / "htpasswd", 0o644)
+    (work / "nginx.conf").write_text(
+        f"""
+user www-data;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+load_module {DAV_MODULE};
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {work}/access.log;
+    proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    sendfile on;
+    include {work}/site.conf;
+}}
+"""
+    )
+    checked = subprocess.run(
+        ["nginx", "-t", "-p", str(work), "-c", str(work / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    nginx = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _answers(port) or nginx.poll() is not None, 20, "nginx to listen")
+        assert nginx.poll() is None, nginx.stderr.read().decode() if nginx.stderr else ""
+        yield Site(port), m
+    finally:
+        nginx.terminate()
+        nginx.wait(20)
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_nginx_example_serves_the_library(site, media):
+    web, m = site
+    copy_in(media("h264_aac.mp4"), m.path / "clip.mp4")
+    m.wait_idle()
+    rendition = sorted(p.name for p in (m.path / "clip").iterdir() if p.is_dir())[0]
+    segment = f"/clip/{rendition}/seg_00001.m4s"
+
+    playlist = f"/clip/{rendition}/playlist.m3u8"
+    response, body = web.request("GET", playlist, headers={"Accept-Encoding": "gzip"})
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("application/vnd.apple.mpegurl")
+    assert response.getheader("Cache-Control") == "no-cache"
+    assert response.getheader("Access-Control-Allow-Origin") == "*"
+    assert response.getheader("Content-Encoding") == "gzip", len(body)
+    assert gzip.decompress(body) == (m.path / playlist.lstrip("/")).read_bytes()
+
+    response, body = web.request("GET", segment)
+    assert response.status == 200 and response.getheader("Content-Type") == "video/iso.segment"
+    assert "immutable" in response.getheader("Cache-Control")
+    assert body == (m.path / segment.lstrip("/")).read_bytes()
+    response, _ = web.request("HEAD", f"/clip/{rendition}/init.mp4")
+    assert response.getheader("Content-Type") == "video/mp4"
+
+    response, part = web.request("GET", segment, headers={"Range": "bytes=1000-1999"})
+    assert response.status == 206 and part == body[1000:2000]
+    assert response.getheader("Content-Range") == f"bytes 1000-1999/{len(body)}"
+
+    response, _ = web.request(
+        "OPTIONS",
+        segment,
+        headers={
+            "Origin": "https://player.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "range",
+        },
+    )
+    assert response.status == 204
+    assert response.getheader("Access-Control-Allow-Origin") == "*"
+    assert "Range" in response.getheader("Access-Control-Allow-Headers")
+
+    # The control folder is its owner's: www-data (nginx) cannot read it.
+    response, _ = web.request("GET", "/.tgfs/status.json")
+    assert response.status == 403
+
+    played = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            f"http://127.0.0.1:{web.port}/clip/master.m3u8",
+            "-map",
+            "0",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert played.returncode == 0 and played.stderr == "", played.stderr
+
+
+def test_webdav_writes_need_the_password(site):
+    web, m = site
+    uploads = m.path / "Uploads"
+    uploads.mkdir()
+    shutil.chown(uploads, "www-data")  # uploads need write permission, like any user's
+    data = os.urandom(300_000)
+
+    response, _ = web.request("PUT", "/Uploads/notes.bin", body=data)
+    assert response.status == 401 and not (uploads / "notes.bin").exists()
+    response, _ = web.request("PUT", "/Uploads/notes.bin", body=data, headers=AUTH)
+    assert response.status == 201
+    assert (uploads / "notes.bin").read_bytes() == data
+    assert (uploads / "notes.bin").stat().st_uid == 33  # www-data's file
+
+    response, _ = web.request("MKCOL", "/Uploads/Kept/", headers=AUTH)
+    assert response.status == 201 and (uploads / "Kept").is_dir()
+    response, _ = web.request(
+        "MOVE",
+        "/Uploads/notes.bin",
+        headers={**AUTH, "Destination": f"http://127.0.0.1:{web.port}/Uploads/Kept/renamed.bin"},
+    )
+    assert response.status in (201, 204)
+    assert (uploads / "Kept" / "renamed.bin").read_bytes() == data
+    assert not (uploads / "notes.bin").exists()
+
+    response, body = web.request("PROPFIND", "/Uploads/Kept/", headers={"Depth": "1"})
+    assert response.status == 207 and b"renamed.bin" in body  # what WebDAV clients list
+
+    response, _ = web.request("DELETE", "/Uploads/Kept/renamed.bin")
+    assert response.status == 401 and (uploads / "Kept" / "renamed.bin").exists()
+    response, _ = web.request("DELETE", "/Uploads/Kept/renamed.bin", headers=AUTH)
+    assert response.status == 204 and not (uploads / "Kept" / "renamed.bin").exists()
+    m.wait_idle()
