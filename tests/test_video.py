@@ -163,3 +163,59 @@ def test_first_segments_are_short(mount_factory, tmp_path, codec, mode):
         durations = [round(s.duration, 2) for s in rendition["media"].segments]
         assert durations == [2.0, 2.0, 4.0, 6.0, 6.0], durations
         assert rendition["media"].target_duration == 6
+
+
+def _dark_then_bright(path) -> None:
+    """4 s at 10 fps: black until 2.5 s (the 10 % and 25 % points), then noise."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(40):
+            frame = av.VideoFrame(160, 120, "gray")
+            line = frame.planes[0].line_size
+            pixels = bytes(line * 120) if i < 25 else os.urandom(line * 120)
+            frame.planes[0].update(pixels)
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def _mean_luma(jpeg) -> float:
+    grey = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(jpeg), "-vf", "format=gray", "-f", "rawvideo", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sum(grey) / len(grey)
+
+
+def test_a_video_gets_a_poster_that_is_not_black(mount_factory, media, tmp_path):
+    """poster.jpg in each video folder: a JPEG at most 640 wide, upright, from about 10 %
+    in, skipping black frames; deleted with its video."""
+    m = mount_factory(TGFS_TRASH_DAYS="0")
+    copy_in(media("h264_aac.mp4"), m.path / "clip.mp4")
+    dark = tmp_path / "dark.mp4"
+    _dark_then_bright(dark)
+    copy_in(dark, m.path / "dark.mp4")
+    m.wait_idle()
+    for name in ("clip", "dark"):
+        poster = m.path / name / "poster.jpg"
+        probed = subprocess.run(
+            [
+                *("ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height"),
+                *("-of", "csv=p=0", str(poster)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        codec, width, height = probed.split(",")
+        assert codec == "mjpeg" and 0 < int(width) <= 640 and int(height) > 0, probed
+        assert _mean_luma(poster) > 40, name  # the dark film's poster is from after 2.5 s
+        assert (poster.stat().st_mode & 0o222) == 0  # read-only, like the folder's files
+    assert "poster.jpg" in os.listdir(m.path / "clip")
+    subprocess.run(["rm", "-r", str(m.path / "dark")], check=True)
+    m.store_matches_catalog()  # its poster's parts went with it

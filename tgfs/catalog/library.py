@@ -151,6 +151,26 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
     return rendition
 
 
+def add_poster(folder: Node, poster: StoredFile) -> str:
+    """The video's poster, as a file in its folder; returns the name it got ("poster.jpg",
+    unless a rendition folder took that name first)."""
+    with db.atomic():
+        blob = blobs.add(poster.size, poster.parts)
+        Video.update(poster_blob=blob).where(Video.id == folder.video_id).execute()
+        name = tree.free_name(folder.id, poster.name)
+        tree.create(
+            folder.id,
+            name,
+            NodeKind.MEDIA,
+            READ_ONLY_FILE,
+            video=folder.video_id,
+            blob=blob,
+            size=poster.size,
+            **_owner(folder),
+        )
+    return name
+
+
 def add_segments(
     rendition: Rendition, segments: list[StoredFile], bit_rates: tuple[int, int]
 ) -> None:
@@ -312,6 +332,8 @@ def remove_video(video_id: int) -> int:
     with db.atomic():
         renditions = list(Rendition.select().where(Rendition.video == video_id))
         blob_ids = [r.init_blob_id for r in renditions if r.init_blob_id is not None]
+        poster = Video.get_by_id(video_id).poster_blob_id
+        blob_ids += [poster] if poster is not None else []
         for r in renditions:
             blob_ids += [
                 s.blob_id for s in Segment.select(Segment.blob).where(Segment.rendition == r.id)

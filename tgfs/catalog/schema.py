@@ -40,7 +40,8 @@ from playhouse.sqlite_ext import AutoIncrementField
 # 4: names apart from inodes (Entry: hard links), atime, links, device numbers
 # 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
 # 6: parts and backups sealed with the encryption key (Part.seal, Backup.seal)
-SCHEMA_VERSION = 6
+# 7: video posters (Video.poster_blob)
+SCHEMA_VERSION = 7
 
 db = pw.SqliteDatabase(None)
 
@@ -268,6 +269,9 @@ class Video(_Model):
     # SHA-256 of the dropped file (hex). A later drop of the same bytes into the same
     # folder (`rsync` run twice) is recognised and not published a second time.
     source_hash = pw.TextField(null=True, index=True)
+    # Its poster (a representative frame as a JPEG, tgfs.media.poster), shown as poster.jpg
+    # in its folder; None if none could be made (or the video predates posters).
+    poster_blob = pw.ForeignKeyField(Blob, null=True)
 
 
 class RenditionKind(enum.StrEnum):
@@ -523,6 +527,11 @@ def open_catalog(path: Path) -> None:
             if Backup.table_exists():  # else create_tables below makes it, with the column
                 migrate(m.add_column("backup", "seal", Backup.seal))
             Meta.update(value="6").where(Meta.key == "schema_version").execute()
+        found = 6
+    if found == 6:  # videos made so far have no poster: NULL says so
+        with db.atomic():
+            migrate(SqliteMigrator(db).add_column("video", "poster_blob_id", Video.poster_blob))
+            Meta.update(value="7").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()

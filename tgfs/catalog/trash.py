@@ -34,6 +34,7 @@ from tgfs.catalog.schema import (
     Rendition,
     Segment,
     Trash,
+    Video,
     db,
 )
 
@@ -153,8 +154,9 @@ def _stored_size(node: Node) -> int:
     renditions = Rendition.select(Rendition.id).where(Rendition.video == node.video_id)
     segments = Segment.select(Segment.blob).where(Segment.rendition.in_(renditions))
     inits = Rendition.select(Rendition.init_blob).where(Rendition.video == node.video_id)
+    poster = Video.select(Video.poster_blob).where(Video.id == node.video_id)
     query = Blob.select(fn.COALESCE(fn.SUM(Blob.size), 0)).where(
-        Blob.id.in_(segments) | Blob.id.in_(inits)
+        Blob.id.in_(segments) | Blob.id.in_(inits) | Blob.id.in_(poster)
     )
     return int(query.scalar())
 

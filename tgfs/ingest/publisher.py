@@ -7,6 +7,7 @@ batches, while the worker goes on, and adds it to the catalog in playback order:
 
 - the video folder appears once every planned rendition has its init segment and first
   segment stored, with EVENT playlists (players can start);
+- its poster (announced first, before any segment) appears in it once stored;
 - each playlist then grows by the segments stored without a gap before them;
 - at the end, the worker's result adds what is left (subtitles are made last) and the
   video becomes VOD; the dropped file it came from is removed in the same transaction.
@@ -25,7 +26,15 @@ import trio
 
 from tgfs.catalog import Node, Rendition, blobs, library, tree
 from tgfs.catalog.library import MASTER_NAME, MEDIA_PLAYLIST_NAME
-from tgfs.media.messages import Announcement, Plan, Restart, Segment, SegmentFile, VideoResult
+from tgfs.media.messages import (
+    Announcement,
+    Plan,
+    Poster,
+    Restart,
+    Segment,
+    SegmentFile,
+    VideoResult,
+)
 from tgfs.media.messages import Rendition as Announced
 from tgfs.media.playlists import bandwidths, target_duration
 from tgfs.store.base import PartRef
@@ -59,6 +68,9 @@ class VideoPublisher:
         self._invalidate = invalidate
         self.changed = trio.Event()
         self.worker_done = False
+        # The poster: announced once, at the start; a restart keeps the file (only what
+        # was stored of it goes), so it is stored again.
+        self.poster: Path | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -69,6 +81,7 @@ class VideoPublisher:
         self.folder: Node | None = None
         self.renditions: dict[str, Rendition] = {}
         self.published: dict[str, int] = {}  # dir → segments in the catalog
+        self.poster_published = False
         self._restart = False
 
     # ---- from the worker -----------------------------------------------------------------
@@ -84,6 +97,8 @@ class VideoPublisher:
             self.segments.setdefault(message.dir, []).append(
                 SegmentFile(message.name, message.duration, message.size)
             )
+        elif isinstance(message, Poster):
+            self.poster = self.workdir / message.name
         elif isinstance(message, Restart):
             self._restart = True
         self.changed.set()
@@ -143,6 +158,8 @@ class VideoPublisher:
                     self.workdir / folder / s.name
                     for s in self.segments[folder][: self.published[folder]]
                 )
+            if self.poster_published and self.poster is not None:
+                published.add(self.poster)
             library.remove_video(self.folder.video_id)
             self._invalidate(self.folder.parent_id, [self.folder.name])
             log.info("job %d: withdrew the half-published video %s", self.job_id, self.folder.name)
@@ -166,6 +183,8 @@ class VideoPublisher:
                 for n, s in enumerate(self.segments.get(folder, []))
                 if (path := self.workdir / folder / s.name) not in self.stored
             ]
+        if self.poster is not None and self.poster not in self.stored:
+            out.append((1, self.poster, self.poster.stat().st_size))  # with first segments
         return [(path, size) for _, path, size in sorted(out, key=lambda f: f[0])]
 
     async def _step(self) -> None:
@@ -228,6 +247,11 @@ class VideoPublisher:
                 self.job_id,
                 tree.path_of(self.folder),
             )
+        poster = self.stored.get(self.poster) if self.poster is not None else None
+        if poster is not None and not self.poster_published:
+            name = library.add_poster(self.folder, poster)
+            self.poster_published = True
+            self._invalidate(self.folder.id, [name])
         for folder in self.plan.dirs:
             if folder not in self.renditions:
                 self._add_rendition(self.folder, folder)

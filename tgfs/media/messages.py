@@ -4,6 +4,7 @@
     Plan       {"type": "plan", "mode": "transcode", "target_duration": 6, "dirs": ["r0"]}
     Rendition  {"type": "rendition", "dir": "r0", "name": "720p", …, "segments": []}
     Segment    {"type": "segment", "dir": "r0", "name": "seg_00000.m4s", "duration": 2.0, …}
+    Poster     {"type": "poster", "name": "poster.jpg"}
     Restart    {"type": "restart"}
     FileResult / VideoResult / SubtitlesResult     the last word of a job that ran
     Failure    {"type": "failure", "message": "…", "kind": "media" | "space" | "memory"}
@@ -107,6 +108,14 @@ class Segment:
 
 
 @dataclasses.dataclass
+class Poster:
+    """The video's poster is complete on disk, at the top of the work directory."""
+
+    name: str
+    type: Literal["poster"] = "poster"
+
+
+@dataclasses.dataclass
 class Restart:
     type: Literal["restart"] = "restart"
 
@@ -147,8 +156,8 @@ class Failure:
 
 
 Result = FileResult | VideoResult | SubtitlesResult
-Message = Progress | Plan | Rendition | Segment | Restart | Result | Failure
-Announcement = Plan | Rendition | Segment | Restart  # what a publisher follows
+Message = Progress | Plan | Rendition | Segment | Poster | Restart | Result | Failure
+Announcement = Plan | Rendition | Segment | Poster | Restart  # what a publisher follows
 
 _MESSAGE: pydantic.TypeAdapter[Message] = pydantic.TypeAdapter(
     Annotated[Message, pydantic.Field(discriminator="type")]

@@ -37,6 +37,8 @@ from tgfs.media.hls import (
     make_rendition,
 )
 from tgfs.media.playlists import target_duration
+from tgfs.media.poster import NAME as POSTER
+from tgfs.media.poster import make_poster
 from tgfs.media.probe import VIDEO_EXTENSIONS, copy_mode_allowed, probe
 
 _RECUTS = 4  # copy-mode attempts at shorter segments before transcoding instead
@@ -184,6 +186,9 @@ def run(src: Path, workdir: Path, opts: WorkerOptions) -> int:
         found, opts.size, opts.enable_copy_mode, opts.copy_mode_min_size
     )
     note = "" if copy else why_not
+    workdir.mkdir(parents=True, exist_ok=True)
+    if make_poster(src, duration, found.rotation, workdir / POSTER):
+        _emit(messages.Poster(name=POSTER))
 
     announcer = _Announcer()
 
