@@ -7,6 +7,7 @@ request, so storing takes several seconds and the growing state can be watched."
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -91,10 +92,15 @@ def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monke
 def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
     counts, target = [], None
     while mount.job("live.avi")["state"] == "running":
+        library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
         text = playlist.read_text()
         media = m3u8.loads(text)
         if media.is_endlist:
             break
+        # Read before the playlist, which still grows: the library says it is processing.
+        (entry,) = [v for v in library["videos"] if v["path"] == "live"]
+        assert entry["state"] == "processing", entry
+        assert entry["percent"] is None or 0 <= entry["percent"] < 100, entry
         assert media.playlist_type == "event" and "#EXT-X-START:TIME-OFFSET=0" in text
         assert media.segments and media.segment_map
         target = target or media.target_duration
@@ -118,6 +124,9 @@ def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
     assert final.playlist_type == "vod" and final.is_endlist
     assert len(final.segments) > max(counts) and final.target_duration == target
     assert not (mount.path / "live.avi").exists()
+    library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
+    (entry,) = [v for v in library["videos"] if v["path"] == "live"]
+    assert entry["state"] == "ready" and entry["percent"] == 100.0
     check_video_folder(folder, src, SEGMENT)
     _, errors = player.communicate(timeout=120)
     assert player.returncode == 0, errors

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import json
 import subprocess
 from pathlib import Path
 
@@ -173,6 +174,20 @@ def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
     assert [round(s.duration, 3) for s in sub_media.segments] == [
         round(s.duration, 3) for s in video_media.segments
     ]
+
+    # What a library page is told of it (.tgfs/library.json), against the master playlist.
+    library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
+    (entry,) = [v for v in library["videos"] if v["path"] == "Film/film"]
+    assert sorted(entry["audio"]) == ["eng", "fra"] and sorted(entry["subtitles"]) == ["de", "eng"]
+    assert (entry["width"], entry["height"]) == max(
+        p.stream_info.resolution for p in master.playlists
+    )
+    assert sorted(r["name"] for r in entry["renditions"]) == sorted(
+        p.name for p in folder.iterdir() if p.is_dir()
+    )
+    assert entry["poster"] == "Film/film/poster.jpg" and (mount.path / entry["poster"]).is_file()
+    total = sum(s.duration for s in video_media.segments)
+    assert entry["state"] == "ready" and abs(entry["duration"] - total) < 0.01
 
 
 def test_sidecar_after_the_video_and_a_broken_one(mount, media, tmp_path):

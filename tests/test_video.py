@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -217,5 +218,18 @@ def test_a_video_gets_a_poster_that_is_not_black(mount_factory, media, tmp_path)
         assert _mean_luma(poster) > 40, name  # the dark film's poster is from after 2.5 s
         assert (poster.stat().st_mode & 0o222) == 0  # read-only, like the folder's files
     assert "poster.jpg" in os.listdir(m.path / "clip")
+
+    # library.json follows the catalog at once: a move, then a delete.
+    def listed() -> dict[str, dict]:
+        text = (m.path / ".tgfs" / "library.json").read_text()
+        return {v["path"]: v for v in json.loads(text)["videos"]}
+
+    assert set(listed()) == {"clip", "dark"}
+    assert listed()["dark"]["poster"] == "dark/poster.jpg"
+    (m.path / "Films").mkdir()
+    os.rename(m.path / "clip", m.path / "Films" / "Holiday")
+    assert set(listed()) == {"Films/Holiday", "dark"}
+    assert listed()["Films/Holiday"]["poster"] == "Films/Holiday/poster.jpg"
     subprocess.run(["rm", "-r", str(m.path / "dark")], check=True)
-    m.store_matches_catalog()  # its poster's parts went with it
+    assert set(listed()) == {"Films/Holiday"}
+    m.store_matches_catalog()  # the dark film's poster's parts went with it

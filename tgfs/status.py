@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import time
 from typing import Any
 
 from tgfs.catalog import JobState, blobs, jobs
+from tgfs.catalog.listing import VideoEntry
 from tgfs.config import format_size
 from tgfs.ingest.progress import Progress
 
 STATUS_VERSION = 1
+LIBRARY_VERSION = 1  # library.json's shape; raised when a field changes meaning or goes
 
 
 def snapshot(
@@ -186,6 +190,23 @@ def _bar(percent: float, width: int = 40) -> str:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def library_snapshot(videos: list[VideoEntry], progress: dict[int, Progress]) -> dict[str, Any]:
+    """`.tgfs/library.json`: every video, with its state (ready, or processing with the
+    percent its job has done)."""
+    rows = []
+    for video in videos:
+        row = dataclasses.asdict(video)
+        del row["job_id"], row["added_ns"], row["complete"]
+        row["added"] = datetime.datetime.fromtimestamp(
+            video.added_ns / 1e9, datetime.UTC
+        ).isoformat(timespec="seconds")
+        row["state"] = "ready" if video.complete else "processing"
+        live = progress.get(video.job_id) if video.job_id is not None else None
+        row["percent"] = 100.0 if video.complete else (live.snapshot()["percent"] if live else None)
+        rows.append(row)
+    return {"version": LIBRARY_VERSION, "videos": rows}
 
 
 def to_bytes(status: dict[str, Any]) -> bytes:

@@ -54,6 +54,7 @@ BOTS_FILE_NAME = "bots.json"  # /.tgfs/bots.json (added after the first release:
 CACHE_FILE_NAME = "cache.json"  # /.tgfs/cache.json (likewise)
 BACKUPS_FILE_NAME = "backups.json"  # /.tgfs/backups.json (likewise)
 TRASH_FILE_NAME = "trash.json"  # /.tgfs/trash.json (likewise)
+LIBRARY_FILE_NAME = "library.json"  # /.tgfs/library.json (likewise)
 
 
 class SchemaMismatch(RuntimeError):
@@ -136,6 +137,9 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/trash.json: what the trash holds, rendered live; a line written to it is a
     # request (`undelete <id>`, `empty`), carried out when the file is closed
     TRASH = "trash"
+    # /.tgfs/library.json: every video with its path, tracks, poster and state, rendered
+    # from the catalog (tgfs.catalog.listing)
+    LIBRARY = "library"
     # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
     # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
     FIFO = "fifo"
@@ -156,6 +160,7 @@ class NodeKind(enum.StrEnum):
             NodeKind.CACHE,
             NodeKind.BACKUPS,
             NodeKind.TRASH,
+            NodeKind.LIBRARY,
         )
 
     @property
@@ -543,6 +548,7 @@ def open_catalog(path: Path) -> None:
         # a column not added yet (a double-quoted unknown name is taken as a string).
         db.create_tables(TABLES)
         _fixed_file(BOTS_FILE_NAME, kind=NodeKind.BOTS, mode=0o444)
+        _fixed_file(LIBRARY_FILE_NAME, kind=NodeKind.LIBRARY, mode=0o400)
         # Writable by the daemon's user (the only write it takes is a truncation).
         _fixed_file(
             CACHE_FILE_NAME, kind=NodeKind.CACHE, mode=0o644, uid=os.getuid(), gid=os.getgid()
@@ -663,7 +669,7 @@ def _control_is_private() -> None:
     every open: catalogs made before this was so are brought in line.)"""
     owner = {"uid": os.getuid(), "gid": os.getgid()}
     Node.update(mode=0o500, **owner).where(Node.id == CONTROL_DIR_ID).execute()
-    read_only = (NodeKind.STATUS, NodeKind.BOTS)
+    read_only = (NodeKind.STATUS, NodeKind.BOTS, NodeKind.LIBRARY)
     Node.update(mode=0o400, **owner).where(Node.kind.in_(read_only)).execute()
     requests = (NodeKind.CACHE, NodeKind.BACKUPS, NodeKind.TRASH)  # truncated or written to
     Node.update(mode=0o600, **owner).where(Node.kind.in_(requests)).execute()

@@ -51,6 +51,7 @@ from tgfs.catalog import (
     db,
     jobs,
     library,
+    listing,
     now_ns,
     reserve,
     trash,
@@ -73,7 +74,7 @@ from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
-from tgfs.status import bots_snapshot, snapshot, to_bytes
+from tgfs.status import bots_snapshot, library_snapshot, snapshot, to_bytes
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.slots import URGENT
 from tgfs.trash import Action, Request
@@ -213,6 +214,9 @@ class Filesystem(pyfuse3.Operations):
         self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
         self.store_health: dict[str, Any] = {"kind": store.kind, "up": True}
         self.restored: list[trash.Restored] = []  # undeletes this session, for trash.json
+        # library.json's listing and bytes, and what they were made from (_library_json)
+        self._library_rows: tuple[int, list[listing.VideoEntry]] | None = None
+        self._library_bytes: tuple[tuple, bytes] | None = None
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -275,7 +279,29 @@ class Filesystem(pyfuse3.Operations):
             return to_bytes(backups_snapshot(self.backups))
         if kind is NodeKind.TRASH:
             return to_bytes(trash_snapshot(self.settings.trash_days, self.restored))
+        if kind is NodeKind.LIBRARY:
+            return self._library_json()
         return to_bytes({"bots": bots_snapshot(self.store_health)})
+
+    def _library_json(self) -> bytes:
+        """library.json, listed again only when the catalog changed (its connection's
+        change counter moved) and rendered again only when that or a processing video's
+        percent did: every stat of it renders it (its size), and a page polls it."""
+        changes = db.connection().total_changes
+        if self._library_rows is None or self._library_rows[0] != changes:
+            self._library_rows = (changes, listing.videos())
+        videos = self._library_rows[1]
+        key = (
+            changes,
+            tuple(
+                self.runner.progress[v.job_id].snapshot()["percent"]
+                for v in videos
+                if v.job_id is not None and v.job_id in self.runner.progress
+            ),
+        )
+        if self._library_bytes is None or self._library_bytes[0] != key:
+            self._library_bytes = (key, to_bytes(library_snapshot(videos, self.runner.progress)))
+        return self._library_bytes[1]
 
     def _render(self, node: Node) -> bytes:
         return self.renderer.render(node, self._control)

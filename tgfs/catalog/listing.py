@@ -1,0 +1,116 @@
+"""The library as a list of its videos, for `.tgfs/library.json` (what a web page shows).
+
+Cheap for a large library: five queries, whatever the number of videos (no per-video or
+per-folder query): folders' names and parents, video folders, their renditions, their
+posters; paths are put together in memory. Videos in the trash have no name and are not
+listed. Paths are library-relative, names shown as status output shows them (bytes that
+are not UTF-8 as \\xNN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tgfs.catalog.schema import (
+    ROOT_ID,
+    Entry,
+    Node,
+    NodeKind,
+    Rendition,
+    RenditionKind,
+    Video,
+    display,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One rendition of a video."""
+
+    name: str  # its folder, e.g. "720p", "audio-fra"
+    kind: str  # "video", "audio" or "subtitles"
+    width: int
+    height: int
+    bandwidth: int  # peak bits/s (0 until its first segment)
+    language: str | None
+    title: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoEntry:
+    path: str  # its folder, library-relative: "Movies/Film"
+    title: str  # the folder's name
+    duration: float  # seconds (0 until it is complete)
+    width: int  # of its best video rendition
+    height: int
+    renditions: list[Track]
+    audio: list[str]  # languages of its audio renditions (those that say)
+    subtitles: list[str]  # languages of its subtitle renditions
+    poster: str | None  # library-relative path of poster.jpg
+    added_ns: int  # when it was made
+    complete: bool  # False while its job is still adding segments
+    job_id: int | None  # that job
+
+
+def videos() -> list[VideoEntry]:
+    """Every named video, by path."""
+    folders = {
+        node_id: (parent_id, display(name))
+        for node_id, parent_id, name in Entry.select(Entry.node, Entry.parent, Entry.name)
+        .join(Node, on=(Node.id == Entry.node))
+        .where(Node.kind.in_([NodeKind.DIR, NodeKind.VIDEO]))
+        .tuples()
+    }
+    video_folders = list(
+        Node.select(Node.id, Node.video)
+        .join(Entry, on=(Entry.node == Node.id))
+        .where(Node.kind == NodeKind.VIDEO)
+        .tuples()
+    )
+    info = {v.id: v for v in Video.select().where(Video.id.in_([v for _, v in video_folders]))}
+    tracks: dict[int, list[Track]] = {}
+    for r in Rendition.select().order_by(Rendition.video, Rendition.id):
+        tracks.setdefault(r.video_id, []).append(
+            Track(r.name, r.kind, r.width, r.height, r.bandwidth, r.language, r.title)
+        )
+    posters = dict(
+        Entry.select(Node.video, Entry.name)
+        .join(Node, on=(Node.id == Entry.node))
+        .join(Video, on=(Video.id == Node.video))
+        .where(Node.blob == Video.poster_blob)
+        .tuples()
+    )
+
+    def path(node_id: int) -> str:
+        parts = []
+        while node_id != ROOT_ID and node_id in folders:
+            node_id, name = folders[node_id]
+            parts.append(name)
+        return "/".join(reversed(parts))
+
+    out = []
+    for folder_id, video_id in video_folders:
+        video, where = info[video_id], path(folder_id)
+        own = tracks.get(video_id, [])
+        pictures = [t for t in own if t.kind == RenditionKind.VIDEO]
+        best = max(pictures, key=lambda t: (t.height, t.bandwidth), default=None)
+        poster = posters.get(video_id)
+        out.append(
+            VideoEntry(
+                path=where,
+                title=folders[folder_id][1],
+                duration=video.duration,
+                width=best.width if best else 0,
+                height=best.height if best else 0,
+                renditions=own,
+                audio=[t.language for t in own if t.kind == RenditionKind.AUDIO and t.language],
+                subtitles=[
+                    t.language for t in own if t.kind == RenditionKind.SUBTITLES and t.language
+                ],
+                poster=f"{where}/{display(poster)}" if poster else None,
+                added_ns=video.created_ns,
+                complete=video.complete,
+                job_id=video.job_id,
+            )
+        )
+    return sorted(out, key=lambda v: v.path)
