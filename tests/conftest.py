@@ -333,6 +333,18 @@ def media(media_dir: Path) -> Callable[[str], Path]:
     return get
 
 
+def traversable(path: Path) -> None:
+    """Let other users (www-data) reach `path` through pytest's private temporary folders:
+    search permission for others on it and every folder above (not read: they still
+    cannot list them)."""
+    for folder in [path, *path.parents]:
+        if folder == Path("/"):
+            break
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o001)
+
+
 def copy_in(src: Path, dest: Path) -> None:
     """Copy like `cp` does: open, write in chunks, close (Mount.wait_idle waits for release)."""
     shutil.copyfile(src, dest)

@@ -2,13 +2,14 @@
 dav-ext module, its workers running as www-data like Debian's: content types and caching
 of playlists and segments, gzip, a range request, a CORS preflight, WebDAV (a refused
 unauthenticated PUT; PUT, MKCOL, MOVE, PROPFIND and DELETE with the password), the control
-folder out of www-data's reach, and `ffmpeg` playing the video over HTTP."""
+folder's listings as www-data may see them, and `ffmpeg` playing the video over HTTP."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_in, wait_for
+from tests.conftest import REPO, copy_in, traversable, wait_for
 
 DAV_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
 USER, PASSWORD = "me", "web test password"
@@ -49,16 +50,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _traversable(path: Path) -> None:
-    """www-data must reach the mount through pytest's private temporary folders."""
-    for folder in [path, *path.parents]:
-        if folder == Path("/"):
-            break
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            folder.chmod((mode & 0o7777) | 0o001)
-
-
 @pytest.fixture
 def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
     if shutil.which("nginx") is None or not DAV_MODULE.exists():
@@ -66,10 +57,10 @@ def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
     if os.geteuid() != 0:
         pytest.skip("nginx's workers run as www-data: needs root")
     m = mount_factory(TGFS_ALLOW_OTHER="true")
-    _traversable(m.path)
+    traversable(m.path)
     work = tmp_path / "nginx"
     work.mkdir()
-    _traversable(work)
+    traversable(work)
     (work / "upload").mkdir()
     shutil.chown(work / "upload", "www-data")
     port = _free_port()
@@ -172,9 +163,18 @@ def test_the_nginx_example_serves_the_library(site, media):
     assert response.getheader("Access-Control-Allow-Origin") == "*"
     assert "Range" in response.getheader("Access-Control-Allow-Headers")
 
-    # The control folder is its owner's: www-data (nginx) cannot read it.
-    response, _ = web.request("GET", "/.tgfs/status.json")
+    # The control folder's listings, as www-data may see them (tgfs.catalog.access), never
+    # cached; the trash is its owner's alone.
+    response, body = web.request("GET", "/.tgfs/library.json")
+    assert response.status == 200 and response.getheader("Cache-Control") == "no-cache"
+    assert [v["path"] for v in json.loads(body)["videos"]] == ["clip"]
+    assert json.loads(body)["videos"][0]["poster"] == "clip/poster.jpg"
+    response, body = web.request("GET", "/.tgfs/status.json")
+    assert response.status == 200 and "clip.mp4" in {j["path"] for j in json.loads(body)["jobs"]}
+    response, _ = web.request("GET", "/.tgfs/trash.json")
     assert response.status == 403
+    response, body = web.request("GET", "/clip/poster.jpg")
+    assert response.getheader("Content-Type") == "image/jpeg" and body[:2] == b"\xff\xd8"
 
     played = subprocess.run(
         [

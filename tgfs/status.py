@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tgfs.catalog import JobState, blobs, jobs
@@ -24,11 +25,14 @@ def snapshot(
     garbage_pending: int,
     encoder: dict[str, Any] | None = None,
     trash: dict[str, Any] | None = None,
+    sees: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """Everything `tgfs status` shows. Contains no secrets by construction: only counters,
-    paths, and job rows."""
+    paths, and job rows. `sees`: which job paths the reader may be told of (all if None)."""
     rows = []
     for job in jobs.recent():
+        if sees is not None and not sees(job.path):
+            continue
         live = progress.get(job.id)
         row: dict[str, Any] = {
             "id": job.id,
@@ -198,7 +202,7 @@ def library_snapshot(videos: list[VideoEntry], progress: dict[int, Progress]) ->
     rows = []
     for video in videos:
         row = dataclasses.asdict(video)
-        del row["job_id"], row["added_ns"], row["complete"]
+        del row["folder_id"], row["job_id"], row["added_ns"], row["complete"]
         row["added"] = datetime.datetime.fromtimestamp(
             video.added_ns / 1e9, datetime.UTC
         ).isoformat(timespec="seconds")

@@ -38,6 +38,7 @@ class Track:
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
+    folder_id: int  # its folder's inode (who may see it: tgfs.catalog.access)
     path: str  # its folder, library-relative: "Movies/Film"
     title: str  # the folder's name
     duration: float  # seconds (0 until it is complete)
@@ -97,6 +98,7 @@ def videos() -> list[VideoEntry]:
         poster = posters.get(video_id)
         out.append(
             VideoEntry(
+                folder_id=folder_id,
                 path=where,
                 title=folders[folder_id][1],
                 duration=video.duration,

@@ -563,7 +563,7 @@ def open_catalog(path: Path) -> None:
         _fixed_file(  # likewise: requests are written to it
             TRASH_FILE_NAME, kind=NodeKind.TRASH, mode=0o644, uid=os.getuid(), gid=os.getgid()
         )
-        _control_is_private()
+        _control_modes()
 
 
 def _migrate_from_1() -> None:
@@ -663,16 +663,21 @@ def _create_fixed_nodes() -> None:
     Entry.create(parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME, node=STATUS_FILE_ID)
 
 
-def _control_is_private() -> None:
-    """The control folder and its files belong to the daemon's user, for them alone: with
-    allow_other, status.json would tell every user the paths of everyone's files. (Set at
-    every open: catalogs made before this was so are brought in line.)"""
+def _control_modes() -> None:
+    """The control folder and its files belong to the daemon's user. With allow_other,
+    others (nginx serving a library page) may read the files that list paths, status.json
+    and library.json, but each reader gets only the entries in folders they could list
+    (tgfs.catalog.access); bots.json, cache.json and backups.json hold no paths. The trash
+    lists deleted paths, which no folder's mode guards any more: its owner's alone. Only
+    the owner makes requests (truncating cache.json or backups.json, writing trash.json).
+    (Set at every open: catalogs made before are brought in line.)"""
     owner = {"uid": os.getuid(), "gid": os.getgid()}
-    Node.update(mode=0o500, **owner).where(Node.id == CONTROL_DIR_ID).execute()
+    Node.update(mode=0o555, **owner).where(Node.id == CONTROL_DIR_ID).execute()
     read_only = (NodeKind.STATUS, NodeKind.BOTS, NodeKind.LIBRARY)
-    Node.update(mode=0o400, **owner).where(Node.kind.in_(read_only)).execute()
-    requests = (NodeKind.CACHE, NodeKind.BACKUPS, NodeKind.TRASH)  # truncated or written to
-    Node.update(mode=0o600, **owner).where(Node.kind.in_(requests)).execute()
+    Node.update(mode=0o444, **owner).where(Node.kind.in_(read_only)).execute()
+    requests = (NodeKind.CACHE, NodeKind.BACKUPS)  # truncated: a request
+    Node.update(mode=0o644, **owner).where(Node.kind.in_(requests)).execute()
+    Node.update(mode=0o600, **owner).where(Node.kind == NodeKind.TRASH).execute()
 
 
 def _fixed_file(name: str, **fields) -> None:

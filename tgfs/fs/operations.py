@@ -28,6 +28,7 @@ Rules of the tree (see README "Using the mount"):
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import errno
 import functools
@@ -35,6 +36,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -47,6 +49,7 @@ from tgfs.catalog import (
     ROOT_ID,
     Node,
     NodeKind,
+    access,
     blobs,
     db,
     jobs,
@@ -87,9 +90,37 @@ _READDIR_PAGE = 500
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+# The request being handled (pyfuse3 runs each in a task of its own, and a task's context
+# variables are its own): who asks, for control files that answer each reader differently.
+_REQUEST: contextvars.ContextVar[pyfuse3.RequestContext | None] = contextvars.ContextVar(
+    "tgfs_request", default=None
+)
+
+
+def _reader() -> access.Who | None:
+    """Who this request is from, if they see less than everything: not root, not the
+    daemon's user (who can read the catalog anyway), not the daemon itself."""
+    ctx = _REQUEST.get()
+    if ctx is None or ctx.uid in (0, os.getuid()):
+        return None
+    gids = {ctx.gid}
+    try:  # supplementary groups count too, as the kernel counts them
+        with open(f"/proc/{ctx.pid}/status") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            if line.startswith("Groups:"):
+                gids.update(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass  # the process is gone: its primary group is what is known
+    return access.Who(ctx.uid, frozenset(gids))
+
+
 def _guarded(handler: F) -> F:
     @functools.wraps(handler)
     async def wrapper(self, *args):
+        for arg in args:
+            if isinstance(arg, pyfuse3.RequestContext):
+                _REQUEST.set(arg)
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
@@ -217,6 +248,10 @@ class Filesystem(pyfuse3.Operations):
         # library.json's listing and bytes, and what they were made from (_library_json)
         self._library_rows: tuple[int, list[listing.VideoEntry]] | None = None
         self._library_bytes: tuple[tuple, bytes] | None = None
+        # Other users' status.json and library.json (_control_for), and the tree's modes
+        # they are judged by, as of a catalog change count.
+        self._others: dict[tuple[NodeKind, access.Who], tuple[float, bytes]] = {}
+        self._tree: tuple[int, access.Tree] | None = None
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -254,8 +289,9 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
-    def status(self) -> dict[str, Any]:
-        """What status.json says (the store's health as last asked: `refresh_health`)."""
+    def status(self, view: access.View | None = None) -> dict[str, Any]:
+        """What status.json says (the store's health as last asked: `refresh_health`), to
+        a reader with `view` (None: everything)."""
         encoder = {"name": self.runner.encoder, "note": self.runner.encoder_note}
         return snapshot(
             self.runner.progress,
@@ -264,13 +300,18 @@ class Filesystem(pyfuse3.Operations):
             self.collector.pending(),
             encoder,
             self._trash_held(),
+            view.sees_path if view is not None else None,
         )
 
     async def refresh_health(self) -> None:
         self.store_health = await self._store_health()
 
     def _control(self, kind: NodeKind) -> bytes:
-        """A control file's bytes: the daemon's state now."""
+        """A control file's bytes: the daemon's state now, as the reader of this request
+        may see it (see tgfs.catalog.access)."""
+        who = _reader()
+        if who is not None and kind in (NodeKind.STATUS, NodeKind.LIBRARY):
+            return self._control_for(kind, who)
         if kind is NodeKind.STATUS:
             return to_bytes(self.status())
         if kind is NodeKind.CACHE:
@@ -282,6 +323,28 @@ class Filesystem(pyfuse3.Operations):
         if kind is NodeKind.LIBRARY:
             return self._library_json()
         return to_bytes({"bots": bots_snapshot(self.store_health)})
+
+    def _control_for(self, kind: NodeKind, who: access.Who) -> bytes:
+        """status.json or library.json for another user: only what is in folders they could
+        list. Kept for MUTABLE_TIMEOUT per user, so that the size a `stat` reports is the
+        size an `open` right after reads (nginx sends the one and reads the other)."""
+        now = time.monotonic()
+        kept = self._others.get((kind, who))
+        if kept is not None and now - kept[0] < attrs.MUTABLE_TIMEOUT:
+            return kept[1]
+        changes = db.connection().total_changes
+        if self._tree is None or self._tree[0] != changes:
+            self._tree = (changes, access.Tree())
+        view = access.View(self._tree[1], who)
+        if kind is NodeKind.STATUS:
+            data = to_bytes(self.status(view))
+        else:
+            self._library_json()  # (the listing, fresh)
+            assert self._library_rows is not None
+            videos = [v for v in self._library_rows[1] if view.listable(v.folder_id)]
+            data = to_bytes(library_snapshot(videos, self.runner.progress))
+        self._others[(kind, who)] = (now, data)
+        return data
 
     def _library_json(self) -> bytes:
         """library.json, listed again only when the catalog changed (its connection's
