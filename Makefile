@@ -11,7 +11,13 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint bench-telegram bench-media bench-stream clean
 
-setup: $(VENV)/.installed
+# hls.js for the library page, from the npm registry, checked against the pinned hash.
+HLSJS := tgfs/web/static/hls.min.js
+
+setup: $(VENV)/.installed $(HLSJS)
+
+$(HLSJS): tgfs/web/vendor.py | $(VENV)/.installed
+	$(VENV)/bin/python -m tgfs.web.vendor
 
 # System packages: only the missing ones are installed (apt-get is slow even when idle).
 define apt_install

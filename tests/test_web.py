@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, copy_in, traversable, wait_for
+from tgfs.web import vendor
 
 DAV_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
 USER, PASSWORD = "me", "web test password"
@@ -173,6 +174,13 @@ def test_the_nginx_example_serves_the_library(site, media):
     assert response.status == 200 and "clip.mp4" in {j["path"] for j in json.loads(body)["jobs"]}
     response, _ = web.request("GET", "/.tgfs/trash.json")
     assert response.status == 403
+    # The page's files, shipped with tgfs, in the mount: hls.js as pinned (tgfs.web.vendor).
+    response, body = web.request("GET", "/.tgfs/web/hls.min.js")
+    assert response.status == 200 and response.getheader("Content-Type") == "text/javascript"
+    assert body == (REPO / "tgfs" / "web" / "static" / "hls.min.js").read_bytes()
+    assert f'"{vendor.VERSION}"' in body.decode()
+    with pytest.raises(PermissionError):
+        (m.path / ".tgfs" / "web" / "page.html").write_text("not here")
     response, body = web.request("GET", "/clip/poster.jpg")
     assert response.getheader("Content-Type") == "image/jpeg" and body[:2] == b"\xff\xd8"
 

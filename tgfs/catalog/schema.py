@@ -35,6 +35,8 @@ import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
 from playhouse.sqlite_ext import AutoIncrementField
 
+from tgfs import web
+
 # 2: audio/subtitle renditions, videos published while processing
 # 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
 # 4: names apart from inodes (Entry: hard links), atime, links, device numbers
@@ -55,6 +57,7 @@ CACHE_FILE_NAME = "cache.json"  # /.tgfs/cache.json (likewise)
 BACKUPS_FILE_NAME = "backups.json"  # /.tgfs/backups.json (likewise)
 TRASH_FILE_NAME = "trash.json"  # /.tgfs/trash.json (likewise)
 LIBRARY_FILE_NAME = "library.json"  # /.tgfs/library.json (likewise)
+WEB_DIR_NAME = "web"  # /.tgfs/web/: the library page (a CONTROL_DIR node; likewise)
 
 
 class SchemaMismatch(RuntimeError):
@@ -140,6 +143,9 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/library.json: every video with its path, tracks, poster and state, rendered
     # from the catalog (tgfs.catalog.listing)
     LIBRARY = "library"
+    # /.tgfs/web/<name>: a file of the library page, shipped with tgfs (tgfs.web); its
+    # name in the package is Node.target, its size Node.size (both set at every start)
+    WEB = "web"
     # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
     # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
     FIFO = "fifo"
@@ -347,7 +353,8 @@ class Node(_Model):
     spool = pw.TextField(null=True)
     video = pw.ForeignKeyField(Video, null=True, on_delete="CASCADE")  # folder + its insides
     rendition = pw.ForeignKeyField(Rendition, null=True, on_delete="CASCADE")
-    target = NameField(null=True)  # symlinks: the target path, bytes as given
+    # symlinks: the target path, bytes as given; WEB files: the name of the shipped file
+    target = NameField(null=True)
     rdev = pw.IntegerField(default=0)  # device nodes: the device number (metadata only)
 
     # The name this node was reached through, when a tree query found it by name; else
@@ -564,6 +571,7 @@ def open_catalog(path: Path) -> None:
             TRASH_FILE_NAME, kind=NodeKind.TRASH, mode=0o644, uid=os.getuid(), gid=os.getgid()
         )
         _control_modes()
+        _web_files()
 
 
 def _migrate_from_1() -> None:
@@ -678,6 +686,35 @@ def _control_modes() -> None:
     requests = (NodeKind.CACHE, NodeKind.BACKUPS)  # truncated: a request
     Node.update(mode=0o644, **owner).where(Node.kind.in_(requests)).execute()
     Node.update(mode=0o600, **owner).where(Node.kind == NodeKind.TRASH).execute()
+
+
+def _web_files() -> None:
+    """`.tgfs/web/` holds the page's files as this tgfs ships them: added, resized or
+    removed at every open, so an upgrade brings its page with it."""
+    found = (
+        Node.select()
+        .join(Entry, on=(Entry.node == Node.id))
+        .where((Entry.parent == CONTROL_DIR_ID) & (Entry.name == WEB_DIR_NAME))
+        .first()
+    )
+    owner = {"uid": os.getuid(), "gid": os.getgid()}
+    if found is None:
+        found = Node.create(kind=NodeKind.CONTROL_DIR, mode=0o555, **owner)
+        Entry.create(parent=CONTROL_DIR_ID, name=WEB_DIR_NAME, node=found)
+    shipped = {name: path.stat().st_size for name, path in web.files().items()}
+    present = {
+        e.name: e.node for e in Entry.select(Entry, Node).join(Node).where(Entry.parent == found.id)
+    }
+    for name, node in present.items():
+        if name not in shipped:
+            Entry.delete().where((Entry.parent == found.id) & (Entry.name == name)).execute()
+            node.delete_instance()
+        elif node.size != shipped[name]:
+            Node.update(size=shipped[name]).where(Node.id == node.id).execute()
+    for name, size in shipped.items():
+        if name not in present:
+            node = Node.create(kind=NodeKind.WEB, mode=0o444, size=size, target=name, **owner)
+            Entry.create(parent=found.id, name=name, node=node)
 
 
 def _fixed_file(name: str, **fields) -> None:

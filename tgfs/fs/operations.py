@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from tgfs import web
 from tgfs.backups import Backups, backups_snapshot
 from tgfs.cache import PartCache
 from tgfs.catalog import (
@@ -97,7 +98,7 @@ _REQUEST: contextvars.ContextVar[pyfuse3.RequestContext | None] = contextvars.Co
 )
 
 
-def _reader() -> access.Who | None:
+def _requester() -> access.Who | None:
     """Who this request is from, if they see less than everything: not root, not the
     daemon's user (who can read the catalog anyway), not the daemon itself."""
     ctx = _REQUEST.get()
@@ -309,7 +310,7 @@ class Filesystem(pyfuse3.Operations):
     def _control(self, kind: NodeKind) -> bytes:
         """A control file's bytes: the daemon's state now, as the reader of this request
         may see it (see tgfs.catalog.access)."""
-        who = _reader()
+        who = _requester()
         if who is not None and kind in (NodeKind.STATUS, NodeKind.LIBRARY):
             return self._control_for(kind, who)
         if kind is NodeKind.STATUS:
@@ -817,6 +818,12 @@ class Filesystem(pyfuse3.Operations):
             await self.refresh_health()
             handle = BytesHandle(node.id, self._render(node))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
+        if kind is NodeKind.WEB:  # the library page: files shipped with tgfs (tgfs.web)
+            shipped = web.files().get(node.target or "")
+            if shipped is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # gone since start-up (an upgrade)
+            data = await trio.to_thread.run_sync(shipped.read_bytes)
+            return pyfuse3.FileInfo(fh=self._add_handle(BytesHandle(node.id, data)))
         if kind in (NodeKind.MASTER, NodeKind.PLAYLIST):
             handle = BytesHandle(node.id, self._render(node))
             self.prefetch.playlist_opened(
