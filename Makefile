@@ -5,8 +5,9 @@ VENV      ?= .venv
 MNT       ?= mnt
 PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev rsync
-# Only the tests need these: a real nginx serving the mount (tests/test_web.py).
-TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext
+# Only the tests need these: a real nginx serving the mount and a real browser on the
+# library page (tests/test_web.py, tests/test_browser.py).
+TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext chromium chromium-driver
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint bench-telegram bench-media bench-stream clean

@@ -348,3 +348,8 @@ def traversable(path: Path) -> None:
 def copy_in(src: Path, dest: Path) -> None:
     """Copy like `cp` does: open, write in chunks, close (Mount.wait_idle waits for release)."""
     shutil.copyfile(src, dest)
+
+
+# nginx serving a mount (tests/nginx_site.py), for the web and browser tests. Imported last:
+# that module uses the helpers above.
+from tests.nginx_site import site  # noqa: E402, F401

@@ -6,122 +6,17 @@ folder's listings as www-data may see them, and `ffmpeg` playing the video over 
 
 from __future__ import annotations
 
-import base64
 import gzip
-import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_in, traversable, wait_for
+from tests.conftest import REPO, copy_in
+from tests.nginx_site import AUTH
 from tgfs.web import vendor
-
-DAV_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
-USER, PASSWORD = "me", "web test password"
-AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
-
-
-class Site:
-    """nginx serving a mount with the example's server block."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[http.client.HTTPResponse, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response, response.read()
-        finally:
-            conn.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
-    if shutil.which("nginx") is None or not DAV_MODULE.exists():
-        pytest.skip("needs Debian's nginx and libnginx-mod-http-dav-ext (make setup)")
-    if os.geteuid() != 0:
-        pytest.skip("nginx's workers run as www-data: needs root")
-    m = mount_factory(TGFS_ALLOW_OTHER="true")
-    traversable(m.path)
-    work = tmp_path / "nginx"
-    work.mkdir()
-    traversable(work)
-    (work / "upload").mkdir()
-    shutil.chown(work / "upload", "www-data")
-    port = _free_port()
-    site_conf = (REPO / "examples" / "nginx.conf").read_text()
-    for old, new in {
-        "listen 8080;": f"listen 127.0.0.1:{port};",
-        "root /srv/tgfs;": f"root {m.path};",
-        "/etc/nginx/tgfs.htpasswd": str(work / "htpasswd"),
-        "/var/tmp/nginx-tgfs-upload": str(work / "upload"),
-    }.items():
-        assert old in site_conf, old  # the example still has the lines a user edits
-        site_conf = site_conf.replace(old, new)
-    (work / "site.conf").write_text(site_conf)
-    # nginx's {PLAIN} scheme: no openssl needed here (the example shows openssl passwd).
-    (work / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-    os.chmod(work / "htpasswd", 0o644)
-    (work / "nginx.conf").write_text(
-        f"""
-user www-data;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-load_module {DAV_MODULE};
-events {{ worker_connections 64; }}
-http {{
-    include /etc/nginx/mime.types;
-    access_log {work}/access.log;
-    proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-    sendfile on;
-    include {work}/site.conf;
-}}
-"""
-    )
-    checked = subprocess.run(
-        ["nginx", "-t", "-p", str(work), "-c", str(work / "nginx.conf")],
-        capture_output=True,
-        text=True,
-    )
-    assert checked.returncode == 0, checked.stderr
-    nginx = subprocess.Popen(
-        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(lambda: _answers(port) or nginx.poll() is not None, 20, "nginx to listen")
-        assert nginx.poll() is None, nginx.stderr.read().decode() if nginx.stderr else ""
-        yield Site(port), m
-    finally:
-        nginx.terminate()
-        nginx.wait(20)
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_the_nginx_example_serves_the_library(site, media):

@@ -1,0 +1,85 @@
+"""The library page (tgfs/web) in a real browser: Debian's headless Chromium driven through
+chromedriver by selenium, served by Debian's nginx with the example site over a real mount
+(the `site` fixture, tests/nginx_site.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, copy_in
+
+selenium = pytest.importorskip("selenium", reason="selenium is a test dependency (make setup)")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# The README's screenshots come from this test: run it with TGFS_SCREENSHOTS=docs/screenshots
+# to refresh them (otherwise they go to the test's temporary folder).
+SCREENSHOTS = os.environ.get("TGFS_SCREENSHOTS")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container: Chromium's sandbox needs user namespaces
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,800",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _ready(driver: webdriver.Chrome, timeout: float = 60) -> None:
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return window.tgfs.ready"))
+
+
+def _shot(driver: webdriver.Chrome, folder: Path, name: str) -> None:
+    folder = REPO / SCREENSHOTS if SCREENSHOTS else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(folder / name))
+
+
+def test_the_library_lists_a_video_with_its_poster_and_plays_it(site, browser, media, tmp_path):
+    web, m = site
+    (m.path / "Films").mkdir()
+    copy_in(media("h264_aac.mp4"), m.path / "Films" / "Holiday.mp4")
+    m.wait_idle()
+    page = f"http://127.0.0.1:{web.port}/.tgfs/web/index.html"
+
+    browser.get(page + "#/folder/Films")
+    _ready(browser)
+    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Films/Holiday"]')
+    assert "Holiday" in tile.text and "0:09" in tile.text  # title and duration
+    poster = tile.find_element(By.TAG_NAME, "img")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", poster
+        )
+    )
+    _shot(browser, tmp_path, "library.png")
+
+    tile.find_element(By.CSS_SELECTOR, "a.cover").click()
+    _ready(browser)
+    browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
+    WebDriverWait(browser, 60).until(
+        lambda d: d.execute_script("return document.getElementById('video').currentTime") >= 4
+    )
+    assert browser.execute_script("return window.tgfs.errors") == []
+    _shot(browser, tmp_path, "player.png")
