@@ -5,12 +5,14 @@ chromedriver by selenium, served by Debian's nginx with the example site over a 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, copy_in
+from tests.nginx_site import PASSWORD, USER
 
 selenium = pytest.importorskip("selenium", reason="selenium is a test dependency (make setup)")
 from selenium import webdriver  # noqa: E402
@@ -83,3 +85,54 @@ def test_the_library_lists_a_video_with_its_poster_and_plays_it(site, browser, m
     )
     assert browser.execute_script("return window.tgfs.errors") == []
     _shot(browser, tmp_path, "player.png")
+
+
+def test_upload_rename_delete_and_status_through_the_page(site, browser, media, tmp_path):
+    """The page's own controls: an upload by the file picker (the password asked for on
+    the server's 401) shows its progress, then the processing, then plays; the status view
+    shows its job; rename and delete go through WebDAV."""
+    web, m = site
+    uploads = m.path / "Uploads"
+    uploads.mkdir()
+    shutil.chown(uploads, "www-data")  # nginx writes as www-data
+    source = tmp_path / "Trip.mp4"
+    shutil.copyfile(media("h264_aac.mp4"), source)
+    browser.get(f"http://127.0.0.1:{web.port}/.tgfs/web/index.html#/folder/Uploads")
+    _ready(browser)
+
+    browser.find_element(By.ID, "pick").send_keys(str(source))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.getElementById('login').open")
+    )
+    browser.find_element(By.ID, "user").send_keys(USER)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, '#login button[value="ok"]').click()
+    row = browser.find_element(By.CSS_SELECTOR, '.upload[data-path="Uploads/Trip.mp4"]')
+    WebDriverWait(browser, 120).until(lambda d: "done" in row.get_attribute("class"))
+    assert "ready" in row.text
+    assert (uploads / "Trip" / "master.m3u8").exists()
+    _ready(browser)
+    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip"]')
+    assert "0:09" in tile.text
+
+    browser.get(f"http://127.0.0.1:{web.port}/.tgfs/web/index.html#/status")
+    _ready(browser)
+    jobs = browser.find_element(By.ID, "status").text
+    assert "Uploads/Trip.mp4" in jobs and "done" in jobs
+
+    browser.get(f"http://127.0.0.1:{web.port}/.tgfs/web/index.html#/folder/Uploads")
+    _ready(browser)
+    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip"]')
+    tile.find_element(By.CSS_SELECTOR, "button.rename").click()
+    prompt = WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert)
+    prompt.send_keys("Trip 2025")
+    prompt.accept()
+    WebDriverWait(browser, 30).until(lambda d: (uploads / "Trip 2025" / "master.m3u8").exists())
+    _ready(browser)
+    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip 2025"]')
+    tile.find_element(By.CSS_SELECTOR, "button.delete").click()
+    WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert).accept()
+    WebDriverWait(browser, 30).until(lambda d: not (uploads / "Trip 2025").exists())
+    _ready(browser)
+    assert browser.find_elements(By.CSS_SELECTOR, ".tile.video") == []
+    m.wait_idle()

@@ -29,7 +29,11 @@ from tgfs.store.base import PartRef
 # The names tgfs gives a video folder's playlists.
 MASTER_NAME = "master.m3u8"
 MEDIA_PLAYLIST_NAME = "playlist.m3u8"
-READ_ONLY_DIR = 0o555
+# Video and rendition folders: writable by their owner only so that the kernel lets the
+# owner's `rm -r` through (default_permissions checks the folder's w bit before an unlink
+# reaches tgfs; 0555 made it fail for everyone but root). tgfs itself keeps them read-only:
+# a create or write inside is EROFS, an unlink only hides the entry (see fs.operations).
+READ_ONLY_DIR = 0o755
 READ_ONLY_FILE = 0o444
 
 

@@ -42,7 +42,7 @@ from tgfs import web
 # 4: names apart from inodes (Entry: hard links), atime, links, device numbers
 # 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
 # 6: parts and backups sealed with the encryption key (Part.seal, Backup.seal)
-# 7: video posters (Video.poster_blob)
+# 7: video posters (Video.poster_blob); video folders 0755
 SCHEMA_VERSION = 7
 
 db = pw.SqliteDatabase(None)
@@ -543,6 +543,11 @@ def open_catalog(path: Path) -> None:
     if found == 6:  # videos made so far have no poster: NULL says so
         with db.atomic():
             migrate(SqliteMigrator(db).add_column("video", "poster_blob_id", Video.poster_blob))
+            # and their folders were 0555, which kept their owners' `rm -r` from reaching
+            # tgfs (tgfs.catalog.library.READ_ONLY_DIR)
+            Node.update(mode=0o755).where(
+                Node.kind.in_([NodeKind.VIDEO, NodeKind.RENDITION]) & (Node.mode == 0o555)
+            ).execute()
             Meta.update(value="7").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:

@@ -55,8 +55,15 @@ function askPassword() {
   });
 }
 
-// A change to the library: with the password, asked for when the server wants it.
+// The password, asked for before the first change of this tab: a request that meets the
+// server's 401 first would make the browser show its own sign-in window instead.
+async function signedIn() {
+  return Boolean(authorization()) || (await askPassword());
+}
+
+// A change to the library, with the password (asked for again if the server refuses it).
 async function change(method, url, headers = {}) {
+  if (!(await signedIn())) throw new Error("changing the library needs the site's password");
   for (let attempt = 0; attempt < 2; attempt++) {
     const auth = authorization();
     const response = await fetch(url, {
@@ -277,6 +284,11 @@ function upload(file) {
     });
 
   (async () => {
+    if (!(await signedIn())) {
+      row.classList.add("failed");
+      text.textContent = "not uploaded: the site's password is needed";
+      return;
+    }
     let status = await send();
     if (status === 401 && (await askPassword())) status = await send();
     if (status < 200 || status >= 300) {
