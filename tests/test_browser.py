@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, copy_in
 from tests.nginx_site import PASSWORD, USER
+from tests.test_tracks import _film
 
 selenium = pytest.importorskip("selenium", reason="selenium is a test dependency (make setup)")
 from selenium import webdriver  # noqa: E402
@@ -136,3 +137,51 @@ def test_upload_rename_delete_and_status_through_the_page(site, browser, media, 
     _ready(browser)
     assert browser.find_elements(By.CSS_SELECTOR, ".tile.video") == []
     m.wait_idle()
+
+
+def test_audio_menu_resume_and_a_phone_screen(site, browser, tmp_path):
+    """Two audio languages: the menu lists both and switches to French while playing; a
+    video left at 5 s starts there again; on a phone-sized screen the grid has two
+    columns."""
+    web, m = site
+    copy_in(_film(tmp_path, "libx264"), m.path / "Film.mkv")
+    m.wait_idle()
+    page = f"http://127.0.0.1:{web.port}/.tgfs/web/index.html"
+    browser.get(page + "#/play/Film")
+    _ready(browser)
+    audio = "return Array.from(document.getElementById('audio').options).map(o => o.text)"
+    WebDriverWait(browser, 30).until(lambda d: len(d.execute_script(audio)) == 2)
+    assert len(set(browser.execute_script(audio))) == 2  # two tracks, told apart
+    browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
+    at = "return document.getElementById('video').currentTime"
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(at) >= 1)
+    french = browser.execute_script(
+        "return window.tgfs.hls.audioTracks.findIndex(t => t.lang === 'fra')"
+    )
+    browser.execute_script(
+        "const s = document.getElementById('audio'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('change'))",
+        str(french),
+    )
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return window.tgfs.hls.audioTrack") == french
+    )
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(at) >= 5.2)
+    # It played on in French. (hls.js may step over a gap of a few milliseconds where the
+    # new track's buffer begins: a non-fatal "bufferSeekOverHole"; nothing fatal.)
+    errors = browser.execute_script("return window.tgfs.errors")
+    assert not [e for e in errors if "fatal" in e or "SeekOverHole" not in e], errors
+
+    browser.get(page + "#/")  # away, then back: it starts where it was left
+    _ready(browser)
+    browser.get(page + "#/play/Film")
+    _ready(browser)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(at) >= 4.9)
+
+    browser.set_window_size(390, 844)
+    browser.get(page + "#/")
+    _ready(browser)
+    columns = browser.execute_script(
+        "return getComputedStyle(document.getElementById('grid')).gridTemplateColumns"
+    )
+    assert len(columns.split()) == 2, columns

@@ -358,8 +358,10 @@ async function showPlayer(path) {
     }
   };
   video.onended = () => localStorage.removeItem(key);
+  // Not in the last moments (the end credits of a film, the last 5 % of a clip): from the start.
   const startAt = () => {
-    if (resume > 0 && (!video.duration || resume < video.duration - 10)) video.currentTime = resume;
+    const tail = video.duration ? Math.min(10, video.duration * 0.05) : 0;
+    if (resume > 0 && (!video.duration || resume < video.duration - tail)) video.currentTime = resume;
   };
 
   if (window.Hls && Hls.isSupported()) {
