@@ -68,7 +68,7 @@ def videos() -> list[VideoEntry]:
         .where(Node.kind == NodeKind.VIDEO)
         .tuples()
     )
-    info = {v.id: v for v in Video.select().where(Video.id.in_([v for _, v in video_folders]))}
+    info = {v.id: v for v in Video.select()}  # (all: an IN list would hit SQLite's limit)
     tracks: dict[int, list[Track]] = {}
     for r in Rendition.select().order_by(Rendition.video, Rendition.id):
         tracks.setdefault(r.video_id, []).append(
