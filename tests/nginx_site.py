@@ -49,7 +49,7 @@ def _free_port() -> int:
 @pytest.fixture
 def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
     if shutil.which("nginx") is None or not DAV_MODULE.exists():
-        pytest.skip("needs Debian's nginx and libnginx-mod-http-dav-ext (make setup)")
+        pytest.skip("needs Debian's nginx and libnginx-mod-http-dav-ext (make test installs them)")
     if os.geteuid() != 0:
         pytest.skip("nginx's workers run as www-data: needs root")
     m = mount_factory(TGFS_ALLOW_OTHER="true")
