@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, copy_in
-from tests.nginx_site import PASSWORD, USER
+from tests.nginx_site import AUTH, PASSWORD, USER
 from tests.test_tracks import _film
 
 selenium = pytest.importorskip("selenium", reason="selenium is a test dependency (make setup)")
@@ -51,6 +51,15 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 def _ready(driver: webdriver.Chrome, timeout: float = 60) -> None:
     WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return window.tgfs.ready"))
+
+
+def _tile(driver: webdriver.Chrome, path: str):
+    """The video's tile, once the page lists it (it lists again after a change of its own:
+    waiting for the tile, not for a flag that the previous listing had already set)."""
+    css = f'.tile.video[data-path="{path}"]'
+    return WebDriverWait(driver, 30).until(
+        lambda d: (d.find_elements(By.CSS_SELECTOR, css) or [None])[0]
+    )
 
 
 def _shot(driver: webdriver.Chrome, folder: Path, name: str) -> None:
@@ -112,8 +121,7 @@ def test_upload_rename_delete_and_status_through_the_page(site, browser, media, 
     WebDriverWait(browser, 120).until(lambda d: "done" in row.get_attribute("class"))
     assert "ready" in row.text
     assert (uploads / "Trip" / "master.m3u8").exists()
-    _ready(browser)
-    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip"]')
+    tile = _tile(browser, "Uploads/Trip")  # (the page lists the folder again once it is ready)
     assert "0:09" in tile.text
 
     browser.get(f"http://127.0.0.1:{web.port}/.tgfs/web/index.html#/status")
@@ -129,13 +137,13 @@ def test_upload_rename_delete_and_status_through_the_page(site, browser, media, 
     prompt.send_keys("Trip 2025")
     prompt.accept()
     WebDriverWait(browser, 30).until(lambda d: (uploads / "Trip 2025" / "master.m3u8").exists())
-    _ready(browser)
-    tile = browser.find_element(By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip 2025"]')
+    tile = _tile(browser, "Uploads/Trip 2025")
     tile.find_element(By.CSS_SELECTOR, "button.delete").click()
     WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert).accept()
     WebDriverWait(browser, 30).until(lambda d: not (uploads / "Trip 2025").exists())
-    _ready(browser)
-    assert browser.find_elements(By.CSS_SELECTOR, ".tile.video") == []
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".tile.video") == []
+    )
     m.wait_idle()
 
 
@@ -185,3 +193,53 @@ def test_audio_menu_resume_and_a_phone_screen(site, browser, tmp_path):
         "return getComputedStyle(document.getElementById('grid')).gridTemplateColumns"
     )
     assert len(columns.split()) == 2, columns
+
+
+def test_subtitles_menu_and_drag_and_drop(site, browser, tmp_path):
+    """A file dropped on the page (a real drop event carrying a File) is uploaded and
+    becomes a video; its English subtitles are in the subtitle menu, and choosing them
+    makes the browser's text track show cues."""
+    web, m = site
+    shutil.chown(m.path, "www-data")  # uploads land in the library's top folder
+    film = _film(tmp_path, "libx264")
+    page = f"http://127.0.0.1:{web.port}/.tgfs/web/index.html"
+    browser.get(page + "#/")
+    _ready(browser)
+    browser.execute_script(
+        "sessionStorage.setItem('tgfs-auth', arguments[0])", AUTH["Authorization"]
+    )
+    # A file input of the test's own gives the browser the File; the page sees only a drop.
+    picker = browser.execute_script(
+        "const i = document.createElement('input'); i.type = 'file'; i.id = 'test-file';"
+        "document.body.append(i); return i"
+    )
+    picker.send_keys(str(film))
+    browser.execute_script(
+        "const data = new DataTransfer(); data.items.add(arguments[0].files[0]);"
+        "const drop = document.getElementById('drop');"
+        "for (const type of ['dragover', 'drop'])"
+        "  drop.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true}));",
+        picker,
+    )
+    name = film.name
+    row = browser.find_element(By.CSS_SELECTOR, f'.upload[data-path="{name}"]')
+    WebDriverWait(browser, 120).until(lambda d: "done" in row.get_attribute("class"))
+    stem = name.rsplit(".", 1)[0]
+    assert (m.path / stem / "master.m3u8").exists()
+
+    browser.get(page + f"#/play/{stem}")
+    _ready(browser)
+    menu = "return Array.from(document.getElementById('subtitles').options).map(o => o.value)"
+    WebDriverWait(browser, 30).until(lambda d: len(d.execute_script(menu)) == 2)  # Off, eng
+    browser.execute_script(
+        "const s = document.getElementById('subtitles'); s.value = '0';"
+        "s.dispatchEvent(new Event('change'));"
+        "const v = document.getElementById('video'); v.muted = true; v.play()"
+    )
+    cues = (
+        "return Array.from(document.getElementById('video').textTracks)"
+        ".filter(t => t.mode === 'showing').reduce((n, t) => n + (t.cues ? t.cues.length : 0), 0)"
+    )
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(cues) > 0)
+    errors = browser.execute_script("return window.tgfs.errors")
+    assert not [e for e in errors if "fatal" in e], errors

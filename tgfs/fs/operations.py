@@ -251,7 +251,7 @@ class Filesystem(pyfuse3.Operations):
         self._library_bytes: tuple[tuple, bytes] | None = None
         # Other users' status.json and library.json (_control_for), and the tree's modes
         # they are judged by, as of a catalog change count.
-        self._others: dict[tuple[NodeKind, access.Who], tuple[float, bytes]] = {}
+        self._others: dict[tuple[NodeKind, access.Who], tuple[float, int, bytes]] = {}
         self._tree: tuple[int, access.Tree] | None = None
 
     # ---- helpers -------------------------------------------------------------------------
@@ -327,13 +327,13 @@ class Filesystem(pyfuse3.Operations):
 
     def _control_for(self, kind: NodeKind, who: access.Who) -> bytes:
         """status.json or library.json for another user: only what is in folders they could
-        list. Kept for MUTABLE_TIMEOUT per user, so that the size a `stat` reports is the
-        size an `open` right after reads (nginx sends the one and reads the other)."""
-        now = time.monotonic()
+        list. Kept for MUTABLE_TIMEOUT per user while the catalog does not change, so that
+        the size a `stat` reports is the size an `open` right after reads (nginx sends the
+        one and reads the other)."""
+        now, changes = time.monotonic(), db.connection().total_changes
         kept = self._others.get((kind, who))
-        if kept is not None and now - kept[0] < attrs.MUTABLE_TIMEOUT:
-            return kept[1]
-        changes = db.connection().total_changes
+        if kept is not None and kept[1] == changes and now - kept[0] < attrs.MUTABLE_TIMEOUT:
+            return kept[2]  # (never after a change to the catalog: a page lists it again)
         if self._tree is None or self._tree[0] != changes:
             self._tree = (changes, access.Tree())
         view = access.View(self._tree[1], who)
@@ -344,7 +344,7 @@ class Filesystem(pyfuse3.Operations):
             assert self._library_rows is not None
             videos = [v for v in self._library_rows[1] if view.listable(v.folder_id)]
             data = to_bytes(library_snapshot(videos, self.runner.progress))
-        self._others[(kind, who)] = (now, data)
+        self._others[(kind, who)] = (now, changes, data)
         return data
 
     def _library_json(self) -> bytes:
