@@ -91,8 +91,8 @@ _READDIR_PAGE = 500
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-# The request being handled (pyfuse3 runs each in a task of its own, and a task's context
-# variables are its own): who asks, for control files that answer each reader differently.
+# The request being handled, per worker task (a task's context variables are its own): who
+# asks, for control files that answer each reader differently.
 _REQUEST: contextvars.ContextVar[pyfuse3.RequestContext | None] = contextvars.ContextVar(
     "tgfs_request", default=None
 )
@@ -119,9 +119,9 @@ def _requester() -> access.Who | None:
 def _guarded(handler: F) -> F:
     @functools.wraps(handler)
     async def wrapper(self, *args):
-        for arg in args:
-            if isinstance(arg, pyfuse3.RequestContext):
-                _REQUEST.set(arg)
+        # Set for every request, None where the kernel says nobody (readdir, read): pyfuse3's
+        # worker tasks handle many requests, and one must not answer as the last one's user.
+        _REQUEST.set(next((a for a in args if isinstance(a, pyfuse3.RequestContext)), None))
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
