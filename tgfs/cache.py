@@ -52,7 +52,7 @@ from tgfs.store.sealing import (
     SealBroken,
     Sealer,
     sealed_range,
-    sealed_size,
+    stored_size,
 )
 from tgfs.store.slots import URGENT, Priority, Slots
 
@@ -100,10 +100,6 @@ class _Entry:
     @property
     def bytes_present(self) -> int:
         return sum(_chunk_size(self.size, i) for i, here in enumerate(self.present) if here)
-
-
-def _stored_size(part: PartRef) -> int:
-    return part.size if part.seal is None else sealed_size(part.size)
 
 
 def _chunk_span(part: PartRef, start: int, end: int) -> tuple[int, int]:
@@ -328,7 +324,7 @@ class PartCache:
         """The part's entry, made (map first, then a sparse data file) if it is new."""
         assert part.id is not None
         entry = self._entries.get(part.id)
-        size = _stored_size(part)
+        size = stored_size(part.size, part.seal is not None)
         if entry is not None and entry.size != size:
             self._drop(entry)  # cannot happen with a sound catalog; never serve it
             entry = None

@@ -33,7 +33,7 @@ from tgfs.catalog.schema import Node, Part, db
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.store.base import REPLICA_SEPARATOR, BlobStore, StoreError, replicas
-from tgfs.store.sealing import sealed_size, sealer_for
+from tgfs.store.sealing import sealer_for, stored_size
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ async def _add_copies(settings: Settings, store: BlobStore) -> list[str]:
         copy = work / f"part-{part.id}"
         # The stored bytes as they are: a sealed part's new copy is the same sealed bytes
         # (its salt, in the catalog, opens both).
-        stored = part.size if part.seal is None else sealed_size(part.size)
+        stored = stored_size(part.size, part.seal is not None)
         try:
             data = await store.get(part.location, 0, stored)
         except StoreError as exc:  # lost (reported as such), or its bots are down

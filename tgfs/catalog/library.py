@@ -142,16 +142,7 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
             **owner,
         )
         if init:
-            tree.create(
-                rdir.id,
-                init.name,
-                NodeKind.MEDIA,
-                READ_ONLY_FILE,
-                video=folder.video_id,
-                blob=init_blob,
-                size=init.size,
-                **owner,
-            )
+            _media_file(rdir, init.name, init_blob, init.size)
     return rendition
 
 
@@ -162,17 +153,23 @@ def add_poster(folder: Node, poster: StoredFile) -> str:
         blob = blobs.add(poster.size, poster.parts)
         Video.update(poster_blob=blob).where(Video.id == folder.video_id).execute()
         name = tree.free_name(folder.id, poster.name)
-        tree.create(
-            folder.id,
-            name,
-            NodeKind.MEDIA,
-            READ_ONLY_FILE,
-            video=folder.video_id,
-            blob=blob,
-            size=poster.size,
-            **_owner(folder),
-        )
+        _media_file(folder, name, blob, poster.size)
     return name
+
+
+def _media_file(folder: Node, name: str, blob: Blob | None, size: int) -> None:
+    """An immutable stored file of a video (init segment, segment, poster) in `folder`
+    (the video's or a rendition's), owned like it."""
+    tree.create(
+        folder.id,
+        name,
+        NodeKind.MEDIA,
+        READ_ONLY_FILE,
+        video=folder.video_id,
+        blob=blob,
+        size=size,
+        **_owner(folder),
+    )
 
 
 def add_segments(
@@ -190,16 +187,7 @@ def add_segments(
             Segment.create(
                 rendition=rendition, seq=n, duration=seg.duration, name=seg.name, blob=blob
             )
-            tree.create(
-                rdir.id,
-                seg.name,
-                NodeKind.MEDIA,
-                READ_ONLY_FILE,
-                video=rendition.video_id,
-                blob=blob,
-                size=seg.size,
-                **_owner(rdir),
-            )
+            _media_file(rdir, seg.name, blob, seg.size)
         rendition.bandwidth, rendition.average_bandwidth = bit_rates
         rendition.save()
 

@@ -83,6 +83,11 @@ def sealed_size(size: int) -> int:
     return size + TAG * frames(size)
 
 
+def stored_size(size: int, sealed: bool) -> int:
+    """Bytes the store holds for a part of `size` bytes, sealed or as it is."""
+    return sealed_size(size) if sealed else size
+
+
 def plain_capacity(stored: int) -> int:
     """The most plaintext that seals into at most `stored` bytes, in whole frames (for
     `stored` a multiple of 64 KiB, exactly `stored` bytes)."""
