@@ -10,7 +10,7 @@ APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv pytho
 TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext chromium chromium-driver
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench-telegram bench-media bench-stream clean
+.PHONY: setup run test lint bench-telegram bench-media bench-stream bench-library clean
 
 # hls.js for the library page, from the npm registry, checked against the pinned hash.
 HLSJS := tgfs/web/static/hls.min.js
@@ -67,6 +67,11 @@ bench-media: setup
 bench-stream: setup
 	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
 	$(VENV)/bin/python -m tests.bench_stream $(BENCH_ARGS)
+
+# .tgfs/library.json on a synthetic 5,000-video catalog, beside walking the same tree through
+# the mount and on local disk (a couple of minutes; BENCH_ARGS="--videos 20000" for more).
+bench-library: setup
+	$(VENV)/bin/python -m tests.bench_library $(BENCH_ARGS)
 
 # Lint, formatting and types: all three must be clean (CI runs them through `make test`).
 lint: setup

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, traversable, wait_for
+from tests.conftest import REPO, telegram_env, traversable, wait_for
+from tests.standin import StandIn
 
 DAV_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
 USER, PASSWORD = "me", "web test password"
@@ -47,12 +48,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def site(mount_factory, tmp_path) -> Iterator[tuple[Site, object]]:
+def site(request, mount_factory, tmp_path, monkeypatch) -> Iterator[tuple[Site, object]]:
+    """nginx and the mount it serves. Parametrised indirectly with a latency in seconds
+    (`@pytest.mark.parametrize("site", [0.8], indirect=True)`), the mount stores on the
+    Telegram stand-in with one bot doing one request at a time that slow: a video then takes
+    long enough to store that a page can be seen showing it as processing."""
     if shutil.which("nginx") is None or not DAV_MODULE.exists():
         pytest.skip("needs Debian's nginx and libnginx-mod-http-dav-ext (make test installs them)")
     if os.geteuid() != 0:
         pytest.skip("nginx's workers run as www-data: needs root")
-    m = mount_factory(TGFS_ALLOW_OTHER="true")
+    env = {"TGFS_ALLOW_OTHER": "true"}
+    latency = getattr(request, "param", None)
+    if latency is not None:
+        monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "telegram"))
+        standin = StandIn(tmp_path / "telegram", bots=1, latency=latency)
+        env |= telegram_env(standin, TGFS_BOT_TRANSFERS="1", TGFS_TRANSFERS="1")
+    m = mount_factory(**env)
     traversable(m.path)
     work = tmp_path / "nginx"
     work.mkdir()

@@ -5,6 +5,7 @@ chromedriver by selenium, served by Debian's nginx with the example site over a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ from tests.test_tracks import _film
 
 selenium = pytest.importorskip("selenium", reason="selenium is a test dependency (make setup)")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -41,6 +46,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for _until's report
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
     try:
@@ -60,6 +66,20 @@ def _tile(driver: webdriver.Chrome, path: str):
     return WebDriverWait(driver, 30).until(
         lambda d: (d.find_elements(By.CSS_SELECTOR, css) or [None])[0]
     )
+
+
+def _until(driver: webdriver.Chrome, timeout: float, condition, what: str):
+    """WebDriverWait's until, with what the page said when it does not happen."""
+    try:
+        return WebDriverWait(
+            driver, timeout, ignored_exceptions=[StaleElementReferenceException]
+        ).until(condition)
+    except TimeoutException:
+        errors = driver.execute_script("return window.tgfs && window.tgfs.errors")
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        raise AssertionError(
+            f"no {what} in {timeout} s; page errors {errors}; console {console}"
+        ) from None
 
 
 def _shot(driver: webdriver.Chrome, folder: Path, name: str) -> None:
@@ -97,10 +117,12 @@ def test_the_library_lists_a_video_with_its_poster_and_plays_it(site, browser, m
     _shot(browser, tmp_path, "player.png")
 
 
+@pytest.mark.parametrize("site", [0.8], indirect=True)  # a store slow enough to watch
 def test_upload_rename_delete_and_status_through_the_page(site, browser, media, tmp_path):
     """The page's own controls: an upload by the file picker (the password asked for on
-    the server's 401) shows its progress, then the processing, then plays; the status view
-    shows its job; rename and delete go through WebDAV."""
+    the server's 401) shows its progress, then the processing, both in its row and as a
+    tile in the grid, then plays; the status view shows its job; rename and delete go
+    through WebDAV."""
     web, m = site
     uploads = m.path / "Uploads"
     uploads.mkdir()
@@ -118,11 +140,43 @@ def test_upload_rename_delete_and_status_through_the_page(site, browser, media, 
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, '#login button[value="ok"]').click()
     row = browser.find_element(By.CSS_SELECTOR, '.upload[data-path="Uploads/Trip.mp4"]')
-    WebDriverWait(browser, 120).until(lambda d: "done" in row.get_attribute("class"))
+    # While the store takes its time: the row shows the job's stage and percent, and the
+    # grid the video's tile as processing (with its percent too).
+    _until(
+        browser,
+        60,
+        lambda d: (
+            re.search(r"processing: \w+ \d+ %", row.text) or "done" in row.get_attribute("class")
+        ),
+        "processing percent in the upload's row",
+    )
+    assert "done" not in row.get_attribute("class"), "the store was not slow enough to watch"
+    busy = _until(
+        browser,
+        60,
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, '.tile.video[data-path="Uploads/Trip"] .badge.busy'
+        ),
+        "processing tile",
+    )
+    assert re.fullmatch(r"processing( \d+ %)?", busy[0].text), busy[0].text
+    _until(browser, 120, lambda d: "done" in row.get_attribute("class"), "upload done")
     assert "ready" in row.text
     assert (uploads / "Trip" / "master.m3u8").exists()
-    tile = _tile(browser, "Uploads/Trip")  # (the page lists the folder again once it is ready)
-    assert "0:09" in tile.text
+    # (the page lists the folder again once it is ready: a tile may go stale under us)
+    _until(browser, 30, lambda d: "0:09" in _tile(d, "Uploads/Trip").text, "ready tile")
+
+    # It plays from the row's link.
+    row.find_element(By.LINK_TEXT, "play").click()
+    _ready(browser)
+    browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
+    _until(
+        browser,
+        60,
+        lambda d: d.execute_script("return document.getElementById('video').currentTime") >= 2,
+        "2 s played",
+    )
+    assert browser.execute_script("return window.tgfs.errors") == []
 
     browser.get(f"http://127.0.0.1:{web.port}/.tgfs/web/index.html#/status")
     _ready(browser)

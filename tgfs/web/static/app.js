@@ -325,6 +325,13 @@ async function followJob(path, bar, text, row) {
     if (job) {
       bar.value = job.percent ?? 0;
       text.textContent = `processing: ${job.stage}${job.percent != null ? ` ${Math.floor(job.percent)} %` : ""}`;
+      // Its folder appears in the grid as soon as the first segments are stored (and can
+      // be played from then on): list the folder on view again until the tile is there,
+      // after which the grid's own refresh follows it.
+      const tile = `.tile.video[data-path="${CSS.escape(stem)}"]`;
+      if (!$("library-view").hidden && current === parentOf(path) && !document.querySelector(tile)) {
+        route();
+      }
     }
     await new Promise((r) => setTimeout(r, POLL_MS));
   }
