@@ -45,7 +45,6 @@ from tgfs.status import one_line
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.local import LocalStore
 from tgfs.store.sealing import sealer_for
-from tgfs.store.telegram.store import TelegramStore
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,10 @@ def make_store(settings: Settings) -> BlobStore:
             len(settings.bots),
             settings.replicas,
         )
+        # Imported here: pyrogram takes ~0.7 s to import, which a mount on the local store
+        # (and every test's daemon) need not pay.
+        from tgfs.store.telegram.store import TelegramStore
+
         return TelegramStore(settings)
     log.info("store: local directory %s (no Telegram bots configured)", settings.local_store_dir)
     return LocalStore(settings.local_store_dir)
