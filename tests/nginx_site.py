@@ -47,6 +47,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def nginx_dir(work: Path) -> Path:
+    """An nginx configuration directory like Debian's /etc/nginx, for a private nginx:
+    nginx.conf (its pid, logs and temporary files in `work`) including sites-enabled/*."""
+    for sub in ("sites-available", "sites-enabled"):
+        (work / sub).mkdir(parents=True)
+    traversable(work)
+    (work / "nginx.conf").write_text(
+        f"""
+user www-data;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+load_module {DAV_MODULE};
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {work}/access.log;
+    proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    sendfile on;
+    include {work}/sites-enabled/*;
+}}
+"""
+    )
+    return work
+
+
+def nginx_enable(work: Path, *args: object) -> subprocess.CompletedProcess:
+    """examples/nginx-enable ARGS into the configuration directory `work` (checked against
+    its nginx.conf; nothing reloaded), with the test's password."""
+    return subprocess.run(
+        [REPO / "examples" / "nginx-enable", *map(str, args)],
+        env={
+            **os.environ,
+            "NGINX_DIR": str(work),
+            "UPLOAD_TEMP": str(work / "upload"),
+            "TGFS_WEB_PASSWORD": PASSWORD,
+        },
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture
 def site(request, mount_factory, tmp_path, monkeypatch) -> Iterator[tuple[Site, object]]:
     """nginx and the mount it serves. Parametrised indirectly with a latency in seconds
@@ -65,49 +108,14 @@ def site(request, mount_factory, tmp_path, monkeypatch) -> Iterator[tuple[Site, 
         env |= telegram_env(standin, TGFS_BOT_TRANSFERS="1", TGFS_TRANSFERS="1")
     m = mount_factory(**env)
     traversable(m.path)
-    work = tmp_path / "nginx"
-    work.mkdir()
-    traversable(work)
-    (work / "upload").mkdir()
-    shutil.chown(work / "upload", "www-data")
+    work = nginx_dir(tmp_path / "nginx")
     port = _free_port()
-    site_conf = (REPO / "examples" / "nginx.conf").read_text()
-    for old, new in {
-        "listen 8080;": f"listen 127.0.0.1:{port};",
-        "root /srv/tgfs;": f"root {m.path};",
-        "/etc/nginx/tgfs.htpasswd": str(work / "htpasswd"),
-        "/var/tmp/nginx-tgfs-upload": str(work / "upload"),
-    }.items():
-        assert old in site_conf, old  # the example still has the lines a user edits
-        site_conf = site_conf.replace(old, new)
-    (work / "site.conf").write_text(site_conf)
-    # nginx's {PLAIN} scheme: no openssl needed here (the example shows openssl passwd).
-    (work / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-    os.chmod(work / "htpasswd", 0o644)
-    (work / "nginx.conf").write_text(
-        f"""
-user www-data;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-load_module {DAV_MODULE};
-events {{ worker_connections 64; }}
-http {{
-    include /etc/nginx/mime.types;
-    access_log {work}/access.log;
-    proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-    sendfile on;
-    include {work}/site.conf;
-}}
-"""
-    )
-    checked = subprocess.run(
-        ["nginx", "-t", "-p", str(work), "-c", str(work / "nginx.conf")],
-        capture_output=True,
-        text=True,
-    )
-    assert checked.returncode == 0, checked.stderr
+    # The site as the README sets it up: examples/nginx-enable, here into this nginx's
+    # configuration directory (checked against it, nothing reloaded).
+    enabled = nginx_enable(work, m.path, f"127.0.0.1:{port}", USER)
+    assert enabled.returncode == 0, enabled.stderr
+    assert f"http://127.0.0.1:{port}/.tgfs/web/" in enabled.stdout
+    assert "warning" not in enabled.stderr, enabled.stderr  # the mount allows others
     nginx = subprocess.Popen(
         ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,

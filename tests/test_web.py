@@ -6,6 +6,7 @@ folder's listings as www-data may see them, and `ffmpeg` playing the video over 
 
 from __future__ import annotations
 
+import grp
 import gzip
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO, copy_in
-from tests.nginx_site import AUTH
+from tests.nginx_site import AUTH, DAV_MODULE, PASSWORD, nginx_dir, nginx_enable
 from tgfs.web import vendor
 
 
@@ -132,3 +133,32 @@ def test_webdav_writes_need_the_password(site):
     response, _ = web.request("DELETE", "/Uploads/Kept/renamed.bin", headers=AUTH)
     assert response.status == 204 and not (uploads / "Kept" / "renamed.bin").exists()
     m.wait_idle()
+
+
+def test_nginx_enable_refuses_what_would_not_work_and_warns_of_a_private_mount(mount, tmp_path):
+    """examples/nginx-enable (the README's one command; the `site` fixture shows it working)
+    says what is wrong before it writes anything, and warns when nginx could not read the
+    mount (mounted without TGFS_ALLOW_OTHER)."""
+    if shutil.which("nginx") is None or not DAV_MODULE.exists() or os.geteuid() != 0:
+        pytest.skip("needs root, Debian's nginx and its dav-ext module (make test installs them)")
+    work = nginx_dir(tmp_path / "nginx")
+    for args, message in [
+        ((tmp_path / "nowhere",), "is not a folder"),
+        ((mount.path, "80a"), "is not a port"),
+        ((mount.path, "8080", "me:you"), "a user name has no ':'"),
+        ((), "usage:"),
+    ]:
+        refused = nginx_enable(work, *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+        assert list((work / "sites-enabled").iterdir()) == []
+        assert not (work / "tgfs.htpasswd").exists()
+
+    enabled = nginx_enable(work, mount.path, "127.0.0.1:8080")
+    assert enabled.returncode == 0, enabled.stderr
+    assert "not mounted with TGFS_ALLOW_OTHER=true" in enabled.stderr
+    # The password file: an apr1 hash (not the password), readable by nginx's workers only.
+    line = (work / "tgfs.htpasswd").read_text()
+    assert line.startswith("me:$apr1$") and PASSWORD not in line
+    info = (work / "tgfs.htpasswd").stat()
+    assert info.st_mode & 0o777 == 0o640 and info.st_gid == grp.getgrnam("www-data").gr_gid
+    assert (work / "sites-enabled" / "tgfs").resolve() == work / "sites-available" / "tgfs"
