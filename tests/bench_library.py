@@ -8,6 +8,10 @@ mount:
 
 - library.json read right after a catalog change (it is rendered again: five queries and
   the JSON), and read again with nothing changed (served as rendered);
+- the same read after a change by another user (www-data, through `setpriv`; the mount
+  allows others): their listing is filtered by what they could list, one more query and a
+  walk over the folders' modes (the time of a `cat` as root is subtracted from both, to
+  leave out starting a process);
 - what a page would need without it: a walk of the mount's tree listing every folder
   (a PROPFIND of every folder, through nginx), and the same walk on a copy of the tree
   as empty files on local disk (the peer: an ordinary filesystem).
@@ -21,11 +25,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import Mount
+from tests.conftest import Mount, traversable
 from tgfs.catalog import library, tree
 from tgfs.catalog.schema import ROOT_ID, NodeKind, db, open_catalog
 from tgfs.store.base import PartRef
@@ -111,7 +116,8 @@ def main() -> None:
         began = time.perf_counter()
         build(root / "data", args.videos, args.segments)
         print(f"catalog of {args.videos} videos built in {time.perf_counter() - began:.0f} s")
-        m = Mount(root, {}).start()
+        m = Mount(root, {"TGFS_ALLOW_OTHER": "true"}).start()
+        traversable(m.path)
         try:
             listing = m.path / ".tgfs" / "library.json"
             changed = m.path / "changed"
@@ -131,6 +137,12 @@ def main() -> None:
             videos = json.loads(data)["videos"]
             assert len(videos) == args.videos, len(videos)
             warm = best(listing.read_bytes)
+            as_root = _cat_after_a_change(listing, changed, [])
+            as_other = _cat_after_a_change(
+                listing,
+                changed,
+                ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups"],
+            )
             rss = _rss_kib(m.proc.pid)
             entries = walk(m.path)
             mount_walk = best(lambda: walk(m.path), 2)
@@ -141,10 +153,27 @@ def main() -> None:
     print(f"library.json: {len(data) / 1e6:.1f} MB for {len(videos)} videos")
     print(f"  read after a change  {statistics.median(cold) * 1000:8.0f} ms (median of 5)")
     print(f"  read again           {warm * 1000:8.0f} ms")
+    print(f"  by `cat` as root     {as_root * 1000:8.0f} ms (median of 5, after a change)")
+    print(f"  by `cat` as www-data {as_other * 1000:8.0f} ms (filtered to what it can list)")
     print(f"  daemon RSS after     {rss / 1024:8.0f} MiB")
     print(f"without it: a walk of {entries} entries (every folder listed, every entry stat'ed)")
     print(f"  through the mount    {mount_walk * 1000:8.0f} ms")
     print(f"  peer: on local disk  {disk_walk * 1000:8.0f} ms")
+
+
+def _cat_after_a_change(listing: Path, changed: Path, prefix: list[str]) -> float:
+    """Seconds `cat` takes to read the listing after a catalog change, as `prefix` runs it,
+    less the time the same command takes to cat /dev/null (starting the process)."""
+    taken = []
+    for _ in range(5):
+        changed.mkdir()
+        changed.rmdir()
+        began = time.perf_counter()
+        subprocess.run([*prefix, "cat", str(listing)], check=True, stdout=subprocess.DEVNULL)
+        middle = time.perf_counter()
+        subprocess.run([*prefix, "cat", "/dev/null"], check=True)
+        taken.append((middle - began) - (time.perf_counter() - middle))
+    return statistics.median(taken)
 
 
 def _rss_kib(pid: int) -> int:

@@ -5,6 +5,7 @@ and ffmpeg, including which tone plays in which language."""
 from __future__ import annotations
 
 import array
+import datetime
 import itertools
 import json
 import subprocess
@@ -178,6 +179,15 @@ def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
     # What a library page is told of it (.tgfs/library.json), against the master playlist.
     library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
     (entry,) = [v for v in library["videos"] if v["path"] == "Film/film"]
+    assert library["version"] == 1 and set(entry) == {
+        "path", "title", "duration", "width", "height", "renditions", "audio", "subtitles",
+        "poster", "added", "state", "percent",
+    }  # fmt: skip
+    assert entry["title"] == "film" and entry["percent"] == 100.0
+    added = datetime.datetime.fromisoformat(entry["added"])
+    assert abs(added - datetime.datetime.now(datetime.UTC)) < datetime.timedelta(minutes=10)
+    fields = {"name", "kind", "width", "height", "bandwidth", "language", "title"}
+    assert all(set(r) == fields for r in entry["renditions"]), entry["renditions"]
     assert sorted(entry["audio"]) == ["eng", "fra"] and sorted(entry["subtitles"]) == ["de", "eng"]
     assert (entry["width"], entry["height"]) == max(
         p.stream_info.resolution for p in master.playlists

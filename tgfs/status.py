@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import time
@@ -198,19 +197,38 @@ def _clock(seconds: float) -> str:
 
 def library_snapshot(videos: list[VideoEntry], progress: dict[int, Progress]) -> dict[str, Any]:
     """`.tgfs/library.json`: every video, with its state (ready, or processing with the
-    percent its job has done)."""
+    percent its job has done). Built field by field: dataclasses.asdict, which copies
+    deeply, took longer than the catalog's queries for a large library."""
     rows = []
     for video in videos:
-        row = dataclasses.asdict(video)
-        del row["folder_id"], row["job_id"], row["added_ns"], row["complete"]
-        row["added"] = datetime.datetime.fromtimestamp(
-            video.added_ns / 1e9, datetime.UTC
-        ).isoformat(timespec="seconds")
-        row["state"] = "ready" if video.complete else "processing"
         live = progress.get(video.job_id) if video.job_id is not None else None
-        row["percent"] = 100.0 if video.complete else (live.snapshot()["percent"] if live else None)
-        rows.append(row)
+        rows.append(
+            {
+                "path": video.path,
+                "title": video.title,
+                "duration": video.duration,
+                "width": video.width,
+                "height": video.height,
+                "renditions": [dict(vars(track)) for track in video.renditions],
+                "audio": video.audio,
+                "subtitles": video.subtitles,
+                "poster": video.poster,
+                "added": datetime.datetime.fromtimestamp(
+                    video.added_ns / 1e9, datetime.UTC
+                ).isoformat(timespec="seconds"),
+                "state": "ready" if video.complete else "processing",
+                "percent": 100.0
+                if video.complete
+                else (live.snapshot()["percent"] if live else None),
+            }
+        )
     return {"version": LIBRARY_VERSION, "videos": rows}
+
+
+def to_compact_bytes(listing: dict[str, Any]) -> bytes:
+    """JSON for programs (library.json, which a page reads and may be megabytes): no
+    indentation, UTF-8 as it is."""
+    return json.dumps(listing, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def to_bytes(status: dict[str, Any]) -> bytes:

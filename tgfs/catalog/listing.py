@@ -68,12 +68,30 @@ def videos() -> list[VideoEntry]:
         .where(Node.kind == NodeKind.VIDEO)
         .tuples()
     )
-    info = {v.id: v for v in Video.select()}  # (all: an IN list would hit SQLite's limit)
+    # Rows as tuples, not models: building a model object per row was most of the time
+    # (make bench-library). All videos: an IN list would hit SQLite's limit.
+    info = {
+        row[0]: row[1:]
+        for row in Video.select(
+            Video.id, Video.duration, Video.created_ns, Video.complete, Video.job_id
+        ).tuples()
+    }
     tracks: dict[int, list[Track]] = {}
-    for r in Rendition.select().order_by(Rendition.video, Rendition.id):
-        tracks.setdefault(r.video_id, []).append(
-            Track(r.name, r.kind, r.width, r.height, r.bandwidth, r.language, r.title)
+    for video_id, *track in (
+        Rendition.select(
+            Rendition.video,
+            Rendition.name,
+            Rendition.kind,
+            Rendition.width,
+            Rendition.height,
+            Rendition.bandwidth,
+            Rendition.language,
+            Rendition.title,
         )
+        .order_by(Rendition.video, Rendition.id)
+        .tuples()
+    ):
+        tracks.setdefault(video_id, []).append(Track(*track))
     posters = dict(
         Entry.select(Node.video, Entry.name)
         .join(Node, on=(Node.id == Entry.node))
@@ -91,7 +109,7 @@ def videos() -> list[VideoEntry]:
 
     out = []
     for folder_id, video_id in video_folders:
-        video, where = info[video_id], path(folder_id)
+        (duration, created_ns, complete, job_id), where = info[video_id], path(folder_id)
         own = tracks.get(video_id, [])
         pictures = [t for t in own if t.kind == RenditionKind.VIDEO]
         best = max(pictures, key=lambda t: (t.height, t.bandwidth), default=None)
@@ -101,7 +119,7 @@ def videos() -> list[VideoEntry]:
                 folder_id=folder_id,
                 path=where,
                 title=folders[folder_id][1],
-                duration=video.duration,
+                duration=duration,
                 width=best.width if best else 0,
                 height=best.height if best else 0,
                 renditions=own,
@@ -110,9 +128,9 @@ def videos() -> list[VideoEntry]:
                     t.language for t in own if t.kind == RenditionKind.SUBTITLES and t.language
                 ],
                 poster=f"{where}/{display(poster)}" if poster else None,
-                added_ns=video.created_ns,
-                complete=video.complete,
-                job_id=video.job_id,
+                added_ns=created_ns,
+                complete=bool(complete),
+                job_id=job_id,
             )
         )
     return sorted(out, key=lambda v: v.path)

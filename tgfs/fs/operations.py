@@ -78,7 +78,13 @@ from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
-from tgfs.status import bots_snapshot, library_snapshot, snapshot, to_bytes
+from tgfs.status import (
+    bots_snapshot,
+    library_snapshot,
+    snapshot,
+    to_bytes,
+    to_compact_bytes,
+)
 from tgfs.store.base import BlobStore, PartRef, StoreError
 from tgfs.store.slots import URGENT
 from tgfs.trash import Action, Request
@@ -343,7 +349,7 @@ class Filesystem(pyfuse3.Operations):
             self._library_json()  # (the listing, fresh)
             assert self._library_rows is not None
             videos = [v for v in self._library_rows[1] if view.listable(v.folder_id)]
-            data = to_bytes(library_snapshot(videos, self.runner.progress))
+            data = to_compact_bytes(library_snapshot(videos, self.runner.progress))
         self._others[(kind, who)] = (now, changes, data)
         return data
 
@@ -364,7 +370,8 @@ class Filesystem(pyfuse3.Operations):
             ),
         )
         if self._library_bytes is None or self._library_bytes[0] != key:
-            self._library_bytes = (key, to_bytes(library_snapshot(videos, self.runner.progress)))
+            listed = library_snapshot(videos, self.runner.progress)
+            self._library_bytes = (key, to_compact_bytes(listed))
         return self._library_bytes[1]
 
     def _render(self, node: Node) -> bytes:
