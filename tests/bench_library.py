@@ -16,7 +16,8 @@ mount:
   (a PROPFIND of every folder, through nginx), and the same walk on a copy of the tree
   as empty files on local disk (the peer: an ordinary filesystem).
 
-Best of five for each. Prints the figures, the JSON's size and the daemon's memory.
+Best of five for each (of two for the walk through the mount). Prints the figures, the
+JSON's size and the daemon's memory.
 """
 
 from __future__ import annotations
@@ -122,11 +123,6 @@ def main() -> None:
             listing = m.path / ".tgfs" / "library.json"
             changed = m.path / "changed"
 
-            def after_a_change() -> None:
-                changed.mkdir()
-                changed.rmdir()
-                listing.read_bytes()
-
             cold = []
             for _ in range(5):
                 changed.mkdir()
@@ -144,8 +140,9 @@ def main() -> None:
                 ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups"],
             )
             rss = _rss_kib(m.proc.pid)
-            entries = walk(m.path)
-            mount_walk = best(lambda: walk(m.path), 2)
+            began = time.perf_counter()
+            entries = walk(m.path)  # (the first of two passes: a walk here takes a while)
+            mount_walk = min(time.perf_counter() - began, best(lambda: walk(m.path), 1))
             mirror(m.path, root / "copy")
             disk_walk = best(lambda: walk(root / "copy"), 3)
         finally:

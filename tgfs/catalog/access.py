@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import stat
 
-from tgfs.catalog.schema import ROOT_ID, Entry, Node
+from tgfs.catalog.schema import ROOT_ID, Entry, NameField, Node, raw_rows
 
 R, X = 4, 1  # the read and search bits of a mode's rwx triple
 
@@ -42,12 +42,12 @@ class Tree:
     def __init__(self) -> None:
         self.dirs: dict[int, _Dir] = {ROOT_ID: _Dir(ROOT_ID, "", *_root())}
         self.children: dict[tuple[int, str], int] = {}
-        for node_id, parent, name, mode, uid, gid in (
+        for node_id, parent, raw, mode, uid, gid in raw_rows(  # (as SQLite gives them: fast)
             Entry.select(Entry.node, Entry.parent, Entry.name, Node.mode, Node.uid, Node.gid)
             .join(Node, on=(Node.id == Entry.node))
             .where(Node.kind.in_(["dir", "video", "rendition"]))
-            .tuples()
         ):
+            name = NameField.decode(raw)
             self.dirs[node_id] = _Dir(parent, name, mode, uid, gid)
             self.children[(parent, name)] = node_id
 

@@ -14,12 +14,14 @@ import dataclasses
 from tgfs.catalog.schema import (
     ROOT_ID,
     Entry,
+    NameField,
     Node,
     NodeKind,
     Rendition,
     RenditionKind,
     Video,
     display,
+    raw_rows,
 )
 
 
@@ -55,29 +57,30 @@ class VideoEntry:
 
 def videos() -> list[VideoEntry]:
     """Every named video, by path."""
+    # Rows as SQLite gives them (raw_rows), not models or peewee's tuples: converting every
+    # value was most of the time (make bench-library). All videos: an IN list would hit
+    # SQLite's limit.
     folders = {
-        node_id: (parent_id, display(name))
-        for node_id, parent_id, name in Entry.select(Entry.node, Entry.parent, Entry.name)
-        .join(Node, on=(Node.id == Entry.node))
-        .where(Node.kind.in_([NodeKind.DIR, NodeKind.VIDEO]))
-        .tuples()
+        node_id: (parent_id, display(NameField.decode(name)))
+        for node_id, parent_id, name in raw_rows(
+            Entry.select(Entry.node, Entry.parent, Entry.name)
+            .join(Node, on=(Node.id == Entry.node))
+            .where(Node.kind.in_([NodeKind.DIR, NodeKind.VIDEO]))
+        )
     }
-    video_folders = list(
+    video_folders = raw_rows(
         Node.select(Node.id, Node.video)
         .join(Entry, on=(Entry.node == Node.id))
         .where(Node.kind == NodeKind.VIDEO)
-        .tuples()
     )
-    # Rows as tuples, not models: building a model object per row was most of the time
-    # (make bench-library). All videos: an IN list would hit SQLite's limit.
     info = {
         row[0]: row[1:]
-        for row in Video.select(
-            Video.id, Video.duration, Video.created_ns, Video.complete, Video.job_id
-        ).tuples()
+        for row in raw_rows(
+            Video.select(Video.id, Video.duration, Video.created_ns, Video.complete, Video.job_id)
+        )
     }
     tracks: dict[int, list[Track]] = {}
-    for video_id, *track in (
+    for video_id, *track in raw_rows(
         Rendition.select(
             Rendition.video,
             Rendition.name,
@@ -87,18 +90,18 @@ def videos() -> list[VideoEntry]:
             Rendition.bandwidth,
             Rendition.language,
             Rendition.title,
-        )
-        .order_by(Rendition.video, Rendition.id)
-        .tuples()
+        ).order_by(Rendition.video, Rendition.id)
     ):
         tracks.setdefault(video_id, []).append(Track(*track))
-    posters = dict(
-        Entry.select(Node.video, Entry.name)
-        .join(Node, on=(Node.id == Entry.node))
-        .join(Video, on=(Video.id == Node.video))
-        .where(Node.blob == Video.poster_blob)
-        .tuples()
-    )
+    posters = {
+        video_id: NameField.decode(name)
+        for video_id, name in raw_rows(
+            Entry.select(Node.video, Entry.name)
+            .join(Node, on=(Node.id == Entry.node))
+            .join(Video, on=(Video.id == Node.video))
+            .where(Node.blob == Video.poster_blob)
+        )
+    }
 
     def path(node_id: int) -> str:
         parts = []

@@ -104,9 +104,22 @@ class NameField(pw.BlobField):
         return os.fsencode(value)
 
     def python_value(self, value):
+        return NameField.decode(value)
+
+    @staticmethod
+    def decode(value):
+        """A name as stored (bytes; text in rows from schema 2) as tgfs sees it."""
         if isinstance(value, (bytes, memoryview)):
             return os.fsdecode(bytes(value))
         return value
+
+
+def raw_rows(query: pw.Query) -> list[tuple]:
+    """A query's rows as SQLite gives them: for the few queries that read the whole library
+    (tgfs.catalog.listing, tgfs.catalog.access), where peewee's conversion of every value
+    took most of the time. Values are SQLite's: names are bytes (`NameField.decode`),
+    booleans 0 or 1."""
+    return db.execute(query).fetchall()
 
 
 def name_upper_bound(prefix: str) -> bytes | None:
