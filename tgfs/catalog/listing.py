@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from peewee import JOIN
+
 from tgfs.catalog.schema import (
     ROOT_ID,
     Entry,
@@ -63,8 +65,8 @@ def videos() -> list[VideoEntry]:
     folders = {
         node_id: (parent_id, display(NameField.decode(name)))
         for node_id, parent_id, name in raw_rows(
-            Entry.select(Entry.node, Entry.parent, Entry.name)
-            .join(Node, on=(Node.id == Entry.node))
+            Node.select(Node.id, Entry.parent, Entry.name)
+            .join(Entry, on=(Entry.node == Node.id))
             .where(Node.kind.in_([NodeKind.DIR, NodeKind.VIDEO]))
         )
     }
@@ -90,16 +92,19 @@ def videos() -> list[VideoEntry]:
             Rendition.bandwidth,
             Rendition.language,
             Rendition.title,
-        ).order_by(Rendition.video, Rendition.id)
+        ).order_by(Rendition.id)  # (the table's order: each video's own in order)
     ):
         tracks.setdefault(video_id, []).append(Track(*track))
+    # Each video's poster, by the folder it is in: from the videos (CROSS JOIN keeps SQLite
+    # to that order: by the blob's index to its node, then to its name; left to itself,
+    # with no statistics, it scanned every name in the library).
     posters = {
-        video_id: NameField.decode(name)
-        for video_id, name in raw_rows(
-            Entry.select(Node.video, Entry.name)
-            .join(Node, on=(Node.id == Entry.node))
-            .join(Video, on=(Video.id == Node.video))
-            .where(Node.blob == Video.poster_blob)
+        parent_id: NameField.decode(name)
+        for parent_id, name in raw_rows(
+            Video.select(Entry.parent, Entry.name)
+            .join(Node, JOIN.CROSS)
+            .join(Entry, JOIN.CROSS)
+            .where((Node.blob == Video.poster_blob) & (Entry.node == Node.id))
         )
     }
 
@@ -116,7 +121,7 @@ def videos() -> list[VideoEntry]:
         own = tracks.get(video_id, [])
         pictures = [t for t in own if t.kind == RenditionKind.VIDEO]
         best = max(pictures, key=lambda t: (t.height, t.bandwidth), default=None)
-        poster = posters.get(video_id)
+        poster = posters.get(folder_id)
         out.append(
             VideoEntry(
                 folder_id=folder_id,

@@ -350,7 +350,11 @@ class Node(_Model):
     # AUTOINCREMENT: a deleted entry's inode number is never handed out again, so the
     # kernel can never confuse a new file with one it still remembers.
     id = AutoIncrementField()
-    kind = pw.TextField()  # a NodeKind value
+    # A NodeKind value. Indexed for the queries over every folder or video of the library
+    # (library.json, other readers' views), which would otherwise scan every node: most
+    # nodes are segments. (An index is not the catalog's shape: open_catalog's
+    # create_tables adds it to an older catalog, no schema version needed.)
+    kind = pw.TextField(index=True)
     mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
     uid = pw.IntegerField(default=0)
     gid = pw.IntegerField(default=0)
