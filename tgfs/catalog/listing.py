@@ -60,8 +60,7 @@ class VideoEntry:
 def videos() -> list[VideoEntry]:
     """Every named video, by path."""
     # Rows as SQLite gives them (raw_rows), not models or peewee's tuples: converting every
-    # value was most of the time (make bench-library). All videos: an IN list would hit
-    # SQLite's limit.
+    # value was most of the time (make bench-library).
     folders = {
         node_id: (parent_id, display(NameField.decode(name)))
         for node_id, parent_id, name in raw_rows(
@@ -75,7 +74,7 @@ def videos() -> list[VideoEntry]:
         .join(Entry, on=(Entry.node == Node.id))
         .where(Node.kind == NodeKind.VIDEO)
     )
-    info = {
+    info = {  # (every video: an IN list of those named would hit SQLite's limit)
         row[0]: row[1:]
         for row in raw_rows(
             Video.select(Video.id, Video.duration, Video.created_ns, Video.complete, Video.job_id)
