@@ -92,8 +92,9 @@ def _film(folder: Path, video_codec: str) -> Path:
     return out
 
 
-def _tone(playlist: Path) -> float:
-    """The dominant frequency of an audio playlist, from zero crossings (Hz)."""
+def _tone(playlist: Path, stream: str = "0:a:0") -> float:
+    """The dominant frequency of an audio playlist or file (its `stream`), from zero
+    crossings (Hz)."""
     pcm = subprocess.run(
         [
             "ffmpeg",
@@ -101,6 +102,8 @@ def _tone(playlist: Path) -> float:
             "error",
             "-i",
             str(playlist),
+            "-map",
+            stream,
             "-f",
             "s16le",
             "-ac",

@@ -1,0 +1,104 @@
+"""tgfs.media.fmp4: HLS renditions made by FFmpeg (one video, two audio languages) merged
+into one MP4 file, judged by ffprobe and ffmpeg: its duration, its streams with their
+languages, a clean decode, and each language's own tone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_tracks import _tone
+from tgfs.media import fmp4
+
+SECONDS, SEGMENT = 8, 2
+
+
+def _rendition(out: Path, source: list[str], codec: list[str]) -> list[Path]:
+    """An fMP4 HLS rendition as FFmpeg's hls muxer makes one for tgfs; its segments."""
+    out.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-v", "error", *source, *codec, "-f", "hls", "-hls_time", str(SEGMENT),
+         "-hls_segment_type", "fmp4", "-hls_list_size", "0",
+         "-hls_fmp4_init_filename", "init.mp4",
+         "-hls_segment_filename", str(out / "seg_%05d.m4s"), str(out / "index.m3u8")],
+        check=True,
+    )  # fmt: skip
+    return sorted(out.glob("seg_*.m4s"))
+
+
+def _audio(out: Path, frequency: int, language: str) -> list[Path]:
+    return _rendition(
+        out,
+        ["-f", "lavfi", "-i", f"sine=frequency={frequency}:duration={SECONDS}"],
+        ["-c:a", "aac", "-metadata:s:a:0", f"language={language}"],
+    )
+
+
+@pytest.fixture(scope="module")
+def film(tmp_path_factory) -> Path:
+    """The merged file of a video rendition and English (440 Hz) and French (660 Hz)
+    audio renditions, fragments in time order, as a view file would be laid out."""
+    root = tmp_path_factory.mktemp("fmp4")
+    video = _rendition(
+        root / "720p",
+        ["-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={SECONDS}"],
+        ["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p"],
+    )
+    tracks = [video, _audio(root / "audio-eng", 440, "eng"), _audio(root / "audio-fra", 660, "fra")]
+    renditions = [
+        fmp4.Rendition((segments[0].parent / "init.mp4").read_bytes(), (n + 1,))
+        for n, segments in enumerate(tracks)
+    ]
+    body, sequence = [], 1
+    for index in range(max(len(t) for t in tracks)):  # (equal segment times: in turn)
+        for n, segments in enumerate(tracks):
+            if index < len(segments):
+                data = segments[index].read_bytes()
+                layout = fmp4.fragments(data)
+                (old,) = {old for _, old in layout.track_ids}
+                body.append(fmp4.apply(data, layout, layout.patches(sequence, {old: n + 1})))
+                sequence += len(layout.sequences)
+    out = root / "film.mp4"
+    out.write_bytes(fmp4.merged_header(renditions, SECONDS) + b"".join(body))
+    return out
+
+
+def test_ffprobe_sees_the_duration_and_every_track_with_its_language(film):
+    probed = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-show_chapters",
+             "-of", "json", str(film)],
+            capture_output=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert abs(float(probed["format"]["duration"]) - SECONDS) < 0.1, probed["format"]
+    streams = [(s["codec_type"], s.get("tags", {}).get("language")) for s in probed["streams"]]
+    assert streams == [("video", "und"), ("audio", "eng"), ("audio", "fra")], streams
+    assert [s["id"] for s in probed["streams"]] == ["0x1", "0x2", "0x3"]
+
+
+def test_it_decodes_cleanly_and_each_language_has_its_tone(film):
+    decoded = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(film), "-map", "0", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
+    assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr[:800]
+    assert abs(_tone(film, "0:a:0") - 440) < 20
+    assert abs(_tone(film, "0:a:1") - 660) < 20
+    frames = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+         "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(film)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert int(frames) == SECONDS * 25
+
+
+def test_a_segment_that_is_not_fragmented_mp4_is_refused(tmp_path):
+    with pytest.raises(fmp4.FormatError):
+        fmp4.fragments(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00")  # no moof
+    with pytest.raises(fmp4.FormatError):
+        fmp4.fragments(b"\x00\x00\x01\x00moof")  # a box longer than the bytes

@@ -1,0 +1,245 @@
+"""One ordinary MP4 file from a video's HLS renditions (the issue "every video also as one
+ordinary MP4 file"): the init segments merged into one `moov` with a track per rendition,
+and the renditions' fragments after it with their track ids rewritten.
+
+A rendition is fragmented MP4 already: an init segment (`ftyp`, `moov` with empty sample
+tables and `mvex`) and segments (`styp`, `sidx` per track, then `moof` + `mdat` pairs).
+So a file is: `ftyp`, a merged `moov`, then every segment from its first `moof` on, in
+decode-time order across tracks. Nothing is re-encoded or re-stored: the bytes that change
+are few and keep their size, so a file offset maps to a stored segment's offset plus a
+handful of patched words:
+
+- in the `moov`: each `tkhd`'s and `trex`'s track id becomes the track's new id, the
+  durations (`mvhd`, `tkhd`, `mdhd`, and `mehd`, added) become the video's, and `mvhd`'s
+  next track id follows the last track;
+- in each `moof`: `mfhd`'s sequence number counts the file's fragments in order, and each
+  `tfhd`'s track id becomes the new one.
+
+Each segment's `styp` and `sidx` boxes are left out (they describe the segment as a file
+of its own). Data offsets stay right: FFmpeg's fragments address their samples from their
+own `moof` (`default-base-is-moof`); a fragment that gives an absolute base data offset is
+refused (FormatError), since moving it would break it.
+
+Boxes are read and patched here by hand rather than with a box library: only a dozen
+fixed-position fields are touched, and every other byte must stay exactly as stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterator
+
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"mvex", b"moof", b"traf"}
+_BASE_DATA_OFFSET_PRESENT = 0x000001  # tfhd flag: an absolute base offset (refused)
+
+Buffer = bytes | bytearray
+
+
+class FormatError(ValueError):
+    """The bytes are not fragmented MP4 this module can merge."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    type: bytes
+    start: int  # offset of its header in the buffer
+    header: int  # header length (8, or 16 with a 64-bit size)
+    size: int  # whole box, header included
+
+    @property
+    def body(self) -> int:
+        return self.start + self.header
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+def boxes(data: Buffer, start: int = 0, end: int | None = None) -> Iterator[Box]:
+    """The boxes at one level of `data[start:end]`."""
+    end = len(data) if end is None else end
+    at = start
+    while at < end:
+        if end - at < 8:
+            raise FormatError(f"a box header cut short at {at}")
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1:
+            if end - at < 16:
+                raise FormatError(f"a 64-bit box header cut short at {at}")
+            (size,) = struct.unpack_from(">Q", data, at + 8)
+            header = 16
+        elif size == 0:  # to the end
+            size = end - at
+        if size < header or at + size > end:
+            raise FormatError(f"box {kind!r} at {at} claims {size} bytes, {end - at} are left")
+        yield Box(kind, at, header, size)
+        at += size
+
+
+def child(data: Buffer, parent: Box, kind: bytes) -> Box:
+    for box in boxes(data, parent.body, parent.end):
+        if box.type == kind:
+            return box
+    raise FormatError(f"no {kind.decode()} in {parent.type.decode()}")
+
+
+def children(data: Buffer, parent: Box, kind: bytes) -> list[Box]:
+    return [b for b in boxes(data, parent.body, parent.end) if b.type == kind]
+
+
+def top(data: Buffer, kind: bytes) -> Box:
+    for box in boxes(data):
+        if box.type == kind:
+            return box
+    raise FormatError(f"no top-level {kind.decode()}")
+
+
+def _box(kind: bytes, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _version(data: Buffer, box: Box) -> int:
+    return data[box.body]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendition:
+    """One rendition as the merge sees it: its init segment, and the new track id of each
+    of its tracks (in the order of its `trak` boxes)."""
+
+    init: bytes
+    track_ids: tuple[int, ...]
+
+
+def timescale(init: bytes) -> int:
+    """The movie timescale of an init segment (mvhd)."""
+    mvhd = child(init, top(init, b"moov"), b"mvhd")
+    offset = mvhd.body + 4 + (16 if _version(init, mvhd) == 1 else 8)
+    return struct.unpack_from(">I", init, offset)[0]
+
+
+def _set_mvhd(buf: bytearray, box: Box, duration: int, next_track: int) -> None:
+    v1 = _version(buf, box) == 1
+    at = box.body + 4 + (16 if v1 else 8) + 4  # version/flags, times, timescale
+    struct.pack_into(">Q" if v1 else ">I", buf, at, duration)
+    struct.pack_into(">I", buf, box.end - 4, next_track)  # next_track_ID ends the box
+
+
+def _set_tkhd(buf: bytearray, box: Box, track_id: int, duration: int) -> None:
+    v1 = _version(buf, box) == 1
+    at = box.body + 4 + (16 if v1 else 8)  # version/flags, creation and modification
+    struct.pack_into(">I", buf, at, track_id)
+    struct.pack_into(">Q" if v1 else ">I", buf, at + 8, duration)  # after a reserved word
+
+
+def _set_mdhd(buf: bytearray, box: Box, seconds: float) -> None:
+    v1 = _version(buf, box) == 1
+    at = box.body + 4 + (16 if v1 else 8)
+    (scale,) = struct.unpack_from(">I", buf, at)
+    struct.pack_into(">Q" if v1 else ">I", buf, at + 4, round(seconds * scale))
+
+
+def merged_header(renditions: list[Rendition], seconds: float) -> bytes:
+    """`ftyp` and one `moov` for the whole file: the first rendition's `ftyp`, `mvhd` and
+    movie timescale, every rendition's tracks with their new ids, durations of `seconds`,
+    and an `mvex` with an `mehd` (the whole duration) and every track's `trex`."""
+    first = renditions[0].init
+    ftyp = top(first, b"ftyp")
+    moov = top(first, b"moov")
+    movie_scale = timescale(first)
+    movie_duration = round(seconds * movie_scale)
+    last_id = max(i for r in renditions for i in r.track_ids)
+    mvhd = bytearray(first[child(first, moov, b"mvhd").start : child(first, moov, b"mvhd").end])
+    _set_mvhd(mvhd, Box(b"mvhd", 0, 8, len(mvhd)), movie_duration, last_id + 1)
+    traks, trexes = [], []
+    for rendition in renditions:
+        init = rendition.init
+        own = top(init, b"moov")
+        found = children(init, own, b"trak")
+        if len(found) != len(rendition.track_ids):
+            raise FormatError(f"{len(found)} tracks in an init segment, expected a new id each")
+        old_ids = {}
+        for trak, new_id in zip(found, rendition.track_ids, strict=True):
+            buf = bytearray(init[trak.start : trak.end])
+            local = Box(b"trak", 0, trak.header, trak.size)
+            tkhd = child(buf, local, b"tkhd")
+            v1 = _version(buf, tkhd) == 1
+            (old_id,) = struct.unpack_from(">I", buf, tkhd.body + 4 + (16 if v1 else 8))
+            old_ids[old_id] = new_id
+            _set_tkhd(buf, tkhd, new_id, movie_duration)
+            _set_mdhd(buf, child(buf, child(buf, local, b"mdia"), b"mdhd"), seconds)
+            traks.append(bytes(buf))
+        for trex in children(init, child(init, own, b"mvex"), b"trex"):
+            buf = bytearray(init[trex.start : trex.end])
+            (old_id,) = struct.unpack_from(">I", buf, trex.header + 4)
+            if old_id not in old_ids:
+                raise FormatError(f"a trex for track {old_id}, which has no trak")
+            struct.pack_into(">I", buf, trex.header + 4, old_ids[old_id])
+            trexes.append(bytes(buf))
+    # mehd version 1: a 64-bit fragment duration, in the movie timescale.
+    mehd = _box(b"mehd", struct.pack(">IQ", 1 << 24, movie_duration))
+    mvex = _box(b"mvex", mehd, *trexes)
+    return first[ftyp.start : ftyp.end] + _box(b"moov", bytes(mvhd), *traks, mvex)
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """Four bytes to write at `offset` (within the segment) when serving it."""
+
+    offset: int
+    value: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Fragments:
+    """Where a segment's fragments begin (its `styp` and `sidx` are left out), and the
+    positions of the words a file rewrites: each `moof`'s sequence number, each `tfhd`'s
+    track id (with the id found there)."""
+
+    skip: int  # bytes before the first moof
+    sequences: tuple[int, ...]  # offsets of mfhd sequence numbers, one per moof
+    track_ids: tuple[tuple[int, int], ...]  # (offset, old track id) of each tfhd's id
+
+    def patches(self, first_sequence: int, new_ids: dict[int, int]) -> list[Patch]:
+        """The patches for this segment placed in a file: its fragments numbered from
+        `first_sequence`, its tracks renumbered by `new_ids` (old id → new id)."""
+        out = [
+            Patch(at, struct.pack(">I", first_sequence + n)) for n, at in enumerate(self.sequences)
+        ]
+        out += [Patch(at, struct.pack(">I", new_ids[old])) for at, old in self.track_ids]
+        return out
+
+
+def fragments(segment: bytes) -> Fragments:
+    """A segment's layout, from its bytes."""
+    skip = None
+    sequences, track_ids = [], []
+    for box in boxes(segment):
+        if box.type == b"moof":
+            skip = box.start if skip is None else skip
+            sequences.append(child(segment, box, b"mfhd").body + 4)
+            for traf in children(segment, box, b"traf"):
+                tfhd = child(segment, traf, b"tfhd")
+                flags = int.from_bytes(segment[tfhd.body + 1 : tfhd.body + 4], "big")
+                if flags & _BASE_DATA_OFFSET_PRESENT:
+                    raise FormatError("a fragment with an absolute base data offset")
+                (old,) = struct.unpack_from(">I", segment, tfhd.body + 4)
+                track_ids.append((tfhd.body + 4, old))
+        elif box.type not in (b"styp", b"sidx", b"mdat", b"free", b"prft", b"emsg"):
+            raise FormatError(f"unexpected {box.type!r} in a segment")
+        elif skip is not None and box.type not in (b"mdat", b"free"):
+            raise FormatError(f"{box.type.decode()} between fragments")
+    if skip is None:
+        raise FormatError("a segment without a moof")
+    return Fragments(skip, tuple(sequences), tuple(track_ids))
+
+
+def apply(segment: bytes, layout: Fragments, patches: list[Patch]) -> bytes:
+    """The segment as the file holds it: from its first moof, patched."""
+    buf = bytearray(segment)
+    for patch in patches:
+        buf[patch.offset : patch.offset + 4] = patch.value
+    return bytes(buf[layout.skip :])
