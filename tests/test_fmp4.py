@@ -4,7 +4,9 @@ languages, a clean decode, and each language's own tone."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import struct
 import subprocess
 from pathlib import Path
 
@@ -52,17 +54,37 @@ def film(tmp_path_factory) -> Path:
         fmp4.Rendition((segments[0].parent / "init.mp4").read_bytes(), (n + 1,))
         for n, segments in enumerate(tracks)
     ]
-    body, sequence = [], 1
-    for index in range(max(len(t) for t in tracks)):  # (equal segment times: in turn)
+    moov = fmp4.merged_header(renditions, SECONDS)
+    video_fragments = len(tracks[0])
+    header_size = len(moov) + fmp4.sidx_size(video_fragments)
+    body, sequence, at = [], 1, header_size
+    index: dict[int, list[tuple[int, int]]] = {}
+    for number in range(max(len(t) for t in tracks)):  # (equal segment times: in turn)
         for n, segments in enumerate(tracks):
-            if index < len(segments):
-                data = segments[index].read_bytes()
+            if number < len(segments):
+                data = segments[number].read_bytes()
                 layout = fmp4.fragments(data)
                 (old,) = {old for _, old in layout.track_ids}
                 body.append(fmp4.apply(data, layout, layout.patches(sequence, {old: n + 1})))
+                for moof, _, time in layout.starts:
+                    index.setdefault(n + 1, []).append((time, at + moof - layout.skip))
                 sequence += len(layout.sequences)
+                at += len(body[-1])
+    # The video track's subsegments: from each of its fragments to the next (or the end).
+    video_at = [offset for _, offset in index[1]] + [at]
+    times = [time for time, _ in index[1]]
+    scale = fmp4.media_timescale(renditions[0].init)
+    durations = [b - a for a, b in itertools.pairwise(times)]
+    durations.append(times[0] + SECONDS * scale - times[-1])
+    sidx = fmp4.segment_index(
+        1,
+        scale,
+        times[0],
+        [(b - a, d) for (a, b), d in zip(itertools.pairwise(video_at), durations, strict=True)],
+    )
+    assert len(moov + sidx) == header_size
     out = root / "film.mp4"
-    out.write_bytes(fmp4.merged_header(renditions, SECONDS) + b"".join(body))
+    out.write_bytes(moov + sidx + b"".join(body) + fmp4.random_access(index))
     return out
 
 
@@ -102,3 +124,33 @@ def test_a_segment_that_is_not_fragmented_mp4_is_refused(tmp_path):
         fmp4.fragments(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00")  # no moof
     with pytest.raises(fmp4.FormatError):
         fmp4.fragments(b"\x00\x00\x01\x00moof")  # a box longer than the bytes
+
+
+def test_the_random_access_index_points_at_each_fragment(film):
+    """mfra at the end, found from mfro; each tfra entry names a moof of its track; and
+    ffmpeg starts at a seek target inside the file, decoding cleanly from there."""
+    data = film.read_bytes()
+    mfra_size = int.from_bytes(data[-4:], "big")
+    mfra = next(fmp4.boxes(data, len(data) - mfra_size))
+    assert mfra.type == b"mfra"
+    tfras = fmp4.children(data, mfra, b"tfra")
+    assert len(tfras) == 3
+    for tfra in tfras:
+        track_id, _, count = struct.unpack_from(">III", data, tfra.body + 4)
+        assert count >= SECONDS // SEGMENT  # (FFmpeg may cut one more, shorter)
+        times = []
+        for n in range(count):
+            time, offset = struct.unpack_from(">QQ", data, tfra.body + 16 + n * 19)
+            times.append(time)
+            moof = next(fmp4.boxes(data, offset))
+            tfhd = fmp4.child(data, fmp4.child(data, moof, b"traf"), b"tfhd")
+            assert moof.type == b"moof" and data[tfhd.body + 4 : tfhd.body + 8] == bytes(
+                [0, 0, 0, track_id]
+            )
+        assert times == sorted(set(times)), times
+    first = subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", "5", "-i", str(film), "-map", "0", "-t", "1",
+         "-f", "null", "-"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert first.returncode == 0 and first.stderr == "", first.stderr[:800]

@@ -121,6 +121,15 @@ def timescale(init: bytes) -> int:
     return struct.unpack_from(">I", init, offset)[0]
 
 
+def media_timescale(init: bytes) -> int:
+    """The timescale of an init segment's first track (its mdhd): tfdt times and sidx
+    durations of that track count in it."""
+    trak = child(init, top(init, b"moov"), b"trak")
+    mdhd = child(init, child(init, trak, b"mdia"), b"mdhd")
+    at = mdhd.body + 4 + (16 if _version(init, mdhd) == 1 else 8)
+    return struct.unpack_from(">I", init, at)[0]
+
+
 def _set_mvhd(buf: bytearray, box: Box, duration: int, next_track: int) -> None:
     v1 = _version(buf, box) == 1
     at = box.body + 4 + (16 if v1 else 8) + 4  # version/flags, times, timescale
@@ -202,6 +211,9 @@ class Fragments:
     skip: int  # bytes before the first moof
     sequences: tuple[int, ...]  # offsets of mfhd sequence numbers, one per moof
     track_ids: tuple[tuple[int, int], ...]  # (offset, old track id) of each tfhd's id
+    # Each traf's (offset of its moof, old track id, tfdt's base media decode time in the
+    # track's timescale), for the file's random access index (mfra)
+    starts: tuple[tuple[int, int, int], ...] = ()
 
     def patches(self, first_sequence: int, new_ids: dict[int, int]) -> list[Patch]:
         """The patches for this segment placed in a file: its fragments numbered from
@@ -216,7 +228,7 @@ class Fragments:
 def fragments(segment: bytes) -> Fragments:
     """A segment's layout, from its bytes."""
     skip = None
-    sequences, track_ids = [], []
+    sequences, track_ids, starts = [], [], []
     for box in boxes(segment):
         if box.type == b"moof":
             skip = box.start if skip is None else skip
@@ -228,13 +240,17 @@ def fragments(segment: bytes) -> Fragments:
                     raise FormatError("a fragment with an absolute base data offset")
                 (old,) = struct.unpack_from(">I", segment, tfhd.body + 4)
                 track_ids.append((tfhd.body + 4, old))
+                tfdt = child(segment, traf, b"tfdt")
+                v1 = _version(segment, tfdt) == 1
+                (time,) = struct.unpack_from(">Q" if v1 else ">I", segment, tfdt.body + 4)
+                starts.append((box.start, old, time))
         elif box.type not in (b"styp", b"sidx", b"mdat", b"free", b"prft", b"emsg"):
             raise FormatError(f"unexpected {box.type!r} in a segment")
         elif skip is not None and box.type not in (b"mdat", b"free"):
             raise FormatError(f"{box.type.decode()} between fragments")
     if skip is None:
         raise FormatError("a segment without a moof")
-    return Fragments(skip, tuple(sequences), tuple(track_ids))
+    return Fragments(skip, tuple(sequences), tuple(track_ids), tuple(starts))
 
 
 def apply(segment: bytes, layout: Fragments, patches: list[Patch]) -> bytes:
@@ -243,3 +259,43 @@ def apply(segment: bytes, layout: Fragments, patches: list[Patch]) -> bytes:
     for patch in patches:
         buf[patch.offset : patch.offset + 4] = patch.value
     return bytes(buf[layout.skip :])
+
+
+def random_access(index: dict[int, list[tuple[int, int]]]) -> bytes:
+    """An `mfra` (with its `mfro`, so a player finds it from the file's last bytes) that
+    lists, per track id, the (decode time in the track's timescale, file offset of the
+    moof) of each fragment: a player seeks by it without reading the fragments between.
+    Every fragment here begins with a sync sample (a rendition's segments start on a
+    keyframe), which tfra's entries must point at: the first sample of the first trun of
+    the first traf (numbers 1, 1, 1)."""
+    tfras = []
+    for track_id, entries in sorted(index.items()):
+        # version 1: 64-bit time and offset; traf, trun and sample numbers one byte each
+        body = struct.pack(">IIII", 1 << 24, track_id, 0, len(entries))
+        body += b"".join(struct.pack(">QQBBB", t, at, 1, 1, 1) for t, at in entries)
+        tfras.append(_box(b"tfra", body))
+    size = 8 + sum(len(t) for t in tfras) + 16
+    return _box(b"mfra", *tfras, _box(b"mfro", struct.pack(">II", 0, size)))
+
+
+def sidx_size(count: int) -> int:
+    """The bytes of a segment_index() of `count` subsegments (known before the offsets it
+    holds are, since it comes before them)."""
+    return 8 + 4 + 4 + 4 + 8 + 8 + 4 + 12 * count
+
+
+def segment_index(
+    track_id: int, scale: int, first_time: int, subsegments: list[tuple[int, int]]
+) -> bytes:
+    """A `sidx` for the front of the file: the video track's fragments as subsegments,
+    each (bytes, duration in `scale` ticks), the first starting right after the box. A
+    subsegment runs from one of the track's fragments to its next, so it holds the other
+    tracks' fragments between them too (allowed: it is the track's time span). FFmpeg,
+    which Jellyfin, Plex and Kodi play files with, seeks by it in one step; without it,
+    FFmpeg (by default: it reads `mfra` only when told) walks the fragments one by one."""
+    body = struct.pack(">IIIQQHH", 1 << 24, track_id, scale, first_time, 0, 0, len(subsegments))
+    for size, duration in subsegments:
+        if size >= 1 << 31:
+            raise FormatError(f"a subsegment of {size} bytes: sidx holds 31 bits")
+        body += struct.pack(">III", size, duration, 0x90000000)  # starts with a SAP of type 1
+    return _box(b"sidx", body)
