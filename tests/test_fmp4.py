@@ -124,6 +124,11 @@ def test_a_segment_that_is_not_fragmented_mp4_is_refused(tmp_path):
         fmp4.fragments(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00")  # no moof
     with pytest.raises(fmp4.FormatError):
         fmp4.fragments(b"\x00\x00\x01\x00moof")  # a box longer than the bytes
+    with pytest.raises(fmp4.FormatError):  # a moof whose tfhd is too short for its fields
+        fmp4.fragments(
+            b"\x00\x00\x00\x28moof\x00\x00\x00\x10mfhd" + bytes(8)
+            + b"\x00\x00\x00\x10traf\x00\x00\x00\x08tfhd"
+        )  # fmt: skip
 
 
 def test_the_random_access_index_points_at_each_fragment(film):

@@ -27,17 +27,34 @@ fixed-position fields are touched, and every other byte must stay exactly as sto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"mvex", b"moof", b"traf"}
 _BASE_DATA_OFFSET_PRESENT = 0x000001  # tfhd flag: an absolute base offset (refused)
 
 Buffer = bytes | bytearray
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class FormatError(ValueError):
     """The bytes are not fragmented MP4 this module can merge."""
+
+
+def _checked(function: Callable[P, R]) -> Callable[P, R]:
+    """A box shorter than the fields read from it is a FormatError, not a struct.error."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (struct.error, IndexError) as error:
+            raise FormatError(f"a box too short for its fields: {error}") from None
+
+    return wrapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +131,7 @@ class Rendition:
     track_ids: tuple[int, ...]
 
 
+@_checked
 def timescale(init: bytes) -> int:
     """The movie timescale of an init segment (mvhd)."""
     mvhd = child(init, top(init, b"moov"), b"mvhd")
@@ -121,6 +139,7 @@ def timescale(init: bytes) -> int:
     return struct.unpack_from(">I", init, offset)[0]
 
 
+@_checked
 def media_timescale(init: bytes) -> int:
     """The timescale of an init segment's first track (its mdhd): tfdt times and sidx
     durations of that track count in it."""
@@ -151,6 +170,7 @@ def _set_mdhd(buf: bytearray, box: Box, seconds: float) -> None:
     struct.pack_into(">Q" if v1 else ">I", buf, at + 4, round(seconds * scale))
 
 
+@_checked
 def merged_header(renditions: list[Rendition], seconds: float) -> bytes:
     """`ftyp` and one `moov` for the whole file: the first rendition's `ftyp`, `mvhd` and
     movie timescale, every rendition's tracks with their new ids, durations of `seconds`,
@@ -161,8 +181,9 @@ def merged_header(renditions: list[Rendition], seconds: float) -> bytes:
     movie_scale = timescale(first)
     movie_duration = round(seconds * movie_scale)
     last_id = max(i for r in renditions for i in r.track_ids)
-    mvhd = bytearray(first[child(first, moov, b"mvhd").start : child(first, moov, b"mvhd").end])
-    _set_mvhd(mvhd, Box(b"mvhd", 0, 8, len(mvhd)), movie_duration, last_id + 1)
+    found_mvhd = child(first, moov, b"mvhd")
+    mvhd = bytearray(first[found_mvhd.start : found_mvhd.end])
+    _set_mvhd(mvhd, Box(b"mvhd", 0, found_mvhd.header, len(mvhd)), movie_duration, last_id + 1)
     traks, trexes = [], []
     for rendition in renditions:
         init = rendition.init
@@ -225,6 +246,7 @@ class Fragments:
         return out
 
 
+@_checked
 def fragments(segment: bytes) -> Fragments:
     """A segment's layout, from its bytes."""
     skip = None
