@@ -1,24 +1,26 @@
 """One ordinary MP4 file from a video's HLS renditions (the issue "every video also as one
 ordinary MP4 file"): the init segments merged into one `moov` with a track per rendition,
-and the renditions' fragments after it with their track ids rewritten.
+and the renditions' segments after it, whole, with a few words rewritten.
 
 A rendition is fragmented MP4 already: an init segment (`ftyp`, `moov` with empty sample
 tables and `mvex`) and segments (`styp`, `sidx` per track, then `moof` + `mdat` pairs).
-So a file is: `ftyp`, a merged `moov`, then every segment from its first `moof` on, in
-decode-time order across tracks. Nothing is re-encoded or re-stored: the bytes that change
-are few and keep their size, so a file offset maps to a stored segment's offset plus a
-handful of patched words:
+So a file is: `ftyp`, a merged `moov`, a `sidx` for the video track, then every segment in
+decode-time order across tracks. Nothing is re-encoded or re-stored, and every segment
+keeps its size, so the file's size and where each segment sits in it follow from the
+catalog's sizes alone (no segment is read to answer `stat`), and a file offset maps to a
+stored segment's offset with a handful of patched bytes:
 
 - in the `moov`: each `tkhd`'s and `trex`'s track id becomes the track's new id, the
   durations (`mvhd`, `tkhd`, `mdhd`, and `mehd`, added) become the video's, and `mvhd`'s
   next track id follows the last track;
-- in each `moof`: `mfhd`'s sequence number counts the file's fragments in order, and each
-  `tfhd`'s track id becomes the new one.
+- in each segment: its `styp` and `sidx` boxes (which describe the segment as a file of
+  its own) become one `free` box of the same size (its first 8 bytes rewritten); each
+  `moof`'s `mfhd` sequence number counts the file's fragments in order, and each `tfhd`'s
+  track id becomes the new one.
 
-Each segment's `styp` and `sidx` boxes are left out (they describe the segment as a file
-of its own). Data offsets stay right: FFmpeg's fragments address their samples from their
-own `moof` (`default-base-is-moof`); a fragment that gives an absolute base data offset is
-refused (FormatError), since moving it would break it.
+Data offsets stay right: FFmpeg's fragments address their samples from their own `moof`
+(`default-base-is-moof`); a fragment that gives an absolute base data offset is refused
+(FormatError), since moving it would break it.
 
 Boxes are read and patched here by hand rather than with a box library: only a dozen
 fixed-position fields are touched, and every other byte must stay exactly as stored.
@@ -217,7 +219,7 @@ def merged_header(renditions: list[Rendition], seconds: float) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class Patch:
-    """Four bytes to write at `offset` (within the segment) when serving it."""
+    """Bytes to write at `offset` (within the segment) when serving it."""
 
     offset: int
     value: bytes
@@ -225,21 +227,18 @@ class Patch:
 
 @dataclasses.dataclass(frozen=True)
 class Fragments:
-    """Where a segment's fragments begin (its `styp` and `sidx` are left out), and the
-    positions of the words a file rewrites: each `moof`'s sequence number, each `tfhd`'s
-    track id (with the id found there)."""
+    """Where a segment's fragments begin, and the positions of the words a file rewrites:
+    each `moof`'s sequence number, each `tfhd`'s track id (with the id found there)."""
 
-    skip: int  # bytes before the first moof
+    skip: int  # bytes before the first moof (its styp and sidx: a free box in a file)
     sequences: tuple[int, ...]  # offsets of mfhd sequence numbers, one per moof
     track_ids: tuple[tuple[int, int], ...]  # (offset, old track id) of each tfhd's id
-    # Each traf's (offset of its moof, old track id, tfdt's base media decode time in the
-    # track's timescale), for the file's random access index (mfra)
-    starts: tuple[tuple[int, int, int], ...] = ()
 
     def patches(self, first_sequence: int, new_ids: dict[int, int]) -> list[Patch]:
         """The patches for this segment placed in a file: its fragments numbered from
         `first_sequence`, its tracks renumbered by `new_ids` (old id → new id)."""
-        out = [
+        out = [Patch(0, struct.pack(">I4s", self.skip, b"free"))] if self.skip else []
+        out += [
             Patch(at, struct.pack(">I", first_sequence + n)) for n, at in enumerate(self.sequences)
         ]
         out += [Patch(at, struct.pack(">I", new_ids[old])) for at, old in self.track_ids]
@@ -250,7 +249,7 @@ class Fragments:
 def fragments(segment: bytes) -> Fragments:
     """A segment's layout, from its bytes."""
     skip = None
-    sequences, track_ids, starts = [], [], []
+    sequences, track_ids = [], []
     for box in boxes(segment):
         if box.type == b"moof":
             skip = box.start if skip is None else skip
@@ -262,42 +261,21 @@ def fragments(segment: bytes) -> Fragments:
                     raise FormatError("a fragment with an absolute base data offset")
                 (old,) = struct.unpack_from(">I", segment, tfhd.body + 4)
                 track_ids.append((tfhd.body + 4, old))
-                tfdt = child(segment, traf, b"tfdt")
-                v1 = _version(segment, tfdt) == 1
-                (time,) = struct.unpack_from(">Q" if v1 else ">I", segment, tfdt.body + 4)
-                starts.append((box.start, old, time))
         elif box.type not in (b"styp", b"sidx", b"mdat", b"free", b"prft", b"emsg"):
             raise FormatError(f"unexpected {box.type!r} in a segment")
         elif skip is not None and box.type not in (b"mdat", b"free"):
             raise FormatError(f"{box.type.decode()} between fragments")
     if skip is None:
         raise FormatError("a segment without a moof")
-    return Fragments(skip, tuple(sequences), tuple(track_ids), tuple(starts))
+    return Fragments(skip, tuple(sequences), tuple(track_ids))
 
 
-def apply(segment: bytes, layout: Fragments, patches: list[Patch]) -> bytes:
-    """The segment as the file holds it: from its first moof, patched."""
+def apply(segment: bytes, patches: list[Patch]) -> bytes:
+    """The segment as the file holds it: patched, the same size."""
     buf = bytearray(segment)
     for patch in patches:
-        buf[patch.offset : patch.offset + 4] = patch.value
-    return bytes(buf[layout.skip :])
-
-
-def random_access(index: dict[int, list[tuple[int, int]]]) -> bytes:
-    """An `mfra` (with its `mfro`, so a player finds it from the file's last bytes) that
-    lists, per track id, the (decode time in the track's timescale, file offset of the
-    moof) of each fragment: a player seeks by it without reading the fragments between.
-    Every fragment here begins with a sync sample (a rendition's segments start on a
-    keyframe), which tfra's entries must point at: the first sample of the first trun of
-    the first traf (numbers 1, 1, 1)."""
-    tfras = []
-    for track_id, entries in sorted(index.items()):
-        # version 1: 64-bit time and offset; traf, trun and sample numbers one byte each
-        body = struct.pack(">IIII", 1 << 24, track_id, 0, len(entries))
-        body += b"".join(struct.pack(">QQBBB", t, at, 1, 1, 1) for t, at in entries)
-        tfras.append(_box(b"tfra", body))
-    size = 8 + sum(len(t) for t in tfras) + 16
-    return _box(b"mfra", *tfras, _box(b"mfro", struct.pack(">II", 0, size)))
+        buf[patch.offset : patch.offset + len(patch.value)] = patch.value
+    return bytes(buf)
 
 
 def sidx_size(count: int) -> int:
@@ -309,12 +287,13 @@ def sidx_size(count: int) -> int:
 def segment_index(
     track_id: int, scale: int, first_time: int, subsegments: list[tuple[int, int]]
 ) -> bytes:
-    """A `sidx` for the front of the file: the video track's fragments as subsegments,
+    """A `sidx` for the front of the file: the video track's segments as subsegments,
     each (bytes, duration in `scale` ticks), the first starting right after the box. A
-    subsegment runs from one of the track's fragments to its next, so it holds the other
-    tracks' fragments between them too (allowed: it is the track's time span). FFmpeg,
-    which Jellyfin, Plex and Kodi play files with, seeks by it in one step; without it,
-    FFmpeg (by default: it reads `mfra` only when told) walks the fragments one by one."""
+    subsegment runs from one of the track's segments to its next, so it holds the other
+    tracks' segments between them too (allowed: it is the track's time span), and begins
+    with the segment's `free` box, then its `moof`. FFmpeg, which Jellyfin, Plex and Kodi
+    play files with, seeks by it in one step; without it, FFmpeg walks the fragments one
+    by one (an `mfra` at the end would not help: FFmpeg reads one only when told)."""
     body = struct.pack(">IIIQQHH", 1 << 24, track_id, scale, first_time, 0, 0, len(subsegments))
     for size, duration in subsegments:
         if size >= 1 << 31:
