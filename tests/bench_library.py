@@ -8,16 +8,17 @@ mount:
 
 - library.json read right after a catalog change (it is rendered again: five queries and
   the JSON), and read again with nothing changed (served as rendered);
-- the same read after a change by another user (www-data, through `setpriv`; the mount
-  allows others): their listing is filtered by what they could list, one more query and a
-  walk over the folders' modes (the time of a `cat` as root is subtracted from both, to
-  leave out starting a process);
-- what a page would need without it: a walk of the mount's tree listing every folder
-  (a PROPFIND of every folder, through nginx), and the same walk on a copy of the tree
-  as empty files on local disk (the peer: an ordinary filesystem).
+- the same read after a change by `cat` as root and by `cat` as another user (www-data,
+  through `setpriv`; the mount allows others), whose listing is filtered by what they
+  could list: one more query and a walk over the folders' modes (the time the same
+  command takes to cat /dev/null is subtracted, to leave out starting a process);
+- what a page would need without it: a walk of the mount's tree listing every folder and
+  stat'ing every entry (what a PROPFIND of every folder through nginx makes the mount
+  do), and the same walk on a copy of the tree as empty files on local disk (the peer:
+  an ordinary filesystem).
 
-Best of five for each (of two for the walk through the mount). Prints the figures, the
-JSON's size and the daemon's memory.
+Best of five for each read (the median of five after a change), of two for the walks.
+Prints the figures, the JSON's size and the daemon's memory.
 """
 
 from __future__ import annotations
