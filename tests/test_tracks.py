@@ -157,6 +157,13 @@ def test_audio_group_and_subtitles(mount_factory, tmp_path, codec, mode):
     assert abs(_tone(folder / audio["eng"].uri) - 440) < 20
     assert abs(_tone(folder / audio["fra"].uri) - 660) < 20
     assert len(master.playlists) == 2  # source + 180p, both without muxed audio
+    # The catalog keeps each init segment's bytes (for the MP4 view's header), exactly
+    # what the mount serves as the rendition's init.mp4; subtitles have none.
+    kept = dict(mount.catalog("SELECT name, init_data FROM rendition"))
+    for name, data in kept.items():
+        init = folder / name / "init.mp4"
+        assert data == (init.read_bytes() if init.exists() else None), name
+    assert sum(data is not None for data in kept.values()) == 4  # 2 pictures, 2 languages
     first_audio = next(a for a in facts["alternatives"] if a["media_tag"].language == "eng")
     for rendition in facts["renditions"]:
         info = rendition["variant"].stream_info

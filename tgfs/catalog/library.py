@@ -101,8 +101,11 @@ def create_video(
     return folder
 
 
-def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) -> Rendition:
-    """A rendition folder with its playlist and init segment (None for subtitles)."""
+def add_rendition(
+    folder: Node, info: RenditionInfo, init: StoredFile | None, init_data: bytes | None = None
+) -> Rendition:
+    """A rendition folder with its playlist and init segment (None for subtitles), whose
+    bytes the catalog keeps too (`init_data`: see Rendition.init_data)."""
     with db.atomic():
         init_blob = blobs.add(init.size, init.parts) if init else None
         name = tree.free_name(folder.id, tree.safe_name(info.name))  # from a track's tags
@@ -121,6 +124,7 @@ def add_rendition(folder: Node, info: RenditionInfo, init: StoredFile | None) ->
             average_bandwidth=0,
             init_name=init.name if init else "",
             init_blob=init_blob,
+            init_data=init_data,
         )
         owner = _owner(folder)
         rdir = tree.create(

@@ -43,7 +43,7 @@ from tgfs import web
 # 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
 # 6: parts and backups sealed with the encryption key (Part.seal, Backup.seal)
 # 7: video posters (Video.poster_blob); video folders 0755
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 db = pw.SqliteDatabase(None)
 
@@ -323,6 +323,10 @@ class Rendition(_Model):
     average_bandwidth = pw.IntegerField()  # AVERAGE-BANDWIDTH: whole-stream bit rate, bits/s
     init_name = pw.TextField()  # file name of the init segment (EXT-X-MAP), e.g. "init.mp4"
     init_blob = pw.ForeignKeyField(Blob, null=True)  # None for subtitles (WebVTT has none)
+    # The init segment's bytes (about a kilobyte; also in the store, as init_blob): kept
+    # here so that a video's MP4 view (tgfs.media.fmp4) gets its header, and so its size,
+    # without a store read. None for subtitles, and for renditions made before schema 8.
+    init_data = pw.BlobField(null=True)
 
 
 class Segment(_Model):
@@ -566,6 +570,11 @@ def open_catalog(path: Path) -> None:
                 Node.kind.in_([NodeKind.VIDEO, NodeKind.RENDITION]) & (Node.mode == 0o555)
             ).execute()
             Meta.update(value="7").where(Meta.key == "schema_version").execute()
+        found = 7
+    if found == 7:  # init segments were only in the store: NULL says so
+        with db.atomic():
+            migrate(SqliteMigrator(db).add_column("rendition", "init_data", Rendition.init_data))
+            Meta.update(value="8").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()

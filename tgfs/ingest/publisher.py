@@ -272,7 +272,8 @@ class VideoPublisher:
 
     def _add_rendition(self, video_folder: Node, folder: str) -> None:
         info = self.infos[folder]
-        init = self.stored[self.workdir / folder / info.init_name] if info.init_name else None
+        path = self.workdir / folder / info.init_name
+        init = self.stored[path] if info.init_name else None
         self.renditions[folder] = library.add_rendition(
             video_folder,
             library.RenditionInfo(
@@ -287,5 +288,6 @@ class VideoPublisher:
                 default=info.default,
             ),
             init,
+            path.read_bytes() if init else None,  # (a kilobyte, stored a moment ago)
         )
         self.published[folder] = 0
