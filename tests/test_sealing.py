@@ -29,7 +29,9 @@ def test_every_range_opens_to_the_plaintext(size):
     plain = os.urandom(size)
     stored = sealer.seal(salt, plain)
     assert len(stored) == sealing.sealed_size(size)
-    assert plain[:64] not in stored or size == 0  # nothing readable is stored
+    # Nothing readable is stored: judged on 64 bytes or more (a byte or two of plaintext
+    # turns up in any random ciphertext by chance: 1 in 15 runs failed on one byte).
+    assert size < 64 or plain[:64] not in stored
     rng = random.Random(size)
     ranges = [(0, size), (0, 1), (max(0, size - 1), 1), (FRAME - 3, 7), (size, 10)]
     ranges += [(rng.randrange(size + 1), rng.randrange(2 * FRAME)) for _ in range(20)]
