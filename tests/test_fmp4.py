@@ -4,7 +4,6 @@ languages, a clean decode, and each language's own tone."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from tests.test_tracks import _tone
 from tgfs.media import fmp4
 
-SECONDS, SEGMENT = 8, 2
+SECONDS, SEGMENT = 20, 2
 
 
 def _rendition(out: Path, source: list[str], codec: list[str]) -> list[Path]:
@@ -39,48 +38,44 @@ def _audio(out: Path, frequency: int, language: str) -> list[Path]:
     )
 
 
+def _track(segments: list[Path]) -> fmp4.Track:
+    """A rendition as the catalog keeps it: its init segment, each segment's size and its
+    EXTINF duration."""
+    folder = segments[0].parent
+    durations = [s.duration for s in m3u8.load(str(folder / "index.m3u8")).segments]
+    sizes = [s.stat().st_size for s in segments]
+    return fmp4.Track((folder / "init.mp4").read_bytes(), tuple(zip(sizes, durations, strict=True)))
+
+
 @pytest.fixture(scope="module")
 def film(tmp_path_factory) -> Path:
-    """The merged file of a video rendition and English (440 Hz) and French (660 Hz)
-    audio renditions, fragments in time order, as a view file would be laid out."""
+    """The file fmp4.layout makes of a video rendition and English (440 Hz) and French
+    (660 Hz) audio renditions, its segments patched as the MP4 view serves them."""
     root = tmp_path_factory.mktemp("fmp4")
     video = _rendition(
         root / "720p",
         ["-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={SECONDS}"],
         ["-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p"],
     )
-    tracks = [video, _audio(root / "audio-eng", 440, "eng"), _audio(root / "audio-fra", 660, "fra")]
     renditions = [
-        fmp4.Rendition((segments[0].parent / "init.mp4").read_bytes(), (n + 1,))
-        for n, segments in enumerate(tracks)
+        video,
+        _audio(root / "audio-eng", 440, "eng"),
+        _audio(root / "audio-fra", 660, "fra"),
     ]
-    moov = fmp4.merged_header(renditions, SECONDS)
-    header_size = len(moov) + fmp4.sidx_size(len(tracks[0]))
-    body, sequence, at = [], 1, header_size
-    video_at = []  # where each video segment begins in the file
-    for number in range(max(len(t) for t in tracks)):  # (equal segment times: in turn)
-        for n, segments in enumerate(tracks):
-            if number < len(segments):
-                data = segments[number].read_bytes()
-                layout = fmp4.fragments(data)
-                (old,) = {old for _, old in layout.track_ids}
-                body.append(fmp4.apply(data, layout.patches(sequence, {old: n + 1})))
-                assert len(body[-1]) == len(data)  # sizes known without reading segments
-                sequence += len(layout.sequences)
-                if n == 0:
-                    video_at.append(at)
-                at += len(data)
-    # The video track's subsegments: from each of its segments to the next (or the end),
-    # timed by the playlist's EXTINF (what the catalog keeps) in the track's timescale.
-    scale = fmp4.media_timescale(renditions[0].init)
-    durations = [
-        round(s.duration * scale) for s in m3u8.load(str(root / "720p" / "index.m3u8")).segments
-    ]
-    sizes = [b - a for a, b in itertools.pairwise([*video_at, at])]
-    sidx = fmp4.segment_index(1, scale, 0, list(zip(sizes, durations, strict=True)))
-    assert len(moov + sidx) == header_size
+    layout = fmp4.layout([_track(r) for r in renditions], SECONDS, 0.0)
     out = root / "film.mp4"
-    out.write_bytes(moov + sidx + b"".join(body))
+    with out.open("wb") as f:
+        f.write(layout.header)
+        for piece in layout.pieces:
+            assert f.tell() == piece.offset
+            data = renditions[piece.track][piece.seq].read_bytes()
+            patched = fmp4.apply(data, layout.patches(piece, fmp4.fragments(data)))
+            assert len(patched) == len(data) == piece.size  # sizes known without reading
+            f.write(patched)
+        assert f.tell() == layout.size
+    # Tracks interleave by time: each video segment is followed by the audio segments
+    # that start with it.
+    assert [p.track for p in layout.pieces[:6]] == [0, 1, 2, 0, 1, 2]
     return out
 
 
@@ -138,13 +133,14 @@ def _moofs_parsed(film: Path, *seek: str) -> int:
 
 def test_ffmpeg_seeks_by_the_front_index(film):
     """A seek near the end reads the index, not every fragment before the target: against
-    the same file without its sidx, which makes FFmpeg walk them all; and decodes cleanly
-    from there."""
+    the same file without its sidx boxes, which makes FFmpeg walk them all; and decodes
+    cleanly from there."""
     data = film.read_bytes()
-    sidx = next(b for b in fmp4.boxes(data) if b.type == b"sidx")
+    indexes = [b for b in fmp4.boxes(data) if b.type == b"sidx"]
+    assert len(indexes) == 3  # one for each track
     bare = film.with_name("bare.mp4")
-    bare.write_bytes(data[: sidx.start] + data[sidx.end :])
-    assert _moofs_parsed(film, "-ss", "7") < _moofs_parsed(bare, "-ss", "7") / 2
+    bare.write_bytes(data[: indexes[0].start] + data[indexes[-1].end :])
+    assert _moofs_parsed(film, "-ss", "17") < _moofs_parsed(bare, "-ss", "17") / 2
     seek = subprocess.run(
         ["ffmpeg", "-v", "error", "-ss", "5", "-i", str(film), "-map", "0", "-t", "1",
          "-f", "null", "-"],

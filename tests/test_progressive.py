@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -91,12 +92,15 @@ def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monke
 
 def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
     counts, target = [], None
+    in_view = mount.path / "MP4" / "live.mp4"  # the MP4 view shows complete videos only
     while mount.job("live.avi")["state"] == "running":
         library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
+        shown = in_view.exists() or "live.mp4" in os.listdir(in_view.parent)
         text = playlist.read_text()
         media = m3u8.loads(text)
         if media.is_endlist:
             break
+        assert not shown, "the MP4 view showed a video still being made"
         # Read before the playlist, which still grows: the library says it is processing.
         (entry,) = [v for v in library["videos"] if v["path"] == "live"]
         assert entry["state"] == "processing", entry
@@ -128,6 +132,7 @@ def _watch_it_grow(mount, folder, playlist, src, player, played) -> None:
     (entry,) = [v for v in library["videos"] if v["path"] == "live"]
     assert entry["state"] == "ready" and entry["percent"] == 100.0
     check_video_folder(folder, src, SEGMENT)
+    assert in_view.stat().st_size > 0 and "live.mp4" in os.listdir(in_view.parent)
     _, errors = player.communicate(timeout=120)
     assert player.returncode == 0, errors
     assert abs(source_duration(played) - source_duration(src)) <= SEGMENT / 2

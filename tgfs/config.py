@@ -250,6 +250,16 @@ def _ladder(name: str, raw: str, earlier: Earlier) -> tuple[int, ...]:
     return tuple(sorted(heights, reverse=True))
 
 
+def _folder_name(name: str, raw: str, earlier: Earlier) -> str:
+    """One name for a folder (no "/", not "." or ".."), or empty."""
+    value = raw.strip()
+    if "/" in value or "\0" in value or value in (".", "..") or len(os.fsencode(value)) > 255:
+        raise ConfigError(f"{name}={raw!r} must be one folder name (no '/'), or empty for none")
+    if value == ".tgfs":
+        raise ConfigError(f"{name}=.tgfs is the control folder's name")
+    return value
+
+
 def _xdg(variable: str, fallback: str) -> Default:
     """A default under an XDG base directory ($XDG_DATA_HOME, …, else under $HOME)."""
 
@@ -356,6 +366,9 @@ class Settings:
     # Days a deleted file or video stays in the trash (tgfs.catalog.trash); 0: deleted at
     # once. Fractions are allowed (tests use seconds' worth).
     trash_days: float = _setting("TGFS_TRASH_DAYS", "7", _number(0, 3650))
+    # The MP4 view's folder at the mount's root (tgfs.fs.view): every video as one MP4
+    # file for media servers and downloads; empty: no view.
+    mp4_view: str = _setting("TGFS_MP4_VIEW", "MP4", _folder_name, lambda v: v or "(off)")
     # module:callable that makes a client object (tests point it at the stand-in).
     telegram_client: str = _setting("TGFS_TELEGRAM_CLIENT", "pyrogram:Client", _client)
     # Not single settings: the numbered bot pairs and the API credentials (see _bots).

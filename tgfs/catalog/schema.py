@@ -159,6 +159,9 @@ class NodeKind(enum.StrEnum):
     # /.tgfs/web/<name>: a file of the library page, shipped with tgfs (tgfs.web); its
     # name in the package is Node.target, its size Node.size (both set at every start)
     WEB = "web"
+    # /<TGFS_MP4_VIEW>/: the MP4 view's folder at the root (tgfs.catalog.view): every video
+    # as one MP4 file, in a mirror of the library's folders whose entries are not rows
+    VIEW = "view"
     # Special files a user made (mkfifo, mknod): entries with attributes and nothing else.
     # Opening one is the kernel's business (a fifo's pipe, a device's driver), never ours.
     FIFO = "fifo"
@@ -168,7 +171,13 @@ class NodeKind(enum.StrEnum):
 
     @property
     def is_dir(self) -> bool:
-        return self in (NodeKind.DIR, NodeKind.VIDEO, NodeKind.RENDITION, NodeKind.CONTROL_DIR)
+        return self in (
+            NodeKind.DIR,
+            NodeKind.VIDEO,
+            NodeKind.RENDITION,
+            NodeKind.CONTROL_DIR,
+            NodeKind.VIEW,
+        )
 
     @property
     def is_live(self) -> bool:

@@ -22,12 +22,16 @@ Rules of the tree (see README "Using the mount"):
 - a stored file that loses its last name and a removed video folder go to the trash for
   TGFS_TRASH_DAYS (tgfs.catalog.trash), from where `tgfs undelete` brings them back;
 - `/.tgfs/` is the control folder: status and figures to read, a few requests to write
-  (truncating cache.json or backups.json, a line into trash.json; see tgfs.trash).
+  (truncating cache.json or backups.json, a line into trash.json; see tgfs.trash);
+- `/MP4/` (TGFS_MP4_VIEW) is the MP4 view, read-only: the library's folders with every
+  complete video as one MP4 file (tgfs.fs.view). Its insides are not catalog rows: their
+  inodes are VIEW_INODES + the node they show, and every handler sends them to the view.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import errno
@@ -61,6 +65,7 @@ from tgfs.catalog import (
     trash,
     tree,
 )
+from tgfs.catalog import view as catalog_view
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.fs import attrs
@@ -74,6 +79,7 @@ from tgfs.fs.handles import (
     WriteHandle,
 )
 from tgfs.fs.render import Names, Renderer
+from tgfs.fs.view import View, ViewHandle, is_view
 from tgfs.fs.writes import Writes
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
@@ -231,7 +237,7 @@ class Filesystem(pyfuse3.Operations):
         self.store = store
         self.runner = runner
         self.collector = collector
-        self._handles: dict[int, Handle] = {}
+        self._handles: dict[int, Handle | ViewHandle] = {}
         self._fh = itertools.count(1)
         self.reserve = reserve.Reserve(settings.data_dir)
         self.names = names or Names(Renderer())
@@ -259,6 +265,25 @@ class Filesystem(pyfuse3.Operations):
         # they are judged by, as of a catalog change count.
         self._others: dict[tuple[NodeKind, access.Who], tuple[float, int, bytes]] = {}
         self._tree: tuple[int, access.Tree] | None = None
+        self.view = self._place_view(settings)
+
+    def _place_view(self, settings: Settings) -> View | None:
+        """The MP4 view's folder at the root (see tgfs.catalog.view), if it is wanted and
+        its name is free."""
+        name = settings.mp4_view
+        root = catalog_view.place(name)
+        if root is None:
+            if name:
+                log.warning(
+                    "MP4 view: not shown, since %r at the mount's root is yours "
+                    "(rename it, or set TGFS_MP4_VIEW to another name)",
+                    name,
+                )
+            return None
+        return View(root, self.cache, self.open_parts, settings.prefetch_segments)
+
+    def _in_view(self, inode: int) -> bool:
+        return self.view is not None and self.view.owns(inode)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -271,12 +296,16 @@ class Filesystem(pyfuse3.Operations):
         self.names.invalidate(parent_id, names)
 
     def _node(self, inode: int) -> Node:
+        if is_view(inode):  # what reaches here of the view would change it
+            raise pyfuse3.FUSEError(errno.EROFS)
         node = tree.get(inode)
         if node is None or node.id in self._hidden:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
     def _child(self, parent_id: int, name: str) -> Node:
+        if self._in_view(parent_id):  # (lookups of the view do not come here)
+            raise pyfuse3.FUSEError(errno.EROFS)
         node = tree.child(parent_id, name)
         if node is None or node.id in self._hidden:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -290,7 +319,7 @@ class Filesystem(pyfuse3.Operations):
             if node.links == 0 and node.id != ROOT_ID:
                 raise pyfuse3.FUSEError(errno.ENOENT)  # removed (someone's cwd)
             return node
-        if kind in (NodeKind.VIDEO, NodeKind.RENDITION):
+        if kind in (NodeKind.VIDEO, NodeKind.RENDITION, NodeKind.VIEW):
             raise pyfuse3.FUSEError(errno.EROFS)
         if kind is NodeKind.CONTROL_DIR:
             raise pyfuse3.FUSEError(errno.EPERM)
@@ -445,14 +474,14 @@ class Filesystem(pyfuse3.Operations):
             self.collector.wake()
         return len(gone)
 
-    def _add_handle(self, handle: Handle) -> int:
+    def _add_handle(self, handle: Handle | ViewHandle) -> int:
         fh = next(self._fh)
         self._handles[fh] = handle
         if isinstance(handle, BlobHandle):
             self.open_parts.opened(handle.parts)
         return fh
 
-    def _handle(self, fh: int) -> Handle:
+    def _handle(self, fh: int) -> Handle | ViewHandle:
         try:
             return self._handles[fh]
         except KeyError:
@@ -464,6 +493,10 @@ class Filesystem(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         name = _name(name)
         log.debug("lookup(%d, %r)", parent_inode, name)
+        if self.view is not None and (
+            is_view(parent_inode) or (parent_inode == self.view.root_id and name not in (".", ".."))
+        ):
+            return await self.view.lookup(parent_inode, name)
         parent = self._node(parent_inode)
         if name == ".":
             return self._known(parent)
@@ -476,6 +509,8 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def getattr(self, inode, ctx=None):
         log.debug("getattr(%d)", inode)
+        if self.view is not None and is_view(inode):
+            return await self.view.getattr(inode)
         segment = self._segments.get(inode)
         if segment is not None and inode not in self._hidden:
             return segment.attrs  # no catalog query (see _segments)
@@ -540,6 +575,10 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def opendir(self, inode, ctx):
         log.debug("opendir(%d)", inode)
+        if self.view is not None and is_view(inode):
+            if not stat.S_ISDIR((await self.view.getattr(inode)).st_mode):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return inode
         if not self._node(inode).node_kind.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
@@ -547,6 +586,12 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def readdir(self, fh, start_id, token):
         log.debug("readdir(%d, %d)", fh, start_id)
+        if self.view is not None and self.view.owns(fh):
+            async with contextlib.aclosing(self.view.entries(fh, start_id)) as listed:
+                async for name, attributes, next_id in listed:
+                    if not pyfuse3.readdir_reply(token, os.fsencode(name), attributes, next_id):
+                        return
+            return
         after = start_id  # an entry id (see tree.children)
         while page := tree.children(fh, after=after, limit=_READDIR_PAGE):
             for node in page:
@@ -650,7 +695,7 @@ class Filesystem(pyfuse3.Operations):
         kind = node.node_kind
         if not kind.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if kind is NodeKind.CONTROL_DIR:
+        if kind in (NodeKind.CONTROL_DIR, NodeKind.VIEW):
             raise pyfuse3.FUSEError(errno.EPERM)
         if self._has_visible_children(node.id):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
@@ -802,6 +847,12 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def open(self, inode, flags, ctx):
         log.debug("open(%d, %#o)", inode, flags)
+        if self.view is not None and is_view(inode):
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            handle = await self.view.open(inode)
+            # A view file never changes: the page cache may keep it across opens.
+            return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=True)
         segment = self._segments.get(inode)
         if (
             segment is not None
@@ -895,7 +946,10 @@ class Filesystem(pyfuse3.Operations):
                 reader.close()
         return await self._read(handle, off, size)
 
-    async def _read(self, handle: Handle, off: int, size: int) -> bytes:
+    async def _read(self, handle: Handle | ViewHandle, off: int, size: int) -> bytes:
+        if isinstance(handle, ViewHandle):
+            assert self.view is not None
+            return await self.view.read(handle, off, size)
         if isinstance(handle, SpoolHandle):
             return await Spool.pread(handle.fd, size, off)
         if isinstance(handle, BytesHandle):
@@ -947,6 +1001,8 @@ class Filesystem(pyfuse3.Operations):
         handle.close()
         if isinstance(handle, BlobHandle):
             self.open_parts.closed(handle.parts)
+        elif isinstance(handle, ViewHandle) and self.view is not None:
+            self.view.release(handle)
         elif isinstance(handle, WriteHandle):
             await self.writes.release(handle.session)
 
@@ -966,6 +1022,8 @@ class Filesystem(pyfuse3.Operations):
         # is kept in memory until the kernel forgets the inode, and an inode without a name
         # is purged once the kernel has forgotten it.
         for inode, nlookup in inode_list:
+            if is_view(inode):
+                continue  # not counted: nothing of the view is ever purged
             self._segments.pop(inode, None)
             self._lookups[inode] -= nlookup
             if self._lookups[inode] > 0:

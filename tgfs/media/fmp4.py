@@ -28,8 +28,11 @@ fixed-position fields are touched, and every other byte must stay exactly as sto
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
+import itertools
+import re
 import struct
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
@@ -37,7 +40,7 @@ from typing import ParamSpec, TypeVar
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"mvex", b"moof", b"traf"}
 _BASE_DATA_OFFSET_PRESENT = 0x000001  # tfhd flag: an absolute base offset (refused)
 
-Buffer = bytes | bytearray
+Buffer = bytes | bytearray | memoryview
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -75,26 +78,34 @@ class Box:
         return self.start + self.size
 
 
+def header(head: Buffer, at: int, left: int) -> Box:
+    """The box whose header begins `head` (its first 8 or 16 bytes, or more), found at `at`
+    with `left` bytes from there to the end of its parent."""
+    if left < 8 or len(head) < 8:
+        raise FormatError(f"a box header cut short at {at}")
+    size, kind = struct.unpack_from(">I4s", head, 0)
+    length = 8
+    if size == 1:
+        if left < 16 or len(head) < 16:
+            raise FormatError(f"a 64-bit box header cut short at {at}")
+        (size,) = struct.unpack_from(">Q", head, 8)
+        length = 16
+    elif size == 0:  # to the end
+        size = left
+    if size < length or size > left:
+        raise FormatError(f"box {kind!r} at {at} claims {size} bytes, {left} are left")
+    return Box(kind, at, length, size)
+
+
 def boxes(data: Buffer, start: int = 0, end: int | None = None) -> Iterator[Box]:
     """The boxes at one level of `data[start:end]`."""
     end = len(data) if end is None else end
+    view = memoryview(data)
     at = start
     while at < end:
-        if end - at < 8:
-            raise FormatError(f"a box header cut short at {at}")
-        size, kind = struct.unpack_from(">I4s", data, at)
-        header = 8
-        if size == 1:
-            if end - at < 16:
-                raise FormatError(f"a 64-bit box header cut short at {at}")
-            (size,) = struct.unpack_from(">Q", data, at + 8)
-            header = 16
-        elif size == 0:  # to the end
-            size = end - at
-        if size < header or at + size > end:
-            raise FormatError(f"box {kind!r} at {at} claims {size} bytes, {end - at} are left")
-        yield Box(kind, at, header, size)
-        at += size
+        box = header(view[at : at + 16], at, end - at)
+        yield box
+        at = box.end
 
 
 def child(data: Buffer, parent: Box, kind: bytes) -> Box:
@@ -131,6 +142,7 @@ class Rendition:
 
     init: bytes
     track_ids: tuple[int, ...]
+    language: str | None = None  # for its tracks' mdhd (the init segment may say "und")
 
 
 @_checked
@@ -142,13 +154,15 @@ def timescale(init: bytes) -> int:
 
 
 @_checked
-def media_timescale(init: bytes) -> int:
-    """The timescale of an init segment's first track (its mdhd): tfdt times and sidx
-    durations of that track count in it."""
-    trak = child(init, top(init, b"moov"), b"trak")
-    mdhd = child(init, child(init, trak, b"mdia"), b"mdhd")
-    at = mdhd.body + 4 + (16 if _version(init, mdhd) == 1 else 8)
-    return struct.unpack_from(">I", init, at)[0]
+def media_timescales(init: Buffer) -> tuple[int, ...]:
+    """The timescale of each of an init segment's tracks (their mdhd), in the order of its
+    `trak` boxes: tfdt times and sidx durations of a track count in it."""
+    found = []
+    for trak in children(init, top(init, b"moov"), b"trak"):
+        mdhd = child(init, child(init, trak, b"mdia"), b"mdhd")
+        at = mdhd.body + 4 + (16 if _version(init, mdhd) == 1 else 8)
+        found.append(struct.unpack_from(">I", init, at)[0])
+    return tuple(found)
 
 
 def _set_mvhd(buf: bytearray, box: Box, duration: int, next_track: int) -> None:
@@ -165,11 +179,18 @@ def _set_tkhd(buf: bytearray, box: Box, track_id: int, duration: int) -> None:
     struct.pack_into(">Q" if v1 else ">I", buf, at + 8, duration)  # after a reserved word
 
 
-def _set_mdhd(buf: bytearray, box: Box, seconds: float) -> None:
+def _set_mdhd(buf: bytearray, box: Box, seconds: float, language: str | None) -> None:
     v1 = _version(buf, box) == 1
     at = box.body + 4 + (16 if v1 else 8)
     (scale,) = struct.unpack_from(">I", buf, at)
     struct.pack_into(">Q" if v1 else ">I", buf, at + 4, round(seconds * scale))
+    if language is not None and re.fullmatch("[a-z]{3}", language):
+        # ISO 639-2/T, three letters of five bits each (their code minus 0x60). Another
+        # form of tag ("en", "en-US") stays as the init segment has it ("und", mostly).
+        packed = 0
+        for letter in language:
+            packed = packed << 5 | (ord(letter) - 0x60)
+        struct.pack_into(">H", buf, at + 4 + (8 if v1 else 4), packed)
 
 
 @_checked
@@ -202,7 +223,8 @@ def merged_header(renditions: list[Rendition], seconds: float) -> bytes:
             (old_id,) = struct.unpack_from(">I", buf, tkhd.body + 4 + (16 if v1 else 8))
             old_ids[old_id] = new_id
             _set_tkhd(buf, tkhd, new_id, movie_duration)
-            _set_mdhd(buf, child(buf, child(buf, local, b"mdia"), b"mdhd"), seconds)
+            mdhd = child(buf, child(buf, local, b"mdia"), b"mdhd")
+            _set_mdhd(buf, mdhd, seconds, rendition.language)
             traks.append(bytes(buf))
         for trex in children(init, child(init, own, b"mvex"), b"trex"):
             buf = bytearray(init[trex.start : trex.end])
@@ -245,29 +267,52 @@ class Fragments:
         return out
 
 
+class NeedBytes(Exception):
+    """`fragments_of` needs bytes of the segment that its reader does not hold: the caller
+    fetches [offset, offset+length) and asks again (a reader without I/O of its own)."""
+
+    def __init__(self, offset: int, length: int) -> None:
+        super().__init__(offset, length)
+        self.offset, self.length = offset, length
+
+
+Reader = Callable[[int, int], Buffer]  # (offset, length) → those bytes, or NeedBytes
+
+
 @_checked
-def fragments(segment: bytes) -> Fragments:
-    """A segment's layout, from its bytes."""
+def fragments_of(read: Reader, size: int) -> Fragments:
+    """A segment's layout, from the headers of its top-level boxes and its `moof`s alone:
+    a segment of megabytes is read for a few kilobytes (its media data is skipped)."""
     skip = None
     sequences, track_ids = [], []
-    for box in boxes(segment):
+    at = 0
+    while at < size:
+        box = header(read(at, min(16, size - at)), at, size - at)
         if box.type == b"moof":
             skip = box.start if skip is None else skip
-            sequences.append(child(segment, box, b"mfhd").body + 4)
-            for traf in children(segment, box, b"traf"):
-                tfhd = child(segment, traf, b"tfhd")
-                flags = int.from_bytes(segment[tfhd.body + 1 : tfhd.body + 4], "big")
+            moof = read(at, box.size)
+            local = Box(b"moof", 0, box.header, box.size)
+            sequences.append(at + child(moof, local, b"mfhd").body + 4)
+            for traf in children(moof, local, b"traf"):
+                tfhd = child(moof, traf, b"tfhd")
+                flags = int.from_bytes(moof[tfhd.body + 1 : tfhd.body + 4], "big")
                 if flags & _BASE_DATA_OFFSET_PRESENT:
                     raise FormatError("a fragment with an absolute base data offset")
-                (old,) = struct.unpack_from(">I", segment, tfhd.body + 4)
-                track_ids.append((tfhd.body + 4, old))
+                (old,) = struct.unpack_from(">I", moof, tfhd.body + 4)
+                track_ids.append((at + tfhd.body + 4, old))
         elif box.type not in (b"styp", b"sidx", b"mdat", b"free", b"prft", b"emsg"):
             raise FormatError(f"unexpected {box.type!r} in a segment")
         elif skip is not None and box.type not in (b"mdat", b"free"):
             raise FormatError(f"{box.type.decode()} between fragments")
+        at = box.end
     if skip is None:
         raise FormatError("a segment without a moof")
     return Fragments(skip, tuple(sequences), tuple(track_ids))
+
+
+def fragments(segment: Buffer) -> Fragments:
+    """A segment's layout, from its bytes."""
+    return fragments_of(lambda offset, length: segment[offset : offset + length], len(segment))
 
 
 def apply(segment: bytes, patches: list[Patch]) -> bytes:
@@ -285,18 +330,143 @@ def sidx_size(count: int) -> int:
 
 
 def segment_index(
-    track_id: int, scale: int, first_time: int, subsegments: list[tuple[int, int]]
+    track_id: int,
+    scale: int,
+    first_time: int,
+    subsegments: list[tuple[int, int]],
+    first_offset: int = 0,
 ) -> bytes:
-    """A `sidx` for the front of the file: the video track's segments as subsegments,
-    each (bytes, duration in `scale` ticks), the first starting right after the box. A
-    subsegment runs from one of the track's segments to its next, so it holds the other
-    tracks' segments between them too (allowed: it is the track's time span), and begins
-    with the segment's `free` box, then its `moof`. FFmpeg, which Jellyfin, Plex and Kodi
-    play files with, seeks by it in one step; without it, FFmpeg walks the fragments one
-    by one (an `mfra` at the end would not help: FFmpeg reads one only when told)."""
-    body = struct.pack(">IIIQQHH", 1 << 24, track_id, scale, first_time, 0, 0, len(subsegments))
+    """A `sidx` for the front of the file: a track's segments as subsegments, each
+    (bytes, duration in `scale` ticks), the first `first_offset` bytes after the box (the
+    end of the last sidx). A subsegment runs from one of the track's segments to its
+    next, so it holds the other tracks' segments between them too (allowed: it is the
+    track's time span), and begins with the segment's `free` box, then its `moof`. FFmpeg,
+    which Jellyfin, Plex and Kodi play files with, seeks by them in one step; without
+    them, FFmpeg walks the fragments one by one (an `mfra` at the end would not help: FFmpeg
+    reads one only when told), and a track without one of its own sends FFmpeg's seek to
+    the wrong end of the file."""
+    body = struct.pack(
+        ">IIIQQHH", 1 << 24, track_id, scale, first_time, first_offset, 0, len(subsegments)
+    )
     for size, duration in subsegments:
         if size >= 1 << 31:
             raise FormatError(f"a subsegment of {size} bytes: sidx holds 31 bits")
         body += struct.pack(">III", size, duration, 0x90000000)  # starts with a SAP of type 1
     return _box(b"sidx", body)
+
+
+@_checked
+def track_ids(init: Buffer) -> tuple[int, ...]:
+    """The track ids of an init segment's tracks, in the order of its `trak` boxes."""
+    found = []
+    for trak in children(init, top(init, b"moov"), b"trak"):
+        tkhd = child(init, trak, b"tkhd")
+        at = tkhd.body + 4 + (16 if _version(init, tkhd) == 1 else 8)
+        found.append(struct.unpack_from(">I", init, at)[0])
+    return tuple(found)
+
+
+# Sequence numbers a segment's fragments may take in a file: its first fragment's number is
+# 1 + its place in the file times this. The numbers then rise through the file, as ISO BMFF
+# asks, and follow from a segment's place alone (not from how many fragments every segment
+# before it holds, which only their bytes tell). tgfs's segments hold one fragment each;
+# a 10-hour film with 2 s segments and four audio tracks stays below 2**32.
+FRAGMENTS_PER_SEGMENT = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """A rendition as the layout sees it: its init segment, and (bytes, seconds) of each of
+    its segments in play order (the catalog's sizes and EXTINF durations)."""
+
+    init: bytes
+    segments: tuple[tuple[int, float], ...]
+    language: str | None = None  # as the catalog has it (the master playlist's LANGUAGE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One segment placed in the file."""
+
+    offset: int  # where it begins in the file
+    track: int  # which of the tracks laid out
+    seq: int  # which of that track's segments
+    size: int
+    first_sequence: int  # the sequence number of its first fragment
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A whole file: its header (`ftyp`, `moov`, `sidx`), then its pieces, back to back."""
+
+    header: bytes
+    pieces: tuple[Piece, ...]
+    new_ids: tuple[dict[int, int], ...]  # per track: its own track ids → the file's
+    size: int
+
+    def patches(self, piece: Piece, found: Fragments) -> list[Patch]:
+        """What to rewrite in `piece`'s bytes (`found`: its layout) as the file holds it."""
+        return found.patches(piece.first_sequence, self.new_ids[piece.track])
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [p.offset for p in self.pieces]
+
+    def first_piece(self, offset: int) -> int:
+        """The index of the piece that holds file offset `offset` (or the first piece, for
+        an offset in the header)."""
+        return max(0, bisect.bisect_right(self._starts, offset) - 1)
+
+
+@_checked
+def layout(tracks: list[Track], seconds: float, start: float) -> Layout:
+    """The file made of `tracks` (the first one a video rendition), `seconds` long, its
+    first picture at `start` s: segments in the order they play (by start time; at equal
+    times in the order of `tracks`), so a player reading on finds each track's next
+    fragment near the others'; a `sidx` for every track at the front, as FFmpeg's own
+    `global_sidx` writes them. Everything here follows from the catalog; only the patches
+    inside each segment need its bytes (`fragments_of`)."""
+    renditions, new_ids, next_id = [], [], 1
+    for track in tracks:
+        olds = track_ids(track.init)
+        ids = dict(zip(olds, range(next_id, next_id + len(olds)), strict=True))
+        next_id += len(olds)
+        renditions.append(Rendition(track.init, tuple(ids.values()), track.language))
+        new_ids.append(ids)
+    moov = merged_header(renditions, seconds)
+    order = []
+    for n, track in enumerate(tracks):
+        begins = 0.0
+        for seq, (_, duration) in enumerate(track.segments):
+            order.append((begins, n, seq))
+            begins += duration
+    order.sort()
+    counts = [len(t.segments) for t in tracks for _ in track_ids(t.init)]
+    at = body = len(moov) + sum(sidx_size(count) for count in counts)
+    pieces = []
+    for place, (_, n, seq) in enumerate(order):
+        size = tracks[n].segments[seq][0]
+        pieces.append(Piece(at, n, seq, size, 1 + place * FRAGMENTS_PER_SEGMENT))
+        at += size
+    indexes, written = [], len(moov)
+    for n, track in enumerate(tracks):
+        # A track's subsegments: the first from the end of the sidx boxes, then one from
+        # each of its segments on (each holds the other renditions' segments up to its next).
+        starts = [p.offset for p in pieces if p.track == n]
+        bounds = [body, *starts[1:], at]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
+        for track_id, scale in zip(new_ids[n].values(), media_timescales(track.init), strict=True):
+            ticks, elapsed = [], 0.0
+            for _, duration in track.segments:  # rounded as a sum: never drifts
+                ticks.append(round((elapsed + duration) * scale) - round(elapsed * scale))
+                elapsed += duration
+            written += sidx_size(len(sizes))
+            index = segment_index(
+                track_id,
+                scale,
+                max(0, round(start * scale)),
+                list(zip(sizes, ticks, strict=True)),
+                first_offset=body - written,
+            )
+            indexes.append(index)
+    return Layout(moov + b"".join(indexes), tuple(pieces), tuple(new_ids), at)

@@ -1,0 +1,217 @@
+"""The MP4 view (tgfs.fs.view): every complete video as one ordinary MP4 file in a mirror
+of the library's folders, built from the stored segments. Judged by ffprobe (called as
+Jellyfin calls it), ffmpeg, cmp and the m3u8 parser, through a real mount."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_in, wait_for
+from tests.media import Spec, make
+from tests.test_tracks import _film, _tone
+
+VIEW = "MP4"  # TGFS_MP4_VIEW's default
+
+
+def _jellyfin_probe(path: Path) -> dict:
+    """ffprobe as Jellyfin runs it on a file it scans."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_chapters",
+         "-show_format", str(path)],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)
+
+
+def _decode_errors(path: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", *args, "-i", str(path), "-map", "0", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stderr if done.returncode == 0 else f"exit {done.returncode}: {done.stderr}"
+
+
+def _frames(path: Path) -> int:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+         "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return int(out.split()[0])  # (an HLS master lists its program's stream too)
+
+
+def _duration(path: Path) -> float:
+    return float(_jellyfin_probe(path)["format"]["duration"])
+
+
+def _listing(root: Path) -> list[str]:
+    """Every path under `root`, folders with a trailing slash."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        found.append(str(path.relative_to(root)) + ("/" if path.is_dir() else ""))
+    return found
+
+
+def test_a_copy_mode_video_is_one_mp4_file(mount, media, tmp_path):
+    src = media("h264_aac.mp4")
+    (mount.path / "Movies").mkdir()
+    copy_in(src, mount.path / "Movies" / "Clip.mp4")
+    (mount.path / "Movies" / "notes.txt").write_text("not a film")
+    mount.wait_idle()
+    assert mount.job("Movies/Clip.mp4")["outcome"] == "video (copy)"
+    view = mount.path / VIEW
+    assert VIEW in os.listdir(mount.path)
+    # Only folders and films: no playlists, segments, init.mp4, poster or ordinary files.
+    assert _listing(view) == ["Movies/", "Movies/Clip.mp4"]
+    film = view / "Movies" / "Clip.mp4"
+    size = film.stat().st_size  # known before any byte is read
+    data = film.read_bytes()
+    assert len(data) == size
+
+    probed = _jellyfin_probe(film)
+    hls = mount.path / "Movies" / "Clip"
+    # As long as the source, give or take where its streams start: the HLS's first picture
+    # is at 0.08 s (two frames of B-frame delay), and so is the file's.
+    assert abs(float(probed["format"]["duration"]) - _duration(src)) < 0.15, probed["format"]
+    assert [(s["codec_type"], s["codec_name"]) for s in probed["streams"]] == [
+        ("video", "h264"),
+        ("audio", "aac"),
+    ]
+    assert probed["chapters"] == []
+    assert _decode_errors(film) == ""
+    assert _frames(film) == _frames(hls / "master.m3u8")  # every picture the HLS has
+
+    # `cp` gives an ordinary file that plays anywhere, the same bytes as a read.
+    copy = tmp_path / "Clip.mp4"
+    shutil.copyfile(film, copy)
+    subprocess.run(["cmp", str(copy), str(film)], check=True)
+    assert _decode_errors(copy) == "" and _frames(copy) == _frames(film)
+
+
+def test_the_view_is_read_only(mount, media):
+    copy_in(media("tiny_h264.mp4"), mount.path / "tiny.mp4")
+    mount.wait_idle()
+    view = mount.path / VIEW
+    film = view / "tiny.mp4"
+    assert film.is_file()
+    refused = [
+        lambda: (view / "new").mkdir(),
+        lambda: (view / "new.txt").write_text("x"),
+        lambda: film.open("r+b"),
+        lambda: film.unlink(),
+        lambda: os.truncate(film, 0),
+        lambda: film.chmod(0o600),
+        lambda: film.rename(view / "other.mp4"),
+        lambda: (mount.path / "tiny").rename(view / "tiny"),
+        lambda: os.link(film, mount.path / "link.mp4"),
+    ]
+    for attempt in refused:
+        with pytest.raises(OSError) as caught:
+            attempt()
+        assert caught.value.errno in (errno.EROFS, errno.EPERM, errno.EXDEV), caught.value
+    with pytest.raises(OSError) as caught:
+        view.rmdir()
+    assert caught.value.errno == errno.EPERM
+    with pytest.raises(FileExistsError):
+        (mount.path / VIEW).mkdir()
+    assert film.is_file() and (mount.path / "tiny" / "master.m3u8").is_file()
+
+
+@pytest.mark.parametrize("codec,mode", [("libx264", "copy"), ("mpeg4", "transcode")])
+def test_the_best_rendition_and_every_language(mount_factory, tmp_path, codec, mode):
+    """A ladder (the source's size and 180p): the file has the biggest picture; two audio
+    languages: both tracks, with their languages, each with its own tone."""
+    src = _film(tmp_path, codec)  # 320x240, English 440 Hz, French 660 Hz, subtitles
+    mount = mount_factory(COPY_MODE_MIN_SIZE="1K", TGFS_LADDER="180")
+    copy_in(src, mount.path / "film.mkv")
+    mount.wait_idle()
+    assert mount.job("film.mkv")["outcome"] == f"video ({mode})"
+    assert sorted(p.name for p in (mount.path / "film").iterdir() if p.is_dir()) == [
+        "180p", "240p", "audio-eng", "audio-fra", "subtitles-eng",
+    ]  # fmt: skip
+    film = mount.path / VIEW / "film.mp4"
+    probed = _jellyfin_probe(film)
+    streams = [
+        (s["codec_type"], s.get("width"), s.get("tags", {}).get("language"))
+        for s in probed["streams"]
+    ]
+    assert streams == [("video", 320, "und"), ("audio", None, "eng"), ("audio", None, "fra")]
+    assert abs(float(probed["format"]["duration"]) - _duration(src)) < 0.15, probed["format"]
+    assert _decode_errors(film) == ""
+    assert abs(_tone(film, "0:a:0") - 440) < 20
+    assert abs(_tone(film, "0:a:1") - 660) < 20
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_renames_moves_and_deletes_show_at_once_and_the_file_never_changes(mount_factory, media):
+    mount = mount_factory()
+    (mount.path / "Movies").mkdir()
+    copy_in(media("h264_only.mp4"), mount.path / "Movies" / "A.mp4")
+    mount.wait_idle()
+    view = mount.path / VIEW
+    first = view / "Movies" / "A.mp4"
+    size, digest, inode = first.stat().st_size, _sha(first), first.stat().st_ino
+
+    (mount.path / "Movies" / "A").rename(mount.path / "Movies" / "B")
+    assert os.listdir(view / "Movies") == ["B.mp4"] and not first.exists()
+    (mount.path / "Archive").mkdir()
+    (mount.path / "Movies" / "B").rename(mount.path / "Archive" / "B")
+    moved = view / "Archive" / "B.mp4"
+    assert os.listdir(view / "Movies") == [] and moved.stat().st_size == size
+    assert _sha(moved) == digest and moved.stat().st_ino == inode
+
+    mount.stop()  # byte-exact across a remount, with the same inode
+    mount.start()
+    assert moved.stat().st_size == size and moved.stat().st_ino == inode
+    assert _sha(moved) == digest
+
+    subprocess.run(["rm", "-r", str(mount.path / "Archive" / "B")], check=True)
+    assert os.listdir(view / "Archive") == [] and not moved.exists()
+    undone = subprocess.run(
+        [sys.executable, "-m", "tgfs", "undelete", str(mount.path / "Archive" / "B")],
+        env=mount.env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert undone.returncode == 0, undone.stderr
+    assert moved.stat().st_ino == inode and _sha(moved) == digest  # back as it was
+    assert _sha(moved) == digest
+
+
+def test_a_seek_reads_a_small_part_of_the_file(mount_factory, tmp_path):
+    """ffmpeg seeking to the middle of a 2-minute film reads the header, the front indexes
+    and the fragments it decodes (and what is fetched ahead of them), not the film."""
+    spec = Spec(seconds=120, bitrate=2_000_000, video_options=(("preset", "ultrafast"),))
+    src = make(tmp_path / "long.mp4", spec)
+    mount = mount_factory()
+    copy_in(src, mount.path / "long.mp4")
+    mount.wait_idle()
+    assert mount.job("long.mp4")["outcome"] == "video (copy)"
+    film = mount.path / VIEW / "long.mp4"
+    size = film.stat().st_size
+    os.truncate(mount.path / ".tgfs" / "cache.json", 0)  # `tgfs cache clear`
+    before = json.loads((mount.path / ".tgfs" / "cache.json").read_text())["fetched_bytes"]
+    assert _decode_errors(film, "-ss", "60", "-t", "2") == ""
+
+    def settled() -> int | None:  # prefetch started by the reads may still be running
+        stats = json.loads((mount.path / ".tgfs" / "cache.json").read_text())
+        return stats["fetched_bytes"] if stats["fetches_in_flight"] == 0 else None
+
+    fetched = wait_for(settled, 30, "fetches ahead to end") - before
+    # Reading up to the middle would fetch half of it (FFmpeg walks the fragments one by
+    # one without the front indexes). A seek fetches a fixed amount: the first segments
+    # (warmed at open and read by FFmpeg's probe, with the window fetched ahead of them),
+    # the segments around 60-62 s and the window ahead of those (4 segments of 2 s):
+    # about 14 of this film's 60 segments (7.3 of 31.4 MB here), whatever its length.
+    assert 0 < fetched < size / 3, f"{fetched} of {size} bytes fetched for a seek"
