@@ -19,6 +19,11 @@
    included for all three: that is the target).
 3. Responsiveness: p99 of stat() and readdir() on the mount while a transcode and a cold
    playback run.
+4. The MP4 view (`--only view` runs just this): the film as one MP4 file against its HLS
+   folder, on the same mount (8 bots, the slowed stand-in), each with an empty cache:
+   cold start, the time to the first 10 MB (the file read from its start; the HLS read as
+   a player does, playlists, init segment, then segments); and a seek to the middle with
+   `ffmpeg -ss` decoding 2 s (its wall time, and the bytes it made tgfs fetch).
 
 Nothing here talks to Telegram; the stand-in's physics are a model (see tests/standin.py).
 """
@@ -408,14 +413,122 @@ def responsiveness(m: Mount, folder: str, seconds: float) -> tuple[float, float]
     )
 
 
+FIRST_BYTES = 10_000_000  # "cold start": until this much of the film is read
+
+
+def clear_cache(m: Mount) -> int:
+    """Empty the cache; returns the bytes fetched so far (cache.json), to count from."""
+    subprocess.run(
+        [sys.executable, "-m", "tgfs", "cache", "clear", str(m.path)],
+        check=True,
+        capture_output=True,
+    )
+    return json.loads((m.path / ".tgfs" / "cache.json").read_text())["fetched_bytes"]
+
+
+def fetched_since(m: Mount, before: int) -> float:
+    """MB fetched from the store since `before`, once fetches ahead have ended."""
+
+    def quiet() -> int | None:
+        cache = json.loads((m.path / ".tgfs" / "cache.json").read_text())
+        return cache["fetched_bytes"] if cache["fetches_in_flight"] == 0 else None
+
+    return (wait_for(quiet, 300, "fetches to end") - before) / 1e6
+
+
+def first_bytes_of_file(path: Path) -> float:
+    started = time.monotonic()
+    with open(path, "rb") as f:
+        got = 0
+        while got < FIRST_BYTES and (chunk := f.read(2**20)):
+            got += len(chunk)
+    return time.monotonic() - started
+
+
+def first_bytes_of_hls(folder: Path) -> float:
+    started = time.monotonic()
+    master = m3u8.loads((folder / "master.m3u8").read_text())
+    media_path = folder / master.playlists[0].uri
+    media = m3u8.loads(media_path.read_text())
+    files = [media_path.parent / media.segment_map[0].uri] if media.segment_map else []
+    files += [media_path.parent / s.uri for s in media.segments]
+    got = 0
+    for path in files:
+        got += _read(path)
+        if got >= FIRST_BYTES:
+            break
+    return time.monotonic() - started
+
+
+def seek(source: Path, at: float) -> float:
+    """Wall time of `ffmpeg -ss at` decoding 2 s of `source` (probe and seek included)."""
+    started = time.monotonic()
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", f"{at:g}", "-i", str(source), "-map", "0", "-t", "2",
+         "-f", "null", "-"],
+        check=True,
+    )  # fmt: skip
+    return time.monotonic() - started
+
+
+def view_against_hls(m: Mount, name: str, seconds: float) -> list[tuple[str, str, str]]:
+    """Section 4: (what, the MP4 view, the HLS folder) rows."""
+    view, folder = m.path / "MP4" / f"{name}.mp4", m.path / name
+    rows = []
+    clear_cache(m)
+    ours = first_bytes_of_file(view)
+    clear_cache(m)
+    theirs = first_bytes_of_hls(folder)
+    rows.append(("cold start (10 MB)", f"{ours:5.2f} s", f"{theirs:5.2f} s"))
+    before = clear_cache(m)
+    ours = seek(view, seconds / 2)
+    ours_mb = fetched_since(m, before)
+    before = clear_cache(m)
+    theirs = seek(folder / "master.m3u8", seconds / 2)
+    theirs_mb = fetched_since(m, before)
+    size = view.stat().st_size / 1e6
+    rows.append(
+        (
+            "seek to the middle",
+            f"{ours:5.2f} s, {ours_mb:5.1f} MB fetched of {size:.0f}",
+            f"{theirs:5.2f} s, {theirs_mb:5.1f} MB fetched",
+        )
+    )
+    return rows
+
+
+def view_only(work: Path, seconds: int) -> None:
+    film = make_film(work / "media" / "film0.mp4", seconds)
+    m, _ = tgfs_library(work, "view", 8, [film], {"TGFS_MP4_VIEW": "MP4"})
+    try:
+        rows = view_against_hls(m, film.stem, seconds)
+    finally:
+        m.stop()
+    print_view(rows, seconds)
+
+
+def print_view(rows: list[tuple[str, str, str]], seconds: float) -> None:
+    print(
+        f"\nthe MP4 view against the HLS folder: film {seconds:g} s at 8 Mbps, 8 bots, "
+        f"{LATENCY * 1000:.0f} ms per request, {BANDWIDTH / 1e6:g} MB/s per bot, cache empty"
+    )
+    print(f"{'':20}| {'MP4 view':42}| HLS folder (ffmpeg -i master.m3u8)")
+    for what, ours, theirs in rows:
+        print(f"{what:20}| {ours:42}| {theirs}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=600, help="film length")
     parser.add_argument("--play", type=float, default=60.0, help="seconds of playback")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/tgfs-bench-stream"))
+    parser.add_argument("--only", choices=["view"], help="run only this section")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.only == "view":
+        view_only(work, args.seconds)
+        return
     films = [
         make_film(work / "media" / f"film{k}.mp4", args.seconds, None if k == 0 else f"film {k}")
         for k in range(4)
@@ -424,7 +537,7 @@ def main() -> None:
     results: dict[str, object] = {}
 
     plain = work / "plain"
-    m8, _ = tgfs_library(work, "lib8", 8, films, {}, plain)
+    m8, _ = tgfs_library(work, "lib8", 8, films, {"TGFS_MP4_VIEW": "MP4"}, plain)
     m1: Mount | None = None
     peer: Peer | None = None
     try:
@@ -469,6 +582,7 @@ def main() -> None:
         )
         stat_p99, readdir_p99 = responsiveness(m8, "film1", min(args.play, 30))
         cache = json.loads((m8.path / ".tgfs" / "cache.json").read_text())
+        view_rows = view_against_hls(m8, "film2", args.seconds)
         m8.stop()
 
         m1, _ = tgfs_library(work, "lib1", 1, films[:1], {})
@@ -501,6 +615,7 @@ def main() -> None:
         f"during a transcode and a cold playback: stat p99 {stat_p99:.1f} ms, "
         f"readdir p99 {readdir_p99:.1f} ms"
     )
+    print_view(view_rows, args.seconds)
     results.update(
         prefetch_hit_bytes=cache["prefetch_hit_bytes"],
         prefetch_wasted_bytes=cache["prefetch_wasted_bytes"],

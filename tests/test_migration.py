@@ -74,8 +74,9 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
     (m.path / "Fïlms" / "new.txt").write_text("after the upgrade")
     m.wait_idle()
     assert sorted(os.listdir(m.path / "Fïlms")) == ["new.txt", "notes ü.txt"]
-    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
-    assert "init_data" in {row[1] for row in m.catalog("PRAGMA table_info(rendition)")}
+    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("9",)]
+    columns = {row[1] for row in m.catalog("PRAGMA table_info(rendition)")}
+    assert {"init_data", "sidecar_size"} <= columns
     assert {t for (t,) in m.catalog("SELECT DISTINCT typeof(name) FROM entry")} == {"blob"}
     old = m.path / "Fïlms" / "notes ü.txt"
     assert old.stat().st_ino == 6 and old.stat().st_nlink == 1

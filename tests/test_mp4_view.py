@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,9 @@ import pytest
 
 from tests.conftest import copy_in, wait_for
 from tests.media import Spec, make
-from tests.test_tracks import _film, _tone
+from tests.test_tracks import GERMAN, _film, _tone
 
-VIEW = "MP4"  # TGFS_MP4_VIEW's default
+VIEW = "MP4"  # TGFS_MP4_VIEW, as the README suggests
 
 
 def _jellyfin_probe(path: Path) -> dict:
@@ -62,7 +63,8 @@ def _listing(root: Path) -> list[str]:
     return found
 
 
-def test_a_copy_mode_video_is_one_mp4_file(mount, media, tmp_path):
+def test_a_copy_mode_video_is_one_mp4_file(mount_factory, media, tmp_path):
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW)
     src = media("h264_aac.mp4")
     (mount.path / "Movies").mkdir()
     copy_in(src, mount.path / "Movies" / "Clip.mp4")
@@ -98,7 +100,8 @@ def test_a_copy_mode_video_is_one_mp4_file(mount, media, tmp_path):
     assert _decode_errors(copy) == "" and _frames(copy) == _frames(film)
 
 
-def test_the_view_is_read_only(mount, media):
+def test_the_view_is_read_only(mount_factory, media):
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW)
     copy_in(media("tiny_h264.mp4"), mount.path / "tiny.mp4")
     mount.wait_idle()
     view = mount.path / VIEW
@@ -132,7 +135,7 @@ def test_the_best_rendition_and_every_language(mount_factory, tmp_path, codec, m
     """A ladder (the source's size and 180p): the file has the biggest picture; two audio
     languages: both tracks, with their languages, each with its own tone."""
     src = _film(tmp_path, codec)  # 320x240, English 440 Hz, French 660 Hz, subtitles
-    mount = mount_factory(COPY_MODE_MIN_SIZE="1K", TGFS_LADDER="180")
+    mount = mount_factory(COPY_MODE_MIN_SIZE="1K", TGFS_LADDER="180", TGFS_MP4_VIEW=VIEW)
     copy_in(src, mount.path / "film.mkv")
     mount.wait_idle()
     assert mount.job("film.mkv")["outcome"] == f"video ({mode})"
@@ -151,13 +154,54 @@ def test_the_best_rendition_and_every_language(mount_factory, tmp_path, codec, m
     assert abs(_tone(film, "0:a:0") - 440) < 20
     assert abs(_tone(film, "0:a:1") - 660) < 20
 
+    # Subtitles beside it, as media servers look for them: each cue once, at its time.
+    view = mount.path / VIEW
+    assert sorted(os.listdir(view)) == ["film.eng.vtt", "film.mp4"]
+    english = _cues(view / "film.eng.vtt")
+    assert english.count("Hello <i>there</i>") == 1 and english.count("Second line") == 1
+    assert "00:00:00,500 --> 00:00:02,500" in english
+    # A sidecar dropped after the video joins it, in the HLS folder and in the view.
+    (mount.path / "film.de.srt").write_text(GERMAN)
+    mount.wait_idle()
+    assert sorted(os.listdir(view)) == ["film.de.vtt", "film.eng.vtt", "film.mp4"]
+    assert "Guten Tag" in _cues(view / "film.de.vtt")
+    assert all(size is not None for (size,) in mount.catalog(
+        "SELECT sidecar_size FROM rendition WHERE kind = 'subtitles'"
+    ))  # fmt: skip
+    files = {name: (view / name).read_bytes() for name in os.listdir(view)}
+    assert all((view / name).stat().st_size == len(data) for name, data in files.items())
+
+    # A library made before the catalog kept init segments and subtitle sizes: the view
+    # reads them from the store once, and the files are byte for byte the same.
+    mount.stop()
+    db = sqlite3.connect(mount.data / "catalog.db")
+    with db:
+        db.execute("UPDATE rendition SET init_data = NULL, sidecar_size = NULL")
+    db.close()
+    mount.start()
+    assert {name: (view / name).read_bytes() for name in os.listdir(view)} == files
+    assert mount.catalog("SELECT count(*) FROM rendition WHERE kind != 'subtitles' "
+                         "AND init_data IS NULL AND name IN ('240p', 'audio-eng', 'audio-fra')"
+                         ) == [(0,)]  # fmt: skip
+    assert mount.catalog(
+        "SELECT count(*) FROM rendition WHERE kind = 'subtitles' AND sidecar_size IS NULL"
+    ) == [(0,)]
+
+
+def _cues(path: Path) -> str:
+    """A WebVTT file's cues as SRT, through ffmpeg's WebVTT reader."""
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "srt", "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_renames_moves_and_deletes_show_at_once_and_the_file_never_changes(mount_factory, media):
-    mount = mount_factory()
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW)
     (mount.path / "Movies").mkdir()
     copy_in(media("h264_only.mp4"), mount.path / "Movies" / "A.mp4")
     mount.wait_idle()
@@ -194,7 +238,7 @@ def test_a_seek_reads_a_small_part_of_the_file(mount_factory, tmp_path):
     and the fragments it decodes (and what is fetched ahead of them), not the film."""
     spec = Spec(seconds=120, bitrate=2_000_000, video_options=(("preset", "ultrafast"),))
     src = make(tmp_path / "long.mp4", spec)
-    mount = mount_factory()
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW)
     copy_in(src, mount.path / "long.mp4")
     mount.wait_idle()
     assert mount.job("long.mp4")["outcome"] == "video (copy)"
@@ -215,3 +259,82 @@ def test_a_seek_reads_a_small_part_of_the_file(mount_factory, tmp_path):
     # the segments around 60-62 s and the window ahead of those (4 segments of 2 s):
     # about 14 of this film's 60 segments (7.3 of 31.4 MB here), whatever its length.
     assert 0 < fetched < size / 3, f"{fetched} of {size} bytes fetched for a seek"
+
+
+def test_the_view_gives_way_to_a_folder_of_its_name(mount_factory):
+    """TGFS_MP4_VIEW names a folder at the root: a user's entry of that name wins (a
+    warning says so), another name moves the view, and an empty one removes it."""
+    mount = mount_factory()
+    assert os.listdir(mount.path) == [".tgfs"]  # no view unless asked for
+    (mount.path / VIEW).mkdir()
+    (mount.path / VIEW / "mine.txt").write_text("mine")
+    mount.wait_idle()
+    mount.stop()
+    mount.env["TGFS_MP4_VIEW"] = VIEW
+    mount.start()
+    assert os.listdir(mount.path / VIEW) == ["mine.txt"]
+    assert (mount.path / VIEW / "mine.txt").read_text() == "mine"
+    assert "MP4 view: not shown, since 'MP4' at the mount's root is yours" in mount.log()
+    mount.stop()
+    mount.env["TGFS_MP4_VIEW"] = "Films as MP4"
+    mount.start()
+    assert sorted(os.listdir(mount.path)) == [".tgfs", "Films as MP4", VIEW]
+    assert os.listdir(mount.path / "Films as MP4") == [VIEW]  # a mirror of the user's folder
+    mount.stop()
+    mount.env["TGFS_MP4_VIEW"] = ""
+    mount.start()
+    assert sorted(os.listdir(mount.path)) == [".tgfs", VIEW]
+
+
+def test_a_media_server_indexes_the_view(mount_factory, media, tmp_path):
+    """MiniDLNA (Debian's `minidlna`), a media server, scans the view as a video library:
+    every film with its type, picture size and duration, read with its scanner's own
+    libavformat; and nothing that is not a film. It runs in a network namespace of its own
+    (`unshare -n`) so that its announcements reach nobody."""
+    if shutil.which("minidlnad") is None:
+        pytest.skip("minidlna is not installed (make test installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("unshare -n needs root")
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW)
+    (mount.path / "Movies").mkdir()
+    copy_in(media("h264_aac.mp4"), mount.path / "Movies" / "Clip.mp4")
+    copy_in(media("tiny_h264.mp4"), mount.path / "tiny.mp4")
+    mount.wait_idle()
+    view = mount.path / VIEW
+    conf = tmp_path / "minidlna.conf"
+    (tmp_path / "db").mkdir()
+    conf.write_text(
+        f"media_dir=V,{view}\ndb_dir={tmp_path / 'db'}\nlog_dir={tmp_path}\n"
+        "port=18200\nnetwork_interface=lo\ninotify=no\n"
+    )
+    log = tmp_path / "minidlna.out"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            ["unshare", "-n", "minidlnad", "-f", str(conf), "-d", "-R",
+             "-P", str(tmp_path / "pid")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "Initial file scan completed" in log.read_text(errors="replace"), 60,
+                 "MiniDLNA's scan")  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+    db = sqlite3.connect(tmp_path / "db" / "files.db")
+    rows = db.execute(
+        "SELECT PATH, MIME, RESOLUTION, DURATION, SIZE FROM DETAILS WHERE MIME IS NOT NULL "
+        "ORDER BY PATH"
+    ).fetchall()
+    db.close()
+    indexed = {Path(path).relative_to(view).as_posix(): rest for path, *rest in rows}
+    assert set(indexed) == {"Movies/Clip.mp4", "tiny.mp4"}, indexed
+    for name, (mime, resolution, duration, size) in indexed.items():
+        film = view / name
+        assert mime == "video/mp4" and size == film.stat().st_size
+        probed = _jellyfin_probe(film)
+        width, height = probed["streams"][0]["width"], probed["streams"][0]["height"]
+        assert resolution == f"{width}x{height}"
+        h, m, s = duration.split(":")
+        assert (
+            abs(int(h) * 3600 + int(m) * 60 + float(s) - float(probed["format"]["duration"])) < 0.01
+        )

@@ -55,7 +55,7 @@ def _slow_store(tmp_path, monkeypatch) -> tuple[Path, StandIn, dict[str, str]]:
 
 def test_video_is_playable_while_it_is_being_made(mount_factory, tmp_path, monkeypatch):
     src, _, env = _slow_store(tmp_path, monkeypatch)
-    mount = mount_factory(**env)
+    mount = mount_factory(**env, TGFS_MP4_VIEW="MP4")
     copy_in(src, mount.path / "live.avi")
     folder = mount.path / "live"
     playlist = folder / "240p" / "playlist.m3u8"

@@ -241,6 +241,22 @@ class PartCache:
             self.fetch_ahead(parts, offset + length, ahead, priority)
         return b"".join(pieces)
 
+    async def read_all(self, blobs: list[list[PartRef]], at_once: int = 16) -> list[bytes]:
+        """The whole of several small blobs (a subtitle track's segments), `at_once` at a
+        time: one after the other, a thousand of them would take a thousand round trips."""
+        found = [b""] * len(blobs)
+        limiter = trio.CapacityLimiter(at_once)
+
+        async def one(n: int) -> None:
+            async with limiter:
+                found[n] = await self.read(blobs[n], 0, sum(p.size for p in blobs[n]))
+
+        with _store_error_unwrapped():
+            async with trio.open_nursery() as nursery:
+                for n in range(len(blobs)):
+                    nursery.start_soon(one, n)
+        return found
+
     async def _read_present(self, part: PartRef, entry: _Entry, start: int, end: int) -> bytes:
         """Bytes [start, end) of a part whose chunks are present: read, and opened if the
         part is sealed (a cache file damaged on disk is dropped, and EIO)."""

@@ -367,8 +367,9 @@ class Settings:
     # once. Fractions are allowed (tests use seconds' worth).
     trash_days: float = _setting("TGFS_TRASH_DAYS", "7", _number(0, 3650))
     # The MP4 view's folder at the mount's root (tgfs.fs.view): every video as one MP4
-    # file for media servers and downloads; empty: no view.
-    mp4_view: str = _setting("TGFS_MP4_VIEW", "MP4", _folder_name, lambda v: v or "(off)")
+    # file for media servers and downloads. Off unless named: a folder tgfs adds to the
+    # root would surprise `du`, `rsync -a` and a user's own folder of that name.
+    mp4_view: str = _setting("TGFS_MP4_VIEW", "", _folder_name, lambda v: v or "(off)")
     # module:callable that makes a client object (tests point it at the stand-in).
     telegram_client: str = _setting("TGFS_TELEGRAM_CLIENT", "pyrogram:Client", _client)
     # Not single settings: the numbered bot pairs and the API credentials (see _bots).

@@ -220,10 +220,15 @@ def complete_video(folder: Node, source: Node | None, start_time: float, target:
             tree.touch_dir(source.parent_id)
 
 
-def attach_rendition(folder: Node, info: RenditionInfo, segments: list[StoredFile]) -> None:
-    """Add a whole subtitle rendition to a complete video (subtitles dropped after it)."""
+def attach_rendition(
+    folder: Node, info: RenditionInfo, segments: list[StoredFile], sidecar_size: int
+) -> None:
+    """Add a whole subtitle rendition to a complete video (subtitles dropped after it),
+    with its size as one file (Rendition.sidecar_size)."""
     with db.atomic():
-        add_segments(add_rendition(folder, info, None), segments, (0, 0))
+        rendition = add_rendition(folder, info, None)
+        add_segments(rendition, segments, (0, 0))
+        Rendition.update(sidecar_size=sidecar_size).where(Rendition.id == rendition.id).execute()
 
 
 def video_segment_durations(video_id: int) -> list[float]:

@@ -43,7 +43,9 @@ from tgfs import web
 # 5: the trash (deleted files and videos kept for TGFS_TRASH_DAYS)
 # 6: parts and backups sealed with the encryption key (Part.seal, Backup.seal)
 # 7: video posters (Video.poster_blob); video folders 0755
-SCHEMA_VERSION = 8
+# 8: init segments kept in the catalog (Rendition.init_data)
+# 9: the size of a subtitle rendition as one WebVTT file (Rendition.sidecar_size)
+SCHEMA_VERSION = 9
 
 db = pw.SqliteDatabase(None)
 
@@ -336,6 +338,12 @@ class Rendition(_Model):
     # here so that a video's MP4 view (tgfs.media.fmp4) gets its header, and so its size,
     # without a store read. None for subtitles, and for renditions made before schema 8.
     init_data = pw.BlobField(null=True)
+    # Subtitles: the bytes of the one WebVTT file the MP4 view shows beside the video
+    # (`Film.eng.vtt`, tgfs.media.subtitles.whole of its segments), worked out from the
+    # segments when they are published, so that a `stat` of it reads nothing. None for
+    # other kinds, and for subtitles made before schema 9 (worked out from the stored
+    # segments when the view first needs it).
+    sidecar_size = pw.IntegerField(null=True)
 
 
 class Segment(_Model):
@@ -584,6 +592,13 @@ def open_catalog(path: Path) -> None:
         with db.atomic():
             migrate(SqliteMigrator(db).add_column("rendition", "init_data", Rendition.init_data))
             Meta.update(value="8").where(Meta.key == "schema_version").execute()
+        found = 8
+    if found == 8:  # subtitles' sizes as one file are not known yet: NULL says so
+        with db.atomic():
+            migrate(
+                SqliteMigrator(db).add_column("rendition", "sidecar_size", Rendition.sidecar_size)
+            )
+            Meta.update(value="9").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()

@@ -145,3 +145,38 @@ def complete(video_ids: list[int]) -> set[int]:
         query = Video.select(Video.id).where(Video.id.in_(batch) & (Video.complete == True))  # noqa: E712
         found.update(v.id for v in query)
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Subtitles:
+    """A subtitle rendition, as the view shows it: one WebVTT file beside the video."""
+
+    folder_id: int  # its rendition folder's node (the sidecar's inode is numbered from it)
+    rendition_id: int
+    language: str | None
+    size: int | None  # Rendition.sidecar_size (None: not worked out yet)
+
+
+def subtitles(video_id: int) -> list[Subtitles]:
+    """A video's subtitle renditions, in the order the master playlist lists them."""
+    query = (
+        Rendition.select(Node.id, Rendition.id, Rendition.language, Rendition.sidecar_size)
+        .join(Node, on=((Node.rendition == Rendition.id) & (Node.kind == NodeKind.RENDITION)))
+        .where((Rendition.video == video_id) & (Rendition.kind == RenditionKind.SUBTITLES))
+        .order_by(Rendition.id)
+        .tuples()
+    )
+    return [Subtitles(*row) for row in query]
+
+
+def subtitle_segments(rendition_id: int) -> list[int]:
+    """The blob of each of a subtitle rendition's segments, in order."""
+    query = (
+        Segment.select(Segment.blob).where(Segment.rendition == rendition_id).order_by(Segment.seq)
+    )
+    return [s.blob_id for s in query]
+
+
+def record_sidecar_size(rendition_id: int, size: int) -> None:
+    """The size of a subtitle rendition as one WebVTT file (Rendition.sidecar_size)."""
+    Rendition.update(sidecar_size=size).where(Rendition.id == rendition_id).execute()

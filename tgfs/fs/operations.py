@@ -850,9 +850,9 @@ class Filesystem(pyfuse3.Operations):
         if self.view is not None and is_view(inode):
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            handle = await self.view.open(inode)
+            opened = await self.view.open(inode)
             # A view file never changes: the page cache may keep it across opens.
-            return pyfuse3.FileInfo(fh=self._add_handle(handle), keep_cache=True)
+            return pyfuse3.FileInfo(fh=self._add_handle(opened), keep_cache=True)
         segment = self._segments.get(inode)
         if (
             segment is not None

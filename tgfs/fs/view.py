@@ -44,10 +44,10 @@ import pyfuse3
 from tgfs.cache import PartCache
 from tgfs.catalog import ROOT_ID, Node, NodeKind, blobs, tree, view
 from tgfs.fs.attrs import MUTABLE_TIMEOUT
-from tgfs.fs.handles import OpenParts
-from tgfs.media import fmp4
+from tgfs.fs.handles import BytesHandle, OpenParts
+from tgfs.media import fmp4, subtitles
 from tgfs.prefetch import FIRST_WINDOW
-from tgfs.store.base import PartRef
+from tgfs.store.base import PartRef, StoreError
 from tgfs.store.slots import URGENT, Priority
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 VIEW_INODES = 1 << 60
 VIDEO_SUFFIX = ".mp4"
 AUDIO_SUFFIX = ".m4a"  # an audio-only "video" (TGFS_AUDIO_HLS): what music servers scan
+SUBTITLES_SUFFIX = ".vtt"
 # A library entry's place in a view listing is entry id * _SLOTS + its item (one per file
 # a video shows), so a listing resumes at a stable offset.
 _SLOTS = 64
@@ -66,6 +67,7 @@ _HEAD = 64 * 1024  # bytes of a segment read at a time to find its boxes (see _f
 _SIZES_KEPT = 65536  # files whose size is kept (a stat needs no query): ints
 _FILES_KEPT = 16  # files whose layout and parts are kept: each open of nginx's needs one
 _SCANS_KEPT = 4096  # segments whose box layout is kept (a few dozen bytes each)
+_SIDECARS_KEPT = 16  # subtitle files kept whole (tens of KiB each)
 
 
 def is_view(inode: int) -> bool:
@@ -142,6 +144,32 @@ def file_name(folder: Node, audio_only: bool) -> str:
     return folder.name + (AUDIO_SUFFIX if audio_only else VIDEO_SUFFIX)
 
 
+def sidecar_names(stem: str, subs: list[view.Subtitles]) -> list[str]:
+    """The names of a video's subtitle files, as media servers match them to `stem.mp4`:
+    `Film.eng.vtt` (the language as tagged), `Film.eng.2.vtt` for a second one in that
+    language, `Film.vtt` for one without a language."""
+    seen: collections.Counter[str] = collections.Counter()
+    names = []
+    for sub in subs:
+        tag = (sub.language or "").replace("/", "_")
+        seen[tag] += 1
+        words = [stem, *([tag] if tag else []), *([str(seen[tag])] if seen[tag] > 1 else [])]
+        names.append(".".join(words) + SUBTITLES_SUFFIX)
+    return names
+
+
+def _stems(name: str) -> list[str]:
+    """The video folder names a view file's name may come from: what is left before its
+    suffix, and for a subtitle file before each dot (`A.b.eng.vtt`: `A.b.eng`, `A.b`, `A`)."""
+    for suffix in (VIDEO_SUFFIX, AUDIO_SUFFIX):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return [name[: -len(suffix)]]
+    if not name.endswith(SUBTITLES_SUFFIX):
+        return []
+    rest = name[: -len(SUBTITLES_SUFFIX)]
+    return [rest[:at] for at in range(len(rest), 0, -1) if at == len(rest) or rest[at] == "."]
+
+
 class View:
     """The view's folders and files, below its folder `root_id` (a VIEW node)."""
 
@@ -157,6 +185,7 @@ class View:
         self._sizes: collections.OrderedDict[int, tuple[int, bool]] = collections.OrderedDict()
         self._files: collections.OrderedDict[int, ViewFile] = collections.OrderedDict()
         self._scans: collections.OrderedDict[int, fmp4.Fragments] = collections.OrderedDict()
+        self._sidecars: collections.OrderedDict[int, bytes] = collections.OrderedDict()
 
     def owns(self, inode: int) -> bool:
         """Whether `inode` is the view's folder or inside it."""
@@ -181,31 +210,45 @@ class View:
         or no picture rendition)."""
         kept = self._sizes.get(folder.id)
         if kept is None:
-            file = await self._made(folder)
-            if file is None:
+            laid_out = await self._layout(folder)
+            if laid_out is None:
                 return None
-            kept = self._sizes[folder.id] = (file.layout.size, file.audio_only)
+            source, layout = laid_out
+            kept = self._sizes[folder.id] = (layout.size, source.audio_only)
             if len(self._sizes) > _SIZES_KEPT:
                 self._sizes.popitem(last=False)
         self._sizes.move_to_end(folder.id)
         return kept
 
-    async def _file_attrs(self, folder: Node) -> tuple[str, pyfuse3.EntryAttributes] | None:
+    async def _items(self, folder: Node) -> list[tuple[str, pyfuse3.EntryAttributes]]:
+        """What a video folder shows in the view: its MP4 file, then a WebVTT file for each
+        of its subtitle renditions; nothing while it has no file (not complete)."""
         found = await self._file(folder)
         if found is None:
-            return None
+            return []
         size, audio_only = found
         mode = stat.S_IFREG | 0o444
-        return file_name(folder, audio_only), _attrs(VIEW_INODES + folder.id, mode, folder, size)
+        items = [
+            (file_name(folder, audio_only), _attrs(VIEW_INODES + folder.id, mode, folder, size))
+        ]
+        subs = view.subtitles(folder.video_id) if folder.video_id else []
+        for sub, name in zip(subs, sidecar_names(folder.name, subs), strict=True):
+            size = sub.size if sub.size is not None else len(await self._sidecar(sub))
+            items.append((name, _attrs(VIEW_INODES + sub.folder_id, mode, folder, size)))
+        return items
 
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         node = tree.get(self._source_dir(inode))
         if node is None or (node.links == 0 and node.id != ROOT_ID):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if node.node_kind is NodeKind.DIR:
+        kind = node.node_kind
+        if kind is NodeKind.DIR:
             return self._dir_attrs(node)
-        if node.node_kind is NodeKind.VIDEO and (found := await self._file_attrs(node)):
-            return found[1]
+        folder = tree.get(node.parent_id) if kind is NodeKind.RENDITION else node
+        if folder is not None and folder.node_kind is NodeKind.VIDEO and folder.links > 0:
+            for _, attrs in await self._items(folder):
+                if attrs.st_ino == inode:
+                    return attrs
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     # ---- names -------------------------------------------------------------------------
@@ -224,13 +267,12 @@ class View:
         node = tree.child(source_id, name)
         if node is not None and node.node_kind is NodeKind.DIR:
             return self._dir_attrs(node)
-        for suffix in (VIDEO_SUFFIX, AUDIO_SUFFIX):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                folder = tree.child(source_id, name[: -len(suffix)])
-                if folder is not None and folder.node_kind is NodeKind.VIDEO:
-                    found = await self._file_attrs(folder)
-                    if found is not None and found[0] == name:
-                        return found[1]
+        for stem in _stems(name):
+            folder = tree.child(source_id, stem)
+            if folder is not None and folder.node_kind is NodeKind.VIDEO:
+                for found, attrs in await self._items(folder):
+                    if found == name:
+                        return attrs
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     async def entries(
@@ -247,37 +289,51 @@ class View:
             for node in page:
                 assert node.entry is not None
                 place = node.entry.id * _SLOTS
-                if place < start:
-                    continue
                 kind = node.node_kind
-                if kind is NodeKind.DIR:
+                if kind is NodeKind.DIR and place >= start:
                     yield node.name, self._dir_attrs(node), place + 1
                 elif kind is NodeKind.VIDEO and node.video_id in videos:
-                    found = await self._file_attrs(node)
-                    if found is None:
+                    try:
+                        items = await self._items(node)
+                    except (pyfuse3.FUSEError, StoreError, OSError) as exc:
+                        # One video that cannot be shown (logged) must not hide the folder.
+                        log.warning("MP4 view: %s left out: %s", tree.path_of(node), exc)
                         continue
-                    name, attrs = found
-                    shadow = tree.child(source_id, name)  # a folder of that name wins
-                    if shadow is None or shadow.node_kind is not NodeKind.DIR:
-                        yield name, attrs, place + 1
+                    for n, (name, attrs) in enumerate(items[: _SLOTS - 1]):
+                        if place + n < start:
+                            continue
+                        shadow = tree.child(source_id, name)  # a folder of that name wins
+                        if shadow is None or shadow.node_kind is not NodeKind.DIR:
+                            yield name, attrs, place + n + 1
 
     # ---- files ---------------------------------------------------------------------------
 
     async def _made(self, folder: Node) -> ViewFile | None:
-        """A video folder's file, laid out (kept for the last few opened); None if it has
-        none."""
+        """A video folder's file as reads need it (kept for the last few opened); None if
+        it has none. The store gets ready for all its parts, since a player or a scanner
+        may seek anywhere."""
         kept = self._files.get(folder.id)
         if kept is None:
-            source = view.source(folder.video_id) if folder.video_id else None
-            if source is None:
+            laid_out = await self._layout(folder)
+            if laid_out is None:
                 return None
-            kept = self._files[folder.id] = await self._lay_out(folder.id, source)
+            source, layout = laid_out
+            found = blobs.parts_of_many(b for t in source.tracks for b, _, _ in t.segments)
+            placed = tuple(tuple(found[b] for b, _, _ in t.segments) for t in source.tracks)
+            kept = ViewFile(folder.id, layout, placed, source.audio_only)
+            self._files[folder.id] = kept
             if len(self._files) > _FILES_KEPT:
                 self._files.popitem(last=False)
+            self.cache.prepare(kept.all_parts())
         self._files.move_to_end(folder.id)
         return kept
 
-    async def _lay_out(self, folder_id: int, source: view.Source) -> ViewFile:
+    async def _layout(self, folder: Node) -> tuple[view.Source, fmp4.Layout] | None:
+        """What a video folder's file is made of, and how it is laid out; None if it has no
+        file (see tgfs.catalog.view.source)."""
+        source = view.source(folder.video_id) if folder.video_id else None
+        if source is None:
+            return None
         inits = []
         for track in source.tracks:
             data = track.init_data
@@ -293,24 +349,26 @@ class View:
             for init, t in zip(inits, source.tracks, strict=True)
         ]
         try:
-            layout = fmp4.layout(tracks, source.duration, source.start_time)
+            return source, fmp4.layout(tracks, source.duration, source.start_time)
         except fmp4.FormatError as exc:
-            log.error("MP4 view: video %d cannot be laid out: %s", source.video_id, exc)
+            log.error("MP4 view: %s cannot be laid out: %s", tree.path_of(folder), exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        found = blobs.parts_of_many(b for t in source.tracks for b, _, _ in t.segments)
-        placed = tuple(tuple(found[b] for b, _, _ in t.segments) for t in source.tracks)
-        file = ViewFile(folder_id, layout, placed, source.audio_only)
-        # A player or a scanner may seek anywhere: the store gets ready for every part.
-        self.cache.prepare(file.all_parts())
-        return file
 
-    async def open(self, inode: int) -> ViewHandle:
-        folder = tree.get(inode - VIEW_INODES)
-        if folder is None or folder.links == 0:
+    async def open(self, inode: int) -> ViewHandle | BytesHandle:
+        node = tree.get(inode - VIEW_INODES)
+        if node is None or node.links == 0:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if folder.node_kind is NodeKind.DIR:
+        kind = node.node_kind
+        if kind is NodeKind.DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        made = await self._made(folder) if folder.node_kind is NodeKind.VIDEO else None
+        if kind is NodeKind.RENDITION:  # a subtitle file
+            await self.getattr(inode)  # (shown: its video complete and in the tree)
+            subs = view.subtitles(node.video_id) if node.video_id else []
+            sub = next((s for s in subs if s.folder_id == node.id), None)
+            if sub is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return BytesHandle(inode, await self._sidecar(sub))
+        made = await self._made(node) if kind is NodeKind.VIDEO else None
         if made is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         handle = ViewHandle(inode, made)
@@ -319,6 +377,32 @@ class View:
         # their way now.
         self._fetch_pieces(handle.file, 0, len(handle.file.parts))
         return handle
+
+    async def _sidecar(self, sub: view.Subtitles) -> bytes:
+        """A subtitle rendition as one WebVTT file (tgfs.media.subtitles.whole), from its
+        stored segments (kept for the last few asked for). Its size, recorded when it was
+        published, is checked; one made before sizes were recorded gets its size now."""
+        kept = self._sidecars.get(sub.rendition_id)
+        if kept is None:
+            segments = view.subtitle_segments(sub.rendition_id)
+            parts = blobs.parts_of_many(segments)
+            texts = await self.cache.read_all([parts[b] for b in segments])
+            kept = subtitles.whole_file(texts)
+            if sub.size is None:
+                view.record_sidecar_size(sub.rendition_id, len(kept))
+            elif len(kept) != sub.size:
+                log.error(
+                    "MP4 view: subtitles %d make %d bytes, %d were recorded",
+                    sub.rendition_id,
+                    len(kept),
+                    sub.size,
+                )
+                raise pyfuse3.FUSEError(errno.EIO)
+            self._sidecars[sub.rendition_id] = kept
+            if len(self._sidecars) > _SIDECARS_KEPT:
+                self._sidecars.popitem(last=False)
+        self._sidecars.move_to_end(sub.rendition_id)
+        return kept
 
     def release(self, handle: ViewHandle) -> None:
         self.open_parts.closed(handle.file.all_parts())

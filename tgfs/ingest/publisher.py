@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from tgfs.catalog import Node, Rendition, blobs, library, tree
+from tgfs.catalog import Node, Rendition, blobs, library, tree, view
 from tgfs.catalog.library import MASTER_NAME, MEDIA_PLAYLIST_NAME
 from tgfs.media.messages import (
     Announcement,
@@ -33,10 +33,12 @@ from tgfs.media.messages import (
     Restart,
     Segment,
     SegmentFile,
+    TrackKind,
     VideoResult,
 )
 from tgfs.media.messages import Rendition as Announced
 from tgfs.media.playlists import bandwidths, target_duration
+from tgfs.media.subtitles import whole_file
 from tgfs.store.base import PartRef
 from tgfs.store.parts import Upload
 
@@ -138,6 +140,10 @@ class VideoPublisher:
         source = self._source()
         old_parent, old_name = source.parent_id, source.name
         assert self.folder is not None  # _step published it: every rendition is stored
+        for r in renditions:  # what the MP4 view's subtitle files will weigh (before the
+            if r.kind == TrackKind.SUBTITLES:  # video is complete, and so in the view)
+                texts = [(self.workdir / r.dir / s.name).read_bytes() for s in r.segments]
+                view.record_sidecar_size(self.renditions[r.dir].id, len(whole_file(texts)))
         every = [s.duration for r in renditions for s in r.segments]
         library.complete_video(self.folder, source, result.start_time, target_duration(every))
         self._invalidate(old_parent, [old_name])

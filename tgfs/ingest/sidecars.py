@@ -167,6 +167,7 @@ class SidecarSubtitles:
                 library.StoredFile(path.name, path.stat().st_size, stored[path], s.duration)
                 for path, s in zip(files, r.segments, strict=True)
             ],
+            len(subtitles.whole_file(path.read_bytes() for path in files)),
         )
         self.invalidate(folder.id, [library.MASTER_NAME, name])
         log.info("job %d (%s): added as subtitles to %s", job.id, job.path, tree.path_of(folder))

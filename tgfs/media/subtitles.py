@@ -11,6 +11,7 @@ allows — and an X-TIMESTAMP-MAP header tying its clock to the video's timestam
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import pysubs2
@@ -118,3 +119,28 @@ def write_segments(
         written.append((name, duration, len(text.encode())))
         begin += duration
     return written
+
+
+def whole(segments: Iterable[str]) -> str:
+    """One WebVTT file from a rendition's segments (as `write_segments` wrote them): every
+    cue once (a cue spanning a boundary is in each segment it shows in), in order, with
+    its times as they are, counted from the start of the video, as in the file the cues
+    came from. For the MP4 view's sidecar files (`Film.eng.vtt`).
+
+    Plain text work on tgfs's own output, and no library's: the result's size is recorded
+    when the video is published, and an upgrade of pysubs2 must not change these bytes."""
+    cues: dict[str, None] = {}  # (an ordered set)
+    for text in segments:
+        for block in text.replace("\r\n", "\n").split("\n\n"):
+            lines = block.strip("\n").split("\n")
+            timing = next((n for n, line in enumerate(lines) if "-->" in line), None)
+            if timing is not None:
+                cues.setdefault("\n".join(lines[timing:]))
+    body = "".join(f"{n}\n{cue}\n\n" for n, cue in enumerate(cues, start=1))
+    return "WEBVTT\n\n" + body
+
+
+def whole_file(segments: Iterable[bytes]) -> bytes:
+    """`whole` of segments as stored, as bytes: what the view serves, and what its size is
+    worked out from when the segments are published (the same steps, so the same bytes)."""
+    return whole(s.decode("utf-8", "replace") for s in segments).encode()
