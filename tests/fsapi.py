@@ -38,9 +38,10 @@ class Ctx:
 
 
 class FsApi:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **env: str) -> None:
+        """`env`: settings beyond the data and cache directories."""
         self.settings = config.load(
-            {"TGFS_DATA_DIR": str(root / "data"), "TGFS_CACHE_DIR": str(root / "cache")},
+            {"TGFS_DATA_DIR": str(root / "data"), "TGFS_CACHE_DIR": str(root / "cache"), **env},
             env_file=Path("/dev/null"),
         )
         open_catalog(self.settings.catalog_path)

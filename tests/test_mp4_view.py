@@ -180,6 +180,9 @@ def test_the_best_rendition_and_every_language(mount_factory, tmp_path, codec, m
     db.close()
     mount.start()
     assert {name: (view / name).read_bytes() for name in os.listdir(view)} == files
+    mount.kill()  # right after those reads recorded what they worked out: nothing half-done
+    mount.start()
+    assert {name: (view / name).read_bytes() for name in os.listdir(view)} == files
     assert mount.catalog("SELECT count(*) FROM rendition WHERE kind != 'subtitles' "
                          "AND init_data IS NULL AND name IN ('240p', 'audio-eng', 'audio-fra')"
                          ) == [(0,)]  # fmt: skip
