@@ -67,8 +67,9 @@ bench-media: setup
 	$(VENV)/bin/python -m tests.bench_media
 
 # Streaming through the mount: cold playback (8 bots, 1 bot, 4 viewers, a seek), warm reads,
-# stat/readdir latency; each beside rclone's VFS cache over the same slowed files. Needs
-# rclone (installed here if missing) and about 8 GB in /var/tmp; ~20 minutes.
+# stat/readdir latency; each beside rclone's VFS cache over the same slowed files; the MP4
+# view against the HLS folder. Needs rclone (installed here if missing) and about 8 GB in
+# /var/tmp; ~20 minutes. BENCH_ARGS="--only view" runs the MP4 view's section alone.
 bench-stream: setup
 	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
 	$(VENV)/bin/python -m tests.bench_stream $(BENCH_ARGS)

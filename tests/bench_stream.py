@@ -22,8 +22,11 @@
 4. The MP4 view (`--only view` runs just this): the film as one MP4 file against its HLS
    folder, on the same mount (8 bots, the slowed stand-in), each with an empty cache:
    cold start, the time to the first 10 MB (the file read from its start; the HLS read as
-   a player does, playlists, init segment, then segments); and a seek to the middle with
-   `ffmpeg -ss` decoding 2 s (its wall time, and the bytes it made tgfs fetch).
+   a player does, playlists, init segment, then segments); a player's seek to 40 % (the
+   segment file there read whole, against as many bytes read from the MP4 file where its
+   front index puts that segment); and `ffmpeg -ss` to 70 % decoding 2 s (its wall time,
+   and the bytes it made tgfs fetch), as FFmpeg-based players (Jellyfin, Plex, mpv) seek.
+   The kernel's page cache is dropped before each (as root) with tgfs's cache.
 
 Nothing here talks to Telegram; the stand-in's physics are a model (see tests/standin.py).
 """
@@ -31,12 +34,14 @@ Nothing here talks to Telegram; the stand-in's physics are a model (see tests/st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import random
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -48,6 +53,7 @@ import m3u8
 
 from tests.conftest import Mount, wait_for
 from tests.standin import StandIn
+from tgfs.media import fmp4
 
 REPO = Path(__file__).resolve().parent.parent
 BUFFER = 30.0  # seconds a player keeps buffered ahead (hls.js maxBufferLength)
@@ -460,6 +466,56 @@ def first_bytes_of_hls(folder: Path) -> float:
     return time.monotonic() - started
 
 
+SEEK_AT = 0.4  # the players' seek (a fraction of the film); ffmpeg's goes elsewhere (0.7)
+
+
+def read_segment_at(folder: Path, fraction: float) -> tuple[float, int]:
+    """Time to read the first variant's segment file at `fraction` of it whole; its size."""
+    master = m3u8.loads((folder / "master.m3u8").read_text())
+    media_path = folder / master.playlists[0].uri
+    media = m3u8.loads(media_path.read_text())
+    path = media_path.parent / media.segments[int(len(media.segments) * fraction)].uri
+    started = time.monotonic()
+    size = _read(path)
+    return time.monotonic() - started, size
+
+
+def subsegment_at(path: Path, fraction: float) -> int:
+    """Where an MP4 view file's subsegment at `fraction` of its front index (the video
+    track's `sidx`) begins: where a player seeking by it starts reading."""
+    with open(path, "rb") as f:
+        head = f.read(2**20)
+    at = 0
+    while (index := fmp4.header(head[at : at + 16], at, len(head) - at)).type != b"sidx":
+        at = index.end  # ftyp, moov: the video track's sidx is the first
+    # (version 1: a 64-bit earliest time and first offset)
+    anchor = index.end + struct.unpack_from(">Q", head, index.body + 20)[0]
+    (count,) = struct.unpack_from(">H", head, index.body + 30)
+    sizes = [
+        struct.unpack_from(">I", head, index.body + 32 + 12 * n)[0] & 0x7FFFFFFF
+        for n in range(count)
+    ]
+    return anchor + sum(sizes[: int(count * fraction)])
+
+
+def read_at(path: Path, at: int, length: int) -> float:
+    """Time to read `length` bytes of a file from `at`."""
+    started = time.monotonic()
+    with open(path, "rb") as f:
+        f.seek(at)
+        got = 0
+        while got < length and (chunk := f.read(2**20)):
+            got += len(chunk)
+    return time.monotonic() - started
+
+
+def drop_page_cache() -> None:
+    """What the kernel keeps of files read before (view files and segments are opened with
+    keep_cache): dropped, where this may, so that each figure is a cold one."""
+    with contextlib.suppress(OSError):  # not root: the figures read other parts of the film
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+
+
 def seek(source: Path, at: float) -> float:
     """Wall time of `ffmpeg -ss at` decoding 2 s of `source` (probe and seek included)."""
     started = time.monotonic()
@@ -475,21 +531,36 @@ def view_against_hls(m: Mount, name: str, seconds: float) -> list[tuple[str, str
     """Section 4: (what, the MP4 view, the HLS folder) rows."""
     view, folder = m.path / "MP4" / f"{name}.mp4", m.path / name
     rows = []
-    clear_cache(m)
+
+    def cold() -> int:
+        drop_page_cache()
+        return clear_cache(m)
+
+    cold()
     ours = first_bytes_of_file(view)
-    clear_cache(m)
+    cold()
     theirs = first_bytes_of_hls(folder)
     rows.append(("cold start (10 MB)", f"{ours:5.2f} s", f"{theirs:5.2f} s"))
-    before = clear_cache(m)
-    ours = seek(view, seconds / 2)
+    cold()
+    theirs, length = read_segment_at(folder, SEEK_AT)
+    cold()
+    at = subsegment_at(view, SEEK_AT)  # a player has the header from its open: untimed
+    fetched_since(m, 0)  # (and what that open fetched ahead is in)
+    ours = read_at(view, at, length)
+    mb = length / 1e6
+    rows.append(
+        ("player seek", f"{ours:5.2f} s ({mb:.1f} MB)", f"{theirs:5.2f} s (a {mb:.1f} MB segment)")
+    )
+    before = cold()
+    ours = seek(view, seconds * 0.7)
     ours_mb = fetched_since(m, before)
-    before = clear_cache(m)
-    theirs = seek(folder / "master.m3u8", seconds / 2)
+    before = cold()
+    theirs = seek(folder / "master.m3u8", seconds * 0.7)
     theirs_mb = fetched_since(m, before)
     size = view.stat().st_size / 1e6
     rows.append(
         (
-            "seek to the middle",
+            "ffmpeg -ss 70 %",
             f"{ours:5.2f} s, {ours_mb:5.1f} MB fetched of {size:.0f}",
             f"{theirs:5.2f} s, {theirs_mb:5.1f} MB fetched",
         )

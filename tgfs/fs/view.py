@@ -2,12 +2,14 @@
 reading a video's MP4 file from the stored segments through the cache.
 
 Inodes: the view's own folder is a catalog row; everything inside it is numbered from the
-node it shows, VIEW_INODES + the node's id: a library folder's mirror, or a video folder's
-MP4 file. Node ids are never reused and stay far below VIEW_INODES, so these numbers are
-stable across restarts and never name two things, and `forget` has nothing to purge.
+node it shows, VIEW_INODES + the node's id: a library folder's mirror, a video folder's
+MP4 file, or a subtitle rendition folder's WebVTT file. Node ids are never reused and stay
+far below VIEW_INODES, so these numbers are stable across restarts and never name two
+things, and `forget` has nothing to purge.
 
 Names: a folder keeps its name; a complete video folder `Film` is the file `Film.mp4`
-(`Film.m4a` for an audio-only one). A video still being made is not shown, and nothing
+(`Film.m4a` for an audio-only one) and a subtitle file for each subtitle rendition
+(`Film.eng.vtt`, see `sidecar_names`). A video still being made is not shown, and nothing
 else is: no ordinary files, playlists or segments, so a media server's scanner sees only
 films. Should a folder named `Film.mp4` stand beside the video `Film`, the folder is
 shown and the video is not (lookup and readdir agree).
@@ -21,13 +23,15 @@ Reading: a file is its header (made from the catalog alone, see tgfs.media.fmp4)
 stored segments, read through the read cache as segments are, with a handful of bytes
 patched in each. The patches' places come from the segment's box headers and `moof`s,
 read through the cache too (its first chunk, mostly, which the read wants anyway) and
-kept. Sequential reads fetch the next segments of every track ahead, as HLS
+kept. A read fetches the rest of its segment at once, as a segment file's first read
+does; sequential reads also fetch the next segments of every track ahead, as HLS
 prefetch does (a window from 2 segments up to TGFS_PREFETCH_SEGMENTS), so a player
 streams; a seek fetches what it reads, then the window starts again.
 
 Failure modes: a segment that is not fragmented MP4 as tgfs makes it (FormatError) or a
-store that fails gives EIO for that read, with a log line naming the video; the mount and
-the other files go on.
+store that fails gives EIO for that read, with a log line naming the video; a listing
+leaves out a video it cannot show (logged) rather than fail the folder; the mount and the
+other files go on.
 """
 
 from __future__ import annotations
@@ -116,15 +120,8 @@ class ViewHandle:
         pass
 
 
-def _times(attrs: pyfuse3.EntryAttributes, node: Node) -> None:
-    attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = (
-        node.atime_ns,
-        node.mtime_ns,
-        node.ctime_ns,
-    )
-
-
 def _attrs(inode: int, mode: int, node: Node, size: int) -> pyfuse3.EntryAttributes:
+    """Attributes of a view entry: its owner and times are those of the node it shows."""
     attrs = pyfuse3.EntryAttributes()
     attrs.st_ino = inode
     attrs.generation = 0
@@ -134,7 +131,11 @@ def _attrs(inode: int, mode: int, node: Node, size: int) -> pyfuse3.EntryAttribu
     attrs.st_size = size
     attrs.st_blksize = 128 * 1024
     attrs.st_blocks = (size + 511) // 512
-    _times(attrs, node)
+    attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = (
+        node.atime_ns,
+        node.mtime_ns,
+        node.ctime_ns,
+    )
     attrs.entry_timeout = 0  # see the module docstring: every lookup asks again
     attrs.attr_timeout = MUTABLE_TIMEOUT
     return attrs
@@ -151,7 +152,7 @@ def sidecar_names(stem: str, subs: list[view.Subtitles]) -> list[str]:
     seen: collections.Counter[str] = collections.Counter()
     names = []
     for sub in subs:
-        tag = (sub.language or "").replace("/", "_")
+        tag = (sub.language or "").replace("/", "_").replace("\0", "_")
         seen[tag] += 1
         words = [stem, *([tag] if tag else []), *([str(seen[tag])] if seen[tag] > 1 else [])]
         names.append(".".join(words) + SUBTITLES_SUFFIX)
@@ -191,8 +192,8 @@ class View:
         """Whether `inode` is the view's folder or inside it."""
         return inode == self.root_id or is_view(inode)
 
-    def _source_dir(self, inode: int) -> int:
-        """The library folder a view folder mirrors."""
+    def _shown(self, inode: int) -> int:
+        """The id of the node a view inode shows (the view's folder shows the root)."""
         return ROOT_ID if inode == self.root_id else inode - VIEW_INODES
 
     def _inode(self, node: Node) -> int:
@@ -238,7 +239,7 @@ class View:
         return items
 
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes:
-        node = tree.get(self._source_dir(inode))
+        node = tree.get(self._shown(inode))
         if node is None or (node.links == 0 and node.id != ROOT_ID):
             raise pyfuse3.FUSEError(errno.ENOENT)
         kind = node.node_kind
@@ -254,7 +255,7 @@ class View:
     # ---- names -------------------------------------------------------------------------
 
     async def lookup(self, parent_inode: int, name: str) -> pyfuse3.EntryAttributes:
-        source_id = self._source_dir(parent_inode)
+        source_id = self._shown(parent_inode)
         if name == ".":
             return await self.getattr(parent_inode)
         if name == "..":
@@ -279,7 +280,7 @@ class View:
         self, inode: int, start: int
     ) -> AsyncIterator[tuple[str, pyfuse3.EntryAttributes, int]]:
         """A view folder's listing from offset `start`: (name, attributes, next offset)."""
-        source_id = self._source_dir(inode)
+        source_id = self._shown(inode)
         after = start // _SLOTS - 1  # the entry the offset is in, and on
         while page := tree.children(source_id, after=after, limit=_PAGE):
             after = page[-1].entry.id if page[-1].entry is not None else after + _PAGE
@@ -423,6 +424,10 @@ class View:
             if stop <= start:
                 continue
             parts = file.parts[piece.track][piece.seq]
+            # The segment from here on comes at once, urgently, as a segment file's does (a
+            # player reads a fragment to its end): on its way before the scan for patches
+            # waits for its first chunk, so that the two are one round trip.
+            self.cache.fetch_ahead(parts, start, piece.size - start, URGENT)
             found = await self._fragments(file, parts, piece.size)
             data = bytearray(
                 await self.cache.read(parts, start, stop - start, 0, URGENT, handle.seen)
