@@ -341,3 +341,37 @@ def test_a_media_server_indexes_the_view(mount_factory, media, tmp_path):
         assert (
             abs(int(h) * 3600 + int(m) * 60 + float(s) - float(probed["format"]["duration"])) < 0.01
         )
+
+
+def test_a_film_deleted_while_open_reads_to_its_end(mount_factory, media):
+    """With no trash, deleting a video frees its stored parts, but not while a reader has
+    its MP4 file open (the collector spares open parts): the reader gets every byte."""
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW, TGFS_TRASH_DAYS="0")
+    copy_in(media("h264_aac.mp4"), mount.path / "Clip.mp4")
+    (mount.path / "other.bin").write_bytes(os.urandom(100_000))
+    mount.wait_idle()
+    film = mount.path / VIEW / "Clip.mp4"
+    whole = film.read_bytes()
+    os.truncate(mount.path / ".tgfs" / "cache.json", 0)  # the reads below go to the store
+    segments = {loc for (loc,) in mount.catalog(
+        "SELECT location FROM part JOIN segment ON segment.blob_id = part.blob_id"
+    )}  # fmt: skip
+    other = {loc for (loc,) in mount.catalog(
+        "SELECT location FROM part JOIN node ON node.blob_id = part.blob_id "
+        "JOIN entry ON entry.node_id = node.id WHERE entry.name = CAST('other.bin' AS BLOB)"
+    )}  # fmt: skip
+    with film.open("rb") as reader:
+        first = reader.read(1000)
+        subprocess.run(["rm", "-r", str(mount.path / "Clip")], check=True)
+        assert not film.exists()
+        (mount.path / "other.bin").unlink()  # a pass of the collector deletes these …
+
+        def collected() -> bool:
+            left = {f"{p.parent.name}/{p.name}" for p in mount.blob_files()}
+            return not other & left
+
+        wait_for(collected, 30, "the collector")
+        left = {f"{p.parent.name}/{p.name}" for p in mount.blob_files()}
+        assert segments <= left  # … and spares the open film's segments
+        assert first + reader.read() == whole
+    mount.store_matches_catalog()  # once it is closed, its parts go

@@ -35,9 +35,17 @@ class GarbageCollector:
         self.after_pass = after_pass  # e.g. the read cache drops the parts that went
         self._wake = trio.Event()
         self.deleted = 0
+        # The last pass left parts that open files were reading: the next release of an
+        # open file wakes it (`released`), rather than their deletes waiting for _IDLE.
+        self.spared = False
 
     def wake(self) -> None:
         self._wake.set()
+
+    def released(self) -> None:
+        """An open file's parts were let go of: collect what was spared for it."""
+        if self.spared:
+            self.wake()
 
     def pending(self) -> int:
         return Garbage.select().count()
@@ -57,6 +65,7 @@ class GarbageCollector:
         """One pass over the garbage list; returns how many deletes failed."""
         failed = 0
         after = 0
+        self.spared = False
         while rows := list(
             Garbage.select().where(Garbage.id > after).order_by(Garbage.id).limit(_BATCH)
         ):
@@ -65,7 +74,9 @@ class GarbageCollector:
         return failed
 
     async def _delete(self, rows: list[Garbage]) -> int:
-        rows = [row for row in rows if not self.in_use(row.location)]
+        free = [row for row in rows if not self.in_use(row.location)]
+        self.spared = self.spared or len(free) < len(rows)
+        rows = free
         try:
             failures = await self.store.delete_many([row.location for row in rows])
         except Exception as exc:  # a store bug must not lose the list: every row stays

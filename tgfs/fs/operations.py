@@ -1001,8 +1001,10 @@ class Filesystem(pyfuse3.Operations):
         handle.close()
         if isinstance(handle, BlobHandle):
             self.open_parts.closed(handle.parts)
+            self.collector.released()
         elif isinstance(handle, ViewHandle) and self.view is not None:
             self.view.release(handle)
+            self.collector.released()
         elif isinstance(handle, WriteHandle):
             await self.writes.release(handle.session)
 
