@@ -6,9 +6,9 @@ MNT       ?= mnt
 PYTHON    ?= python3
 APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv python3-dev rsync
 # Only the tests need these: a real nginx serving the mount and a real browser on the
-# library page (tests/test_web.py, tests/test_browser.py), and a media server scanning the MP4
-# view (tests/test_mp4_view.py).
-TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext chromium chromium-driver minidlna
+# library page (tests/test_web.py, tests/test_browser.py), a media server scanning the MP4
+# view (tests/test_mp4_view.py), and PostgreSQL for the catalog (tests/postgres.py).
+TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext chromium chromium-driver minidlna postgresql
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint bench-telegram bench-media bench-stream bench-library clean
@@ -39,7 +39,8 @@ endef
 .test-apt-deps: Makefile
 	$(call apt_install,$(TEST_APT_DEPS))
 	@# The tests run MiniDLNA's scanner themselves: no media server announcing itself on
-	@# the network from the service Debian's package enables.
+	@# the network from the service Debian's package enables. (PostgreSQL's own service,
+	@# on localhost, is left as it is: the tests start a private server.)
 	@if [ -d /run/systemd/system ] && systemctl is-enabled minidlna >/dev/null 2>&1; then \
 	    $(SUDO) systemctl disable --now minidlna; fi
 	@touch $@

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.media import Spec, make
@@ -116,9 +117,19 @@ class Mount:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def catalog_place(self) -> Path | str:
+        """The daemon's catalog: its PostgreSQL URL, or the SQLite file."""
+        return self.env.get("TGFS_CATALOG_URL") or self.data / "catalog.db"
+
     def catalog(self, query: str, *args) -> list[tuple]:
-        """Rows from the daemon's catalog, read with the sqlite3 module (not tgfs)."""
-        db = sqlite3.connect(f"file:{self.data / 'catalog.db'}?mode=ro", uri=True)
+        """Rows from the daemon's catalog, read with the sqlite3 module or psycopg (not
+        tgfs); `?` marks an argument in either."""
+        where = self.catalog_place
+        if isinstance(where, str):
+            with psycopg.connect(where) as pg:
+                return [tuple(r) for r in pg.execute(query.replace("?", "%s"), args).fetchall()]
+        db = sqlite3.connect(f"file:{where}?mode=ro", uri=True)
         try:
             return db.execute(query, args).fetchall()
         finally:
@@ -190,15 +201,16 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             assert code == 0, f"daemon exited with {code}:\n{m.log()[-3000:]}"
         log = m.log()
         assert "Traceback" not in log, log[-5000:]
-    for data in {m.data for m in mounts}:
-        assert_catalog_sound(data / "catalog.db")
+    for where in {m.catalog_place for m in mounts}:
+        assert_catalog_sound(where)
 
 
-def assert_catalog_sound(path: Path) -> None:
-    """The catalog consistency check (tgfs.catalog.check), after every test that mounted."""
-    if not path.exists():
+def assert_catalog_sound(where: Path | str) -> None:
+    """The catalog consistency check (tgfs.catalog.check), after every test that mounted:
+    `where` is the SQLite file, or a PostgreSQL catalog's URL."""
+    if isinstance(where, Path) and not where.exists():
         return  # the daemon was refused before it made one
-    open_catalog(path)
+    open_catalog(where)
     try:
         problems = check()
     finally:
@@ -353,3 +365,4 @@ def copy_in(src: Path, dest: Path) -> None:
 # nginx serving a mount (tests/nginx_site.py), for the web and browser tests. Imported last:
 # that module uses the helpers above.
 from tests.nginx_site import site  # noqa: E402, F401
+from tests.postgres import postgres  # noqa: E402, F401

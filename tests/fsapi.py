@@ -44,7 +44,7 @@ class FsApi:
             {"TGFS_DATA_DIR": str(root / "data"), "TGFS_CACHE_DIR": str(root / "cache"), **env},
             env_file=Path("/dev/null"),
         )
-        open_catalog(self.settings.catalog_path)
+        open_catalog(self.settings.catalog)
         self.store = LocalStore(self.settings.local_store_dir)
         spool = Spool(self.settings.spool_dir)
         cache = PartCache(self.settings.cache_dir, 2**26, self.store)

@@ -1,7 +1,8 @@
 """POSIX behaviour of the handlers, driven in-process (tests/fsapi.py): hard links,
 special files, unlink while open, rename over a name, name length, times. pjdfstest
 measures the same on a real mount (README, "POSIX"); these pin each behaviour down.
-Every test ends with the catalog consistency check (FsApi.close)."""
+Every test ends with the catalog consistency check (FsApi.close), and runs on the SQLite
+catalog and on PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,20 @@ from tgfs.catalog.check import check
 from tgfs.store.base import PartRef
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def api(request, tmp_path):
+    """The handlers on each engine the catalog runs on (TGFS_CATALOG_URL)."""
+    env = {}
+    if request.param == "postgresql":
+        env["TGFS_CATALOG_URL"] = request.getfixturevalue("postgres").database()
+    api = FsApi(tmp_path, **env)
+    yield api
+    api.close()
+
+
 @pytest.fixture
-async def api(tmp_path):
+async def sqlite_api(tmp_path):
+    """For damage done with SQLite's own statements (the rules are checked alike on both)."""
     api = FsApi(tmp_path)
     yield api
     api.close()
@@ -301,7 +314,8 @@ async def test_readdir_offsets_survive_changes_between_pages(api):
         ),
     ],
 )
-async def test_the_check_finds_damage(api, damage, rule):
+async def test_the_check_finds_damage(sqlite_api, damage, rule):
+    api = sqlite_api
     d = await api.mkdir(ROOT, "d")
     ino = await api.write_file(d, "f", b"")
     node = tree.get(ino)

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import copy_in, wait_for
 from tests.media import Spec, make
 from tests.test_tracks import GERMAN, _film, _tone
+from tgfs.keys import generate_key_file
 
 VIEW = "MP4"  # TGFS_MP4_VIEW, as the README suggests
 
@@ -375,3 +376,21 @@ def test_a_film_deleted_while_open_reads_to_its_end(mount_factory, media):
         assert segments <= left  # … and spares the open film's segments
         assert first + reader.read() == whole
     mount.store_matches_catalog()  # once it is closed, its parts go
+
+
+def test_an_encrypted_library_s_view_reads_through_sealed_parts(mount_factory, media, tmp_path):
+    """With a key, the segments' parts are sealed in the store and in the cache; the view's
+    reads open them, then patch the plaintext: the same file, decoding cleanly."""
+    key = tmp_path / "key"
+    generate_key_file(key)
+    mount = mount_factory(TGFS_MP4_VIEW=VIEW, TGFS_ENCRYPTION_KEY_FILE=str(key))
+    copy_in(media("h264_aac.mp4"), mount.path / "Clip.mp4")
+    mount.wait_idle()
+    assert mount.catalog("SELECT count(*) FROM part WHERE seal IS NULL") == [(0,)]
+    film = mount.path / VIEW / "Clip.mp4"
+    first = film.read_bytes()
+    mount.stop()  # the kernel's page cache goes with the mount; tgfs's cache is emptied
+    mount.start()
+    os.truncate(mount.path / ".tgfs" / "cache.json", 0)
+    assert film.read_bytes() == first
+    assert _decode_errors(film) == "" and _frames(film) > 0

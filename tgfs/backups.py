@@ -46,7 +46,7 @@ import trio
 from tgfs.catalog import backups as generations_table
 from tgfs.catalog import blobs, facts
 from tgfs.catalog.backups import Generation
-from tgfs.catalog.schema import db, now_ns
+from tgfs.catalog.schema import changes_seen, db, is_sqlite, now_ns
 from tgfs.config import Settings, format_time
 from tgfs.store.base import BlobStore, StoreError
 from tgfs.store.parts import Upload, put_files
@@ -65,6 +65,10 @@ MANIFEST_FORMAT = 1
 _CHECK_EVERY = 10.0  # seconds between looks at whether a backup is due
 _WORK = "backup"  # folder in the spool for the snapshot being made (swept at start)
 BACKUP_STATE = "backup_state"  # Meta key: the library's fingerprint at the newest backup
+NOT_ON_POSTGRESQL = (
+    "backups into the store are made of the SQLite catalog only, so far; back up a "
+    "PostgreSQL catalog with pg_dump"
+)
 
 
 @dataclasses.dataclass
@@ -127,7 +131,7 @@ class Backups:
         # What the library looked like at the last backup (see `changed`).
         # (The state is kept in the catalog: changes a crash kept from being backed up are
         # still changes after the restart.)
-        self._saved_changes = -1
+        self._saved_changes: object = -1
         saved = facts.get(BACKUP_STATE)
         self._saved_state: list | None = json.loads(saved) if saved else None
         self._last = 0.0  # time.monotonic() of the last backup attempt
@@ -136,8 +140,11 @@ class Backups:
     def changed(self) -> bool:
         """Has the library changed since the last backup? Its own bookkeeping (backup
         rows, garbage collected) does not count, or backups would beget backups. The
-        connection's change counter is the cheap first look."""
-        changes = db.connection().total_changes
+        connection's change counter is the cheap first look. (Never on PostgreSQL: see
+        NOT_ON_POSTGRESQL.)"""
+        if not is_sqlite():
+            return False
+        changes = changes_seen()
         if changes == self._saved_changes:
             return False
         if _state() == self._saved_state:
@@ -149,7 +156,7 @@ class Backups:
         """Back up after changes, at most every TGFS_BACKUP_INTERVAL (0: only on demand and
         at unmount)."""
         interval = self.settings.backup_interval
-        if not interval:
+        if not interval or not is_sqlite():
             return
         self._last = time.monotonic()
         while True:
@@ -162,6 +169,10 @@ class Backups:
         raises for a store or disk failure: the mount goes on, the next one tries again."""
         async with self._lock:
             self._last = time.monotonic()
+            if not is_sqlite():
+                self.last_error = NOT_ON_POSTGRESQL
+                log.warning("backup (%s): %s", why, NOT_ON_POSTGRESQL)
+                return None
             try:
                 made = await self._backup()
             except (StoreError, OSError, sqlite3.Error, peewee.PeeweeException) as exc:
@@ -228,7 +239,7 @@ class Backups:
         )
         await self.store.save_manifest(encode_manifest(manifest, self.sealer))
         facts.put(BACKUP_STATE, json.dumps(state))
-        self._saved_changes, self._saved_state = db.connection().total_changes, state
+        self._saved_changes, self._saved_state = changes_seen(), state
         return made
 
 
@@ -312,6 +323,8 @@ async def restore(
     """
     from tgfs.catalog import close_catalog, library, open_catalog
 
+    if settings.catalog_url:
+        raise StoreError(f"no restore into PostgreSQL: {NOT_ON_POSTGRESQL}", retryable=False)
     target = settings.catalog_path
     if target.exists() and not force:
         raise FileExistsError(

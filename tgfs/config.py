@@ -17,6 +17,7 @@ import dataclasses
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,32 @@ def _folder_name(name: str, raw: str, earlier: Earlier) -> str:
     return value
 
 
+def _catalog_url(name: str, raw: str, earlier: Earlier) -> str:
+    """A PostgreSQL URL for the catalog, or empty (SQLite in the data directory)."""
+    value = raw.strip()
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{name} must be a postgresql://… URL, or empty for the SQLite catalog in TGFS_DATA_DIR"
+        )
+    return value
+
+
+def url_password(url: str) -> str | None:
+    """The password in a URL, if it has one (a secret: never shown, scrubbed from logs)."""
+    password = urllib.parse.urlsplit(url).password
+    if password is None:  # libpq also takes it as a parameter
+        found = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("password")
+        password = found[0] if found else None
+    return password or None
+
+
+def _masked_url(url: str) -> str:
+    if not url:
+        return "(SQLite in TGFS_DATA_DIR)"
+    password = url_password(url)
+    return url.replace(password, "***") if password else url
+
+
 def _xdg(variable: str, fallback: str) -> Default:
     """A default under an XDG base directory ($XDG_DATA_HOME, …, else under $HOME)."""
 
@@ -366,6 +393,9 @@ class Settings:
     # Days a deleted file or video stays in the trash (tgfs.catalog.trash); 0: deleted at
     # once. Fractions are allowed (tests use seconds' worth).
     trash_days: float = _setting("TGFS_TRASH_DAYS", "7", _number(0, 3650))
+    # The catalog in PostgreSQL (postgresql://user:password@host/db): empty for the SQLite
+    # file in the data directory.
+    catalog_url: str = _setting("TGFS_CATALOG_URL", "", _catalog_url, _masked_url)
     # The MP4 view's folder at the mount's root (tgfs.fs.view): every video as one MP4
     # file for media servers and downloads. Off unless named: a folder tgfs adds to the
     # root would surprise `du`, `rsync -a` and a user's own folder of that name.
@@ -382,7 +412,13 @@ class Settings:
 
     @property
     def catalog_path(self) -> Path:
+        """The SQLite catalog's file (where the catalog is unless TGFS_CATALOG_URL says)."""
         return self.data_dir / "catalog.db"
+
+    @property
+    def catalog(self) -> Path | str:
+        """Where the catalog is: its PostgreSQL URL, or the SQLite file."""
+        return self.catalog_url or self.catalog_path
 
     @property
     def local_store_dir(self) -> Path:
@@ -407,6 +443,8 @@ class Settings:
         for secret in (self.api_hash, self.encryption_key):
             if secret:
                 found.append(secret.reveal())
+        if self.catalog_url and (password := url_password(self.catalog_url)):
+            found.append(password)
         return [s for s in found if s]
 
     def describe(self) -> list[tuple[str, str]]:

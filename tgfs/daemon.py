@@ -79,7 +79,7 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         # A spool outside the data directory is swept at start too: it gets a lock of its own.
         if not settings.spool_dir.is_relative_to(settings.data_dir):
             held.enter_context(DirectoryLock(settings.spool_dir, mountpoint))
-        open_catalog(settings.catalog_path)
+        open_catalog(settings.catalog)
         held.callback(close_catalog)
         _check_key(settings)
         store = make_store(settings)
@@ -109,9 +109,9 @@ def backup_offline(settings: Settings) -> Generation | None:
     """`tgfs backup` with no daemon running: one generation now (the lock keeps a daemon
     from starting meanwhile). None if it failed (the reason is logged)."""
     with DirectoryLock(settings.data_dir, Path("(tgfs backup)")):
-        if not settings.catalog_path.exists():
+        if not settings.catalog_url and not settings.catalog_path.exists():
             raise ConfigError(f"no catalog at {settings.catalog_path}: nothing to back up")
-        open_catalog(settings.catalog_path)
+        open_catalog(settings.catalog)
         try:
             _check_key(settings)
             return trio.run(_with_store, settings, _backup_once)
@@ -137,9 +137,9 @@ def fsck_offline(settings: Settings, repair: bool = False) -> Report:
 def _offline_catalog(settings: Settings, what: str) -> Iterator[None]:
     """The catalog, with no daemon running on the data directory (the lock says so)."""
     with DirectoryLock(settings.data_dir, Path(f"(tgfs {what})")):
-        if not settings.catalog_path.exists():
+        if not settings.catalog_url and not settings.catalog_path.exists():
             raise ConfigError(f"no catalog at {settings.catalog_path} (tgfs restore makes one)")
-        open_catalog(settings.catalog_path)
+        open_catalog(settings.catalog)
         try:
             _check_key(settings)
             yield

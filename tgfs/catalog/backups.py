@@ -66,7 +66,11 @@ def adopt(found: list[Generation]) -> None:
     snapshot was taken before its own generation was recorded)."""
     with db.atomic():
         for g in found:
-            Backup.insert(**_row(g)).on_conflict_replace().execute()
+            row = _row(g)
+            Backup.insert(**row).on_conflict(
+                conflict_target=[Backup.generation],
+                update={getattr(Backup, k): v for k, v in row.items() if k != "generation"},
+            ).execute()
 
 
 def _row(g: Generation) -> dict:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
-from playhouse.sqlite_ext import AutoIncrementField
 
 from tgfs import web
 
@@ -47,7 +46,9 @@ from tgfs import web
 # 9: the size of a subtitle rendition as one WebVTT file (Rendition.sidecar_size)
 SCHEMA_VERSION = 9
 
-db = pw.SqliteDatabase(None)
+# The catalog's database: SQLite in the data directory, or PostgreSQL when TGFS_CATALOG_URL
+# names one (open_catalog). The models are bound to this proxy.
+db = pw.DatabaseProxy()
 
 ROOT_ID = 1  # pyfuse3.ROOT_INODE
 CONTROL_DIR_ID = 2  # /.tgfs
@@ -63,21 +64,47 @@ WEB_DIR_NAME = "web"  # /.tgfs/web/: the library page (a CONTROL_DIR node; likew
 
 
 class SchemaMismatch(RuntimeError):
-    """The catalog was written by another version of tgfs."""
+    """The catalog was written by another version of tgfs, or another daemon has it."""
+
+
+# A PostgreSQL catalog is held by one daemon at a time (a session advisory lock on this key,
+# taken at open, let go when its connection ends): until several hosts can share a library,
+# two daemons writing one catalog would each take the other's jobs for a crash's leftovers.
+_CATALOG_LOCK = 0x7467_6673  # "tgfs"
 
 
 def now_ns() -> int:
     return time.time_ns()
 
 
+def is_sqlite() -> bool:
+    """Whether the catalog is the SQLite file (else PostgreSQL)."""
+    return isinstance(db.obj, pw.SqliteDatabase)
+
+
+def changes_seen() -> object:
+    """Something that differs once the catalog has changed, for what is made from it and
+    kept until then (library.json, other readers' views, the backup's first look): on
+    SQLite the rows this connection changed (the daemon is the catalog's only writer), on
+    PostgreSQL the write-ahead log's position (moved by any writer). Compare with ==."""
+    if is_sqlite():
+        return db.connection().total_changes
+    return db.execute_sql("SELECT pg_current_wal_lsn()").fetchone()[0]
+
+
 @contextlib.contextmanager
 def durable() -> Iterator[None]:
     """A transaction that is on disk when it returns, power loss included.
 
-    The catalog runs with synchronous=NORMAL (see open_catalog): a commit survives a crash
-    of the daemon but may be lost with the machine's power. What close() and fsync() accept
+    SQLite runs with synchronous=NORMAL (see open_catalog): a commit survives a crash of
+    the daemon but may be lost with the machine's power. What close() and fsync() accept
     must survive both, so those commits ask for FULL, one transaction at a time.
+    PostgreSQL's commits are durable as they are (synchronous_commit, its default).
     """
+    if not is_sqlite():
+        with db.atomic():
+            yield
+        return
     db.execute_sql("PRAGMA synchronous=FULL")
     try:
         with db.atomic():
@@ -217,6 +244,23 @@ _USER_KINDS = frozenset(
 )
 
 
+# Column types that both engines read alike: integers are BigIntegerField and ids BIGSERIAL,
+# since SQLite's INTEGER is 64 bits whatever it is called (so its schema is the same either
+# way) and PostgreSQL's is 32 (sizes, nanosecond times and uids need more); floats are
+# DoubleField (PostgreSQL's REAL has 24 bits of mantissa: a 2-hour film's duration to the
+# millisecond does not fit).
+
+
+class NeverReused(pw.BigAutoField):
+    """An id never handed out twice, even once the newest row is deleted: AUTOINCREMENT on
+    SQLite (a plain INTEGER PRIMARY KEY hands the highest free id out again), a sequence
+    on PostgreSQL (BIGSERIAL, which never goes back)."""
+
+    def ddl(self, ctx):
+        node = super().ddl(ctx)
+        return pw.NodeList((node, pw.SQL("AUTOINCREMENT"))) if is_sqlite() else node
+
+
 class _Model(pw.Model):
     class Meta:
         database = db
@@ -233,8 +277,8 @@ class Meta(_Model):
 class Blob(_Model):
     """Immutable content kept in the store: an ordinary file's bytes, or one HLS file."""
 
-    id = AutoIncrementField()
-    size = pw.IntegerField()  # bytes; the sum of its parts' sizes
+    id = NeverReused()
+    size = pw.BigIntegerField()  # bytes; the sum of its parts' sizes
 
 
 class Part(_Model):
@@ -244,11 +288,11 @@ class Part(_Model):
     has a size limit); a part is also the unit the read cache fetches and keeps.
     """
 
-    id = AutoIncrementField()  # also the part's name in the read cache; never reused
+    id = NeverReused()  # also the part's name in the read cache; never reused
     blob = pw.ForeignKeyField(Blob, backref="parts", on_delete="CASCADE")
-    index = pw.IntegerField()  # 0-based position within the blob
-    offset = pw.IntegerField()  # the part's first byte, counted from the blob's start
-    size = pw.IntegerField()  # bytes in this part
+    index = pw.BigIntegerField()  # 0-based position within the blob
+    offset = pw.BigIntegerField()  # the part's first byte, counted from the blob's start
+    size = pw.BigIntegerField()  # bytes in this part
     location = pw.TextField()  # where the store put it; only that store interprets it
     # The part's salt if it was sealed (encrypted) before it left (tgfs.store.sealing): its
     # key is derived from the master key and this. NULL: stored as it is (a part stored
@@ -268,8 +312,10 @@ class Landed(_Model):
     over: start-up moves them to the garbage list, so no stored part is forgotten.
     """
 
+    id = pw.BigAutoField()
+
     location = pw.TextField(index=True)
-    job_id = pw.IntegerField(null=True)  # the job that stored it, for logs
+    job_id = pw.BigIntegerField(null=True)  # the job that stored it, for logs
 
 
 class Garbage(_Model):
@@ -279,28 +325,32 @@ class Garbage(_Model):
     a delete succeeds, so nothing is forgotten across failures and restarts.
     """
 
+    id = pw.BigAutoField()
+
     location = pw.TextField()
-    attempts = pw.IntegerField(default=0)  # failed delete attempts so far
+    attempts = pw.BigIntegerField(default=0)  # failed delete attempts so far
     last_error = pw.TextField(null=True)  # why the last attempt failed, for status
 
 
 class Video(_Model):
     """A dropped video after ingest: what its folder shows."""
 
+    id = pw.BigAutoField()
+
     source_name = pw.TextField()  # the file name the user dropped, e.g. "Big Buck Bunny.mp4"
-    duration = pw.FloatField()  # seconds of media, from the segments
+    duration = pw.DoubleField()  # seconds of media, from the segments
     mode = pw.TextField()  # "copy" (remuxed, no re-encode) or "transcode"
-    target_duration = pw.IntegerField()  # EXT-X-TARGETDURATION, one for every rendition
-    created_ns = pw.IntegerField(default=now_ns)
+    target_duration = pw.BigIntegerField()  # EXT-X-TARGETDURATION, one for every rendition
+    created_ns = pw.BigIntegerField(default=now_ns)
     # False while the ingest job is still adding segments: playlists are then EVENT
     # playlists without ENDLIST, which players reload until the video is complete.
     complete = pw.BooleanField(default=True)
     # Where the segments' timestamps begin, s. WebVTT subtitles added later (a sidecar file
     # dropped after the video) map their cue times onto the video's clock with it.
-    start_time = pw.FloatField(default=0.0)
+    start_time = pw.DoubleField(default=0.0)
     # The ingest job still adding to it (None once complete). A daemon stopped mid-way
     # restarts the job from scratch, so its half-published video is removed first.
-    job_id = pw.IntegerField(null=True)
+    job_id = pw.BigIntegerField(null=True)
     # SHA-256 of the dropped file (hex). A later drop of the same bytes into the same
     # folder (`rsync` run twice) is recognised and not published a second time.
     source_hash = pw.TextField(null=True, index=True)
@@ -320,18 +370,20 @@ class RenditionKind(enum.StrEnum):
 class Rendition(_Model):
     """One rendition of a video: a folder with playlist.m3u8, init segment, segments."""
 
+    id = pw.BigAutoField()
+
     video = pw.ForeignKeyField(Video, backref="renditions", on_delete="CASCADE")
     name = pw.TextField()  # its folder name, e.g. "720p", "audio-fra", "subtitles-eng"
     kind = pw.TextField(default=RenditionKind.VIDEO)  # a RenditionKind value
     language = pw.TextField(null=True)  # LANGUAGE of an audio/subtitle rendition (as tagged)
     title = pw.TextField(null=True)  # NAME of an audio/subtitle rendition, shown by players
     is_default = pw.BooleanField(default=False)  # DEFAULT=YES in its group
-    width = pw.IntegerField()  # 0 for audio and subtitles
-    height = pw.IntegerField()
-    frame_rate = pw.FloatField(null=True)  # FRAME-RATE in the master playlist; None if unknown
+    width = pw.BigIntegerField()  # 0 for audio and subtitles
+    height = pw.BigIntegerField()
+    frame_rate = pw.DoubleField(null=True)  # FRAME-RATE in the master playlist; None if unknown
     codecs = pw.TextField()  # RFC 6381 CODECS value, computed from the init segment
-    bandwidth = pw.IntegerField()  # BANDWIDTH: peak segment bit rate, bits/s
-    average_bandwidth = pw.IntegerField()  # AVERAGE-BANDWIDTH: whole-stream bit rate, bits/s
+    bandwidth = pw.BigIntegerField()  # BANDWIDTH: peak segment bit rate, bits/s
+    average_bandwidth = pw.BigIntegerField()  # AVERAGE-BANDWIDTH: whole-stream bit rate, bits/s
     init_name = pw.TextField()  # file name of the init segment (EXT-X-MAP), e.g. "init.mp4"
     init_blob = pw.ForeignKeyField(Blob, null=True)  # None for subtitles (WebVTT has none)
     # The init segment's bytes (about a kilobyte; also in the store, as init_blob): kept
@@ -343,15 +395,17 @@ class Rendition(_Model):
     # segments when they are published, so that a `stat` of it reads nothing. None for
     # other kinds, and for subtitles made before schema 9 (worked out from the stored
     # segments when the view first needs it).
-    sidecar_size = pw.IntegerField(null=True)
+    sidecar_size = pw.BigIntegerField(null=True)
 
 
 class Segment(_Model):
     """One media segment of a rendition, in playback order."""
 
+    id = pw.BigAutoField()
+
     rendition = pw.ForeignKeyField(Rendition, backref="segments", on_delete="CASCADE")
-    seq = pw.IntegerField()  # 0-based position; EXT-X-MEDIA-SEQUENCE starts at 0
-    duration = pw.FloatField()  # seconds, the EXTINF value
+    seq = pw.BigIntegerField()  # 0-based position; EXT-X-MEDIA-SEQUENCE starts at 0
+    duration = pw.DoubleField()  # seconds, the EXTINF value
     name = pw.TextField()  # file name in the rendition folder, e.g. "seg_00003.m4s"
     blob = pw.ForeignKeyField(Blob)
 
@@ -370,21 +424,21 @@ class Node(_Model):
 
     # AUTOINCREMENT: a deleted entry's inode number is never handed out again, so the
     # kernel can never confuse a new file with one it still remembers.
-    id = AutoIncrementField()
+    id = NeverReused()
     # A NodeKind value. Indexed for the queries over every folder or video of the library
     # (library.json, other readers' views), which would otherwise scan every node: most
     # nodes are segments. (An index is not the catalog's shape: open_catalog's
     # create_tables adds it to an older catalog, no schema version needed.)
     kind = pw.TextField(index=True)
-    mode = pw.IntegerField()  # permission bits; the file-type bits follow from kind
-    uid = pw.IntegerField(default=0)
-    gid = pw.IntegerField(default=0)
-    size = pw.IntegerField(default=0)  # ordinary files: content length; others derive it
-    atime_ns = pw.IntegerField(default=now_ns)  # set by utimensat only (no atime updates)
-    mtime_ns = pw.IntegerField(default=now_ns)
-    ctime_ns = pw.IntegerField(default=now_ns)
+    mode = pw.BigIntegerField()  # permission bits; the file-type bits follow from kind
+    uid = pw.BigIntegerField(default=0)
+    gid = pw.BigIntegerField(default=0)
+    size = pw.BigIntegerField(default=0)  # ordinary files: content length; others derive it
+    atime_ns = pw.BigIntegerField(default=now_ns)  # set by utimensat only (no atime updates)
+    mtime_ns = pw.BigIntegerField(default=now_ns)
+    ctime_ns = pw.BigIntegerField(default=now_ns)
     # Entry rows naming it. Kept here (not counted) because every stat reports it.
-    links = pw.IntegerField(default=1)
+    links = pw.BigIntegerField(default=1)
     blob = pw.ForeignKeyField(Blob, null=True)  # stored content (ordinary file, HLS file)
     # A local file with the content while it is not (only) in the store: being written, or
     # waiting for ingest. Reads use it in preference to the blob.
@@ -393,7 +447,7 @@ class Node(_Model):
     rendition = pw.ForeignKeyField(Rendition, null=True, on_delete="CASCADE")
     # symlinks: the target path, bytes as given; WEB files: the name of the shipped file
     target = NameField(null=True)
-    rdev = pw.IntegerField(default=0)  # device nodes: the device number (metadata only)
+    rdev = pw.BigIntegerField(default=0)  # device nodes: the device number (metadata only)
 
     # The name this node was reached through, when a tree query found it by name; else
     # looked up on first use (its oldest name). Not a column.
@@ -438,7 +492,7 @@ class Entry(_Model):
     """A name in a directory: (parent, name) → node. What readdir lists and lookup finds."""
 
     # AUTOINCREMENT: readdir resumes after an entry id, which must never move backwards.
-    id = AutoIncrementField()
+    id = NeverReused()
     parent = pw.ForeignKeyField(Node, backref="entries")  # the directory
     name = NameField()  # raw bytes; never ".", ".." or ""
     # The inode; its row goes with it (a video's insides are deleted by video).
@@ -467,20 +521,22 @@ class Job(_Model):
     finished: what reached the spool file is kept and queued, and the job says so.
     """
 
+    id = pw.BigAutoField()
+
     node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")  # None once deleted
     path = pw.TextField()  # mount-relative path when dropped (`display`ed), for status
     spool = pw.TextField()  # the spooled copy the job works from
-    size = pw.IntegerField()  # bytes of the dropped file
+    size = pw.BigIntegerField()  # bytes of the dropped file
     state = pw.TextField(default=JobState.QUEUED)  # a JobState value
     outcome = pw.TextField(null=True)  # "video" or "file" once known
     error = pw.TextField(null=True)  # why the media step failed (the file is kept as-is)
     # Said about the file whatever the outcome: a write the daemon never finished, a copy
     # of a video already there. Shown in status beside the error.
     note = pw.TextField(null=True)
-    attempts = pw.IntegerField(default=0)  # store failures so far (retried with backoff)
-    not_before = pw.FloatField(default=0.0)  # epoch seconds; retry no earlier than this
-    created_ns = pw.IntegerField(default=now_ns)
-    finished_ns = pw.IntegerField(null=True)
+    attempts = pw.BigIntegerField(default=0)  # store failures so far (retried with backoff)
+    not_before = pw.DoubleField(default=0.0)  # epoch seconds; retry no earlier than this
+    created_ns = pw.BigIntegerField(default=now_ns)
+    finished_ns = pw.BigIntegerField(null=True)
 
 
 class Backup(_Model):
@@ -491,10 +547,10 @@ class Backup(_Model):
     scan must not take them for orphans) and delete old generations.
     """
 
-    generation = pw.IntegerField(primary_key=True)  # 1, 2, …: never reused
-    created_ns = pw.IntegerField()  # when its snapshot was taken
-    size = pw.IntegerField()  # bytes of the catalog snapshot
-    stored_size = pw.IntegerField()  # bytes in the store (compressed)
+    generation = pw.BigIntegerField(primary_key=True)  # 1, 2, …: never reused
+    created_ns = pw.BigIntegerField()  # when its snapshot was taken
+    size = pw.BigIntegerField()  # bytes of the catalog snapshot
+    stored_size = pw.BigIntegerField()  # bytes in the store (compressed)
     # Its parts in order, as JSON: [[location, size], …].
     parts = pw.TextField()
     # The salt (hex) its snapshot was sealed with before it was cut into parts; NULL:
@@ -510,13 +566,13 @@ class Trash(_Model):
     or when the trash is emptied. A video folder keeps everything inside it.
     """
 
-    id = AutoIncrementField()  # what `undelete` names; never reused
+    id = NeverReused()  # what `undelete` names; never reused
     node = pw.ForeignKeyField(Node, unique=True, on_delete="CASCADE")
-    parent_id = pw.IntegerField()  # the directory it was in (it may be gone since)
+    parent_id = pw.BigIntegerField()  # the directory it was in (it may be gone since)
     name = NameField()  # its name there
     path = NameField()  # its mount-relative path then: where `undelete` puts it back
-    deleted_ns = pw.IntegerField(default=now_ns, index=True)  # expiry scans by age
-    size = pw.IntegerField()  # bytes it keeps in the store (a video: all its files)
+    deleted_ns = pw.BigIntegerField(default=now_ns, index=True)  # expiry scans by age
+    size = pw.BigIntegerField()  # bytes it keeps in the store (a video: all its files)
 
 
 TABLES = [
@@ -536,20 +592,47 @@ TABLES = [
 ]
 
 
-def open_catalog(path: Path) -> None:
-    """Open (creating if new) the catalog and check its schema version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db.init(
-        str(path),
-        pragmas={
-            "journal_mode": "wal",
-            # NORMAL in WAL mode loses at most the last transactions on power loss, never
-            # consistency; FULL would fsync on every create/release on the FUSE thread.
-            "synchronous": "normal",
-            "foreign_keys": 1,
-            "busy_timeout": 5000,
-        },
-    )
+def is_url(where: Path | str) -> bool:
+    """Whether a catalog's place is a PostgreSQL URL (else a SQLite file's path)."""
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+def open_catalog(where: Path | str) -> None:
+    """Open (creating if new) the catalog and check its schema version: the SQLite file at
+    `where`, or the PostgreSQL database a `postgresql://` URL names (TGFS_CATALOG_URL)."""
+    if is_url(where):
+        assert isinstance(where, str)
+        # psycopg 3; the URL goes to libpq as it is (host=/socket/dir, sslmode, …).
+        db.initialize(pw.PostgresqlDatabase(where, prefer_psycopg3=True))
+        try:
+            db.connect(reuse_if_open=True)
+        except pw.OperationalError as exc:  # (libpq's words name no password)
+            reason = " ".join(line.strip() for line in str(exc).splitlines()) or "no answer"
+            raise SchemaMismatch(f"cannot open the PostgreSQL catalog: {reason}") from None
+        (held,) = db.execute_sql("SELECT pg_try_advisory_lock(%s)", (_CATALOG_LOCK,)).fetchone()
+        if not held:
+            db.close()
+            raise SchemaMismatch(
+                "the PostgreSQL catalog is in use by another tgfs daemon (a library has one "
+                "daemon until several hosts can share one)"
+            )
+    else:
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db.initialize(
+            pw.SqliteDatabase(
+                str(path),
+                pragmas={
+                    "journal_mode": "wal",
+                    # NORMAL in WAL mode loses at most the last transactions on power loss,
+                    # never consistency; FULL would fsync on every create/release on the
+                    # FUSE thread.
+                    "synchronous": "normal",
+                    "foreign_keys": 1,
+                    "busy_timeout": 5000,
+                },
+            )
+        )
     db.connect(reuse_if_open=True)
     with db.atomic():
         if not Meta.table_exists():
@@ -714,7 +797,7 @@ def _migrate_from_3() -> None:
 
 
 def close_catalog() -> None:
-    if not db.is_closed():
+    if db.obj is not None and not db.is_closed():
         db.close()
 
 
@@ -724,6 +807,8 @@ def _create_fixed_nodes() -> None:
     Entry.create(parent=ROOT_ID, name=CONTROL_DIR_NAME, node=CONTROL_DIR_ID)
     Node.create(id=STATUS_FILE_ID, kind=NodeKind.STATUS, mode=0o444)
     Entry.create(parent=CONTROL_DIR_ID, name=STATUS_FILE_NAME, node=STATUS_FILE_ID)
+    if not is_sqlite():  # ids given by hand do not move a PostgreSQL sequence on
+        db.execute_sql("SELECT setval(pg_get_serial_sequence('node', 'id'), %s)", (STATUS_FILE_ID,))
 
 
 def _control_modes() -> None:

@@ -23,9 +23,10 @@ Rules of the tree (see README "Using the mount"):
   TGFS_TRASH_DAYS (tgfs.catalog.trash), from where `tgfs undelete` brings them back;
 - `/.tgfs/` is the control folder: status and figures to read, a few requests to write
   (truncating cache.json or backups.json, a line into trash.json; see tgfs.trash);
-- `/MP4/` (TGFS_MP4_VIEW) is the MP4 view, read-only: the library's folders with every
-  complete video as one MP4 file (tgfs.fs.view). Its insides are not catalog rows: their
-  inodes are VIEW_INODES + the node they show, and every handler sends them to the view.
+- the folder TGFS_MP4_VIEW names at the root (`/MP4/`, when asked for) is the MP4 view,
+  read-only: the library's folders with every complete video as one MP4 file
+  (tgfs.fs.view). Its insides are not catalog rows: their inodes are VIEW_INODES + the
+  node they show, and every handler sends them to the view.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from tgfs.catalog import (
     tree,
 )
 from tgfs.catalog import view as catalog_view
+from tgfs.catalog.schema import changes_seen
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
 from tgfs.fs import attrs
@@ -259,12 +261,12 @@ class Filesystem(pyfuse3.Operations):
         self.store_health: dict[str, Any] = {"kind": store.kind, "up": True}
         self.restored: list[trash.Restored] = []  # undeletes this session, for trash.json
         # library.json's listing and bytes, and what they were made from (_library_json)
-        self._library_rows: tuple[int, list[listing.VideoEntry]] | None = None
+        self._library_rows: tuple[object, list[listing.VideoEntry]] | None = None
         self._library_bytes: tuple[tuple, bytes] | None = None
         # Other users' status.json and library.json (_control_for), and the tree's modes
         # they are judged by, as of a catalog change count.
-        self._others: dict[tuple[NodeKind, access.Who], tuple[float, int, bytes]] = {}
-        self._tree: tuple[int, access.Tree] | None = None
+        self._others: dict[tuple[NodeKind, access.Who], tuple[float, object, bytes]] = {}
+        self._tree: tuple[object, access.Tree] | None = None
         self.view = self._place_view(settings)
 
     def _place_view(self, settings: Settings) -> View | None:
@@ -365,7 +367,7 @@ class Filesystem(pyfuse3.Operations):
         list. Kept for MUTABLE_TIMEOUT per user while the catalog does not change, so that
         the size a `stat` reports is the size an `open` right after reads (nginx sends the
         one and reads the other)."""
-        now, changes = time.monotonic(), db.connection().total_changes
+        now, changes = time.monotonic(), changes_seen()
         kept = self._others.get((kind, who))
         if kept is not None and kept[1] == changes and now - kept[0] < attrs.MUTABLE_TIMEOUT:
             return kept[2]  # (never after a change to the catalog: a page lists it again)
@@ -386,7 +388,7 @@ class Filesystem(pyfuse3.Operations):
         """library.json, listed again only when the catalog changed (its connection's
         change counter moved) and rendered again only when that or a processing video's
         percent did: every stat of it renders it (its size), and a page polls it."""
-        changes = db.connection().total_changes
+        changes = changes_seen()
         if self._library_rows is None or self._library_rows[0] != changes:
             self._library_rows = (changes, listing.videos())
         videos = self._library_rows[1]

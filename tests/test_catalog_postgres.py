@@ -1,0 +1,75 @@
+"""The catalog in PostgreSQL (TGFS_CATALOG_URL) through a real mount, on the tests' own
+server (tests/postgres.py): a library made, changed, killed and mounted again works as on
+SQLite, and the consistency check passes on it (mount_factory runs it on PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import Mount, copy_in
+from tests.hls_checks import decode_errors
+
+
+def test_a_library_in_postgresql(mount_factory, postgres, media, tmp_path):
+    url = postgres.database()
+    mount = mount_factory(TGFS_CATALOG_URL=url)
+    (mount.path / "Movies").mkdir()
+    copy_in(media("h264_aac.mp4"), mount.path / "Movies" / "Clip.mp4")
+    odd = os.fsdecode(b"notes \xff.txt")  # a name that is not UTF-8: bytes in bytea
+    (mount.path / odd).write_bytes(b"kept as bytes")
+    mount.wait_idle()
+    assert mount.job("Movies/Clip.mp4")["outcome"] == "video (copy)"
+    assert decode_errors(mount.path / "Movies" / "Clip" / "master.m3u8") == ""
+    assert not (mount.data / "catalog.db").exists()  # nothing of it in SQLite
+    os.link(mount.path / odd, mount.path / "second name")
+    (mount.path / "Movies" / "Clip").rename(mount.path / "Movies" / "Film")
+    library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
+    assert [v["path"] for v in library["videos"]] == ["Movies/Film"]
+    # One daemon per library, until several hosts can share one: a second daemon, with a
+    # data directory of its own, is refused the catalog.
+    (tmp_path / "second").mkdir()
+    second = Mount(tmp_path / "second", {"TGFS_CATALOG_URL": url})
+    with pytest.raises(AssertionError, match="in use by another tgfs daemon"):
+        second.start()
+
+    # A file accepted (closed) just before a kill -9 is there after the restart.
+    (mount.path / "last.bin").write_bytes(b"accepted" * 1000)
+    mount.kill()
+    mount.start()
+    mount.wait_idle()
+    assert (mount.path / "last.bin").read_bytes() == b"accepted" * 1000
+    assert (mount.path / "second name").read_bytes() == b"kept as bytes"
+    assert os.stat(mount.path / odd).st_nlink == 2
+    assert sorted(os.listdir(mount.path / "Movies")) == ["Film"]
+    assert decode_errors(mount.path / "Movies" / "Film" / "master.m3u8") == ""
+    mount.store_matches_catalog()
+    assert mount.catalog("SELECT count(*) FROM video WHERE complete") == [(1,)]
+
+
+def test_the_password_in_the_url_is_never_shown(postgres, tmp_path):
+    url = postgres.database().replace("postgres@", "postgres:sw0rdfish-secret@")
+    env = {**os.environ, "TGFS_CATALOG_URL": url, "TGFS_DATA_DIR": str(tmp_path)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "tgfs", "config"], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "TGFS_CATALOG_URL" in shown.stdout and "postgres:***@" in shown.stdout
+    assert "sw0rdfish" not in shown.stdout + shown.stderr
+
+
+def test_a_catalog_that_cannot_be_reached_is_one_clear_line(tmp_path):
+    url = "postgresql://tgfs:sw0rdfish-secret@/tgfs?host=/nonexistent"
+    (tmp_path / "mnt").mkdir()
+    env = {**os.environ, "TGFS_CATALOG_URL": url, "TGFS_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tgfs", "mount", str(tmp_path / "mnt")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "cannot open the PostgreSQL catalog" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "sw0rdfish" not in done.stdout + done.stderr
