@@ -11,7 +11,7 @@ APT_DEPS  := fuse3 libfuse3-dev pkg-config ffmpeg gcc python3 python3-venv pytho
 TEST_APT_DEPS := nginx libnginx-mod-http-dav-ext chromium chromium-driver minidlna postgresql
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench-telegram bench-media bench-stream bench-library clean
+.PHONY: setup run test lint bench-telegram bench-media bench-stream bench-library bench-catalog clean
 
 # hls.js for the library page, from the npm registry, checked against the pinned hash.
 HLSJS := tgfs/web/static/hls.min.js
@@ -79,6 +79,13 @@ bench-stream: setup
 # the mount and on local disk (a couple of minutes; BENCH_ARGS="--videos 20000" for more).
 bench-library: setup
 	$(VENV)/bin/python -m tests.bench_library $(BENCH_ARGS)
+
+# Catalog latency through the mount (create, stat, readdir of 1,000 entries: p50/p99), the
+# catalog in SQLite beside PostgreSQL over TCP on 127.0.0.1 (a private server it starts; it
+# installs Debian's postgresql if missing). A minute or two.
+bench-catalog: setup
+	$(call apt_install,postgresql)
+	$(VENV)/bin/python -m tests.bench_catalog $(BENCH_ARGS)
 
 # Lint, formatting and types: all three must be clean (CI runs them through `make test`).
 lint: setup

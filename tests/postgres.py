@@ -31,11 +31,14 @@ def _bin() -> Path | None:
 
 
 class Postgres:
-    def __init__(self, root: Path, bin_dir: Path) -> None:
+    def __init__(self, root: Path, bin_dir: Path, port: int | None = None) -> None:
+        """`port`: also listen on 127.0.0.1 at this TCP port (benchmarks: a database
+        reached over the network stack, as from another host); else a socket only."""
         self.root = root
         self.bin = bin_dir
         self.data = root / "data"
         self.socket = root  # the Unix socket's folder (host= in a URL)
+        self.port = port
 
     def _as_postgres(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -47,9 +50,10 @@ class Postgres:
             str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
             "--no-sync", "-E", "UTF8",
         )  # fmt: skip
+        listen = f"127.0.0.1 -p {self.port}" if self.port else "''"
         options = (
-            f"-k {self.socket} -c listen_addresses='' -c fsync=off -c full_page_writes=off "
-            "-c synchronous_commit=off -c max_connections=50"
+            f"-k {self.socket} -c listen_addresses={listen} -c fsync=off "
+            "-c full_page_writes=off -c synchronous_commit=off -c max_connections=50"
         )
         self._as_postgres(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
@@ -57,37 +61,55 @@ class Postgres:
         )  # fmt: skip
         return self
 
+    def restart(self) -> None:
+        """Stop (ending every connection) and start again, with the same options."""
+        # (-l: the server's output to its log, not to our pipes, which would then never
+        # close and keep this call waiting)
+        self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+            "-l", str(self.root / "server.log"), "restart",
+        )  # fmt: skip
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
 
-    def database(self) -> str:
-        """A new, empty database; its URL."""
+    def database(self, tcp: bool = False) -> str:
+        """A new, empty database; its URL (over TCP to 127.0.0.1 if `tcp`, else the socket)."""
         name = f"tgfs{next(_COUNTER)}"
-        self._as_postgres(str(self.bin / "createdb"), "-h", str(self.socket), name)
+        port = ["-p", str(self.port)] if self.port else []  # (the socket's name has it too)
+        self._as_postgres(str(self.bin / "createdb"), "-h", str(self.socket), *port, name)
+        if tcp:
+            return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
         return f"postgresql://postgres@/{name}?host={self.socket}"
+
+
+def server(port: int | None = None) -> Postgres:
+    """A started server in a new folder (the caller stops it, and removes `root`)."""
+    bin_dir = _bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    owner = pwd.getpwnam("postgres")
+    root = Path(tempfile.mkdtemp(prefix="tgfs-pg-"))  # not under pytest's 0700 folders
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    return Postgres(root, bin_dir, port).start()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """The session's PostgreSQL server; the test is skipped, saying why, where none can run."""
-    bin_dir = _bin()
-    if bin_dir is None:
+    if _bin() is None:
         pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql)")
     if os.geteuid() != 0:
         pytest.skip("the tests' PostgreSQL is started as the postgres user: that needs root")
     try:
-        owner = pwd.getpwnam("postgres")
+        pwd.getpwnam("postgres")
     except KeyError:
         pytest.skip("no postgres user (Debian's postgresql package makes it)")
-    root = Path(tempfile.mkdtemp(prefix="tgfs-pg-"))  # not under pytest's 0700 folders
-    os.chown(root, owner.pw_uid, owner.pw_gid)
-    server = Postgres(root, bin_dir)
     try:
-        server.start()
+        running = server()
     except subprocess.CalledProcessError as exc:
-        shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start: {exc.stderr.strip()[-300:]}")
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    yield running
+    running.stop()
+    shutil.rmtree(running.root, ignore_errors=True)

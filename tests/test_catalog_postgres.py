@@ -50,6 +50,15 @@ def test_a_library_in_postgresql(mount_factory, postgres, media, tmp_path):
     mount.store_matches_catalog()
     assert mount.catalog("SELECT count(*) FROM video WHERE complete") == [(1,)]
 
+    # The server restarts under the mount: the daemon's connection is made again (and the
+    # catalog's lock taken again) at its next statement; nothing fails.
+    postgres.restart()
+    (mount.path / "after.txt").write_text("after a restart")
+    assert "after.txt" in os.listdir(mount.path)
+    mount.wait_idle()
+    assert (mount.path / "after.txt").read_text() == "after a restart"
+    assert "OperationalError" not in mount.log()
+
 
 def test_the_password_in_the_url_is_never_shown(postgres, tmp_path):
     url = postgres.database().replace("postgres@", "postgres:sw0rdfish-secret@")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import peewee as pw
 from playhouse.migrate import SqliteMigrator, migrate
+from playhouse.shortcuts import ReconnectMixin
 
 from tgfs import web
 
@@ -71,6 +72,35 @@ class SchemaMismatch(RuntimeError):
 # taken at open, let go when its connection ends): until several hosts can share a library,
 # two daemons writing one catalog would each take the other's jobs for a crash's leftovers.
 _CATALOG_LOCK = 0x7467_6673  # "tgfs"
+
+
+class _Postgres(ReconnectMixin, pw.PostgresqlDatabase):
+    """PostgreSQL for the catalog. A connection lost (the server restarted, the network
+    dropped) is made again at the next statement outside a transaction (the one that found
+    it lost fails: its request gets EIO); a statement inside a transaction is never
+    retried, since what the transaction did before is gone. Every connection takes the
+    catalog's lock first: if another daemon took it meanwhile, this one writes nothing."""
+
+    reconnect_errors = (  # (error class, words of psycopg 3's message)
+        (pw.OperationalError, "terminating connection"),
+        (pw.OperationalError, "the connection is closed"),
+        (pw.OperationalError, "the connection is lost"),
+        (pw.OperationalError, "server closed the connection"),
+        (pw.OperationalError, "consuming input failed"),
+        (pw.InterfaceError, "the connection is closed"),
+    )
+
+    def _initialize_connection(self, conn) -> None:
+        super()._initialize_connection(conn)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", (_CATALOG_LOCK,))
+            (held,) = cursor.fetchone()
+        if not held:
+            conn.close()
+            raise SchemaMismatch(
+                "the PostgreSQL catalog is in use by another tgfs daemon (a library has one "
+                "daemon until several hosts can share one)"
+            )
 
 
 def now_ns() -> int:
@@ -603,19 +633,15 @@ def open_catalog(where: Path | str) -> None:
     if is_url(where):
         assert isinstance(where, str)
         # psycopg 3; the URL goes to libpq as it is (host=/socket/dir, sslmode, …).
-        db.initialize(pw.PostgresqlDatabase(where, prefer_psycopg3=True))
+        db.initialize(_Postgres(where, prefer_psycopg3=True))
         try:
             db.connect(reuse_if_open=True)
+        except SchemaMismatch:  # held by another daemon
+            db.close()
+            raise
         except pw.OperationalError as exc:  # (libpq's words name no password)
             reason = " ".join(line.strip() for line in str(exc).splitlines()) or "no answer"
             raise SchemaMismatch(f"cannot open the PostgreSQL catalog: {reason}") from None
-        (held,) = db.execute_sql("SELECT pg_try_advisory_lock(%s)", (_CATALOG_LOCK,)).fetchone()
-        if not held:
-            db.close()
-            raise SchemaMismatch(
-                "the PostgreSQL catalog is in use by another tgfs daemon (a library has one "
-                "daemon until several hosts can share one)"
-            )
     else:
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
