@@ -342,8 +342,7 @@ class Landed(_Model):
     over: start-up moves them to the garbage list, so no stored part is forgotten.
     """
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     location = pw.TextField(index=True)
     job_id = pw.BigIntegerField(null=True)  # the job that stored it, for logs
 
@@ -355,8 +354,7 @@ class Garbage(_Model):
     a delete succeeds, so nothing is forgotten across failures and restarts.
     """
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     location = pw.TextField()
     attempts = pw.BigIntegerField(default=0)  # failed delete attempts so far
     last_error = pw.TextField(null=True)  # why the last attempt failed, for status
@@ -365,8 +363,7 @@ class Garbage(_Model):
 class Video(_Model):
     """A dropped video after ingest: what its folder shows."""
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     source_name = pw.TextField()  # the file name the user dropped, e.g. "Big Buck Bunny.mp4"
     duration = pw.DoubleField()  # seconds of media, from the segments
     mode = pw.TextField()  # "copy" (remuxed, no re-encode) or "transcode"
@@ -400,8 +397,7 @@ class RenditionKind(enum.StrEnum):
 class Rendition(_Model):
     """One rendition of a video: a folder with playlist.m3u8, init segment, segments."""
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     video = pw.ForeignKeyField(Video, backref="renditions", on_delete="CASCADE")
     name = pw.TextField()  # its folder name, e.g. "720p", "audio-fra", "subtitles-eng"
     kind = pw.TextField(default=RenditionKind.VIDEO)  # a RenditionKind value
@@ -431,8 +427,7 @@ class Rendition(_Model):
 class Segment(_Model):
     """One media segment of a rendition, in playback order."""
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     rendition = pw.ForeignKeyField(Rendition, backref="segments", on_delete="CASCADE")
     seq = pw.BigIntegerField()  # 0-based position; EXT-X-MEDIA-SEQUENCE starts at 0
     duration = pw.DoubleField()  # seconds, the EXTINF value
@@ -551,8 +546,7 @@ class Job(_Model):
     finished: what reached the spool file is kept and queued, and the job says so.
     """
 
-    id = pw.BigAutoField()
-
+    id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")  # None once deleted
     path = pw.TextField()  # mount-relative path when dropped (`display`ed), for status
     spool = pw.TextField()  # the spooled copy the job works from
