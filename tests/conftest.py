@@ -122,6 +122,21 @@ class Mount:
         """The daemon's catalog: its PostgreSQL URL, or the SQLite file."""
         return self.env.get("TGFS_CATALOG_URL") or self.data / "catalog.db"
 
+    def change_catalog(self, statement: str) -> None:
+        """Change the catalog behind tgfs's back (the daemon stopped): what an older tgfs
+        left, or damage."""
+        where = self.catalog_place
+        if isinstance(where, str):
+            with psycopg.connect(where) as pg:
+                pg.execute(statement)
+            return
+        db = sqlite3.connect(where)
+        try:
+            with db:
+                db.execute(statement)
+        finally:
+            db.close()
+
     def catalog(self, query: str, *args) -> list[tuple]:
         """Rows from the daemon's catalog, read with the sqlite3 module or psycopg (not
         tgfs); `?` marks an argument in either."""
@@ -185,11 +200,21 @@ def abort_fuse_connection(mountpoint: Path) -> None:
     (control / minor / "abort").write_text("1")
 
 
+# TGFS_TEST_CATALOG=postgresql runs every mounted test with its catalog in the tests' own
+# PostgreSQL (tests/postgres.py) instead of SQLite: a whole pass of the suite on the other
+# engine, by hand (CI runs the catalog tests on both, and the rest on SQLite: twice the
+# suite would not fit its time).
+ON_POSTGRESQL = os.environ.get("TGFS_TEST_CATALOG") == "postgresql"
+
+
 @pytest.fixture
-def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+def mount_factory(request, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
+    url = request.getfixturevalue("postgres").database() if ON_POSTGRESQL else None
 
     def start(**env: str) -> Mount:
+        if url is not None:
+            env = {"TGFS_CATALOG_URL": url, **env}
         m = Mount(tmp_path, env).start()
         mounts.append(m)
         return m

@@ -27,9 +27,16 @@ def test_a_library_in_postgresql(mount_factory, postgres, media, tmp_path):
     assert decode_errors(mount.path / "Movies" / "Clip" / "master.m3u8") == ""
     assert not (mount.data / "catalog.db").exists()  # nothing of it in SQLite
     os.link(mount.path / odd, mount.path / "second name")
+
+    def listed() -> list[str]:
+        library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
+        return [v["path"] for v in library["videos"]]
+
+    # library.json, kept until the catalog changes, follows a change at once (any writer's:
+    # the catalog's change mark is the write-ahead log's insert position).
+    assert listed() == ["Movies/Clip"]
     (mount.path / "Movies" / "Clip").rename(mount.path / "Movies" / "Film")
-    library = json.loads((mount.path / ".tgfs" / "library.json").read_text())
-    assert [v["path"] for v in library["videos"]] == ["Movies/Film"]
+    assert listed() == ["Movies/Film"]
     # One daemon per library, until several hosts can share one: a second daemon, with a
     # data directory of its own, is refused the catalog.
     (tmp_path / "second").mkdir()

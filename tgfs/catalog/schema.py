@@ -116,10 +116,12 @@ def changes_seen() -> object:
     """Something that differs once the catalog has changed, for what is made from it and
     kept until then (library.json, other readers' views, the backup's first look): on
     SQLite the rows this connection changed (the daemon is the catalog's only writer), on
-    PostgreSQL the write-ahead log's position (moved by any writer). Compare with ==."""
+    PostgreSQL where the write-ahead log is being inserted into (moved by any writer, at
+    once: the position written to, pg_current_wal_lsn, lags behind commits when
+    synchronous_commit is off). Compare with ==."""
     if is_sqlite():
         return db.connection().total_changes
-    return db.execute_sql("SELECT pg_current_wal_lsn()").fetchone()[0]
+    return db.execute_sql("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
 
 
 @contextlib.contextmanager
