@@ -181,7 +181,8 @@ class Mount:
         return wait_for(idle, timeout, "ingest jobs to finish")
 
     def blob_files(self) -> list[Path]:
-        root = self.data / "blobs"  # parts are in its subfolders; the manifest is not one
+        # parts are in its subfolders; the manifest is not one
+        root = Path(self.env.get("TGFS_LOCAL_STORE_DIR") or self.data / "blobs")
         return [p for p in root.rglob("*") if p.is_file() and p.parent != root]
 
 
@@ -212,10 +213,14 @@ def mount_factory(request, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
     url = request.getfixturevalue("postgres").database() if ON_POSTGRESQL else None
 
-    def start(**env: str) -> Mount:
+    def start(root: Path | None = None, **env: str) -> Mount:
+        """A daemon on `root` (default: the test's own directory; give others for several
+        daemons at once)."""
         if url is not None:
             env = {"TGFS_CATALOG_URL": url, **env}
-        m = Mount(tmp_path, env).start()
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        m = Mount(root or tmp_path, env).start()
         mounts.append(m)
         return m
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,12 +38,13 @@ def test_a_library_in_postgresql(mount_factory, postgres, media, tmp_path):
     assert listed() == ["Movies/Clip"]
     (mount.path / "Movies" / "Clip").rename(mount.path / "Movies" / "Film")
     assert listed() == ["Movies/Film"]
-    # One daemon per library, until several hosts can share one: a second daemon, with a
-    # data directory of its own, is refused the catalog.
-    (tmp_path / "second").mkdir()
-    second = Mount(tmp_path / "second", {"TGFS_CATALOG_URL": url})
-    with pytest.raises(AssertionError, match="in use by another tgfs daemon"):
-        second.start()
+    # A host is a data directory: a copy of this one (its host id with it) is refused the
+    # catalog, since the two would take each other's jobs for a crash's leftovers.
+    (tmp_path / "copy" / "data").mkdir(parents=True)
+    shutil.copy(mount.data / "host", tmp_path / "copy" / "data" / "host")
+    copy = Mount(tmp_path / "copy", {"TGFS_CATALOG_URL": url})
+    with pytest.raises(AssertionError, match="another tgfs daemon with this host's id"):
+        copy.start()
 
     # A file accepted (closed) just before a kill -9 is there after the restart.
     (mount.path / "last.bin").write_bytes(b"accepted" * 1000)

@@ -18,6 +18,7 @@ import pytest
 from tests.fsapi import ROOT, FsApi
 from tgfs.catalog import Garbage, Node, NodeKind, db, library, trash, tree
 from tgfs.catalog.check import check
+from tgfs.catalog.schema import is_sqlite
 from tgfs.store.base import PartRef
 
 
@@ -42,6 +43,39 @@ async def sqlite_api(tmp_path):
 
 def _errno(excinfo) -> int:
     return excinfo.value.errno
+
+
+async def test_content_spooled_on_another_host_is_eagain_there(api):
+    """A file accepted on another host of a shared catalog is in that host's spool until
+    its job stores it: reading it here is EAGAIN ("try again"). On SQLite (one host) a
+    missing spool file is damage: EIO."""
+    ino = await api.write_file(ROOT, "f", b"accepted")
+    (spool,) = Node.select(Node.spool).where(Node.id == ino).tuples()
+    Node.update(spool="/nonexistent/another-host/spool").where(Node.id == ino).execute()
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await api.read_file(ino)
+    assert _errno(e) == (errno.EIO if is_sqlite() else errno.EAGAIN)
+    Node.update(spool=spool[0]).where(Node.id == ino).execute()
+    assert await api.read_file(ino) == b"accepted"
+
+
+async def test_a_name_taken_since_the_kernel_looked_gives_two_files(api):
+    """The kernel creates only a name it found free. On a shared catalog another host may
+    take it before the create arrives (here it was, as that host's daemon would have):
+    both files are kept, this one as "name (2).ext"; with O_EXCL, EEXIST."""
+    other = await api.write_file(ROOT, "clip.mp4", b"the other host's")
+    flags = os.O_WRONLY | os.O_CREAT
+    info, attrs = await api.fs.create(ROOT, b"clip.mp4", 0o644, flags, api.ctx)
+    await api.fs.write(info.fh, 0, b"this host's")
+    await api.fs.flush(info.fh)
+    await api.fs.release(info.fh)
+    assert sorted(await api.listdir(ROOT)) == [".tgfs", "clip (2).mp4", "clip.mp4"]
+    assert (await api.lookup(ROOT, "clip (2).mp4")).st_ino == attrs.st_ino
+    assert await api.read_file(attrs.st_ino) == b"this host's"
+    assert await api.read_file(other) == b"the other host's"
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await api.fs.create(ROOT, b"clip.mp4", 0o644, flags | os.O_EXCL, api.ctx)
+    assert _errno(e) == errno.EEXIST
 
 
 async def test_hard_links_are_names_of_one_inode(api):

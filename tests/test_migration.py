@@ -63,6 +63,11 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
             (len(content), f"{name[:2]}/{name}"),
         )
         db.execute(node, (6, 5, "notes ü.txt", "file", 0o644, len(content), now, now, 1))
+        db.execute(  # a job from before hosts: it is the migrating host's (schema 10)
+            "INSERT INTO job (node_id, path, spool, size, state, attempts, not_before, "
+            "created_ns) VALUES (6, 'Fïlms/notes ü.txt', '/gone', ?, 'done', 0, 0, ?)",
+            (len(content), now),
+        )
         # Inodes up to 50 were handed out once (and deleted): never again.
         db.execute("UPDATE sqlite_sequence SET seq = 50 WHERE name = 'node'")
     db.close()
@@ -74,7 +79,9 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
     (m.path / "Fïlms" / "new.txt").write_text("after the upgrade")
     m.wait_idle()
     assert sorted(os.listdir(m.path / "Fïlms")) == ["new.txt", "notes ü.txt"]
-    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("9",)]
+    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    me = (data / "host").read_text().strip()
+    assert me and m.catalog("SELECT DISTINCT host FROM job") == [(me,)]
     columns = {row[1] for row in m.catalog("PRAGMA table_info(rendition)")}
     assert {"init_data", "sidecar_size"} <= columns
     assert {t for (t,) in m.catalog("SELECT DISTINCT typeof(name) FROM entry")} == {"blob"}

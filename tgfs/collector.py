@@ -4,6 +4,11 @@ A failed delete is retried later, never forgotten: the row stays until the store
 Parts still being read through an open file handle (a player holding a file that was just
 deleted) are left alone until that handle is closed. After each pass the read cache drops
 its copies of parts the catalog no longer has.
+
+On a catalog several hosts share, one host at a time makes a pass (tgfs.catalog.duties). It
+spares the parts its own open files read; another host's open files are not known to it,
+so a file deleted on one host while another reads it (with the trash off, or once the
+trash lets it go) can stop reading there, as on NFS.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 import trio
 
 from tgfs.catalog import Garbage
+from tgfs.catalog.duties import Duty, duty
 from tgfs.store.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -62,15 +68,20 @@ class GarbageCollector:
                 await self._wake.wait()
 
     async def collect_once(self) -> int:
-        """One pass over the garbage list; returns how many deletes failed."""
+        """One pass over the garbage list, unless another host is making one (see
+        tgfs.catalog.duties); returns how many deletes failed."""
         failed = 0
         after = 0
         self.spared = False
-        while rows := list(
-            Garbage.select().where(Garbage.id > after).order_by(Garbage.id).limit(_BATCH)
-        ):
-            after = rows[-1].id
-            failed += await self._delete(rows)
+        with duty(Duty.COLLECT) as mine:
+            if not mine:
+                log.info("store: another host is deleting the garbage list's parts; not here")
+                return 0
+            while rows := list(
+                Garbage.select().where(Garbage.id > after).order_by(Garbage.id).limit(_BATCH)
+            ):
+                after = rows[-1].id
+                failed += await self._delete(rows)
         return failed
 
     async def _delete(self, rows: list[Garbage]) -> int:

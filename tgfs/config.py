@@ -319,6 +319,9 @@ class Settings:
     data_dir: Path = _setting("TGFS_DATA_DIR", _xdg("XDG_DATA_HOME", ".local/share"), _path)
     cache_dir: Path = _setting("TGFS_CACHE_DIR", _xdg("XDG_CACHE_HOME", ".cache"), _path)
     spool_dir: Path = _setting("TGFS_SPOOL_DIR", _under_data_dir("spool"), _path)
+    # The embedded store's directory, when no bots are set (several hosts sharing one
+    # library without Telegram point theirs at one shared directory).
+    local_store_dir: Path = _setting("TGFS_LOCAL_STORE_DIR", _under_data_dir("blobs"), _path)
     cache_size: int = _setting(
         "TGFS_CACHE_SIZE", "2G", _size_or_share("cache_dir", minimum=16 * 2**20), format_size
     )
@@ -419,10 +422,6 @@ class Settings:
     def catalog(self) -> Path | str:
         """Where the catalog is: its PostgreSQL URL, or the SQLite file."""
         return self.catalog_url or self.catalog_path
-
-    @property
-    def local_store_dir(self) -> Path:
-        return self.data_dir / "blobs"
 
     @property
     def session_dir(self) -> Path:

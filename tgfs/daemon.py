@@ -25,7 +25,18 @@ import trio
 
 from tgfs.backups import Backups, Manifest, Restored, read_manifest, restore
 from tgfs.cache import PartCache
-from tgfs.catalog import blobs, close_catalog, facts, jobs, library, now_ns, open_catalog, trash
+from tgfs.catalog import (
+    blobs,
+    close_catalog,
+    duties,
+    facts,
+    host,
+    jobs,
+    library,
+    now_ns,
+    open_catalog,
+    trash,
+)
 from tgfs.catalog.backups import Generation
 from tgfs.catalog.reserve import Reserve
 from tgfs.collector import GarbageCollector
@@ -79,7 +90,7 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
         # A spool outside the data directory is swept at start too: it gets a lock of its own.
         if not settings.spool_dir.is_relative_to(settings.data_dir):
             held.enter_context(DirectoryLock(settings.spool_dir, mountpoint))
-        open_catalog(settings.catalog)
+        _open_catalog(settings)
         held.callback(close_catalog)
         _check_key(settings)
         store = make_store(settings)
@@ -94,6 +105,12 @@ def run(settings: Settings, mountpoint: Path, debug_fuse: bool = False) -> None:
             sealer_for(settings),
         )
         trio.run(_serve, settings, mountpoint, store, spool, cache, debug_fuse)
+
+
+def _open_catalog(settings: Settings) -> None:
+    """The catalog, opened as this data directory's host (tgfs.catalog.host)."""
+    host.identify(settings.data_dir)
+    open_catalog(settings.catalog)
 
 
 def _private_dirs(settings: Settings) -> None:
@@ -111,7 +128,7 @@ def backup_offline(settings: Settings) -> Generation | None:
     with DirectoryLock(settings.data_dir, Path("(tgfs backup)")):
         if not settings.catalog_url and not settings.catalog_path.exists():
             raise ConfigError(f"no catalog at {settings.catalog_path}: nothing to back up")
-        open_catalog(settings.catalog)
+        _open_catalog(settings)
         try:
             _check_key(settings)
             return trio.run(_with_store, settings, _backup_once)
@@ -139,7 +156,7 @@ def _offline_catalog(settings: Settings, what: str) -> Iterator[None]:
     with DirectoryLock(settings.data_dir, Path(f"(tgfs {what})")):
         if not settings.catalog_url and not settings.catalog_path.exists():
             raise ConfigError(f"no catalog at {settings.catalog_path} (tgfs restore makes one)")
-        open_catalog(settings.catalog)
+        _open_catalog(settings)
         try:
             _check_key(settings)
             yield
@@ -257,10 +274,10 @@ async def _serve(
         raise ConfigError(str(exc)) from None
     try:
         await _collect_orphans(store)
-        facts.put(facts.STOPPED_CLEANLY, "0")  # until this daemon exits normally
+        facts.put(facts.stopped_cleanly(), "0")  # until this daemon exits normally
         await _serve_mounted(settings, mountpoint, store, spool, cache, debug_fuse)
         try:  # every put was awaited or cancelled, and recorded
-            facts.put(facts.STOPPED_CLEANLY, "1")
+            facts.put(facts.stopped_cleanly(), "1")
         except peewee.OperationalError as exc:  # a full disk: the next start just looks
             log.warning("could not record the clean stop (%s)", exc)
     finally:
@@ -274,9 +291,15 @@ async def _collect_orphans(store: BlobStore) -> None:
     """After a kill or a crash, a put may have finished in the store without the catalog
     hearing of it. Ask the store for parts nothing names (before any new put), and queue
     them for deletion."""
-    if facts.get(facts.STOPPED_CLEANLY) == "1" and facts.get(facts.ORPHAN_SCAN_DUE) != "1":
+    if facts.get(facts.stopped_cleanly()) == "1" and facts.get(facts.ORPHAN_SCAN_DUE) != "1":
         return
     facts.put(facts.ORPHAN_SCAN_DUE, "1")
+    if not duties.alone():  # the others' puts not yet recorded would look like orphans
+        log.info(
+            "store: the look for parts left by the last crash waits for a start with no "
+            "other host connected to the catalog"
+        )
+        return
     try:
         with trio.fail_after(ORPHAN_SCAN_TIMEOUT):
             found = await store.orphans(blobs.known_locations().__contains__)
@@ -355,6 +378,10 @@ async def _serve_mounted(
             nursery.start_soon(collector.run)
             await nursery.start(cache.run)
             await nursery.start(prefetch.run)
+            if settings.catalog_url:  # other hosts may share it: hear of their changes
+                from tgfs.fs.notices import Notices  # (psycopg: only for PostgreSQL)
+
+                await nursery.start(Notices(settings.catalog_url, fs.renderer.forget_nodes).run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
             nursery.start_soon(backups.run)
@@ -423,7 +450,9 @@ async def _expire_trash(fs: Filesystem, days: float) -> None:
     period = min(TRASH_CHECK, max(1.0, days * trash.DAY_NS / 1e9 / 10)) if days else TRASH_CHECK
     while True:
         try:
-            fs.let_go_of_trash(now_ns() - int(days * trash.DAY_NS))
+            with duties.duty(duties.Duty.TRASH) as mine:  # (one host at a time)
+                if mine:
+                    fs.let_go_of_trash(now_ns() - int(days * trash.DAY_NS))
         except Exception:  # a full disk, a catalog error: the next look tries again
             log.exception("trash: letting old items go failed")
         await trio.sleep(period)

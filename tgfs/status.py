@@ -36,6 +36,7 @@ def snapshot(
         row: dict[str, Any] = {
             "id": job.id,
             "path": job.path,
+            "host": job.host,  # whose spool holds it: the host that runs it
             "size": job.size,
             "state": job.state,
             "outcome": job.outcome,

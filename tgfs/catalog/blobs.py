@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from peewee import fn
 
-from tgfs.catalog.schema import Backup, Blob, Garbage, Landed, Part, db
+from tgfs.catalog import host
+from tgfs.catalog.schema import Backup, Blob, Garbage, Landed, Part, db, is_sqlite
 from tgfs.store.base import REPLICA_SEPARATOR, PartRef, replicas
 
 
@@ -41,13 +42,15 @@ def unland(locations: Iterable[str]) -> None:
 
 
 def collect_landed() -> int:
-    """At start-up: parts landed for jobs that never finished go to the garbage list (the
-    jobs start over and store them again). Returns how many."""
+    """At start-up: parts this host's jobs landed and never finished go to the garbage
+    list (the jobs start over and store them again). Another host's are its jobs' own,
+    perhaps running now. Returns how many."""
+    mine = True if is_sqlite() else Landed.host == host.me()
     with db.atomic():
-        rows = [r.location for r in Landed.select(Landed.location)]
+        rows = [r.location for r in Landed.select(Landed.location).where(mine)]
         if rows:
             Garbage.insert_many([{"location": loc} for loc in rows]).execute()
-        Landed.delete().execute()
+        Landed.delete().where(mine).execute()
     return len(rows)
 
 

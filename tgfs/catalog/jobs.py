@@ -3,6 +3,10 @@
 States: `writing` (a write session has a working spool file; not ready) → `queued` (close()
 or fsync() accepted it) → `running` → `done` | `failed`. Only queued jobs are picked up,
 and never while their file is open for writing again.
+
+A job belongs to the host whose spool holds its file (tgfs.catalog.host): only that host
+picks it up, and only that host's start-up recovers or restarts it; on a catalog several
+hosts share, another host's unfinished job is its own business, not a crash's leftover.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import os
 import time
 from collections.abc import Iterable
 
-from tgfs.catalog.schema import Job, JobState, Node, db, display, durable, now_ns
+import peewee as pw
+
+from tgfs.catalog import host
+from tgfs.catalog.schema import Job, JobState, Node, db, display, durable, is_sqlite, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,11 @@ WRITING, QUEUED, RUNNING, DONE, FAILED = (
     JobState.DONE,
     JobState.FAILED,
 )
+
+
+def _mine(query: pw.ModelSelect | pw.ModelUpdate) -> pw.Query:
+    """`query` narrowed to this host's jobs (all of them on SQLite, which has one host)."""
+    return query if is_sqlite() else query.where(Job.host == host.me())
 
 
 def start_version(node: Node, path: str, spool: str) -> Job:
@@ -94,7 +106,7 @@ def recover_writes() -> list[Job]:
     """Writes the daemon never finished (it died before close()): keep what reached the
     spool file under the file's name, queue it, and say so. Returns the recovered jobs."""
     recovered = []
-    for job in list(Job.select().where(Job.state == WRITING)):
+    for job in list(_mine(Job.select().where(Job.state == WRITING))):
         node = Node.get_or_none(Node.id == job.node_id) if job.node_id else None
         try:
             size = os.stat(job.spool).st_size
@@ -136,7 +148,7 @@ def next_ready(exclude_jobs: Iterable[int], exclude_nodes: Iterable[int]) -> Job
     """The oldest queued job whose retry time has come and whose file is not open for
     writing (None if there is none)."""
     return (
-        Job.select()
+        _mine(Job.select())
         .where(
             (Job.state == QUEUED)
             & (Job.not_before <= time.time())
@@ -150,7 +162,7 @@ def next_ready(exclude_jobs: Iterable[int], exclude_nodes: Iterable[int]) -> Job
 
 def next_wakeup() -> float | None:
     """Epoch seconds when the earliest delayed job becomes ready, if any."""
-    job = Job.select().where(Job.state == QUEUED).order_by(Job.not_before).first()
+    job = _mine(Job.select()).where(Job.state == QUEUED).order_by(Job.not_before).first()
     return job.not_before if job else None
 
 
@@ -175,7 +187,7 @@ def retry_later(job: Job, error: str, delay: float) -> None:
 
 def requeue_interrupted() -> int:
     """Jobs that were running when the daemon stopped start over (their spool is intact)."""
-    return Job.update(state=QUEUED).where(Job.state == RUNNING).execute()
+    return _mine(Job.update(state=QUEUED)).where(Job.state == RUNNING).execute()
 
 
 def live_spools() -> set[str]:

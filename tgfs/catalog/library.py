@@ -93,8 +93,14 @@ def create_video(
         )
         name = tree.free_name(source.parent_id, video_name(source.name))
         owner = _owner(source)
-        folder = tree.create(
-            source.parent_id, name, NodeKind.VIDEO, READ_ONLY_DIR, video=video, **owner
+        folder = tree.create(  # (another host may take the name meanwhile)
+            source.parent_id,
+            name,
+            NodeKind.VIDEO,
+            READ_ONLY_DIR,
+            or_free_name=True,
+            video=video,
+            **owner,
         )
         tree.create(folder.id, MASTER_NAME, NodeKind.MASTER, READ_ONLY_FILE, video=video, **owner)
         tree.touch_dir(source.parent_id)

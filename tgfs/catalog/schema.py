@@ -28,14 +28,16 @@ import contextlib
 import enum
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
-from playhouse.migrate import SqliteMigrator, migrate
+from playhouse.migrate import SchemaMigrator, SqliteMigrator, migrate
 from playhouse.shortcuts import ReconnectMixin
 
 from tgfs import web
+from tgfs.catalog import host
 
 # 2: audio/subtitle renditions, videos published while processing
 # 3: names as bytes, symlinks, jobs for files being written, landed parts, source hashes
@@ -45,7 +47,8 @@ from tgfs import web
 # 7: video posters (Video.poster_blob); video folders 0755
 # 8: init segments kept in the catalog (Rendition.init_data)
 # 9: the size of a subtitle rendition as one WebVTT file (Rendition.sidecar_size)
-SCHEMA_VERSION = 9
+# 10: the host each job and landed part belongs to (Job.host, Landed.host)
+SCHEMA_VERSION = 10
 
 # The catalog's database: SQLite in the data directory, or PostgreSQL when TGFS_CATALOG_URL
 # names one (open_catalog). The models are bound to this proxy.
@@ -68,18 +71,31 @@ class SchemaMismatch(RuntimeError):
     """The catalog was written by another version of tgfs, or another daemon has it."""
 
 
-# A PostgreSQL catalog is held by one daemon at a time (a session advisory lock on this key,
-# taken at open, let go when its connection ends): until several hosts can share a library,
-# two daemons writing one catalog would each take the other's jobs for a crash's leftovers.
-_CATALOG_LOCK = 0x7467_6673  # "tgfs"
+# Advisory locks on a PostgreSQL catalog, in PostgreSQL's two-key form (class, object):
+# - every connection of a daemon holds its host's lock (HOSTS_CLASS, crc of the host id):
+#   a second daemon with the same id (a copied data directory) is refused;
+# - and MOUNTED, shared: a daemon that wants it exclusively for a moment learns whether it
+#   is the only one connected (tgfs.catalog.duties.alone);
+# - once-per-library work takes a lock of LIBRARY_CLASS while it runs (duties.duty).
+# Session locks go with their connection, so a host that dies lets go of all of them.
+LIBRARY_CLASS = 0x7467_6673  # "tgfs"
+HOSTS_CLASS = 0x7467_6668  # "tgfh"
+MOUNTED = 0
+SETUP = 3  # (LIBRARY_CLASS) creating, migrating and checking the catalog at open
+
+
+def host_key(host_id: str) -> int:
+    """A host id as a lock's object key (a signed 32-bit number)."""
+    return zlib.crc32(host_id.encode()) - 2**31
 
 
 class _Postgres(ReconnectMixin, pw.PostgresqlDatabase):
     """PostgreSQL for the catalog. A connection lost (the server restarted, the network
     dropped) is made again at the next statement outside a transaction (the one that found
     it lost fails: its request gets EIO); a statement inside a transaction is never
-    retried, since what the transaction did before is gone. Every connection takes the
-    catalog's lock first: if another daemon took it meanwhile, this one writes nothing."""
+    retried, since what the transaction did before is gone. Every connection takes this
+    host's locks first: if another daemon with this host's id took them meanwhile, this one
+    writes nothing."""
 
     reconnect_errors = (  # (error class, words of psycopg 3's message)
         (pw.OperationalError, "terminating connection"),
@@ -90,17 +106,27 @@ class _Postgres(ReconnectMixin, pw.PostgresqlDatabase):
         (pw.InterfaceError, "the connection is closed"),
     )
 
+    # The server process of the current connection: notifications it sent are this
+    # daemon's own changes (tgfs.fs.shared skips them).
+    backend_pid = 0
+
     def _initialize_connection(self, conn) -> None:
         super()._initialize_connection(conn)
+        me = host.me()
         with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", (_CATALOG_LOCK,))
-            (held,) = cursor.fetchone()
-        if not held:
+            cursor.execute(
+                "SELECT pg_try_advisory_lock(%s, %s), pg_try_advisory_lock_shared(%s, %s)",
+                (HOSTS_CLASS, host_key(me), LIBRARY_CLASS, MOUNTED),
+            )
+            held, mounted = cursor.fetchone()
+        if not (held and mounted):
             conn.close()
             raise SchemaMismatch(
-                "the PostgreSQL catalog is in use by another tgfs daemon (a library has one "
-                "daemon until several hosts can share one)"
+                f"the PostgreSQL catalog is in use by another tgfs daemon with this host's id "
+                f"({me or 'none'}): each host needs its own data directory (a copied one "
+                f"carries the id: delete its `{host.HOST_FILE}` file to make a new one)"
             )
+        self.backend_pid = conn.info.backend_pid
 
 
 def now_ns() -> int:
@@ -347,6 +373,9 @@ class Landed(_Model):
     id = pw.BigAutoField()  # (BIGSERIAL on PostgreSQL: see the column types above)
     location = pw.TextField(index=True)
     job_id = pw.BigIntegerField(null=True)  # the job that stored it, for logs
+    # The host whose job stored it (tgfs.catalog.host): only that host's start-up knows
+    # whether the job is still running.
+    host = pw.TextField(default=host.me)
 
 
 class Garbage(_Model):
@@ -552,6 +581,9 @@ class Job(_Model):
     node = pw.ForeignKeyField(Node, null=True, on_delete="SET NULL")  # None once deleted
     path = pw.TextField()  # mount-relative path when dropped (`display`ed), for status
     spool = pw.TextField()  # the spooled copy the job works from
+    # The host whose spool holds that copy (tgfs.catalog.host): the only one that can run
+    # the job, and the one whose start-up recovers it.
+    host = pw.TextField(default=host.me)
     size = pw.BigIntegerField()  # bytes of the dropped file
     state = pw.TextField(default=JobState.QUEUED)  # a JobState value
     outcome = pw.TextField(null=True)  # "video" or "file" once known
@@ -656,6 +688,20 @@ def open_catalog(where: Path | str) -> None:
             )
         )
     db.connect(reuse_if_open=True)
+    if is_sqlite():
+        _set_up(where)
+        return
+    # Two hosts' daemons starting at once would both create, migrate or redefine: one at
+    # a time (a session lock, let go at once after).
+    db.execute_sql("SELECT pg_advisory_lock(%s, %s)", (LIBRARY_CLASS, SETUP))
+    try:
+        _set_up(where)
+    finally:
+        db.execute_sql("SELECT pg_advisory_unlock(%s, %s)", (LIBRARY_CLASS, SETUP))
+
+
+def _set_up(where: Path | str) -> None:
+    """Create, migrate and check the opened catalog."""
     with db.atomic():
         if not Meta.table_exists():
             db.create_tables(TABLES)
@@ -704,11 +750,20 @@ def open_catalog(where: Path | str) -> None:
                 SqliteMigrator(db).add_column("rendition", "sidecar_size", Rendition.sidecar_size)
             )
             Meta.update(value="9").where(Meta.key == "schema_version").execute()
+        found = 9
+    if found == 9:  # one host so far: the one migrating has every job and landed part
+        with db.atomic():  # (add_column fills the rows with the default: host.me())
+            m = SchemaMigrator.from_database(db)
+            migrate(m.add_column("job", "host", Job.host))
+            if Landed.table_exists():  # else create_tables below makes it, with the column
+                migrate(m.add_column("landed", "host", Landed.host))
+            Meta.update(value="10").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
         raise SchemaMismatch(
-            f"catalog {path} has schema version {found}, this tgfs needs {SCHEMA_VERSION}"
+            f"catalog {'in PostgreSQL' if is_url(where) else where} has schema version "
+            f"{found}, this tgfs needs {SCHEMA_VERSION}"
         )
     with db.atomic():
         # Tables added by a migration, after it: before it, SQLite would accept an index on
@@ -732,6 +787,8 @@ def open_catalog(where: Path | str) -> None:
         )
         _control_modes()
         _web_files()
+        if not is_sqlite():
+            _change_notices()
 
 
 def _migrate_from_1() -> None:
@@ -816,6 +873,49 @@ def _migrate_from_3() -> None:
     finally:
         db.execute_sql("PRAGMA legacy_alter_table=OFF")
         db.execute_sql("PRAGMA foreign_keys=ON")
+
+
+# Every change to the tree, told to the daemons of the other hosts (tgfs.fs.notices), so
+# their kernels forget what they cached of it: a name gone or renamed ("e PARENT HEXNAME"),
+# a node's attributes or a folder's listing changed ("n NODE"). A new name needs nothing
+# more than its folder's: the kernel caches no name that did not exist. Sent at commit,
+# to daemons listening then; one that was not (restarting, reconnecting) has only its
+# kernel's caches to go by, which trust a changeable name for a second (tgfs.fs.attrs).
+NOTICES_CHANNEL = "tgfs_changes"
+_NOTICES_SQL = f"""
+CREATE OR REPLACE FUNCTION tgfs_notice() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'entry' THEN
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            PERFORM pg_notify('{NOTICES_CHANNEL}',
+                              'e ' || OLD.parent_id || ' ' || encode(OLD.name, 'hex'));
+            PERFORM pg_notify('{NOTICES_CHANNEL}', 'n ' || OLD.parent_id);
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            PERFORM pg_notify('{NOTICES_CHANNEL}', 'n ' || NEW.parent_id);
+        END IF;
+    ELSE
+        PERFORM pg_notify('{NOTICES_CHANNEL}', 'n ' || NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER tgfs_entry_notice AFTER INSERT OR UPDATE OR DELETE ON entry
+    FOR EACH ROW EXECUTE FUNCTION tgfs_notice();
+CREATE OR REPLACE TRIGGER tgfs_node_notice AFTER UPDATE ON node
+    FOR EACH ROW EXECUTE FUNCTION tgfs_notice();
+"""
+
+
+def _change_notices() -> None:
+    """The triggers that tell other hosts of changes (made again at each start: the text
+    above is their one definition)."""
+    db.execute_sql(_NOTICES_SQL)
+
+
+def own_backend_pid() -> int:
+    """The PostgreSQL server process of this daemon's connection (0 if none): the changes
+    it notifies are this daemon's own."""
+    return db.obj.backend_pid if isinstance(db.obj, _Postgres) else 0
 
 
 def close_catalog() -> None:

@@ -19,7 +19,6 @@ knows (open) is purged at `forget`, like any unlinked file.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -114,9 +113,9 @@ def restore(item_id: int, uid: int = 0, gid: int = 0) -> Restored:
         else:
             parent_id = parent.id
         node = Node.get_by_id(row.node_id)
-        name = _free_name(parent_id, row.name, is_file=node.node_kind is NodeKind.FILE)
+        name = tree.free_name(parent_id, row.name, is_file=node.node_kind is NodeKind.FILE)
         row.delete_instance()
-        tree.link(node, parent_id, name)
+        tree.link(node, parent_id, name, or_free_name=True)
         tree.touch_dir(parent_id)
         return Restored(item_id, tree.path_of(node))
 
@@ -173,21 +172,8 @@ def _make_dirs(parts: tuple[str, ...], uid: int, gid: int) -> int:
         if found is not None and found.node_kind is NodeKind.DIR:
             parent_id = found.id
             continue
-        name = part if found is None else _free_name(parent_id, part, is_file=False)
-        node = tree.create(parent_id, name, NodeKind.DIR, 0o755, uid, gid)
+        name = part if found is None else tree.free_name(parent_id, part)
+        node = tree.create(parent_id, name, NodeKind.DIR, 0o755, uid, gid, or_free_name=True)
         tree.touch_dir(parent_id)
         parent_id = node.id
     return parent_id
-
-
-def _free_name(parent_id: int, wanted: str, is_file: bool) -> str:
-    """`wanted`, or the first free of "stem (2).ext", "stem (3).ext" … (a file keeps its
-    extension, so players and tools still know it)."""
-    if tree.child(parent_id, wanted) is None:
-        return wanted
-    stem, ext = os.path.splitext(wanted) if is_file else (wanted, "")
-    stem = tree.safe_name(stem)  # room for the suffix within NAME_MAX
-    n = 2
-    while tree.child(parent_id, candidate := f"{stem} ({n}){ext}") is not None:
-        n += 1
-    return candidate

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import PurePosixPath
 
+import peewee as pw
 from peewee import JOIN
 
 from tgfs.catalog.schema import (
@@ -103,33 +104,70 @@ def safe_name(wanted: str) -> str:
     return name
 
 
-def free_name(parent_id: int, wanted: str, ignore_id: int | None = None) -> str:
-    """`wanted`, or the first of "wanted (2)", "wanted (3)" … not taken in the folder.
+def free_name(
+    parent_id: int, wanted: str, ignore_id: int | None = None, is_file: bool = False
+) -> str:
+    """`wanted`, or the first of "wanted (2)", "wanted (3)" … not taken in the folder (a
+    file keeps its extension: "stem (2).ext", so players and tools still know it).
 
     Used when a video folder is published: dropping "A.mp4" next to an existing "A" gives
     "A (2)"; nothing the user has is ever replaced.
     """
+    stem, ext = os.path.splitext(wanted) if is_file else (wanted, "")
     candidate, n = wanted, 1
     while (found := child(parent_id, candidate)) is not None and found.id != ignore_id:
         n += 1
-        candidate = f"{wanted} ({n})"
+        candidate = f"{safe_name(stem)} ({n}){ext}"  # (room for the suffix within NAME_MAX)
     return candidate
 
 
+class NameTaken(Exception):
+    """The name was free when looked at and taken at the insert: by another host, on a
+    catalog several hosts share (the unique index on (parent, name) refused the second)."""
+
+
 def create(
-    parent_id: int, name: str, kind: NodeKind, mode: int, uid: int = 0, gid: int = 0, **fields
+    parent_id: int,
+    name: str,
+    kind: NodeKind,
+    mode: int,
+    uid: int = 0,
+    gid: int = 0,
+    *,
+    or_free_name: bool = False,
+    **fields,
 ) -> Node:
-    """A new node with its one name."""
+    """A new node with its one name. A name taken meanwhile (see NameTaken) is refused,
+    or with `or_free_name` the node gets the first free one ("A (2)", "notes (2).txt")."""
     with db.atomic():
         node = Node.create(kind=kind, mode=mode, uid=uid, gid=gid, **fields)
-        return node.found_as(Entry.create(parent=parent_id, name=name, node=node))
+        entry = _add_entry(parent_id, name, node.id, or_free_name, kind is NodeKind.FILE)
+        return node.found_as(entry)
 
 
-def link(node: Node, parent_id: int, name: str) -> Node:
-    """Another name for `node` (a hard link); returns it found as that name."""
+def _add_entry(
+    parent_id: int, wanted: str, node_id: int, or_free_name: bool, is_file: bool
+) -> Entry:
+    """The Entry naming `node_id` `wanted` in the folder (see create)."""
+    name = wanted
+    while True:
+        try:
+            with db.atomic():  # a savepoint: a refused insert leaves the transaction going
+                return Entry.create(parent=parent_id, name=name, node=node_id)
+        except pw.IntegrityError:
+            if child(parent_id, name) is None:
+                raise  # not the name: a bug, not a clash
+            if not or_free_name:
+                raise NameTaken(name) from None
+            name = free_name(parent_id, wanted, is_file=is_file)
+
+
+def link(node: Node, parent_id: int, name: str, *, or_free_name: bool = False) -> Node:
+    """Another name for `node` (a hard link); returns it found as that name (for
+    `or_free_name` and NameTaken, see create)."""
     stamp = now_ns()
     with db.atomic():
-        entry = Entry.create(parent=parent_id, name=name, node=node.id)
+        entry = _add_entry(parent_id, name, node.id, or_free_name, node.node_kind is NodeKind.FILE)
         Node.update(links=Node.links + 1, ctime_ns=stamp).where(Node.id == node.id).execute()
     node.links += 1
     node.ctime_ns = stamp

@@ -82,7 +82,7 @@ from tgfs.fs.handles import (
 )
 from tgfs.fs.render import Names, Renderer
 from tgfs.fs.view import View, ViewHandle, is_view
-from tgfs.fs.writes import Writes
+from tgfs.fs.writes import Writes, open_spool
 from tgfs.ingest.runner import IngestRunner
 from tgfs.prefetch import Prefetcher
 from tgfs.spool import Spool
@@ -167,6 +167,9 @@ def _frees_space(handler: F) -> F:
 
 
 def _errno_for(name: str, exc: Exception) -> pyfuse3.FUSEError:
+    if isinstance(exc, tree.NameTaken):  # another host's, since this one looked
+        log.info("%s: %r was taken meanwhile (by another host)", name, str(exc))
+        return pyfuse3.FUSEError(errno.EEXIST)
     if reserve.is_full(exc):  # ENOSPC/EDQUOT as themselves, wherever they came from
         log.warning("%s: no space left for the catalog or the spool: %s", name, exc)
         quota = isinstance(exc, OSError) and exc.errno == errno.EDQUOT
@@ -836,13 +839,21 @@ class Filesystem(pyfuse3.Operations):
     @_guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
         name = _name(name)
-        log.debug("create(%d, %r)", parent_inode, name)
+        log.debug("create(%d, %r, %#o)", parent_inode, name, flags)
         parent = self._changeable_dir(parent_inode)
-        if tree.child(parent.id, name) is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
+        # The kernel creates only a name it found free. One taken since then is another
+        # host's (a catalog several hosts share): both files are kept, this one as
+        # "name (2).ext", unless O_EXCL asked for that very name (a lock file).
         node, session = self.writes.create(
-            parent.id, name, mode & ~ctx.umask & 0o7777, ctx.uid, _new_gid(parent, ctx)
+            parent.id,
+            name,
+            mode & ~ctx.umask & 0o7777,
+            ctx.uid,
+            _new_gid(parent, ctx),
+            or_free_name=not flags & os.O_EXCL,
         )
+        if node.name != name:
+            log.info("create: %r was taken meanwhile (by another host): made %r", name, node.name)
         fh = self._add_handle(WriteHandle(node.id, session))
         return pyfuse3.FileInfo(fh=fh), self._known(node)
 
@@ -922,7 +933,7 @@ class Filesystem(pyfuse3.Operations):
         session = self.writes.get(node.id)
         path = session.path if session is not None and session.path else node.spool
         if path is not None:
-            return SpoolHandle(node.id, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            return SpoolHandle(node.id, open_spool(path))
         parts = blobs.parts_of(node.blob_id) if node.blob_id is not None else []
         return BlobHandle(node.id, parts, node.size)
 

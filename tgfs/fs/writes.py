@@ -41,6 +41,7 @@ import trio
 
 from tgfs.cache import PartCache
 from tgfs.catalog import Node, NodeKind, blobs, db, jobs, library, now_ns, tree
+from tgfs.catalog.schema import is_sqlite
 from tgfs.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,17 @@ class Writes:
         return session
 
     def create(
-        self, parent_id: int, name: str, mode: int, uid: int, gid: int
+        self, parent_id: int, name: str, mode: int, uid: int, gid: int, or_free_name: bool
     ) -> tuple[Node, Session]:
         """A new empty file, open for writing, in one transaction with its working file's
-        job row (close() accepts it even if nothing is written)."""
+        job row (close() accepts it even if nothing is written). For a name taken
+        meanwhile, see tree.create."""
         path, fd = self.spool.new_file()
         try:
             with db.atomic():
-                node = tree.create(parent_id, name, NodeKind.FILE, mode, uid, gid)
+                node = tree.create(
+                    parent_id, name, NodeKind.FILE, mode, uid, gid, or_free_name=or_free_name
+                )
                 job = jobs.start_version(node, tree.path_of(node), path)
                 tree.touch_dir(parent_id)
         except BaseException:
@@ -175,7 +179,7 @@ class Writes:
         if node.spool is not None:
             # Opened here, on the trio thread: a job finishing meanwhile may delete the
             # accepted spool file, and an open descriptor keeps it readable.
-            src = os.open(node.spool, os.O_RDONLY | os.O_CLOEXEC)
+            src = open_spool(node.spool)
             try:
                 await trio.to_thread.run_sync(_copy_file, src, fd, length)
             finally:
@@ -315,3 +319,18 @@ def _copy_file(src: int, fd: int, length: int) -> None:
         if copied == 0:
             break  # the source is shorter than its recorded size: keep what is there
         offset += copied
+
+
+def open_spool(path: str) -> int:
+    """A descriptor for reading a file's spooled content. EAGAIN if that content is not on
+    this host: on a catalog several hosts share, a file written on another host is read
+    from there until its job has stored it (a spool file name is a random UUID, so another
+    host's is never found here by chance)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if is_sqlite():  # one host: the file went from under tgfs
+            log.error("%s: the spooled content of a file is missing", path)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        log.info("%s: content not stored yet and not on this host: EAGAIN until it is", path)
+        raise pyfuse3.FUSEError(errno.EAGAIN) from None
