@@ -57,6 +57,7 @@ class FsApi:
         self.ctx = Ctx()
 
     def close(self) -> None:
+        self.fs.close()
         problems = check()
         close_catalog()
         assert not problems, "\n".join(map(str, problems))

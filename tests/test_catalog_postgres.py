@@ -4,6 +4,7 @@ SQLite, and the consistency check passes on it (mount_factory runs it on Postgre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -91,3 +92,126 @@ def test_a_catalog_that_cannot_be_reached_is_one_clear_line(tmp_path):
     assert done.returncode != 0
     assert "cannot open the PostgreSQL catalog" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "sw0rdfish" not in done.stdout + done.stderr
+
+
+def _tgfs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tgfs", *args], env=env, capture_output=True, text=True
+    )
+
+
+def _tree(root) -> dict[str, tuple]:
+    """Every entry below `root` but the control folder: its inode and what it holds."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.split("/")[0] == ".tgfs":
+            continue
+        st = path.lstat()
+        if path.is_symlink():
+            what: object = ("link", os.readlink(path))
+        elif path.is_dir():
+            what = "dir"
+        else:
+            what = hashlib.sha256(path.read_bytes()).hexdigest()
+        found[rel] = (st.st_ino, st.st_nlink, st.st_mtime_ns, what)
+    return found
+
+
+def _library(m: Mount, media) -> None:
+    """A small library with what a copy could get wrong: a video, names as bytes, a hard
+    link, a symlink, an item in the trash, and inodes handed out and deleted."""
+    (m.path / "Movies").mkdir()
+    copy_in(media("h264_aac.mp4"), m.path / "Movies" / "Clip.mp4")
+    odd = os.fsdecode(b"caf\xe9.txt")
+    (m.path / odd).write_bytes(b"Latin-1 name")
+    os.link(m.path / odd, m.path / "Movies" / "same file")
+    (m.path / "link").symlink_to("Movies/Clip")
+    (m.path / "trashed.txt").write_text("in the trash")
+    m.wait_idle()
+    (m.path / "trashed.txt").unlink()
+    for n in range(5):  # the newest inodes go: a copy must not hand them out again
+        (m.path / f"gone{n}").write_text("x")
+        (m.path / f"gone{n}").unlink()
+
+
+def test_tgfs_catalog_copy_moves_a_library_to_postgresql_and_back(
+    mount_factory, postgres, media, tmp_path
+):
+    m = mount_factory()
+    _library(m, media)
+    before = _tree(m.path)
+    newest = max(m.catalog("SELECT max(id) FROM node")[0][0], 5)
+    assert m.stop() == 0
+
+    url = postgres.database().replace("postgres@", "postgres:copy-s3cret@")
+    env = {**m.env, "TGFS_CATALOG_URL": ""}
+    copied = _tgfs(env, "catalog", "copy", str(m.data / "catalog.db"), url)
+    assert copied.returncode == 0, copied.stderr
+    assert "copied" in copied.stdout and "copy-s3cret" not in copied.stdout + copied.stderr
+    again = _tgfs(env, "catalog", "copy", str(m.data / "catalog.db"), url)
+    assert again.returncode != 0 and "already holds a catalog" in again.stderr
+
+    # The same data directory on PostgreSQL: the same library, inode for inode.
+    m.env["TGFS_CATALOG_URL"] = url
+    m.start()
+    assert _tree(m.path) == before
+    assert decode_errors(m.path / "Movies" / "Clip" / "master.m3u8") == ""
+    trash = json.loads((m.path / ".tgfs" / "trash.json").read_text())
+    assert [item["path"] for item in trash["items"]] == ["trashed.txt"]
+    (m.path / "new.txt").write_text("made on PostgreSQL")
+    assert (m.path / "new.txt").stat().st_ino > newest  # ids never reused
+    m.wait_idle()
+    after = _tree(m.path)
+    assert m.stop() == 0
+
+    # And back into a new SQLite file.
+    back = tmp_path / "back.db"
+    returned = _tgfs(env, "catalog", "copy", url, str(back))
+    assert returned.returncode == 0, returned.stderr
+    (m.data / "catalog.db").rename(tmp_path / "first.db")
+    back.rename(m.data / "catalog.db")
+    m.env["TGFS_CATALOG_URL"] = ""
+    m.start()
+    assert _tree(m.path) == after
+    (m.path / "newer.txt").write_text("back on SQLite")
+    assert (m.path / "newer.txt").stat().st_ino > (m.path / "new.txt").stat().st_ino
+    m.wait_idle()
+    m.store_matches_catalog()
+
+
+def test_a_postgresql_catalog_is_backed_up_into_the_store_and_restored(
+    mount_factory, postgres, media, tmp_path
+):
+    m = mount_factory(TGFS_CATALOG_URL=postgres.database())
+    _library(m, media)
+    made = _tgfs(m.env, "backup", str(m.path))  # through the mount: the daemon makes it
+    assert made.returncode == 0, made.stderr
+    before = _tree(m.path)
+    assert m.stop() == 0
+    store = str(m.data / "blobs")
+
+    # Into a new, empty database: the same library.
+    fresh = postgres.database()
+    env = {**m.env, "TGFS_CATALOG_URL": fresh}
+    restored = _tgfs(env, "restore")
+    assert restored.returncode == 0, restored.stderr
+    assert "into the PostgreSQL catalog" in restored.stdout
+    refused = _tgfs(env, "restore")  # never into a database that holds a catalog
+    assert refused.returncode != 0 and "holds a catalog" in refused.stderr
+    m.env["TGFS_CATALOG_URL"] = fresh
+    m.start()
+    assert _tree(m.path) == before
+    assert decode_errors(m.path / "Movies" / "Clip" / "master.m3u8") == ""
+    assert m.stop() == 0
+
+    # And into SQLite, on another machine with nothing but the settings and the store.
+    other = Mount(tmp_path / "other", {"TGFS_LOCAL_STORE_DIR": store})
+    restored = _tgfs(other.env, "restore")
+    assert restored.returncode == 0, restored.stderr
+    other.start()
+    try:
+        assert _tree(other.path) == before
+        other.store_matches_catalog()
+    finally:
+        assert other.stop() == 0

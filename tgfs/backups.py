@@ -3,8 +3,10 @@
 Bots cannot list a channel: the catalog is the only index of what lives where, and losing it
 loses the library. So it is backed up into the store, in this order:
 
-1. a consistent snapshot: `VACUUM INTO` on a connection of its own, in a thread (the FUSE
-   thread never waits for it; the live file is never copied), gzip-compressed;
+1. a consistent snapshot, on a connection of its own, in a thread (the FUSE thread never
+   waits for it; the live file is never copied), gzip-compressed: `VACUUM INTO` for the
+   SQLite catalog, a dump of its rows in one REPEATABLE READ transaction for PostgreSQL
+   (tgfs.catalog.dump; on a catalog several hosts share, one host at a time makes it);
 2. stored as parts like any file, each part recorded as landed the moment the store takes
    it, so a crash leaves nothing the catalog does not know of;
 3. one transaction records the generation (Backup row) and lets the oldest beyond
@@ -16,8 +18,9 @@ loses the library. So it is backed up into the store, in this order:
 
 Backups run after changes, at most every `TGFS_BACKUP_INTERVAL`, and at a clean unmount;
 `tgfs backup` makes one now. `tgfs restore` rebuilds a catalog from the newest generation
-(or the one asked for) with nothing but the settings, and never overwrites a catalog unless
-told (the old one is then moved aside, not deleted).
+(or the one asked for) with nothing but the settings, into either engine whichever made the
+backup, and never overwrites a catalog unless told (a SQLite one is then moved aside, not
+deleted; a PostgreSQL database must be empty).
 
 With an encryption key the compressed snapshot is sealed whole (tgfs.store.sealing; its
 salt in the generation's record) before it is cut into parts, under an opaque name, and the
@@ -40,12 +43,15 @@ import time
 from pathlib import Path
 
 import peewee
+import psycopg
 import pydantic
 import trio
 
 from tgfs.catalog import backups as generations_table
-from tgfs.catalog import blobs, facts
+from tgfs.catalog import blobs, dump, facts
 from tgfs.catalog.backups import Generation
+from tgfs.catalog.dump import DumpError
+from tgfs.catalog.duties import Duty, duty
 from tgfs.catalog.schema import changes_seen, db, is_sqlite, now_ns
 from tgfs.config import Settings, format_time
 from tgfs.store.base import BlobStore, StoreError
@@ -65,10 +71,6 @@ MANIFEST_FORMAT = 1
 _CHECK_EVERY = 10.0  # seconds between looks at whether a backup is due
 _WORK = "backup"  # folder in the spool for the snapshot being made (swept at start)
 BACKUP_STATE = "backup_state"  # Meta key: the library's fingerprint at the newest backup
-NOT_ON_POSTGRESQL = (
-    "backups into the store are made of the SQLite catalog only, so far; back up a "
-    "PostgreSQL catalog with pg_dump"
-)
 
 
 @dataclasses.dataclass
@@ -140,10 +142,7 @@ class Backups:
     def changed(self) -> bool:
         """Has the library changed since the last backup? Its own bookkeeping (backup
         rows, garbage collected) does not count, or backups would beget backups. The
-        connection's change counter is the cheap first look. (Never on PostgreSQL: see
-        NOT_ON_POSTGRESQL.)"""
-        if not is_sqlite():
-            return False
+        connection's change counter is the cheap first look."""
         changes = changes_seen()
         if changes == self._saved_changes:
             return False
@@ -156,7 +155,7 @@ class Backups:
         """Back up after changes, at most every TGFS_BACKUP_INTERVAL (0: only on demand and
         at unmount)."""
         interval = self.settings.backup_interval
-        if not interval or not is_sqlite():
+        if not interval:
             return
         self._last = time.monotonic()
         while True:
@@ -169,13 +168,20 @@ class Backups:
         raises for a store or disk failure: the mount goes on, the next one tries again."""
         async with self._lock:
             self._last = time.monotonic()
-            if not is_sqlite():
-                self.last_error = NOT_ON_POSTGRESQL
-                log.warning("backup (%s): %s", why, NOT_ON_POSTGRESQL)
-                return None
             try:
-                made = await self._backup()
-            except (StoreError, OSError, sqlite3.Error, peewee.PeeweeException) as exc:
+                with duty(Duty.BACKUP) as mine:
+                    if not mine:
+                        log.info("backup (%s): another host is making one; not here", why)
+                        return None
+                    made = await self._backup()
+            except (
+                StoreError,
+                OSError,
+                sqlite3.Error,
+                peewee.PeeweeException,
+                psycopg.Error,
+                DumpError,
+            ) as exc:
                 self.last_error = str(exc)[:300]
                 log.warning("backup (%s) failed: %s; the previous generation stands", why, exc)
                 return None
@@ -197,9 +203,13 @@ class Backups:
         state = _state()
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
-        snapshot, packed = self.work / "catalog.db", self.work / "catalog.db.gz"
+        snapshot = self.work / ("catalog.db" if is_sqlite() else "catalog.rows")
+        packed = snapshot.with_name(snapshot.name + ".gz")
         created = now_ns()
-        await trio.to_thread.run_sync(_snapshot, self.settings.catalog_path, snapshot)
+        if is_sqlite():
+            await trio.to_thread.run_sync(_snapshot, self.settings.catalog_path, snapshot)
+        else:
+            await trio.to_thread.run_sync(dump.write, self.settings.catalog_url, snapshot)
         size = snapshot.stat().st_size
         await trio.to_thread.run_sync(_compress, snapshot, packed)
         generation = generations_table.next_generation()
@@ -315,18 +325,26 @@ class Restored:
 async def restore(
     settings: Settings, store: BlobStore, generation: int | None = None, force: bool = False
 ) -> Restored:
-    """Rebuild the catalog from a backup generation (the newest if None).
+    """Rebuild the catalog from a backup generation (the newest if None), into the SQLite
+    file or the PostgreSQL database the settings name, whichever engine made the backup
+    (a snapshot of the other engine goes through a dump: tgfs.catalog.dump).
 
-    The catalog appears in one rename, once whole and checked (`PRAGMA integrity_check`):
-    a crash before leaves no catalog (or the old one), never half of one. An existing
-    catalog is refused unless `force`; then it is moved aside, not deleted.
+    A SQLite catalog appears in one rename, once whole and checked (`PRAGMA
+    integrity_check`): a crash before leaves no catalog (or the old one), never half of
+    one. An existing one is refused unless `force`; then it is moved aside, not deleted. A
+    PostgreSQL database must hold no catalog; it is filled in one transaction.
     """
-    from tgfs.catalog import close_catalog, library, open_catalog
+    from tgfs.catalog import close_catalog, host, library, open_catalog
 
-    if settings.catalog_url:
-        raise StoreError(f"no restore into PostgreSQL: {NOT_ON_POSTGRESQL}", retryable=False)
+    url = settings.catalog_url
     target = settings.catalog_path
-    if target.exists() and not force:
+    if url:
+        if await trio.to_thread.run_sync(dump.holds_catalog, url):
+            raise FileExistsError(
+                "the PostgreSQL database of TGFS_CATALOG_URL holds a catalog: restore into "
+                "an empty one (dropdb and createdb, or another database)"
+            )
+    elif target.exists() and not force:
         raise FileExistsError(
             f"{target} exists: restoring would replace it (--force moves it aside first)"
         )
@@ -344,6 +362,7 @@ async def restore(
     target.parent.mkdir(parents=True, exist_ok=True)
     packed = target.with_name(target.name + ".restoring.gz")
     fresh = target.with_name(target.name + ".restoring")
+    rows = target.with_name(target.name + ".restoring.rows")
     with open(packed, "wb") as out:
         for location, size in chosen.parts:
             at = 0
@@ -357,22 +376,49 @@ async def restore(
         await _open_sealed(sealer, bytes.fromhex(chosen.seal), packed, chosen.generation)
     await trio.to_thread.run_sync(_decompress, packed, fresh)
     packed.unlink()
-    await trio.to_thread.run_sync(_check_sqlite, fresh)
+    host.identify(settings.data_dir)
     moved = None
-    if target.exists():
-        moved = target.with_name(f"{target.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
-        for suffix in ("", "-wal", "-shm"):
-            old = Path(f"{target}{suffix}")
-            if old.exists():
-                os.replace(old, Path(f"{moved}{suffix}"))
-    os.replace(fresh, target)
-    open_catalog(target)
+    try:
+        if dump.is_dump(fresh):  # made from PostgreSQL
+            os.replace(fresh, rows)
+            if not url:
+                fresh.unlink(missing_ok=True)
+                open_catalog(fresh)  # a new SQLite file, filled from the rows
+                try:
+                    dump.load(rows)
+                finally:
+                    close_catalog()
+        else:  # a SQLite snapshot
+            await trio.to_thread.run_sync(_check_sqlite, fresh)
+            if url:
+                await trio.to_thread.run_sync(dump.write, fresh, rows)
+        if url:
+            open_catalog(url)
+            try:
+                dump.load(rows)
+            except BaseException:
+                close_catalog()
+                raise
+        else:
+            await trio.to_thread.run_sync(_check_sqlite, fresh)
+            if target.exists():
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                moved = target.with_name(f"{target.name}.before-restore-{stamp}")
+                for suffix in ("", "-wal", "-shm"):
+                    old = Path(f"{target}{suffix}")
+                    if old.exists():
+                        os.replace(old, Path(f"{moved}{suffix}"))
+            os.replace(fresh, target)
+            open_catalog(target)
+    finally:
+        for leftover in (fresh, rows, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+            leftover.unlink(missing_ok=True)
     try:
         generations_table.adopt(manifest.generations)
         lost = library.forget_missing_spools()
         # Parts stored after this generation are unknown to it: the next start must not
         # delete them as a crash's leftovers (`tgfs fsck` lists them).
-        facts.put(facts.STOPPED_CLEANLY, "1")
+        facts.put(facts.stopped_cleanly(), "1")
         facts.put(facts.ORPHAN_SCAN_DUE, "0")
     finally:
         close_catalog()

@@ -233,9 +233,12 @@ def restore(generation: int | None, force: bool) -> None:
         raise click.ClickException(str(exc)) from None
     except StoreError as exc:
         raise click.ClickException(f"restore failed: {exc}") from None
+    except _catalog_errors() as exc:  # a dump or a database that cannot be used
+        raise click.ClickException(f"restore failed: {exc}") from None
     g = done.generation
     created = format_time(g.created_ns)
-    click.echo(f"restored backup {g.generation} of {created} into {settings.catalog_path}")
+    into = "the PostgreSQL catalog" if settings.catalog_url else settings.catalog_path
+    click.echo(f"restored backup {g.generation} of {created} into {into}")
     if done.moved_aside:
         click.echo(f"the catalog that was there is now {done.moved_aside}")
     for line in done.lost:
@@ -454,6 +457,64 @@ def check(files: tuple[Path, ...]) -> None:
         click.echo(line + (f"; {result.note}" if result.note else ""))
     if refused:
         raise click.ClickException(f"{refused} of {len(files)} video(s) would not be published")
+
+
+@main.group()
+def catalog() -> None:
+    """The catalog as a whole."""
+
+
+@catalog.command("copy")
+@click.argument("source")
+@click.argument("target")
+def catalog_copy(source: str, target: str) -> None:
+    """Copy the catalog SOURCE into TARGET, which must hold none: each a SQLite file
+    (catalog.db) or a postgresql:// URL. The store is not touched; the library stays the
+    same (ids, names, trash, backups' records). Stop the daemon first.
+
+    Then point TGFS_CATALOG_URL at the target (or empty it, back to SQLite)."""
+    from tgfs.catalog import dump, host
+    from tgfs.config import url_password
+    from tgfs.lock import DirectoryLock
+
+    settings = _settings()
+    secrets = [p for u in (source, target) if (p := url_password(u))]
+    logs.setup("WARNING", [*settings.secrets(), *secrets])
+
+    def shown(where: str) -> str:
+        password = url_password(where)
+        return where.replace(password, "***") if password else where
+
+    places: list[Path | str] = [
+        where if dump.is_url(where) else Path(where).expanduser() for where in (source, target)
+    ]
+    failures: tuple[type[Exception], ...] = (OSError, *_catalog_errors())
+    try:
+        with DirectoryLock(settings.data_dir, Path("(tgfs catalog copy)")):
+            host.identify(settings.data_dir)
+            rows = dump.copy(places[0], places[1], settings.data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except failures as exc:
+        raise click.ClickException(f"copy failed: {_scrubbed(str(exc), secrets)}") from None
+    click.echo(f"copied {rows} rows from {shown(source)} to {shown(target)}")
+
+
+def _catalog_errors() -> tuple[type[Exception], ...]:
+    """What a catalog that cannot be read or written raises (psycopg's and peewee's words
+    name no password; a dump's say what is wrong with it)."""
+    import peewee
+    import psycopg
+
+    from tgfs.catalog.dump import DumpError
+
+    return (DumpError, SchemaMismatch, peewee.PeeweeException, psycopg.Error)
+
+
+def _scrubbed(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 @main.group()

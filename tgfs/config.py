@@ -399,6 +399,9 @@ class Settings:
     # The catalog in PostgreSQL (postgresql://user:password@host/db): empty for the SQLite
     # file in the data directory.
     catalog_url: str = _setting("TGFS_CATALOG_URL", "", _catalog_url, _masked_url)
+    # Threads (each with a connection) that read a PostgreSQL catalog off the FUSE thread
+    # (tgfs.catalog.readers); 0: on it. Unused with SQLite.
+    catalog_readers: int = _setting("TGFS_CATALOG_READERS", "4", _number(0, 32, whole=True))
     # The MP4 view's folder at the mount's root (tgfs.fs.view): every video as one MP4
     # file for media servers and downloads. Off unless named: a folder tgfs adds to the
     # root would surprise `du`, `rsync -a` and a user's own folder of that name.

@@ -391,6 +391,7 @@ async def _serve_mounted(
         notifier.send("STOPPING=1", "STATUS=unmounting")
         notifier.close()
         pyfuse3.close(unmount=True)
+        fs.close()
         log.info("unmounted %s", mountpoint)
         with trio.CancelScope(shield=True), trio.move_on_after(BACKUP_AT_EXIT_TIMEOUT):
             if backups.changed():

@@ -26,6 +26,7 @@ class Duty(enum.IntEnum):
 
     COLLECT = 1  # deleting the garbage list's parts from the store
     TRASH = 2  # letting trash older than TGFS_TRASH_DAYS go
+    BACKUP = 4  # a backup of the catalog into the store (tgfs.backups)
 
 
 @contextlib.contextmanager

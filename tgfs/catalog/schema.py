@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -83,6 +84,9 @@ HOSTS_CLASS = 0x7467_6668  # "tgfh"
 MOUNTED = 0
 SETUP = 3  # (LIBRARY_CLASS) creating, migrating and checking the catalog at open
 
+# The threads that read the catalog off the FUSE thread (tgfs.catalog.readers) are named so.
+READER_THREAD = "tgfs-catalog-reader"
+
 
 def host_key(host_id: str) -> int:
     """A host id as a lock's object key (a signed 32-bit number)."""
@@ -112,6 +116,8 @@ class _Postgres(ReconnectMixin, pw.PostgresqlDatabase):
 
     def _initialize_connection(self, conn) -> None:
         super()._initialize_connection(conn)
+        if threading.current_thread().name.startswith(READER_THREAD):
+            return  # (reads only: the daemon's locks are its writing connection's)
         me = host.me()
         with conn.cursor() as cursor:
             cursor.execute(

@@ -67,6 +67,7 @@ from tgfs.catalog import (
     tree,
 )
 from tgfs.catalog import view as catalog_view
+from tgfs.catalog.readers import Readers
 from tgfs.catalog.schema import changes_seen
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
@@ -101,6 +102,12 @@ from tgfs.trash import snapshot as trash_snapshot
 log = logging.getLogger(__name__)
 
 _READDIR_PAGE = 500
+
+
+def _children_page(folder_id: int, after: int) -> list[Node]:
+    """A page of a folder's entries, with their names (read by a catalog reader)."""
+    return tree.children(folder_id, after=after, limit=_READDIR_PAGE)
+
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -271,6 +278,13 @@ class Filesystem(pyfuse3.Operations):
         self._others: dict[tuple[NodeKind, access.Who], tuple[float, object, bytes]] = {}
         self._tree: tuple[object, access.Tree] | None = None
         self.view = self._place_view(settings)
+        # Catalog reads of lookup, getattr, readdir and open, off this thread when the
+        # catalog is across a network (tgfs.catalog.readers).
+        self.readers = Readers(settings.catalog_readers if settings.catalog_url else 0)
+
+    def close(self) -> None:
+        """At unmount: the reader threads end, and their connections."""
+        self.readers.close()
 
     def _place_view(self, settings: Settings) -> View | None:
         """The MP4 view's folder at the root (see tgfs.catalog.view), if it is wanted and
@@ -312,6 +326,24 @@ class Filesystem(pyfuse3.Operations):
         if self._in_view(parent_id):  # (lookups of the view do not come here)
             raise pyfuse3.FUSEError(errno.EROFS)
         node = tree.child(parent_id, name)
+        if node is None or node.id in self._hidden:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _read_node(self, inode: int) -> Node:
+        """`_node`, read by a catalog reader (see tgfs.catalog.readers)."""
+        if is_view(inode):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = await self.readers.run(tree.get, inode)
+        if node is None or node.id in self._hidden:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _read_child(self, parent_id: int, name: str) -> Node:
+        """`_child`, read by a catalog reader."""
+        if self._in_view(parent_id):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = await self.readers.run(tree.child, parent_id, name)
         if node is None or node.id in self._hidden:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -502,14 +534,16 @@ class Filesystem(pyfuse3.Operations):
             is_view(parent_inode) or (parent_inode == self.view.root_id and name not in (".", ".."))
         ):
             return await self.view.lookup(parent_inode, name)
-        parent = self._node(parent_inode)
         if name == ".":
-            return self._known(parent)
+            return self._known(await self._read_node(parent_inode))
         if name == "..":
+            parent = await self._read_node(parent_inode)
             if parent.links == 0:
                 raise pyfuse3.FUSEError(errno.ENOENT)  # a removed directory
-            return self._known(self._node(parent.parent_id))
-        return self._known(self._child(parent.id, name))
+            return self._known(await self._read_node(parent.parent_id))
+        if parent_inode in self._hidden:  # (_read_child reads no parent: it may be one)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._known(await self._read_child(parent_inode, name))
 
     @_guarded
     async def getattr(self, inode, ctx=None):
@@ -519,7 +553,7 @@ class Filesystem(pyfuse3.Operations):
         segment = self._segments.get(inode)
         if segment is not None and inode not in self._hidden:
             return segment.attrs  # no catalog query (see _segments)
-        return self._attrs(self._node(inode))
+        return self._attrs(await self._read_node(inode))
 
     @_guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -584,7 +618,7 @@ class Filesystem(pyfuse3.Operations):
             if not stat.S_ISDIR((await self.view.getattr(inode)).st_mode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             return inode
-        if not self._node(inode).node_kind.is_dir:
+        if not (await self._read_node(inode)).node_kind.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
@@ -598,7 +632,7 @@ class Filesystem(pyfuse3.Operations):
                         return
             return
         after = start_id  # an entry id (see tree.children)
-        while page := tree.children(fh, after=after, limit=_READDIR_PAGE):
+        while page := await self.readers.run(_children_page, fh, after):
             for node in page:
                 after = _entry_id(node)
                 if node.id in self._hidden:
@@ -873,7 +907,7 @@ class Filesystem(pyfuse3.Operations):
             and flags & os.O_ACCMODE == os.O_RDONLY
         ):
             return self._open_segment(segment, inode, ctx.pid)  # no catalog query
-        node = self._node(inode)
+        node = await self._read_node(inode)
         kind = node.node_kind
         if kind.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
