@@ -36,8 +36,8 @@ def _drop_cache(m) -> None:
 def _parts_of(m, name: str) -> list[Path]:
     rows = m.catalog(
         "SELECT p.location FROM part p JOIN node n ON n.blob_id = p.blob_id "
-        'JOIN entry e ON e.node_id = n.id WHERE e.name = CAST(? AS BLOB) ORDER BY p."index"',
-        name,
+        'JOIN entry e ON e.node_id = n.id WHERE e.name = ? ORDER BY p."index"',
+        os.fsencode(name),
     )
     return [m.data / "blobs" / loc for (loc,) in rows]
 

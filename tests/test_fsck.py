@@ -29,7 +29,8 @@ def test_fsck_finds_a_part_missing_from_the_store(mount_factory):
     assert "the library is whole" in whole.stdout
     (location,) = m.catalog(
         "SELECT p.location FROM part p JOIN node n ON n.blob_id = p.blob_id "
-        "JOIN entry e ON e.node_id = n.id WHERE e.name = CAST('b.bin' AS BLOB)"
+        "JOIN entry e ON e.node_id = n.id WHERE e.name = ?",
+        b"b.bin",
     )[0:1]
     (m.data / "blobs" / location[0]).unlink()  # behind tgfs's back
     broken = _fsck(m)
@@ -176,7 +177,8 @@ def test_repair_copies_what_it_can_and_names_what_is_lost(mount_factory, telegra
     telegram.write()
     (location,) = m.catalog(
         "SELECT p.location FROM part p JOIN node n ON n.blob_id = p.blob_id "
-        "JOIN entry e ON e.node_id = n.id WHERE e.name = CAST('lost.bin' AS BLOB)"
+        "JOIN entry e ON e.node_id = n.id WHERE e.name = ?",
+        b"lost.bin",
     )[0]
     _, _, channel, message = location.split(":")
     telegram.message_path(int(channel), int(message)).unlink()  # its only copy, gone

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -163,8 +162,7 @@ def test_a_stop_while_a_video_is_being_made_leaves_nothing_behind(
     check_video_folder(mount.path / "live", src, SEGMENT)
     # Every part message in the channel belongs to the catalog: the withdrawn half was
     # deleted (the catalog's own backup, made at the unmount, is not a part of it).
-    with sqlite3.connect(f"file:{mount.data / 'catalog.db'}?mode=ro", uri=True) as db:
-        catalog = {r[0] for r in db.execute("SELECT location FROM part")}
+    catalog = {location for (location,) in mount.catalog("SELECT location FROM part")}
     wait_for(
         lambda: len(standin.part_messages()) == len(catalog),
         30,

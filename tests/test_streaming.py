@@ -2,7 +2,7 @@
 
 Which segments the daemon fetched is judged from outside: the cache directory holds one
 data file per part it started fetching (named by the part's catalog id), and the catalog
-(read with sqlite3) says which segment each part belongs to.
+(read with the sqlite3 module, or psycopg) says which segment each part belongs to.
 """
 
 from __future__ import annotations

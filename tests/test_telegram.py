@@ -31,7 +31,7 @@ def part_locations(mount, name: str) -> list[str]:
     rows = mount.catalog(
         "SELECT p.location FROM entry e JOIN node n ON n.id = e.node_id "
         "JOIN part p ON p.blob_id = n.blob_id WHERE e.name = ? "
-        "ORDER BY p.'index'",
+        'ORDER BY p."index"',
         os.fsencode(name),
     )
     return [r[0] for r in rows]
