@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -187,3 +190,37 @@ def test_the_collector_runs_on_one_host_at_a_time(hosts, postgres):
     (a.path / "two.bin").unlink()  # (wakes A's collector)
     wait_for(lambda: a.blob_files() == [], 30, "A's pass")
     assert a.status()["garbage_pending"] == 0
+
+
+def test_fsck_leaves_orphans_alone_while_another_host_is_connected(hosts):
+    a, b = hosts("a"), hosts("b")
+    (a.path / "kept.bin").write_bytes(os.urandom(2000))
+    a.wait_idle()
+    assert a.stop() == 0
+    # A part in the store the catalog does not name: a crash's leftover, or the part
+    # another host is storing right now. Only with no other host connected can fsck tell.
+    store = Path(a.env["TGFS_LOCAL_STORE_DIR"])
+    (store / "ab").mkdir(exist_ok=True)
+    orphan = store / "ab" / ("ab" + "0" * 30)
+    orphan.write_bytes(b"not named by the catalog")
+
+    def fsck() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tgfs", "fsck", "--repair"],
+            env=a.env,
+            capture_output=True,
+            text=True,
+        )
+
+    early = fsck()
+    assert early.returncode == 0, early.stdout + early.stderr
+    assert "orphans: not looked for, since another host is connected" in early.stdout
+    assert orphan.exists()
+    assert b.stop() == 0
+    late = fsck()
+    assert "1 orphan(s) queued for deletion" in late.stdout, late.stdout + late.stderr
+    assert not orphan.exists()
+    a.start()
+    b.start()
+    assert (b.path / "kept.bin").stat().st_size == 2000
+    a.store_matches_catalog()

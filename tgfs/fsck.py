@@ -16,7 +16,9 @@ document per bot, sent and deleted (see TelegramStore.orphans).
   new copy recorded as landed at once (a kill leaves it on the landed list, which the next
   start or repair sends to the garbage list), then added to the part in one transaction;
 - orphans go on the garbage list (kept there until the store confirms the delete), and
-  the garbage list is worked through before fsck returns;
+  the garbage list is worked through before fsck returns. On a catalog several hosts
+  share, orphans are looked for only when no other host is connected: a part another host
+  is storing is in the store before it is in the catalog;
 - a catalog that changed is backed up.
 A repair starts by finishing what a killed one left: landed copies to the garbage list.
 """
@@ -28,7 +30,7 @@ import logging
 import os
 
 from tgfs.backups import Backups
-from tgfs.catalog import backups, blobs, check, tree
+from tgfs.catalog import backups, blobs, check, duties, tree
 from tgfs.catalog.schema import Node, Part, db
 from tgfs.collector import GarbageCollector
 from tgfs.config import Settings
@@ -47,6 +49,9 @@ class Report:
     orphans: list[str]  # parts in the store that nothing in the catalog names
     lost: list[str] = dataclasses.field(default_factory=list)  # files with a part gone
     repaired: list[str] = dataclasses.field(default_factory=list)  # what --repair did
+    # Orphans not looked for: another host is connected to the catalog, and the parts it
+    # is storing (not in the catalog yet) would look like orphans (tgfs.catalog.duties).
+    orphans_unchecked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -62,7 +67,13 @@ class Report:
         out += [f"  lost: {path}" for path in self.lost[:50]]
         out.append(f"replicas: {len(self.under_replicated)} part(s) with fewer copies than wanted")
         out += [f"  {u}" for u in self.under_replicated[:50]]
-        out.append(f"orphans: {len(self.orphans)} part(s) in the store that nothing names")
+        if self.orphans_unchecked:
+            out.append(
+                "orphans: not looked for, since another host is connected to the catalog "
+                "(the parts it is storing would look like orphans); run again when it is not"
+            )
+        else:
+            out.append(f"orphans: {len(self.orphans)} part(s) in the store that nothing names")
         out += [f"  {o}" for o in self.orphans[:50]]
         out += [f"repaired: {r}" for r in self.repaired]
         return out
@@ -102,9 +113,14 @@ async def _examine(settings: Settings, store: BlobStore) -> Report:
     # Backups are not counted: each goes to every bot up at the time, and the next one
     # (after any change, `tgfs backup`, or a repair) replaces it.
     thin = [loc for loc in part_locations if _short(loc, wanted, gone)]
-    orphans = await store.orphans(blobs.known_locations().__contains__, whole=True)
+    alone = duties.alone()
+    orphans = (
+        await store.orphans(blobs.known_locations().__contains__, whole=True) if alone else []
+    )
     lost = _lost_paths([loc for loc in part_locations if all(r in gone for r in replicas(loc))])
-    return Report(problems, len(locations), missing, thin, orphans, lost)
+    return Report(
+        problems, len(locations), missing, thin, orphans, lost, orphans_unchecked=not alone
+    )
 
 
 def _finish_killed_repair() -> list[str]:
