@@ -114,9 +114,7 @@ async def _examine(settings: Settings, store: BlobStore) -> Report:
     # (after any change, `tgfs backup`, or a repair) replaces it.
     thin = [loc for loc in part_locations if _short(loc, wanted, gone)]
     alone = duties.alone()
-    orphans = (
-        await store.orphans(blobs.known_locations().__contains__, whole=True) if alone else []
-    )
+    orphans = await store.orphans(blobs.known_locations().__contains__, whole=True) if alone else []
     lost = _lost_paths([loc for loc in part_locations if all(r in gone for r in replicas(loc))])
     return Report(
         problems, len(locations), missing, thin, orphans, lost, orphans_unchecked=not alone
