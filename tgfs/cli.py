@@ -474,16 +474,12 @@ def catalog_copy(source: str, target: str) -> None:
 
     Then point TGFS_CATALOG_URL at the target (or empty it, back to SQLite)."""
     from tgfs.catalog import dump, host
-    from tgfs.config import url_password
+    from tgfs.config import masked_url, url_password
     from tgfs.lock import DirectoryLock
 
     settings = _settings()
     secrets = [p for u in (source, target) if (p := url_password(u))]
     logs.setup("WARNING", [*settings.secrets(), *secrets])
-
-    def shown(where: str) -> str:
-        password = url_password(where)
-        return where.replace(password, "***") if password else where
 
     places: list[Path | str] = [
         where if dump.is_url(where) else Path(where).expanduser() for where in (source, target)
@@ -497,7 +493,7 @@ def catalog_copy(source: str, target: str) -> None:
         raise click.ClickException(str(exc)) from None
     except failures as exc:
         raise click.ClickException(f"copy failed: {_scrubbed(str(exc), secrets)}") from None
-    click.echo(f"copied {rows} rows from {shown(source)} to {shown(target)}")
+    click.echo(f"copied {rows} rows from {masked_url(source)} to {masked_url(target)}")
 
 
 def _catalog_errors() -> tuple[type[Exception], ...]:

@@ -280,7 +280,8 @@ def url_password(url: str) -> str | None:
     return password or None
 
 
-def _masked_url(url: str) -> str:
+def masked_url(url: str) -> str:
+    """A catalog URL as shown: its password masked."""
     if not url:
         return "(SQLite in TGFS_DATA_DIR)"
     password = url_password(url)
@@ -398,7 +399,7 @@ class Settings:
     trash_days: float = _setting("TGFS_TRASH_DAYS", "7", _number(0, 3650))
     # The catalog in PostgreSQL (postgresql://user:password@host/db): empty for the SQLite
     # file in the data directory.
-    catalog_url: str = _setting("TGFS_CATALOG_URL", "", _catalog_url, _masked_url)
+    catalog_url: str = _setting("TGFS_CATALOG_URL", "", _catalog_url, masked_url)
     # Threads (each with a connection) that read a PostgreSQL catalog off the FUSE thread
     # (tgfs.catalog.readers); 0: on it. Unused with SQLite.
     catalog_readers: int = _setting("TGFS_CATALOG_READERS", "4", _number(0, 32, whole=True))
