@@ -42,6 +42,8 @@ def test_defaults_use_local_store(tmp_path):
         ("ENABLE_COPY_MODE", "perhaps", "must be true or false"),
         ("TELEGRAM_MAX_FILE_SIZE", "3G", "2000 MiB"),
         ("COPY_MODE_MIN_SIZE", "lots", "is not a size"),
+        ("TGFS_INGEST_JOBS", "0", "needs TGFS_INGEST=store-first and a catalog"),
+        ("TGFS_INGEST", "later", "is not one of"),
     ],
 )
 def test_invalid_value_stops_with_one_line(name, value, message):

@@ -79,7 +79,7 @@ def test_a_version_2_catalog_is_upgraded_in_place(mount_factory, tmp_path):
     (m.path / "Fïlms" / "new.txt").write_text("after the upgrade")
     m.wait_idle()
     assert sorted(os.listdir(m.path / "Fïlms")) == ["new.txt", "notes ü.txt"]
-    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+    assert m.catalog("SELECT value FROM meta WHERE key = 'schema_version'") == [("11",)]
     me = (data / "host").read_text().strip()
     assert me and m.catalog("SELECT DISTINCT host FROM job") == [(me,)]
     columns = {row[1] for row in m.catalog("PRAGMA table_info(rendition)")}

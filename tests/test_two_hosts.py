@@ -6,6 +6,7 @@ database server and Telegram."""
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import Mount, copy_in, wait_for
+from tests.conftest import Mount, copy_in, telegram_env, wait_for
 from tests.hls_checks import decode_errors
 from tgfs.catalog.duties import Duty
 from tgfs.catalog.schema import LIBRARY_CLASS
@@ -224,3 +225,124 @@ def test_fsck_leaves_orphans_alone_while_another_host_is_connected(hosts):
     b.start()
     assert (b.path / "kept.bin").stat().st_size == 2000
     a.store_matches_catalog()
+
+
+def _host_id(m: Mount) -> str:
+    return (m.data / "host").read_text().strip()
+
+
+def test_store_first_a_serving_host_stores_and_another_makes_the_video(hosts, media):
+    a = hosts("a", TGFS_INGEST="store-first", TGFS_INGEST_JOBS="0")  # serves only
+    b = hosts("b", TGFS_INGEST="store-first", COPY_MODE_MIN_SIZE="1G")  # a transcode
+    src = media("film.mp4")
+    copy_in(src, a.path / "film.mp4")
+    (a.path / "notes.txt").write_text("not a video")
+    # A stores it as it is; B, told at once (NOTIFY: B's own check for work comes every
+    # ABANDONED_CHECK = 30 s), claims the job and makes the video.
+    wait_for(
+        lambda: (a.job("film.mp4") or {}).get("host") == _host_id(b), 15, "B's claim of A's job"
+    )
+    # Meanwhile the original is whole in the store: it reads on both hosts.
+    assert filecmp.cmp(a.path / "film.mp4", src, shallow=False)
+    assert filecmp.cmp(b.path / "film.mp4", src, shallow=False)
+    a.wait_idle(timeout=180)
+    film, notes = a.job("film.mp4"), a.job("notes.txt")
+    assert film["outcome"] == "video (transcode)" and film["host"] == _host_id(b)
+    assert notes["outcome"] == "file" and notes["host"] == _host_id(a)
+    assert decode_errors(a.path / "film" / "master.m3u8") == ""
+    assert sorted(os.listdir(a.path)) == [".tgfs", "film", "notes.txt"]  # the original went
+    assert list((a.data / "spool").iterdir()) == list((b.data / "spool").iterdir()) == []
+    a.store_matches_catalog()
+
+
+def test_store_first_work_moves_on_when_its_host_dies(hosts, media):
+    a = hosts("a", TGFS_INGEST="store-first", TGFS_INGEST_JOBS="0")
+    b = hosts("b", TGFS_INGEST="store-first", COPY_MODE_MIN_SIZE="1G")
+    src = media("film.mp4")
+    copy_in(src, a.path / "film.mp4")
+
+    def making() -> bool:
+        job = a.job("film.mp4") or {}
+        return job.get("host") == _host_id(b) and job.get("state") == "running"
+
+    wait_for(making, 60, "B's transcode")
+    b.kill()  # and it never comes back
+    # C, a new host, finds the job of a host that is gone, takes it and makes the video;
+    # it keeps originals beside their videos.
+    c = hosts("c", TGFS_INGEST="store-first", TGFS_KEEP_ORIGINALS="true")
+    c.wait_idle(timeout=180)
+    film = c.job("film.mp4")
+    assert film["outcome"] == "video (copy)" and film["host"] == _host_id(c)
+    assert decode_errors(a.path / "film" / "master.m3u8") == ""
+    assert sorted(os.listdir(a.path)) == [".tgfs", "film", "film.mp4"]
+    assert filecmp.cmp(a.path / "film.mp4", src, shallow=False)
+    assert "job(s) of hosts gone are anyone's again" in c.log()
+    # B comes back: the job is not its own any more, and its fetched copy is litter.
+    b.start()
+    assert list((b.data / "spool").iterdir()) == []
+    assert b.job("film.mp4")["host"] == _host_id(c)
+    assert "restarting" not in b.log().split("mounted")[-1]
+    a.store_matches_catalog()
+
+
+def test_store_first_on_one_host(mount_factory, media):
+    m = mount_factory(TGFS_INGEST="store-first")
+    src = media("h264_aac.mp4")
+    copy_in(src, m.path / "clip.mp4")
+    m.wait_idle()
+    assert m.job("clip.mp4")["outcome"] == "video (copy)"
+    assert decode_errors(m.path / "clip" / "master.m3u8") == ""
+    assert sorted(os.listdir(m.path)) == [".tgfs", "clip"]
+    assert list((m.data / "spool").iterdir()) == []
+    m.store_matches_catalog()
+
+
+def test_store_first_survives_a_kill_at_each_step(
+    mount_factory, postgres, telegram, media, tmp_path
+):
+    """On the Telegram stand-in (both hosts with the same bots, each with its own
+    sessions), slow enough to kill A while it stores the file and B while it fetches it."""
+    telegram.config["bandwidth"] = 2 * 2**20  # bytes/s per bot: the film takes seconds
+    telegram.write()
+    url = postgres.database()
+    a = mount_factory(
+        tmp_path / "a",
+        **telegram_env(telegram, TGFS_CATALOG_URL=url, TGFS_INGEST="store-first"),
+        TGFS_INGEST_JOBS="0",
+    )
+    b = mount_factory(
+        tmp_path / "b", **telegram_env(telegram, TGFS_CATALOG_URL=url, TGFS_INGEST="store-first")
+    )
+    src = media("film.mp4")
+    copy_in(src, a.path / "film.mp4")
+
+    def stage(m: Mount) -> tuple[str | None, float | None]:
+        job = m.job("film.mp4") or {}
+        return job.get("stage"), job.get("percent")
+
+    wait_for(lambda: stage(a)[0] == "store" and (stage(a)[1] or 0) > 0, 30, "A storing")
+    a.kill()
+    # Killed mid-store: the job is A's still, and its file is in A's spool only.
+    assert b.catalog("SELECT host, source_blob FROM job") == [(_host_id(a), None)]
+    a.start()
+    wait_for(lambda: stage(b)[0] == "fetch" and (stage(b)[1] or 0) > 0, 60, "B fetching")
+    b.kill()
+    b.start()  # B's claimed job is its own: it fetches the file again, whole
+    telegram.config["bandwidth"] = 0
+    telegram.write()
+    b.wait_idle(timeout=180)
+    film = b.job("film.mp4")
+    assert film["outcome"] == "video (copy)" and film["host"] == _host_id(b)
+    assert decode_errors(a.path / "film" / "master.m3u8") == ""
+    assert sorted(os.listdir(a.path)) == [".tgfs", "film"]
+    assert list((a.data / "spool").iterdir()) == list((b.data / "spool").iterdir()) == []
+    wait_for(
+        lambda: a.status()["garbage_pending"] == b.status()["garbage_pending"] == 0,
+        60,
+        "collection",
+    )
+    named = set()
+    for (location,) in a.catalog("SELECT location FROM part"):
+        _, _bot, channel, message = location.split(":")
+        named.add((int(channel), int(message)))
+    assert set(telegram.part_messages()) == named  # nothing left behind by the kills

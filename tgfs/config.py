@@ -271,6 +271,18 @@ def _catalog_url(name: str, raw: str, earlier: Earlier) -> str:
     return value
 
 
+def _ingest(name: str, raw: str, earlier: Earlier) -> str:
+    value = _choice(("local", "store-first"))(name, raw, earlier)
+    if earlier.get("ingest_jobs") == 0 and not (
+        value == "store-first" and earlier.get("catalog_url")
+    ):
+        raise ConfigError(
+            "TGFS_INGEST_JOBS=0 (make no videos here) needs TGFS_INGEST=store-first and a "
+            "catalog other hosts share (TGFS_CATALOG_URL), or nothing would make them"
+        )
+    return value
+
+
 def url_password(url: str) -> str | None:
     """The password in a URL, if it has one (a secret: never shown, scrubbed from logs)."""
     password = urllib.parse.urlsplit(url).password
@@ -372,7 +384,9 @@ class Settings:
     media_max_duration: float = _setting(
         "TGFS_MEDIA_MAX_DURATION", "86400", _number(0, 10 * 365 * 86400), _limit(_seconds)
     )
-    ingest_jobs: int = _setting("TGFS_INGEST_JOBS", "1", _number(1, 16, whole=True))
+    # Videos made at once on this host; 0 (with store-first ingest and a shared catalog):
+    # none, this host only stores what is dropped on it and serves.
+    ingest_jobs: int = _setting("TGFS_INGEST_JOBS", "1", _number(0, 16, whole=True))
     # The first retry of a job stopped by the store or a full disk, s (then doubling).
     retry_delay: float = _setting("TGFS_RETRY_DELAY", "30", _number(0.1, 3600), _seconds)
     allow_other: bool = _setting("TGFS_ALLOW_OTHER", "false", _flag, _lower)
@@ -403,6 +417,12 @@ class Settings:
     # Threads (each with a connection) that read a PostgreSQL catalog off the FUSE thread
     # (tgfs.catalog.readers); 0: on it. Unused with SQLite.
     catalog_readers: int = _setting("TGFS_CATALOG_READERS", "4", _number(0, 32, whole=True))
+    # "local": a dropped file is made into a video by the host it was dropped on, from its
+    # spool; "store-first": it is first stored as it is, then any host of a shared catalog
+    # with TGFS_INGEST_JOBS > 0 may make the video (tgfs.ingest.runner).
+    ingest: str = _setting("TGFS_INGEST", "local", _ingest)
+    # Keep the original of a video made by store-first ingest, beside its folder.
+    keep_originals: bool = _setting("TGFS_KEEP_ORIGINALS", "false", _flag, _lower)
     # The MP4 view's folder at the mount's root (tgfs.fs.view): every video as one MP4
     # file for media servers and downloads. Off unless named: a folder tgfs adds to the
     # root would surprise `du`, `rsync -a` and a user's own folder of that name.

@@ -335,7 +335,13 @@ async def _serve_mounted(
         store, open_parts.in_use, lambda: cache.drop_unknown(blobs.known_parts)
     )
     runner = IngestRunner(
-        settings, store, spool, names.invalidate, writes.busy, collector.wake, doorbell
+        settings,
+        store,
+        spool,
+        names.invalidate,
+        writes.busy,
+        collector.wake,
+        doorbell,
     )
     prefetch = Prefetcher(cache, settings.prefetch_segments)
     backups = Backups(settings, store, spool.root)
@@ -381,7 +387,8 @@ async def _serve_mounted(
             if settings.catalog_url:  # other hosts may share it: hear of their changes
                 from tgfs.fs.notices import Notices  # (psycopg: only for PostgreSQL)
 
-                await nursery.start(Notices(settings.catalog_url, fs.renderer.forget_nodes).run)
+                notices = Notices(settings.catalog_url, fs.renderer.forget_nodes, doorbell.ring)
+                await nursery.start(notices.run)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_keep_reserve, fs.reserve)
             nursery.start_soon(backups.run)

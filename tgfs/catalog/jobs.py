@@ -20,7 +20,21 @@ from collections.abc import Iterable
 import peewee as pw
 
 from tgfs.catalog import host
-from tgfs.catalog.schema import Job, JobState, Node, db, display, durable, is_sqlite, now_ns
+from tgfs.catalog.schema import (
+    ANY_HOST,
+    HOSTS_CLASS,
+    JOBS_NOTICE,
+    NOTICES_CHANNEL,
+    Job,
+    JobState,
+    Node,
+    db,
+    display,
+    durable,
+    host_key,
+    is_sqlite,
+    now_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +158,118 @@ def cancel(node_id: int) -> None:
     Job.delete().where((Job.node == node_id) & Job.state.in_([WRITING, QUEUED])).execute()
 
 
-def next_ready(exclude_jobs: Iterable[int], exclude_nodes: Iterable[int]) -> Job | None:
-    """The oldest queued job whose retry time has come and whose file is not open for
-    writing (None if there is none)."""
-    return (
-        _mine(Job.select())
-        .where(
-            (Job.state == QUEUED)
-            & (Job.not_before <= time.time())
-            & Job.id.not_in(list(exclude_jobs) or [0])
-            & (Job.node.is_null() | Job.node.not_in(list(exclude_nodes) or [0]))
-        )
-        .order_by(Job.id)
-        .first()
+def next_ready(
+    exclude_jobs: Iterable[int], exclude_nodes: Iterable[int], makes_videos: bool = True
+) -> Job | None:
+    """The oldest queued job of this host whose retry time has come and whose file is not
+    open for writing (None if there is none). A host that makes no videos
+    (TGFS_INGEST_JOBS=0) gets only jobs still to store their file first."""
+    query = _mine(Job.select()).where(
+        (Job.state == QUEUED)
+        & (Job.not_before <= time.time())
+        & Job.id.not_in(list(exclude_jobs) or [0])
+        & (Job.node.is_null() | Job.node.not_in(list(exclude_nodes) or [0]))
     )
+    if not makes_videos:
+        query = query.where(Job.source_blob.is_null())
+    return query.order_by(Job.id).first()
 
 
-def next_wakeup() -> float | None:
-    """Epoch seconds when the earliest delayed job becomes ready, if any."""
-    job = _mine(Job.select()).where(Job.state == QUEUED).order_by(Job.not_before).first()
+def release(job: Job, source_blob: int) -> None:
+    """Store-first ingest: the job's file is stored (`source_blob`); any host with
+    TGFS_INGEST_JOBS > 0 may now claim the job and make the video."""
+    mark(job, QUEUED, host=ANY_HOST, spool="", source_blob=source_blob)
+    _tell_hosts()
+
+
+def _tell_hosts() -> None:
+    """Wake the other hosts' runners at commit (tgfs.fs.notices): a job is anyone's."""
+    if not is_sqlite():
+        db.execute_sql("SELECT pg_notify(%s, %s)", (NOTICES_CHANNEL, JOBS_NOTICE))
+
+
+def claim() -> Job | None:
+    """The oldest store-first job no host has claimed, now this host's (None if there is
+    none). Two hosts asking at once get two different jobs: FOR UPDATE SKIP LOCKED."""
+    with db.atomic():
+        query = (
+            Job.select()
+            .where(
+                (Job.host == ANY_HOST)
+                & (Job.state == QUEUED)
+                & Job.source_blob.is_null(False)
+                & (Job.not_before <= time.time())
+            )
+            .order_by(Job.id)
+            .limit(1)
+        )
+        if not is_sqlite():
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        job = query.first()
+        if job is None:
+            return None
+        Job.update(host=host.me()).where(Job.id == job.id).execute()
+        job.host = host.me()
+        return job
+
+
+def still_mine(job: Job) -> bool:
+    """Whether the job is still this host's (another host frees a store-first job whose
+    host it found gone: see free_abandoned)."""
+    return is_sqlite() or Job.select().where((Job.id == job.id) & (Job.host == host.me())).exists()
+
+
+def free_abandoned() -> int:
+    """Store-first jobs claimed by hosts that are not connected any more (their lock is
+    free): back to ANY_HOST, for a host that is. Returns how many. (A host that comes back
+    finds them gone: its own start-up requeues only what is still its own.)"""
+    if is_sqlite():
+        return 0
+    holders = {
+        h
+        for (h,) in Job.select(Job.host)
+        .where(
+            Job.source_blob.is_null(False)
+            & Job.state.in_([QUEUED, RUNNING])
+            & Job.host.not_in([ANY_HOST, host.me()])
+        )
+        .distinct()
+        .tuples()
+    }
+    freed = 0
+    for holder in holders:
+        key = (HOSTS_CLASS, host_key(holder))
+        (gone,) = db.execute_sql("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
+        if not gone:
+            continue  # connected: its jobs are its own
+        try:
+            freed += (
+                Job.update(host=ANY_HOST, state=QUEUED, spool="")
+                .where(
+                    (Job.host == holder)
+                    & Job.source_blob.is_null(False)
+                    & Job.state.in_([QUEUED, RUNNING])
+                )
+                .execute()
+            )
+        finally:
+            db.execute_sql("SELECT pg_advisory_unlock(%s, %s)", key)
+    if freed:
+        log.info("ingest: %d job(s) of hosts gone are anyone's again", freed)
+        _tell_hosts()
+    return freed
+
+
+def next_wakeup(makes_videos: bool = True) -> float | None:
+    """Epoch seconds when the earliest delayed job this host may run becomes ready (a host
+    that makes no videos may run only its own jobs, and only those still to be stored)."""
+    query = Job.select().where(Job.state == QUEUED)
+    if not makes_videos:
+        query = query.where(Job.source_blob.is_null())
+    if not is_sqlite():
+        mine = Job.host == host.me()
+        query = query.where(mine | (Job.host == ANY_HOST) if makes_videos else mine)
+    job = query.order_by(Job.not_before).first()
     return job.not_before if job else None
 
 

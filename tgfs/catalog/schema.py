@@ -49,7 +49,8 @@ from tgfs.catalog import host
 # 8: init segments kept in the catalog (Rendition.init_data)
 # 9: the size of a subtitle rendition as one WebVTT file (Rendition.sidecar_size)
 # 10: the host each job and landed part belongs to (Job.host, Landed.host)
-SCHEMA_VERSION = 10
+# 11: store-first ingest: a job's input stored as it is (Job.source_blob)
+SCHEMA_VERSION = 11
 
 # The catalog's database: SQLite in the data directory, or PostgreSQL when TGFS_CATALOG_URL
 # names one (open_catalog). The models are bound to this proxy.
@@ -564,6 +565,10 @@ class Entry(_Model):
         indexes = ((("parent", "name"), True),)
 
 
+# Job.host of a store-first job no host has claimed yet (host ids never start with "*").
+ANY_HOST = "*"
+
+
 class JobState(enum.StrEnum):
     """Where a version of a file is on its way to the store (see Job)."""
 
@@ -590,6 +595,10 @@ class Job(_Model):
     # The host whose spool holds that copy (tgfs.catalog.host): the only one that can run
     # the job, and the one whose start-up recovers it.
     host = pw.TextField(default=host.me)
+    # With TGFS_INGEST=store-first: the dropped file, stored as it is (the node's blob),
+    # once its job has stored it. The job is then any host's to claim (`host` is ANY_HOST
+    # until one does), which downloads it into its own spool (`spool`) to make the video.
+    source_blob = pw.BigIntegerField(null=True)
     size = pw.BigIntegerField()  # bytes of the dropped file
     state = pw.TextField(default=JobState.QUEUED)  # a JobState value
     outcome = pw.TextField(null=True)  # "video" or "file" once known
@@ -764,6 +773,13 @@ def _set_up(where: Path | str) -> None:
             if Landed.table_exists():  # else create_tables below makes it, with the column
                 migrate(m.add_column("landed", "host", Landed.host))
             Meta.update(value="10").where(Meta.key == "schema_version").execute()
+        found = 10
+    if found == 10:  # every job so far worked from its spool: NULL says so
+        with db.atomic():
+            migrate(
+                SchemaMigrator.from_database(db).add_column("job", "source_blob", Job.source_blob)
+            )
+            Meta.update(value="11").where(Meta.key == "schema_version").execute()
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         db.close()
@@ -887,7 +903,11 @@ def _migrate_from_3() -> None:
 # more than its folder's: the kernel caches no name that did not exist. Sent at commit,
 # to daemons listening then; one that was not (restarting, reconnecting) has only its
 # kernel's caches to go by, which trust a changeable name for a second (tgfs.fs.attrs).
+# The same channel carries "j": a store-first job became any host's to claim
+# (tgfs.catalog.jobs.release), so hosts that make videos look at once, not at their next
+# poll.
 NOTICES_CHANNEL = "tgfs_changes"
+JOBS_NOTICE = "j"
 _NOTICES_SQL = f"""
 CREATE OR REPLACE FUNCTION tgfs_notice() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -28,7 +28,7 @@ import psycopg
 import pyfuse3
 import trio
 
-from tgfs.catalog.schema import NOTICES_CHANNEL, own_backend_pid
+from tgfs.catalog.schema import JOBS_NOTICE, NOTICES_CHANNEL, own_backend_pid
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,17 @@ _RETRY = 5.0  # s between attempts to listen again after a failure
 
 
 class Notices:
-    def __init__(self, url: str, forget_inodes: Callable[[list[int]], None]) -> None:
-        """`forget_inodes`: drop what the daemon keeps of these nodes (rendered files)."""
+    def __init__(
+        self,
+        url: str,
+        forget_inodes: Callable[[list[int]], None],
+        jobs_waiting: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`forget_inodes`: drop what the daemon keeps of these nodes (rendered files);
+        `jobs_waiting`: another host has a job any host may claim (store-first ingest)."""
         self.url = url
         self.forget_inodes = forget_inodes
+        self.jobs_waiting = jobs_waiting
         self.received = 0  # notices from other hosts acted on, for tests and status
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -100,6 +107,9 @@ class Notices:
         inodes: set[int] = set()
         for pid, payload in batch:
             if pid == mine:
+                continue
+            if payload == JOBS_NOTICE:
+                self.jobs_waiting()
                 continue
             kind, _, rest = payload.partition(" ")
             with contextlib.suppress(ValueError):

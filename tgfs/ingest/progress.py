@@ -18,6 +18,7 @@ class Stage(enum.StrEnum):
     AUDIO = "audio"  # … or makes an audio-only file HLS
     UPLOAD = "upload"  # storing what is left of a video's files
     STORE = "store"  # storing the file as it is
+    FETCH = "fetch"  # fetching a file stored first, to make its video (store-first ingest)
 
 
 _MEDIA_STAGES = (Stage.COPY, Stage.TRANSCODE, Stage.AUDIO)  # done/total in media seconds

@@ -61,8 +61,11 @@ class VideoPublisher:
         source: SourceFn,
         invalidate: InvalidateFn,
         source_hash: str | None = None,
+        keep_source: bool = False,
     ) -> None:
         self.job_id = job_id
+        # The dropped file stays beside its video (TGFS_KEEP_ORIGINALS, store-first ingest)
+        self.keep_source = keep_source
         self.source_hash = source_hash  # recorded with the video (duplicate drops)
         self.workdir = workdir
         self._put = put
@@ -145,7 +148,12 @@ class VideoPublisher:
                 texts = [(self.workdir / r.dir / s.name).read_bytes() for s in r.segments]
                 view.record_sidecar_size(self.renditions[r.dir].id, len(whole_file(texts)))
         every = [s.duration for r in renditions for s in r.segments]
-        library.complete_video(self.folder, source, result.start_time, target_duration(every))
+        library.complete_video(
+            self.folder,
+            None if self.keep_source else source,
+            result.start_time,
+            target_duration(every),
+        )
         self._invalidate(old_parent, [old_name])
         self._invalidate(self.folder.id, [MASTER_NAME])
         for rendition in self.renditions.values():

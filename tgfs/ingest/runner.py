@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -51,8 +52,9 @@ from tgfs.media.probe import VIDEO_EXTENSIONS
 from tgfs.media.worker import WorkerOptions
 from tgfs.spool import Spool
 from tgfs.store.base import BlobStore, PartRef, StoreError
-from tgfs.store.parts import Upload, put_files
+from tgfs.store.parts import Upload, put_files, read_part
 from tgfs.store.sealing import sealer_for
+from tgfs.store.slots import Priority
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,12 @@ MEDIA_KILLS = 2
 
 # Called after the tree changed under `parent_id`: the names to drop from the kernel's cache.
 InvalidateFn = Callable[[int, list[str]], None]
+# How often a host looks for store-first jobs of hosts that are gone (s): one cheap query,
+# and a job of a dead host waits at most this long for another.
+ABANDONED_CHECK = 30.0
+# Fetching a stored original: bytes per request, and parts (each on its bot) at once.
+_FETCH_STEP = 8 * 2**20
+_FETCH_PARTS = 4
 
 
 class Doorbell:
@@ -117,6 +125,8 @@ class IngestRunner(SidecarSubtitles):
         self.freed = freed  # store parts were queued for deletion: wake the collector
         self.progress: dict[int, Progress] = {}  # running jobs only
         self.doorbell = doorbell or Doorbell()
+        self.store_first = settings.ingest == "store-first"
+        self.makes_videos = settings.ingest_jobs > 0
         # The H.264 encoder for transcodes, decided at start (see tgfs.media.encoders).
         self.encoder = encoders.SOFTWARE
         self.encoder_note: str | None = None
@@ -144,21 +154,34 @@ class IngestRunner(SidecarSubtitles):
         requeued = jobs.requeue_interrupted()
         if requeued:
             log.info("ingest: restarting %d job(s) interrupted by the last shutdown", requeued)
-        limiter = trio.CapacityLimiter(self.settings.ingest_jobs)
+        # (A host that makes no videos still stores what is dropped on it, one at a time.)
+        limiter = trio.CapacityLimiter(max(1, self.settings.ingest_jobs))
+        looked_for_abandoned = -ABANDONED_CHECK
         async with trio.open_nursery() as nursery:
             while True:
                 self.doorbell.reset()
-                while limiter.available_tokens and (
-                    job := jobs.next_ready(self.progress, self.open_for_writing())
+                if (
+                    self.store_first
+                    and trio.current_time() > looked_for_abandoned + ABANDONED_CHECK
                 ):
+                    looked_for_abandoned = trio.current_time()
+                    jobs.free_abandoned()
+                while limiter.available_tokens and (job := self._next_job()):
                     self.progress[job.id] = Progress(size=job.size)
                     await limiter.acquire_on_behalf_of(job.id)
                     nursery.start_soon(self._run_one, job, limiter)
-                timeout = 60.0
-                if (when := jobs.next_wakeup()) is not None:
+                timeout = ABANDONED_CHECK if self.store_first else 60.0
+                if (when := jobs.next_wakeup(self.makes_videos)) is not None:
                     timeout = max(0.5, min(timeout, when - time.time()))
                 with trio.move_on_after(timeout):
                     await self.doorbell.wait()
+
+    def _next_job(self) -> Job | None:
+        """This host's next job; else, with store-first ingest, one claimed from any host."""
+        job = jobs.next_ready(self.progress, self.open_for_writing(), self.makes_videos)
+        if job is None and self.store_first and self.makes_videos:
+            job = jobs.claim()
+        return job
 
     async def _run_one(self, job: Job, limiter: trio.CapacityLimiter) -> None:
         try:
@@ -228,6 +251,15 @@ class IngestRunner(SidecarSubtitles):
                 job, node, [], "empty file; kept as an ordinary file" if empty_video else None
             )
             return
+        first = self.store_first and job.source_blob is None
+        if (
+            first
+            and not subtitles.sidecar_stem(node.name)
+            and not await self._store_original(job, node, progress)
+        ):
+            return  # kept as a file, or for another host to make its video
+        if job.source_blob is not None:
+            await self._fetch_original(job, progress)
         progress.enter(Stage.PROBE)
         workdir = self.spool.work_dir(job.id)
         sidecar_note = None
@@ -250,6 +282,7 @@ class IngestRunner(SidecarSubtitles):
             lambda: self._current_node(job),
             self.invalidate,
             digest,
+            keep_source=job.source_blob is not None and self.settings.keep_originals,
         )
         try:
             result = await self._make_media(job, progress, workdir, publisher)
@@ -268,10 +301,93 @@ class IngestRunner(SidecarSubtitles):
         )
         if failed:
             log.warning("job %d (%s): %s", job.id, job.path, error)
+        if job.source_blob is not None:  # stored already: only the fetched copy goes
+            Spool.discard(job.spool)
+            jobs.mark(job, jobs.FAILED if error else jobs.DONE, outcome="file", error=error)
+            log.info("job %d (%s): kept as the ordinary file it was stored as", job.id, job.path)
+            return
         progress.enter(Stage.STORE, job.size)
         upload = Upload(Path(job.spool), job.size, f"file-{job.id}")
         parts = (await self._put(job, [upload]))[upload.path]
         self._finish_as_file(job, self._current_node(job, parts), parts, error)
+
+    async def _store_original(self, job: Job, node: Node, progress: Progress) -> bool:
+        """Store-first ingest: the file is stored as it is before anything else, so it is
+        safe and readable from every host at once. Then a file whose name says video is
+        this host's to go on with (True: it makes videos, and keeps the spool copy), or
+        any host's (released); any other file is done. One transaction either way."""
+        spool = job.spool  # (a released job names no spool file)
+        progress.enter(Stage.STORE, job.size)
+        upload = Upload(Path(spool), job.size, f"file-{job.id}")
+        parts = (await self._put(job, [upload]))[upload.path]
+        node = self._current_node(job, parts)
+        video_like = Path(node.name).suffix.lower() in VIDEO_EXTENSIONS
+        go_on = video_like and self.makes_videos
+        with db.atomic():
+            old_blob = node.blob_id
+            node.blob = blob = blobs.add(job.size, parts)
+            node.spool = None
+            node.save()
+            freed = blobs.free([old_blob])
+            if go_on:
+                jobs.mark(job, jobs.RUNNING, source_blob=blob.id)
+            elif video_like:
+                jobs.release(job, blob.id)
+            else:
+                jobs.mark(job, jobs.DONE, outcome="file")
+        if freed:
+            self.freed()
+        if not go_on:
+            Spool.discard(spool)
+        log.info(
+            "job %d (%s): stored as it is first%s",
+            job.id,
+            job.path,
+            "" if go_on else "; its video is any host's to make" if video_like else "",
+        )
+        return go_on
+
+    async def _fetch_original(self, job: Job, progress: Progress) -> None:
+        """A store-first job claimed from another host: its file, fetched from the store
+        into this host's spool (again after a restart: a fetch cut short is not trusted).
+        Straight from the store, not through the read cache (a film would evict what
+        players are watching), as prefetch does: a player's read goes first."""
+        if job.spool and _size_of(job.spool) == job.size:
+            return  # stored first by this host, which kept its copy (or fetched it before)
+        node = self._current_node(job)
+        parts = blobs.parts_of(node.blob_id) if node.blob_id is not None else []
+        progress.enter(Stage.FETCH, job.size)
+        priority = Priority(urgent=False)
+        limiter = trio.CapacityLimiter(_FETCH_PARTS)
+        path, fd = self.spool.new_file()
+
+        async def fetch(part: PartRef) -> None:
+            async with limiter:
+                done = 0
+                while done < part.size:
+                    step = min(_FETCH_STEP, part.size - done)
+                    data = await read_part(self.store, self.sealer, part, done, step, priority)
+                    if not data:
+                        raise StoreError(f"part {part.id} ends at {done} of {part.size} bytes")
+                    await Spool.pwrite(fd, data, part.offset + done)
+                    done += len(data)
+                    progress.done += len(data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for part in parts:
+                    nursery.start_soon(fetch, part)
+            if sum(p.size for p in parts) != job.size:
+                raise StoreError(f"the stored file has not the {job.size} bytes its job says")
+            # On disk before the job names it: a restart trusts a file of the right size.
+            await trio.to_thread.run_sync(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            Spool.discard(path)
+            raise
+        os.close(fd)
+        Spool.discard(job.spool or None)
+        jobs.mark(job, jobs.RUNNING, spool=path)
 
     def _drop_copy(self, job: Job, node: Node, video: Node) -> None:
         """The dropped file has the same bytes as the source of a video already in its
@@ -339,14 +455,12 @@ class IngestRunner(SidecarSubtitles):
         """The job's file as it is now; None if it is gone or has new content (accepted,
         or being written: see tgfs.fs.writes)."""
         node = tree.get(job.node_id) if job.node_id else None
-        if (
-            node is None
-            or node.links == 0
-            or node.spool != job.spool
-            or node.id in self.open_for_writing()
-        ):
+        if node is None or node.links == 0 or node.id in self.open_for_writing():
             return None
-        return node
+        if job.source_blob is not None:  # store-first: the stored file, still this host's
+            stored = node.blob_id == job.source_blob and node.spool is None
+            return node if stored and jobs.still_mine(job) else None
+        return node if node.spool == job.spool else None
 
     def _current_node(self, job: Job, uploaded: list[PartRef] | None = None) -> Node:
         """The job's file as it is now; _Discarded if it is gone or has new content."""
@@ -419,6 +533,13 @@ class IngestRunner(SidecarSubtitles):
             len(result.renditions),
             f" — {note}" if note else "",
         )
+
+
+def _size_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _sha256(path: str) -> str:
