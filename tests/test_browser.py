@@ -77,8 +77,14 @@ def _until(driver: webdriver.Chrome, timeout: float, condition, what: str):
     except TimeoutException:
         errors = driver.execute_script("return window.tgfs && window.tgfs.errors")
         console = [entry["message"] for entry in driver.get_log("browser")]
+        video = driver.execute_script(
+            "const v = document.getElementById('video'); return v && {time: v.currentTime,"
+            " paused: v.paused, ready: v.readyState, network: v.networkState,"
+            " error: v.error && v.error.message, buffered: Array.from("
+            " {length: v.buffered.length}, (_, i) => [v.buffered.start(i), v.buffered.end(i)])}"
+        )
         raise AssertionError(
-            f"no {what} in {timeout} s; page errors {errors}; console {console}"
+            f"no {what} in {timeout} s; page errors {errors}; video {video}; console {console}"
         ) from None
 
 
@@ -110,8 +116,11 @@ def test_the_library_lists_a_video_with_its_poster_and_plays_it(site, browser, m
     tile.find_element(By.CSS_SELECTOR, "a.cover").click()
     _ready(browser)
     browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
-    WebDriverWait(browser, 60).until(
-        lambda d: d.execute_script("return document.getElementById('video').currentTime") >= 4
+    _until(
+        browser,
+        60,
+        lambda d: d.execute_script("return document.getElementById('video').currentTime") >= 4,
+        "4 s played",
     )
     assert browser.execute_script("return window.tgfs.errors") == []
     _shot(browser, tmp_path, "player.png")

@@ -11,9 +11,10 @@ import shutil
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
-from tests.conftest import Mount, copy_in
+from tests.conftest import Mount, copy_in, wait_for
 from tests.hls_checks import decode_errors
 
 
@@ -150,7 +151,7 @@ def test_tgfs_catalog_copy_moves_a_library_to_postgresql_and_back(
     assert copied.returncode == 0, copied.stderr
     assert "copied" in copied.stdout and "copy-s3cret" not in copied.stdout + copied.stderr
     again = _tgfs(env, "catalog", "copy", str(m.data / "catalog.db"), url)
-    assert again.returncode != 0 and "already holds a catalog" in again.stderr
+    assert again.returncode != 0 and "(it holds a library)" in again.stderr
 
     # The same data directory on PostgreSQL: the same library, inode for inode.
     m.env["TGFS_CATALOG_URL"] = url
@@ -198,7 +199,7 @@ def test_a_postgresql_catalog_is_backed_up_into_the_store_and_restored(
     assert restored.returncode == 0, restored.stderr
     assert "into the PostgreSQL catalog" in restored.stdout
     refused = _tgfs(env, "restore")  # never into a database that holds a catalog
-    assert refused.returncode != 0 and "holds a catalog" in refused.stderr
+    assert refused.returncode != 0 and "(it holds a library)" in refused.stderr
     m.env["TGFS_CATALOG_URL"] = fresh
     m.start()
     assert _tree(m.path) == before
@@ -215,3 +216,74 @@ def test_a_postgresql_catalog_is_backed_up_into_the_store_and_restored(
         other.store_matches_catalog()
     finally:
         assert other.stop() == 0
+
+
+def test_a_copy_killed_midway_leaves_a_new_catalog_and_runs_again(
+    mount_factory, postgres, media, tmp_path
+):
+    m = mount_factory()
+    _library(m, media)
+    before = _tree(m.path)
+    assert m.stop() == 0
+    env = {**m.env, "TGFS_CATALOG_URL": ""}
+    url = postgres.database()
+    # A database a daemon made a catalog in and nothing more is new: while the daemon is
+    # mounted on it, it is refused.
+    empty = mount_factory(tmp_path / "empty", TGFS_CATALOG_URL=url)
+    source = str(m.data / "catalog.db")
+    refused = _tgfs(env, "catalog", "copy", source, url)
+    assert refused.returncode != 0 and "(a tgfs daemon is mounted on it)" in refused.stderr
+    assert empty.stop() == 0
+
+    # Killed while it loads (its insert waits behind the test's lock on a table): nothing
+    # of the copy is left, and the next one goes through.
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE entry IN ACCESS EXCLUSIVE MODE")
+    copying = subprocess.Popen(
+        [sys.executable, "-m", "tgfs", "catalog", "copy", source, url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def waiting() -> bool:  # (asked on a session of its own: pg_stat_activity is read
+        # once per transaction, and the blocker's lasts)
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return _catalog_rows(url, sql) == [(1,)]
+
+    try:
+        wait_for(waiting, 30, "the copy waiting for the table")
+    finally:  # (a failure must not leave the copy waiting and the database locked)
+        copying.kill()
+        copying.wait()
+        blocker.rollback()
+    wait_for(lambda: not waiting(), 30, "the killed copy's session to end")
+    blocker.close()
+    made = "SELECT count(*) FROM node WHERE kind IN ('dir', 'file', 'video') AND id <> 1"
+    assert _catalog_rows(url, made) == [(0,)]
+    again = _tgfs(env, "catalog", "copy", source, url)
+    assert again.returncode == 0, again.stderr
+
+    # A SQLite copy killed midway leaves only its file under another name: cleared.
+    back = tmp_path / "back.db"
+    for leftover in ("back.db.copying", "back.db.copying-wal"):
+        (tmp_path / leftover).write_bytes(b"a killed copy's")
+    assert _tgfs(env, "catalog", "copy", url, str(back)).returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("back.db*")) == ["back.db"]
+    m.env["TGFS_CATALOG_URL"] = url
+    m.start()
+    assert _tree(m.path) == before
+    assert m.stop() == 0
+    (m.data / "catalog.db").unlink()
+    back.rename(m.data / "catalog.db")
+    m.env["TGFS_CATALOG_URL"] = ""
+    m.start()
+    assert _tree(m.path) == before
+
+
+def _catalog_rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()

@@ -339,10 +339,10 @@ async def restore(
     url = settings.catalog_url
     target = settings.catalog_path
     if url:
-        if await trio.to_thread.run_sync(dump.holds_catalog, url):
+        if (why := await trio.to_thread.run_sync(dump.holds_catalog, url)) is not None:
             raise FileExistsError(
-                "the PostgreSQL database of TGFS_CATALOG_URL holds a catalog: restore into "
-                "an empty one (dropdb and createdb, or another database)"
+                f"the PostgreSQL database of TGFS_CATALOG_URL cannot be restored into ({why}):"
+                " restore into an empty one (dropdb and createdb, or another database)"
             )
     elif target.exists() and not force:
         raise FileExistsError(
@@ -363,6 +363,9 @@ async def restore(
     packed = target.with_name(target.name + ".restoring.gz")
     fresh = target.with_name(target.name + ".restoring")
     rows = target.with_name(target.name + ".restoring.rows")
+    leftovers = (packed, fresh, rows, Path(f"{fresh}-wal"), Path(f"{fresh}-shm"))
+    for leftover in leftovers:  # a restore killed before: its WAL must not meet a new file
+        leftover.unlink(missing_ok=True)
     with open(packed, "wb") as out:
         for location, size in chosen.parts:
             at = 0
@@ -378,28 +381,36 @@ async def restore(
     packed.unlink()
     host.identify(settings.data_dir)
     moved = None
+    lost: list[str] = []
+
+    def finish() -> None:
+        """In the restored catalog, before it is anyone's: a kill before it is done
+        leaves no catalog (SQLite: not renamed in yet; PostgreSQL: one transaction)."""
+        nonlocal lost
+        generations_table.adopt(manifest.generations)
+        lost = library.forget_missing_spools()
+        # Parts stored after this generation are unknown to it: the next start must not
+        # delete them as a crash's leftovers (`tgfs fsck` lists them).
+        facts.put(facts.stopped_cleanly(), "1")
+        facts.put(facts.ORPHAN_SCAN_DUE, "0")
+
+    from_rows = dump.is_dump(fresh) or bool(url)  # else a SQLite snapshot for SQLite
     try:
         if dump.is_dump(fresh):  # made from PostgreSQL
             os.replace(fresh, rows)
-            if not url:
-                fresh.unlink(missing_ok=True)
-                open_catalog(fresh)  # a new SQLite file, filled from the rows
-                try:
-                    dump.load(rows)
-                finally:
-                    close_catalog()
         else:  # a SQLite snapshot
             await trio.to_thread.run_sync(_check_sqlite, fresh)
             if url:
                 await trio.to_thread.run_sync(dump.write, fresh, rows)
-        if url:
-            open_catalog(url)
-            try:
-                dump.load(rows)
-            except BaseException:
-                close_catalog()
-                raise
-        else:
+        open_catalog(url or fresh)  # (a SQLite snapshot is opened as it is)
+        try:
+            with db.atomic():
+                if from_rows:
+                    dump.load(rows)
+                finish()
+        finally:
+            close_catalog()
+        if not url:
             await trio.to_thread.run_sync(_check_sqlite, fresh)
             if target.exists():
                 stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -409,19 +420,9 @@ async def restore(
                     if old.exists():
                         os.replace(old, Path(f"{moved}{suffix}"))
             os.replace(fresh, target)
-            open_catalog(target)
     finally:
-        for leftover in (fresh, rows, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+        for leftover in leftovers:
             leftover.unlink(missing_ok=True)
-    try:
-        generations_table.adopt(manifest.generations)
-        lost = library.forget_missing_spools()
-        # Parts stored after this generation are unknown to it: the next start must not
-        # delete them as a crash's leftovers (`tgfs fsck` lists them).
-        facts.put(facts.stopped_cleanly(), "1")
-        facts.put(facts.ORPHAN_SCAN_DUE, "0")
-    finally:
-        close_catalog()
     return Restored(chosen, moved, lost)
 
 

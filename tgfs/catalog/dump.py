@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -34,7 +35,18 @@ from typing import Any, TextIO
 import peewee as pw
 import psycopg
 
-from tgfs.catalog.schema import SCHEMA_VERSION, TABLES, NeverReused, db, is_sqlite, is_url
+from tgfs.catalog.schema import (
+    LIBRARY_CLASS,
+    MOUNTED,
+    ROOT_ID,
+    SCHEMA_VERSION,
+    TABLES,
+    NeverReused,
+    NodeKind,
+    db,
+    is_sqlite,
+    is_url,
+)
 
 FORMAT = 1
 _BATCH = 1000  # rows per INSERT … VALUES batch when loading
@@ -237,31 +249,65 @@ def _move_sequence(model: type[pw.Model], next_id: int) -> None:
         db.execute_sql("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", (table, next_id - 1))
 
 
-def holds_catalog(where: Path | str) -> bool:
-    """Whether a SQLite file or a PostgreSQL database already has a catalog in it."""
+def holds_catalog(where: Path | str) -> str | None:
+    """Why a SQLite file or a PostgreSQL database may not be filled from a dump (None if
+    it may). A SQLite file is made whole beside its place and renamed in (`copy`, and
+    restore), so any file there is someone's. A PostgreSQL database is filled in place: one
+    with a library in it is refused, and so is one a daemon is mounted on; a catalog with
+    nothing a user made (what open_catalog creates, and all that a copy or restore killed
+    before its one transaction committed leaves) is new, and filled."""
     if not is_url(where):
-        return Path(where).exists()
-    with psycopg.connect(str(where)) as conn:
-        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+        return f"{where} exists" if Path(where).exists() else None
+    with psycopg.connect(str(where), autocommit=True) as conn:
+        (made,) = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone() or (False,)
+        if not made:
+            return None
+        (used,) = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM node WHERE id <> %s AND kind = ANY(%s))"
+            " OR EXISTS (SELECT 1 FROM blob)",
+            (ROOT_ID, [str(k) for k in _USER_KINDS]),
+        ).fetchone() or (True,)
+        if used:
+            return "it holds a library"
+        # (Taken exclusively for a moment: refused while any daemon holds it shared.)
+        (free,) = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (LIBRARY_CLASS, MOUNTED)
+        ).fetchone() or (False,)
+        return None if free else "a tgfs daemon is mounted on it"
+
+
+# What only a user makes: a catalog with none of these (nor a blob) is new.
+_USER_KINDS = (NodeKind.DIR, NodeKind.FILE, NodeKind.VIDEO, NodeKind.SYMLINK)
 
 
 def copy(source: Path | str, target: Path | str, work: Path) -> int:
     """`tgfs catalog copy`: the catalog at `source` into `target`, which must hold none
     (either may be a SQLite file or a postgresql:// URL); the store is not touched.
-    `work`: a folder for the dump on its way. Returns the number of rows."""
+    `work`: a folder for the dump on its way. Returns the number of rows.
+
+    Killed at any point, it leaves no catalog at `target` and may be run again: a SQLite
+    target is filled under another name and renamed in once whole; a PostgreSQL target is
+    filled in one transaction (see holds_catalog)."""
     from tgfs.catalog.schema import close_catalog, open_catalog
 
-    if holds_catalog(target):
-        raise DumpError("the target already holds a catalog: copy into a new one only")
+    if (why := holds_catalog(target)) is not None:
+        raise DumpError(f"the target cannot be filled ({why}): copy into a new one only")
     rows = work / "catalog-copy.rows"
+    filling = target if is_url(target) else Path(f"{target}.copying")
+    leftovers = [] if is_url(target) else [Path(f"{filling}{x}") for x in ("", "-wal", "-shm")]
     try:
+        for path in leftovers:  # an earlier copy's, killed
+            path.unlink(missing_ok=True)
         total = write(source, rows)
-        open_catalog(target)
+        open_catalog(filling)
         try:
             load(rows)
         finally:
-            close_catalog()
+            close_catalog()  # (SQLite: the last connection's close folds the WAL in)
+        if not is_url(target):
+            os.replace(filling, target)
     finally:
         rows.unlink(missing_ok=True)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
     return total
