@@ -335,13 +335,7 @@ async def _serve_mounted(
         store, open_parts.in_use, lambda: cache.drop_unknown(blobs.known_parts)
     )
     runner = IngestRunner(
-        settings,
-        store,
-        spool,
-        names.invalidate,
-        writes.busy,
-        collector.wake,
-        doorbell,
+        settings, store, spool, names.invalidate, writes.busy, collector.wake, doorbell
     )
     prefetch = Prefetcher(cache, settings.prefetch_segments)
     backups = Backups(settings, store, spool.root)

@@ -36,7 +36,9 @@ def snapshot(
         row: dict[str, Any] = {
             "id": job.id,
             "path": job.path,
-            "host": job.host,  # whose spool holds it: the host that runs it
+            # Whose spool holds it: the host that runs it ("*": a store-first job stored
+            # and waiting for a host that makes videos to claim it).
+            "host": job.host,
             "size": job.size,
             "state": job.state,
             "outcome": job.outcome,
