@@ -180,6 +180,16 @@ class Mount:
         # No pause needed: close() returns only once the file's job is queued.
         return wait_for(idle, timeout, "ingest jobs to finish")
 
+    def telegram_messages(self) -> set[tuple[int, int]]:
+        """(channel, message id) of every copy the catalog's parts name in Telegram: what
+        the stand-in should hold (its part_messages) once jobs and the collector are done."""
+        found = set()
+        for (location,) in self.catalog("SELECT location FROM part"):
+            for replica in location.split(","):
+                _, _bot, channel, message = replica.split(":")
+                found.add((int(channel), int(message)))
+        return found
+
     def blob_files(self) -> list[Path]:
         # parts are in its subfolders; the manifest is not one
         root = Path(self.env.get("TGFS_LOCAL_STORE_DIR") or self.data / "blobs")

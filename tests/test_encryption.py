@@ -184,8 +184,4 @@ def test_a_kill_while_a_sealed_part_is_on_its_way_loses_nothing(mount_factory, t
     assert list(m.data.rglob(".sealing-*")) == []
     _drop_cache(m)
     assert (m.path / "kept.bin").read_bytes() == data
-    named = set()
-    for (location,) in m.catalog("SELECT location FROM part"):
-        _, _bot, channel, message = location.split(":")
-        named.add((int(channel), int(message)))
-    assert set(telegram.part_messages()) == named
+    assert set(telegram.part_messages()) == m.telegram_messages()

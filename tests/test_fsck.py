@@ -68,16 +68,6 @@ def _two_bots_one_dead(telegram) -> None:
     telegram.write()
 
 
-def _stored_replicas(m) -> set[tuple[int, int]]:
-    """(channel, message id) of every copy the catalog's parts name."""
-    found = set()
-    for (location,) in m.catalog("SELECT location FROM part"):
-        for replica in location.split(","):
-            _, _bot, channel, message = replica.split(":")
-            found.add((int(channel), int(message)))
-    return found
-
-
 def test_fsck_repair_adds_copies_and_deletes_orphans(mount_factory, telegram):
     _two_bots_one_dead(telegram)
     m = mount_factory(**telegram_env(telegram, TGFS_REPLICAS="2"))
@@ -107,7 +97,7 @@ def test_fsck_repair_adds_copies_and_deletes_orphans(mount_factory, telegram):
     assert "repaired: 1 orphan(s) queued for deletion" in repaired.stdout
     assert not telegram.message_path(telegram.channel(telegram.bot_ids[0]), orphan).exists()
     assert all(len(loc.split(",")) == 2 for (loc,) in m.catalog("SELECT location FROM part"))
-    assert set(telegram.part_messages()) == _stored_replicas(m)  # nothing left behind
+    assert set(telegram.part_messages()) == m.telegram_messages()  # nothing left behind
     assert _fsck(m).returncode == 0
 
     telegram.bot(0)["dead"] = True  # the first copies gone with their bot: the new ones serve
@@ -154,7 +144,7 @@ def test_a_kill_mid_repair_is_finished_by_the_next(mount_factory, telegram):
     assert "repaired: 1 orphan(s) queued for deletion" in again.stdout, again.stdout
     assert _fsck(m).returncode == 0
     assert all(len(loc.split(",")) == 2 for (loc,) in m.catalog("SELECT location FROM part"))
-    assert set(telegram.part_messages()) == _stored_replicas(m)
+    assert set(telegram.part_messages()) == m.telegram_messages()
     m.start()
     for name, data in files.items():
         assert (m.path / name).read_bytes() == data, name

@@ -341,8 +341,4 @@ def test_store_first_survives_a_kill_at_each_step(
         60,
         "collection",
     )
-    named = set()
-    for (location,) in a.catalog("SELECT location FROM part"):
-        _, _bot, channel, message = location.split(":")
-        named.add((int(channel), int(message)))
-    assert set(telegram.part_messages()) == named  # nothing left behind by the kills
+    assert set(telegram.part_messages()) == a.telegram_messages()  # nothing left by the kills

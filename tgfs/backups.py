@@ -394,9 +394,9 @@ async def restore(
         facts.put(facts.stopped_cleanly(), "1")
         facts.put(facts.ORPHAN_SCAN_DUE, "0")
 
-    from_rows = dump.is_dump(fresh) or bool(url)  # else a SQLite snapshot for SQLite
+    made_by_postgres = dump.is_dump(fresh)  # else a SQLite snapshot
     try:
-        if dump.is_dump(fresh):  # made from PostgreSQL
+        if made_by_postgres:
             os.replace(fresh, rows)
         else:  # a SQLite snapshot
             await trio.to_thread.run_sync(_check_sqlite, fresh)
@@ -405,7 +405,7 @@ async def restore(
         open_catalog(url or fresh)  # (a SQLite snapshot is opened as it is)
         try:
             with db.atomic():
-                if from_rows:
+                if made_by_postgres or url:  # (a snapshot for SQLite is the catalog)
                     dump.load(rows)
                 finish()
         finally:
